@@ -1,0 +1,8 @@
+//! The orchestration core of hgpt.
+//!
+//! Pure logic plus the traits that backends implement: nothing here talks to
+//! the network or links an ML framework. See ARCHITECTURE.md for the map.
+
+pub mod backend;
+pub mod output;
+pub mod task;

@@ -1,0 +1,1 @@
+//! hgpt-media

@@ -1,0 +1,1 @@
+//! Fake Hugging Face inference server.

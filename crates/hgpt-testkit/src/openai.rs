@@ -1,0 +1,1 @@
+//! Fake OpenAI-compatible chat server.
