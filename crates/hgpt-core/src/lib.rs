@@ -6,3 +6,5 @@
 pub mod backend;
 pub mod output;
 pub mod task;
+pub mod lenient_json;
+pub mod plan;
