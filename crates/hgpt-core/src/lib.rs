@@ -8,3 +8,8 @@ pub mod output;
 pub mod task;
 pub mod lenient_json;
 pub mod plan;
+pub mod catalog;
+pub mod prompt;
+pub mod record;
+pub mod scheduler;
+pub mod selection;
