@@ -13,3 +13,5 @@ pub mod prompt;
 pub mod record;
 pub mod scheduler;
 pub mod selection;
+pub mod execute;
+pub mod pipeline;

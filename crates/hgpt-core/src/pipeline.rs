@@ -1,0 +1,648 @@
+//! The four stages end to end: plan, select, execute, respond.
+//!
+//! Selection for every task starts the moment the plan exists, concurrently,
+//! while execution starts; a task waits only for its own dependencies and its
+//! own selection. Along a chain of tasks this costs one selection round-trip
+//! in all instead of one per step. A failed model is retried on the next
+//! candidate (bounded); a failed task skips its dependents; the answer stage
+//! always runs and says what failed.
+
+use crate::backend::{ChatMessage, ChatModel, ChatRequest, InferenceBackend, InferenceError, InferenceRequest, LlmError, MediaStore, ResolvedArgs};
+use crate::catalog::Catalog;
+use crate::execute::{Finished, into_task_output, output_text, resolve_args, truncate_chars};
+use crate::plan::{Plan, PlanError, PlanTask, PlanTaskView, parse_and_postprocess};
+use crate::prompt::{Prompts, TokenCounter, history_as_text, render, trim_history};
+use crate::record::{ModelChoice, RunEvent, RunMode, RunRecord, StageTimings, TaskOutput, TaskRecord, TaskStatus};
+use crate::scheduler::{Node, NodeOutcome, run_graph};
+use crate::selection::{self, Selection, SelectionConfig};
+use crate::task::{TaskKind, TaskName};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Where live events go (`hgpt run` progress, server-sent events).
+pub type EventSink = mpsc::UnboundedSender<RunEvent>;
+
+/// Settings of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// Candidate selection.
+    pub selection: SelectionConfig,
+    /// Most tasks running at once.
+    pub max_concurrency: usize,
+    /// Limit for one task's inference (each attempt).
+    pub task_timeout: Duration,
+    /// Limit for the execution stage of a run.
+    pub run_timeout: Duration,
+    /// The controller model's context window, in tokens.
+    pub context_window: usize,
+    /// Tokens left free for the model's answer when trimming history.
+    pub reserve_tokens: usize,
+    /// Longest text of one result field sent to the answer stage.
+    pub max_result_chars: usize,
+    /// Other candidates tried when the chosen model fails.
+    pub fallback_models: usize,
+    /// Sampling temperature of the planning and answer calls.
+    pub temperature: Option<f32>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            selection: SelectionConfig::default(),
+            max_concurrency: 8,
+            task_timeout: Duration::from_secs(300),
+            run_timeout: Duration::from_secs(1800),
+            context_window: 8192,
+            reserve_tokens: 800,
+            max_result_chars: 2000,
+            fallback_models: 1,
+            temperature: Some(0.0),
+        }
+    }
+}
+
+/// Why a run could not produce a record at all.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PipelineError {
+    /// The planning call failed (nothing else has run yet).
+    #[error("planning failed: {0}")]
+    Planning(LlmError),
+}
+
+/// Stage 1's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanOutcome {
+    /// The planner's raw answer.
+    pub raw: String,
+    /// The post-processed plan, or why it cannot be used.
+    pub plan: Result<Plan, PlanError>,
+    /// How long planning took.
+    pub elapsed: Duration,
+}
+
+/// The orchestrator: one per process, shared by runs.
+pub struct Pipeline {
+    llm: Arc<dyn ChatModel>,
+    backend: Arc<dyn InferenceBackend>,
+    media: Arc<dyn MediaStore>,
+    catalog: Arc<Catalog>,
+    prompts: Arc<Prompts>,
+    config: PipelineConfig,
+    tokens: TokenCounter,
+}
+
+/// The reason recorded for text tasks the controller LLM runs itself.
+const CONTROLLER_REASON: &str = "a text task the controller LLM can do itself";
+/// The endpoint recorded for them.
+pub const CONTROLLER_ENDPOINT: &str = "controller-llm";
+
+impl Pipeline {
+    /// Assemble a pipeline from its parts.
+    pub fn new(
+        llm: Arc<dyn ChatModel>,
+        backend: Arc<dyn InferenceBackend>,
+        media: Arc<dyn MediaStore>,
+        catalog: Arc<Catalog>,
+        prompts: Arc<Prompts>,
+        config: PipelineConfig,
+    ) -> Self {
+        let tokens = TokenCounter::for_model(llm.model_name());
+        Self { llm, backend, media, catalog, prompts, config, tokens }
+    }
+
+    /// The catalog in use.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The planning request: system prompt, demonstrations, then the request
+    /// with the chat history that fits the context window.
+    pub fn plan_request(&self, request: &str, history: &[ChatMessage]) -> ChatRequest {
+        let task_types = TaskKind::ALL
+            .iter()
+            .filter(|k| k.controlnet_model().is_none())
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let system = render(&self.prompts.plan.system, &[("task_types", &task_types)]);
+        let build = |history: &[ChatMessage]| {
+            let mut messages = vec![ChatMessage::system(system.clone())];
+            messages.extend(self.prompts.plan.demos.iter().cloned());
+            messages.push(ChatMessage::user(render(
+                &self.prompts.plan.user,
+                &[("context", &history_as_text(history)), ("input", request)],
+            )));
+            messages
+        };
+        let kept = trim_history(history, &self.tokens, self.config.context_window, self.config.reserve_tokens, build);
+        ChatRequest { messages: build(kept), temperature: self.config.temperature, ..ChatRequest::default() }
+    }
+
+    /// Stage 1 alone: ask for a plan and post-process it.
+    pub async fn plan(&self, request: &str, history: &[ChatMessage]) -> Result<PlanOutcome, PipelineError> {
+        let started = Instant::now();
+        let raw = self.llm.complete(self.plan_request(request, history)).await.map_err(PipelineError::Planning)?;
+        let plan = parse_and_postprocess(&raw);
+        Ok(PlanOutcome { raw, plan, elapsed: started.elapsed() })
+    }
+
+    /// All four stages. Events go to `events` as they happen; the record is
+    /// complete even when tasks or the answer call failed (see
+    /// [`RunRecord::error`]).
+    pub async fn run(
+        &self,
+        request: &str,
+        history: &[ChatMessage],
+        events: Option<EventSink>,
+    ) -> Result<RunRecord, PipelineError> {
+        let started = Instant::now();
+        let emit = |event: RunEvent| {
+            if let Some(sink) = &events {
+                let _ = sink.send(event);
+            }
+        };
+        let outcome = self.plan(request, history).await?;
+        let mut timings = StageTimings { plan_ms: ms(outcome.elapsed), ..StageTimings::default() };
+        let (plan, fallback_reason) = match outcome.plan {
+            Err(e) => (Plan::default(), Some(format!("the plan could not be used: {e}"))),
+            Ok(plan) if plan.is_empty() => (plan, Some("the planner found no task to run".to_string())),
+            Ok(plan) => {
+                let single_text_task =
+                    plan.tasks.len() == 1 && plan.tasks[0].kind().is_some_and(TaskKind::is_llm_capable);
+                let reason = single_text_task.then(|| {
+                    format!("a single {} task is answered by the controller LLM directly", plan.tasks[0].task)
+                });
+                (plan, reason)
+            }
+        };
+        let mut record = RunRecord {
+            request: request.to_string(),
+            mode: RunMode::Tasks,
+            fallback_reason: None,
+            plan: plan.tasks.iter().map(PlanTaskView::from).collect(),
+            plan_warnings: plan.warnings.clone(),
+            plan_raw: Some(outcome.raw),
+            tasks: Vec::new(),
+            answer: String::new(),
+            error: None,
+            timings: StageTimings::default(),
+            llm_model: self.llm.model_name().to_string(),
+        };
+
+        let answer_request = if let Some(reason) = fallback_reason {
+            emit(RunEvent::ChatFallback { reason: reason.clone() });
+            record.mode = RunMode::Chat;
+            record.fallback_reason = Some(reason);
+            self.chat_request(request, history)
+        } else {
+            emit(RunEvent::Planned { plan: record.plan.clone(), warnings: plan.warnings.clone() });
+            let execution_started = Instant::now();
+            let context = self.execute(request, plan, started, events.clone()).await;
+            timings.execution_ms = ms(execution_started.elapsed());
+            timings.selection_ms = context.last_selection_ms.load(Ordering::Relaxed).saturating_sub(timings.plan_ms);
+            record.tasks = context.into_records();
+            self.answer_request(request, &record.tasks)
+        };
+
+        let answer_started = Instant::now();
+        emit(RunEvent::AnswerStarted);
+        match self.stream_answer(answer_request, &emit).await {
+            Ok(answer) => record.answer = answer,
+            Err((partial, e)) => {
+                record.answer = partial;
+                record.error = Some(format!("the answer stage failed: {e}"));
+            }
+        }
+        timings.answer_ms = ms(answer_started.elapsed());
+        timings.total_ms = ms(started.elapsed());
+        record.timings = timings;
+        emit(RunEvent::Finished { record: Box::new(record.clone()) });
+        Ok(record)
+    }
+
+    fn chat_request(&self, request: &str, history: &[ChatMessage]) -> ChatRequest {
+        let build = |history: &[ChatMessage]| {
+            let mut messages = vec![ChatMessage::system(self.prompts.chat_system.clone())];
+            messages.extend(history.iter().cloned());
+            messages.push(ChatMessage::user(request));
+            messages
+        };
+        let kept = trim_history(history, &self.tokens, self.config.context_window, self.config.reserve_tokens, build);
+        ChatRequest { messages: build(kept), temperature: None, ..ChatRequest::default() }
+    }
+
+    /// The response-stage request, with results cut to fit the context.
+    pub fn answer_request(&self, request: &str, records: &[TaskRecord]) -> ChatRequest {
+        let mut limit = self.config.max_result_chars.max(64);
+        loop {
+            let results = results_for_prompt(records, limit);
+            let mut messages = vec![ChatMessage::system(self.prompts.answer.system.clone())];
+            messages.extend(self.prompts.answer.demos.iter().cloned());
+            messages.push(ChatMessage::user(render(
+                &self.prompts.answer.user,
+                &[("input", request), ("results", &results)],
+            )));
+            let fits = self.tokens.count_messages(&messages) + self.config.reserve_tokens <= self.config.context_window;
+            if fits || limit <= 64 {
+                return ChatRequest { messages, temperature: self.config.temperature, ..ChatRequest::default() };
+            }
+            limit /= 2;
+        }
+    }
+
+    async fn stream_answer(&self, request: ChatRequest, emit: &impl Fn(RunEvent)) -> Result<String, (String, LlmError)> {
+        let mut answer = String::new();
+        let mut stream = self.llm.stream(request).await.map_err(|e| (String::new(), e))?;
+        while let Some(delta) = stream.next().await {
+            match delta {
+                Ok(text) => {
+                    answer.push_str(&text);
+                    emit(RunEvent::AnswerDelta { text });
+                }
+                Err(e) => return Err((answer, e)),
+            }
+        }
+        Ok(answer)
+    }
+
+    async fn execute(&self, request: &str, plan: Plan, started: Instant, events: Option<EventSink>) -> Arc<RunContext> {
+        let nodes: Vec<Node> = plan.tasks.iter().map(|t| Node { id: t.id, deps: t.dep.clone() }).collect();
+        let context = Arc::new(RunContext {
+            llm: self.llm.clone(),
+            backend: self.backend.clone(),
+            media: self.media.clone(),
+            prompts: self.prompts.clone(),
+            config: self.config.clone(),
+            request: request.to_string(),
+            started,
+            events,
+            selections: Mutex::new(BTreeMap::new()),
+            finished: Mutex::new(BTreeMap::new()),
+            records: Mutex::new(BTreeMap::new()),
+            last_selection_ms: AtomicU64::new(0),
+            plan,
+        });
+        context.start_selections(&self.catalog);
+        let deadline = tokio::time::Instant::now() + self.config.run_timeout;
+        let outcomes = run_graph(
+            &nodes,
+            self.config.max_concurrency,
+            Some(deadline),
+            |id| context.clone().execute_task(id),
+            |id, because| context.finish_unrun(id, TaskStatus::Skipped, format!("skipped: task {because} did not succeed")),
+        )
+        .await;
+        for (id, outcome) in outcomes {
+            if outcome == NodeOutcome::Cancelled {
+                let limit = self.config.run_timeout.as_secs_f64();
+                context.finish_unrun(id, TaskStatus::Failed, format!("cancelled: the run exceeded its time limit of {limit} s"));
+            }
+        }
+        context
+    }
+}
+
+type SharedSelection = Shared<BoxFuture<'static, Result<Selection, String>>>;
+
+/// Shared state of one run's execution stage.
+struct RunContext {
+    llm: Arc<dyn ChatModel>,
+    backend: Arc<dyn InferenceBackend>,
+    media: Arc<dyn MediaStore>,
+    prompts: Arc<Prompts>,
+    config: PipelineConfig,
+    request: String,
+    started: Instant,
+    events: Option<EventSink>,
+    plan: Plan,
+    selections: Mutex<BTreeMap<usize, SharedSelection>>,
+    finished: Mutex<BTreeMap<usize, Finished>>,
+    records: Mutex<BTreeMap<usize, TaskRecord>>,
+    last_selection_ms: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RunContext {
+    fn emit(&self, event: RunEvent) {
+        if let Some(sink) = &self.events {
+            let _ = sink.send(event);
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        ms(self.started.elapsed())
+    }
+
+    /// Start selection of every task that needs one, concurrently, now.
+    fn start_selections(self: &Arc<Self>, catalog: &Arc<Catalog>) {
+        let mut selections = lock(&self.selections);
+        for task in &self.plan.tasks {
+            let Some(kind) = task.kind() else { continue };
+            if kind.is_llm_capable() {
+                continue;
+            }
+            self.emit(RunEvent::Selecting { id: task.id });
+            let this = self.clone();
+            let catalog = catalog.clone();
+            let args = Value::Object(task.args.clone().into_iter().collect());
+            let id = task.id;
+            let handle = tokio::spawn(async move {
+                let result = this.select(&catalog, kind, &args).await;
+                this.last_selection_ms.fetch_max(this.now_ms(), Ordering::Relaxed);
+                if let Ok(selection) = &result {
+                    this.emit(RunEvent::ModelChosen {
+                        id,
+                        model: selection.choice.clone(),
+                        endpoint: selection.endpoint.clone(),
+                    });
+                }
+                result
+            });
+            let shared = handle
+                .map(|joined| joined.unwrap_or_else(|e| Err(format!("model selection crashed: {e}"))))
+                .boxed()
+                .shared();
+            selections.insert(task.id, shared);
+        }
+    }
+
+    async fn select(&self, catalog: &Catalog, kind: TaskKind, args: &Value) -> Result<Selection, String> {
+        if let Some(model) = kind.controlnet_model() {
+            return Ok(Selection {
+                choice: ModelChoice { id: model.to_string(), reason: "ControlNet tasks use the matching lllyasviel ControlNet model".to_string() },
+                endpoint: self.backend.endpoint(model),
+                alternatives: Vec::new(),
+            });
+        }
+        let config = &self.config.selection;
+        let candidates = selection::candidates(catalog, self.backend.as_ref(), kind, config).await;
+        selection::choose(self.llm.as_ref(), &self.prompts.select, &self.request, kind, args, candidates, config)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn base_record(task: &PlanTask) -> TaskRecord {
+        let view = PlanTaskView::from(task);
+        TaskRecord {
+            id: task.id,
+            task: view.task,
+            dep: view.dep,
+            args: task.args.clone(),
+            model: None,
+            endpoint: None,
+            status: TaskStatus::Failed,
+            output: None,
+            error: None,
+            started_ms: None,
+            finished_ms: None,
+        }
+    }
+
+    /// Record a task that never ran (skipped or cancelled).
+    fn finish_unrun(&self, id: usize, status: TaskStatus, reason: String) {
+        let Some(task) = self.plan.get(id) else { return };
+        let mut records = lock(&self.records);
+        let record = records.entry(id).or_insert_with(|| Self::base_record(task));
+        if record.finished_ms.is_some() {
+            return;
+        }
+        record.status = status;
+        record.error = Some(reason);
+        record.finished_ms = Some(self.now_ms());
+        let snapshot = record.clone();
+        drop(records);
+        self.emit(RunEvent::TaskFinished { record: snapshot });
+    }
+
+    fn finish(&self, mut record: TaskRecord, result: Result<(TaskOutput, BTreeMap<String, Value>), String>) -> bool {
+        record.finished_ms = Some(self.now_ms());
+        let ok = match result {
+            Ok((output, inputs)) => {
+                record.status = TaskStatus::Ok;
+                record.output = Some(output.clone());
+                lock(&self.finished).insert(record.id, Finished { output, inputs });
+                true
+            }
+            Err(error) => {
+                record.status = TaskStatus::Failed;
+                record.error = Some(error);
+                false
+            }
+        };
+        lock(&self.records).insert(record.id, record.clone());
+        self.emit(RunEvent::TaskFinished { record });
+        ok
+    }
+
+    async fn execute_task(self: Arc<Self>, id: usize) -> bool {
+        let Some(task) = self.plan.get(id).cloned() else { return false };
+        let mut record = Self::base_record(&task);
+        // Keep a record in place so a cancelled run still shows what ran.
+        lock(&self.records).insert(id, record.clone());
+        let kind = match &task.task {
+            TaskName::Known(kind) => *kind,
+            TaskName::Unknown(name) => {
+                return self.finish(record, Err(format!("unknown task type {name:?}: hgpt has no model for it")));
+            }
+        };
+        let selection = if kind.is_llm_capable() {
+            Ok(Selection {
+                choice: ModelChoice { id: self.llm.model_name().to_string(), reason: CONTROLLER_REASON.to_string() },
+                endpoint: CONTROLLER_ENDPOINT.to_string(),
+                alternatives: Vec::new(),
+            })
+        } else {
+            let pending = lock(&self.selections).get(&id).cloned();
+            match pending {
+                Some(pending) => pending.await,
+                None => Err(format!("no model selection was started for {kind}")),
+            }
+        };
+        let selection = match selection {
+            Ok(selection) => selection,
+            Err(error) => return self.finish(record, Err(error)),
+        };
+        record.model = Some(selection.choice.clone());
+        record.endpoint = Some(selection.endpoint.clone());
+        record.started_ms = Some(self.now_ms());
+        lock(&self.records).insert(id, record.clone());
+        self.emit(RunEvent::TaskStarted { id, at_ms: self.now_ms() });
+
+        let finished = lock(&self.finished).clone();
+        let (args, shown) = match resolve_args(&task, &finished, self.media.as_ref()).await {
+            Ok(resolved) => resolved,
+            Err(error) => return self.finish(record, Err(error)),
+        };
+        record.args = shown.clone();
+        let result = if kind.is_llm_capable() {
+            self.run_text_task(kind, &args).await
+        } else {
+            self.run_model(kind, &args, selection, &mut record).await
+        };
+        self.finish(record, result.map(|output| (output, shown)))
+    }
+
+    /// Run on the chosen model; on a model failure try the next candidates.
+    async fn run_model(
+        &self,
+        kind: TaskKind,
+        args: &ResolvedArgs,
+        selection: Selection,
+        record: &mut TaskRecord,
+    ) -> Result<TaskOutput, String> {
+        let fallbacks = selection.alternatives.into_iter().take(self.config.fallback_models);
+        let mut attempts = vec![(selection.choice, selection.endpoint)];
+        attempts.extend(fallbacks.map(|c| {
+            let reason = "next-ranked candidate".to_string();
+            (ModelChoice { id: c.entry.id, reason }, c.endpoint)
+        }));
+        let mut failures: Vec<String> = Vec::new();
+        let total = attempts.len();
+        for (attempt, (choice, endpoint)) in attempts.into_iter().enumerate() {
+            let request = InferenceRequest { task: kind, model: choice.id.clone(), args: args.clone() };
+            let outcome = match tokio::time::timeout(self.config.task_timeout, self.backend.infer(&request)).await {
+                Ok(result) => result,
+                Err(_) => Err(InferenceError::Timeout { model: choice.id.clone(), after: self.config.task_timeout }),
+            };
+            match outcome {
+                Ok(output) => {
+                    if !failures.is_empty() {
+                        record.model = Some(ModelChoice {
+                            id: choice.id,
+                            reason: format!("{} (fallback after: {})", choice.reason, failures.join("; ")),
+                        });
+                        record.endpoint = Some(endpoint);
+                    }
+                    return into_task_output(kind, output, args, self.media.as_ref()).await;
+                }
+                Err(error) => {
+                    let worth_another = !matches!(error, InferenceError::BadInput { .. } | InferenceError::Unsupported(_));
+                    failures.push(error.to_string());
+                    if !worth_another || attempt + 1 == total {
+                        break;
+                    }
+                    tracing::warn!("{error}; trying the next candidate");
+                }
+            }
+        }
+        Err(failures.join("; then "))
+    }
+
+    /// Text tasks the controller LLM can do, run with a short instruction.
+    async fn run_text_task(&self, kind: TaskKind, args: &ResolvedArgs) -> Result<TaskOutput, String> {
+        let text = args.text.clone().or_else(|| args.other_text("context")).unwrap_or_default();
+        if text.trim().is_empty() {
+            return Err(format!("bad input for {kind}: no text to work on"));
+        }
+        let target = ["tgt_lang", "target_language", "target", "language"]
+            .iter()
+            .find_map(|k| args.other_text(k));
+        let instructions = match (kind, target) {
+            (TaskKind::Summarization, _) => "Summarize the input concisely.".to_string(),
+            (TaskKind::Translation, Some(target)) => format!("Translate the input into {target}."),
+            (TaskKind::Translation, None) => format!(
+                "Translate the input into the language the user asks for in their request: {:?}.",
+                self.request
+            ),
+            _ => format!("Follow the user's overall request: {:?}.", self.request),
+        };
+        let prompt = render(
+            &self.prompts.text_task,
+            &[("task", kind.as_str()), ("instructions", &instructions), ("text", &text)],
+        );
+        let request = ChatRequest { messages: vec![ChatMessage::user(prompt)], temperature: self.config.temperature, ..ChatRequest::default() };
+        let answer = tokio::time::timeout(self.config.task_timeout, self.llm.complete(request))
+            .await
+            .map_err(|_| format!("the controller LLM timed out on {kind}"))?
+            .map_err(|e| e.to_string())?;
+        Ok(TaskOutput { generated_text: Some(answer.trim().to_string()), ..TaskOutput::default() })
+    }
+
+    fn into_records(self: Arc<Self>) -> Vec<TaskRecord> {
+        let mut records = lock(&self.records);
+        self.plan
+            .tasks
+            .iter()
+            .map(|task| records.remove(&task.id).unwrap_or_else(|| Self::base_record(task)))
+            .collect()
+    }
+}
+
+/// Task records as compact JSON for the answer prompt, every long text cut
+/// to `limit` characters and long lists to their first items, with notes.
+pub fn results_for_prompt(records: &[TaskRecord], limit: usize) -> String {
+    let items: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            let mut item = json!({
+                "id": r.id,
+                "task": r.task,
+                "args": cut_value(&json!(r.args), limit),
+                "status": r.status,
+            });
+            if let Some(model) = &r.model {
+                item["model"] = json!({"id": model.id, "reason": cut_value(&json!(model.reason), limit)});
+            }
+            if let Some(output) = &r.output {
+                let mut shown = serde_json::to_value(output).unwrap_or(Value::Null);
+                if let Some(predicted) = &output.predicted
+                    && output.generated_text.is_none()
+                {
+                    shown["summary"] = json!(output_text(&TaskOutput { predicted: Some(predicted.clone()), ..TaskOutput::default() }));
+                }
+                item["output"] = cut_value(&shown, limit);
+            }
+            if let Some(error) = &r.error {
+                item["error"] = json!(truncate_chars(error, limit));
+            }
+            item
+        })
+        .collect();
+    serde_json::to_string_pretty(&items).unwrap_or_else(|_| "[]".to_string())
+}
+
+const MAX_LIST_ITEMS: usize = 20;
+
+fn cut_value(value: &Value, limit: usize) -> Value {
+    match value {
+        Value::String(s) => Value::String(truncate_chars(s, limit)),
+        Value::Array(items) if is_number_tensor(items) => {
+            json!(format!("[numeric array with {} values, omitted]", count_numbers(value)))
+        }
+        Value::Array(items) => {
+            let mut kept: Vec<Value> = items.iter().take(MAX_LIST_ITEMS).map(|v| cut_value(v, limit)).collect();
+            if items.len() > MAX_LIST_ITEMS {
+                kept.push(json!(format!("[cut: {} more items]", items.len() - MAX_LIST_ITEMS)));
+            }
+            Value::Array(kept)
+        }
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), cut_value(v, limit))).collect()),
+        other => other.clone(),
+    }
+}
+
+fn is_number_tensor(items: &[Value]) -> bool {
+    items.len() > MAX_LIST_ITEMS && items.iter().all(|v| v.is_number() || v.is_array())
+        || items.first().is_some_and(Value::is_array) && count_numbers(&Value::Array(items.to_vec())) > MAX_LIST_ITEMS
+}
+
+fn count_numbers(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => items.iter().map(count_numbers).sum(),
+        Value::Number(_) => 1,
+        _ => 0,
+    }
+}
