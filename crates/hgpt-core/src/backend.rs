@@ -35,7 +35,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with the given role.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self { role, content: content.into() }
+        Self {
+            role,
+            content: content.into(),
+        }
     }
     /// A system message.
     pub fn system(content: impl Into<String>) -> Self {
@@ -158,7 +161,11 @@ impl ResolvedArgs {
             Value::Array(items) => Some(
                 items
                     .iter()
-                    .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string())
+                    })
                     .collect::<Vec<_>>()
                     .join("\n"),
             ),

@@ -42,7 +42,11 @@ impl CatalogEntry {
 
     /// The description cut to `max_chars` characters (with an ellipsis when cut).
     pub fn short_description(&self, max_chars: usize) -> String {
-        let text = self.description.split_whitespace().collect::<Vec<_>>().join(" ");
+        let text = self
+            .description
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         if text.chars().count() <= max_chars {
             return text;
         }
@@ -129,8 +133,11 @@ impl Catalog {
     /// Entries for a task, best first: by downloads (highest first); entries
     /// with unknown downloads follow, in catalog order.
     pub fn ranked(&self, task: &TaskName) -> Vec<&CatalogEntry> {
-        let mut matching: Vec<&CatalogEntry> =
-            self.entries.iter().filter(|e| e.task_name() == *task).collect();
+        let mut matching: Vec<&CatalogEntry> = self
+            .entries
+            .iter()
+            .filter(|e| e.task_name() == *task)
+            .collect();
         matching.sort_by_key(|e| std::cmp::Reverse(e.downloads.map(|d| d.saturating_add(1))));
         matching
     }
@@ -149,9 +156,13 @@ impl Catalog {
 }
 
 fn entry_from_json(value: &Value) -> Result<CatalogEntry, String> {
-    let object = value.as_object().ok_or("a catalog line must be a JSON object")?;
+    let object = value
+        .as_object()
+        .ok_or("a catalog line must be a JSON object")?;
     let text = |key: &str| object.get(key).and_then(Value::as_str).map(str::trim);
-    let id = text("id").filter(|s| !s.is_empty()).ok_or("missing \"id\"")?;
+    let id = text("id")
+        .filter(|s| !s.is_empty())
+        .ok_or("missing \"id\"")?;
     let task = text("task")
         .or_else(|| text("pipeline_tag"))
         .filter(|s| !s.is_empty())
@@ -162,7 +173,12 @@ fn entry_from_json(value: &Value) -> Result<CatalogEntry, String> {
         .and_then(|m| m.get("tags"))
         .or_else(|| object.get("tags"))
         .and_then(Value::as_array)
-        .map(|tags| tags.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|tags| {
+            tags.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     Ok(CatalogEntry {
         id: id.to_string(),
@@ -203,8 +219,12 @@ mod tests {
 
     #[test]
     fn bad_lines_name_the_line() {
-        let err = Catalog::from_jsonl("{\"id\": \"x/y\", \"task\": \"t\"}\n{not json", "f.jsonl").unwrap_err();
-        assert!(err.to_string().starts_with("f.jsonl:2: invalid JSON"), "{err}");
+        let err = Catalog::from_jsonl("{\"id\": \"x/y\", \"task\": \"t\"}\n{not json", "f.jsonl")
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("f.jsonl:2: invalid JSON"),
+            "{err}"
+        );
         let err = Catalog::from_jsonl("{\"task\": \"t\"}", "f.jsonl").unwrap_err();
         assert!(err.to_string().contains("missing \"id\""), "{err}");
     }
@@ -226,6 +246,10 @@ mod tests {
     #[test]
     fn builtin_catalog_loads() {
         let catalog = Catalog::builtin().unwrap();
-        assert!(!catalog.ranked(&TaskName::Known(TaskKind::ObjectDetection)).is_empty());
+        assert!(
+            !catalog
+                .ranked(&TaskName::Known(TaskKind::ObjectDetection))
+                .is_empty()
+        );
     }
 }

@@ -58,7 +58,10 @@ pub async fn resolve_args(
                 if path.is_empty() {
                     return Err(format!("the {key} argument is empty"));
                 }
-                let blob = media.load(&path, media_kind).await.map_err(|e| e.to_string())?;
+                let blob = media
+                    .load(&path, media_kind)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 shown.insert(key.clone(), Value::String(path));
                 match media_kind {
                     ResourceKind::Image => resolved.image = Some(blob),
@@ -76,7 +79,9 @@ pub async fn resolve_args(
                 }
             }
             (Some(media_kind), None) => {
-                return Err(format!("the {media_kind} argument must be a path or URL, got {value}"));
+                return Err(format!(
+                    "the {media_kind} argument must be a path or URL, got {value}"
+                ));
             }
         }
     }
@@ -93,8 +98,10 @@ fn resolve_text(
         return Ok(text.to_string());
     }
     if let Some(pure) = pure_references(text) {
-        let parts: Result<Vec<String>, String> =
-            pure.iter().map(|&id| generated_text(id, task, finished)).collect();
+        let parts: Result<Vec<String>, String> = pure
+            .iter()
+            .map(|&id| generated_text(id, task, finished))
+            .collect();
         return Ok(parts?.join("\n"));
     }
     let mut out = crate::plan::canonicalize_references(text);
@@ -117,7 +124,14 @@ fn generated_text(
         .iter()
         .filter_map(|d| finished.get(d))
         .find_map(|f| output_text(&f.output))
-        .or_else(|| finished.get(&id)?.inputs.get("text")?.as_str().map(str::to_string))
+        .or_else(|| {
+            finished
+                .get(&id)?
+                .inputs
+                .get("text")?
+                .as_str()
+                .map(str::to_string)
+        })
         .ok_or_else(|| format!("task {id} produced no text to use"))
 }
 
@@ -136,8 +150,20 @@ fn generated_resource(
     finished
         .get(&id)
         .and_then(generated)
-        .or_else(|| task.dep.iter().filter_map(|d| finished.get(d)).find_map(generated))
-        .or_else(|| finished.get(&id)?.inputs.get(kind.arg_name())?.as_str().map(str::to_string))
+        .or_else(|| {
+            task.dep
+                .iter()
+                .filter_map(|d| finished.get(d))
+                .find_map(generated)
+        })
+        .or_else(|| {
+            finished
+                .get(&id)?
+                .inputs
+                .get(kind.arg_name())?
+                .as_str()
+                .map(str::to_string)
+        })
         .ok_or_else(|| format!("task {id} produced no {kind} to use"))
 }
 
@@ -169,15 +195,25 @@ pub fn summarize_prediction(value: &Value) -> String {
     if first.is_some_and(|i| i.get("box").is_some()) {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for item in items {
-            *counts.entry(field(item, "label").unwrap_or_default()).or_default() += 1;
+            *counts
+                .entry(field(item, "label").unwrap_or_default())
+                .or_default() += 1;
         }
-        return counts.iter().map(|(l, n)| format!("{n} {l}")).collect::<Vec<_>>().join(", ");
+        return counts
+            .iter()
+            .map(|(l, n)| format!("{n} {l}"))
+            .collect::<Vec<_>>()
+            .join(", ");
     }
     if first.is_some_and(|i| i.get("entity_group").is_some()) {
         return items
             .iter()
             .map(|i| {
-                format!("{} ({})", field(i, "word").unwrap_or_default(), field(i, "entity_group").unwrap_or_default())
+                format!(
+                    "{} ({})",
+                    field(i, "word").unwrap_or_default(),
+                    field(i, "entity_group").unwrap_or_default()
+                )
             })
             .collect::<Vec<_>>()
             .join(", ");
@@ -231,28 +267,40 @@ pub async fn into_task_output(
             out.predicted = Some(json_of(&detections));
             if let Some(image) = &input.image {
                 match media.draw_detections(image, &detections).await {
-                    Ok(drawn) => out.generated_image = Some(save(media, ResourceKind::Image, &drawn).await?),
+                    Ok(drawn) => {
+                        out.generated_image = Some(save(media, ResourceKind::Image, &drawn).await?)
+                    }
                     Err(e) => tracing::warn!("could not draw detections: {e}"),
                 }
             }
         }
         InferenceOutput::Segments(segments) => {
-            let labels: Vec<Value> =
-                segments.iter().map(|s| json!({"label": s.label, "score": s.score})).collect();
+            let labels: Vec<Value> = segments
+                .iter()
+                .map(|s| json!({"label": s.label, "score": s.score}))
+                .collect();
             out.predicted = Some(Value::Array(labels));
             if let Some(image) = &input.image {
                 match media.draw_segments(image, &segments).await {
-                    Ok(drawn) => out.generated_image = Some(save(media, ResourceKind::Image, &drawn).await?),
+                    Ok(drawn) => {
+                        out.generated_image = Some(save(media, ResourceKind::Image, &drawn).await?)
+                    }
                     Err(e) => tracing::warn!("could not draw segments: {e}"),
                 }
             }
         }
-        InferenceOutput::Depth { image, predicted: _ } => {
+        InferenceOutput::Depth {
+            image,
+            predicted: _,
+        } => {
             let image = image.ok_or("the depth estimation returned no depth image")?;
             out.generated_image = Some(save(media, ResourceKind::Image, &image).await?);
         }
         InferenceOutput::Media(blob) => {
-            let kind = task.output().filter(|k| *k != ResourceKind::Text).unwrap_or(ResourceKind::Image);
+            let kind = task
+                .output()
+                .filter(|k| *k != ResourceKind::Text)
+                .unwrap_or(ResourceKind::Image);
             let path = save(media, kind, &blob).await?;
             match kind {
                 ResourceKind::Audio => out.generated_audio = Some(path),
@@ -265,8 +313,13 @@ pub async fn into_task_output(
             for source in sources {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(source.blob.trim())
-                    .map_err(|e| format!("audio source {:?} is not valid base64: {e}", source.label))?;
-                let blob = Blob { bytes: bytes.into(), mime: Some(source.content_type.clone()) };
+                    .map_err(|e| {
+                        format!("audio source {:?} is not valid base64: {e}", source.label)
+                    })?;
+                let blob = Blob {
+                    bytes: bytes.into(),
+                    mime: Some(source.content_type.clone()),
+                };
                 let path = save(media, ResourceKind::Audio, &blob).await?;
                 out.generated_audio.get_or_insert_with(|| path.clone());
                 listed.push(json!({"label": source.label, "audio": path}));
@@ -278,7 +331,10 @@ pub async fn into_task_output(
 }
 
 async fn save(media: &dyn MediaStore, kind: ResourceKind, blob: &Blob) -> Result<String, String> {
-    media.save(kind, blob).await.map_err(|e| format!("could not save the generated {kind}: {e}"))
+    media
+        .save(kind, blob)
+        .await
+        .map_err(|e| format!("could not save the generated {kind}: {e}"))
 }
 
 /// Any output shape as JSON (shapes are plain data; failure is impossible in
@@ -300,9 +356,18 @@ mod tests {
             {"label": "giraffe", "score": 0.7, "box": {}}
         ]);
         assert_eq!(summarize_prediction(&detections), "1 giraffe, 2 zebra");
-        assert_eq!(summarize_prediction(&json!([{"label": "cat", "score": 0.5}])), "cat (0.50)");
-        assert_eq!(summarize_prediction(&json!([{"answer": "blue", "score": 0.5}])), "blue");
-        assert_eq!(summarize_prediction(&json!({"answer": "Paris", "score": 0.9})), "Paris");
+        assert_eq!(
+            summarize_prediction(&json!([{"label": "cat", "score": 0.5}])),
+            "cat (0.50)"
+        );
+        assert_eq!(
+            summarize_prediction(&json!([{"answer": "blue", "score": 0.5}])),
+            "blue"
+        );
+        assert_eq!(
+            summarize_prediction(&json!({"answer": "Paris", "score": 0.9})),
+            "Paris"
+        );
         assert_eq!(
             summarize_prediction(&json!([{"entity_group": "PER", "word": "Ada", "score": 0.9}])),
             "Ada (PER)"

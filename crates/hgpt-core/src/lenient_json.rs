@@ -20,7 +20,12 @@ pub struct LenientJsonError {
 /// Parse one value starting at `start` (leading whitespace is skipped).
 /// Returns the value and the byte offset just past it.
 pub fn parse_value_at(text: &str, start: usize) -> Result<(Value, usize), LenientJsonError> {
-    let mut parser = Parser { src: text.as_bytes(), text, pos: start, depth: 0 };
+    let mut parser = Parser {
+        src: text.as_bytes(),
+        text,
+        pos: start,
+        depth: 0,
+    };
     let value = parser.value()?;
     Ok((value, parser.pos))
 }
@@ -59,7 +64,10 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn error<T>(&self, message: impl Into<String>) -> Result<T, LenientJsonError> {
-        Err(LenientJsonError { offset: self.pos, message: message.into() })
+        Err(LenientJsonError {
+            offset: self.pos,
+            message: message.into(),
+        })
     }
 
     fn peek(&self) -> Option<u8> {
@@ -136,9 +144,7 @@ impl Parser<'_> {
             }
             let key = match self.peek() {
                 Some(q @ (b'"' | b'\'')) => self.string(q)?,
-                Some(c) if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' => {
-                    self.identifier()
-                }
+                Some(c) if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' => self.identifier(),
                 _ => return self.error("expected an object key"),
             };
             self.skip_ws();
@@ -202,7 +208,9 @@ impl Parser<'_> {
     /// followed (after spaces) by a structural character or the end.
     fn closes_single_quoted(&self) -> bool {
         let rest = &self.src[self.pos + 1..];
-        let next = rest.iter().find(|c| !matches!(c, b' ' | b'\t' | b'\r' | b'\n'));
+        let next = rest
+            .iter()
+            .find(|c| !matches!(c, b' ' | b'\t' | b'\r' | b'\n'));
         matches!(next, None | Some(b',' | b'}' | b']' | b':'))
     }
 
@@ -252,7 +260,10 @@ impl Parser<'_> {
 
     fn unicode_escape(&mut self) -> Result<char, LenientJsonError> {
         let hex = |p: &mut Self| -> Result<u32, LenientJsonError> {
-            let digits = p.src.get(p.pos..p.pos + 4).and_then(|d| std::str::from_utf8(d).ok());
+            let digits = p
+                .src
+                .get(p.pos..p.pos + 4)
+                .and_then(|d| std::str::from_utf8(d).ok());
             match digits.and_then(|d| u32::from_str_radix(d, 16).ok()) {
                 Some(v) => {
                     p.pos += 4;
@@ -265,7 +276,8 @@ impl Parser<'_> {
         if (0xD800..0xDC00).contains(&first) && self.src[self.pos..].starts_with(b"\\u") {
             self.pos += 2;
             let second = hex(self)?;
-            let combined = 0x10000 + ((first - 0xD800) << 10) + (second.wrapping_sub(0xDC00) & 0x3ff);
+            let combined =
+                0x10000 + ((first - 0xD800) << 10) + (second.wrapping_sub(0xDC00) & 0x3ff);
             return Ok(char::from_u32(combined).unwrap_or('\u{fffd}'));
         }
         Ok(char::from_u32(first).unwrap_or('\u{fffd}'))
@@ -302,7 +314,10 @@ mod tests {
     #[test]
     fn strict_json_is_read_as_is() {
         let text = r#"{"a": [1, 2.5, -3e2, true, null, "x\"y\u00e9"], "b": {}}"#;
-        assert_eq!(parse_first(text).unwrap(), serde_json::from_str::<Value>(text).unwrap());
+        assert_eq!(
+            parse_first(text).unwrap(),
+            serde_json::from_str::<Value>(text).unwrap()
+        );
     }
 
     #[test]
@@ -314,7 +329,10 @@ mod tests {
     #[test]
     fn unquoted_keys_trailing_commas_python_literals() {
         let v = parse_first("{task: 'x', dep: [-1,], ok: True, none: None,}").unwrap();
-        assert_eq!(v, json!({"task": "x", "dep": [-1], "ok": true, "none": null}));
+        assert_eq!(
+            v,
+            json!({"task": "x", "dep": [-1], "ok": true, "none": null})
+        );
     }
 
     #[test]
@@ -337,7 +355,16 @@ mod tests {
 
     #[test]
     fn errors_carry_offsets_and_never_panic() {
-        for bad in ["", "{", "[1, 2", "{\"a\" 1}", "\"abc", "{\"a\": \"\\u12\"}", "-", "{'a': 'é"] {
+        for bad in [
+            "",
+            "{",
+            "[1, 2",
+            "{\"a\" 1}",
+            "\"abc",
+            "{\"a\": \"\\u12\"}",
+            "-",
+            "{'a': 'é",
+        ] {
             assert!(parse_first(bad).is_err(), "{bad:?}");
         }
         let deep = "[".repeat(10_000);

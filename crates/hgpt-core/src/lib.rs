@@ -4,14 +4,14 @@
 //! the network or links an ML framework. See ARCHITECTURE.md for the map.
 
 pub mod backend;
-pub mod output;
-pub mod task;
-pub mod lenient_json;
-pub mod plan;
 pub mod catalog;
+pub mod execute;
+pub mod lenient_json;
+pub mod output;
+pub mod pipeline;
+pub mod plan;
 pub mod prompt;
 pub mod record;
 pub mod scheduler;
 pub mod selection;
-pub mod execute;
-pub mod pipeline;
+pub mod task;

@@ -48,8 +48,7 @@ pub fn sniff_mime(bytes: &[u8]) -> Option<&'static str> {
         "audio/flac"
     } else if starts(b"OggS") {
         "audio/ogg"
-    } else if starts(b"ID3") || (bytes.len() >= 2 && bytes[0] == 0xff && bytes[1] & 0xe0 == 0xe0)
-    {
+    } else if starts(b"ID3") || (bytes.len() >= 2 && bytes[0] == 0xff && bytes[1] & 0xe0 == 0xe0) {
         "audio/mpeg"
     } else if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
         "video/mp4"

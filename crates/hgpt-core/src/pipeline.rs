@@ -7,17 +7,22 @@
 //! candidate (bounded); a failed task skips its dependents; the answer stage
 //! always runs and says what failed.
 
-use crate::backend::{ChatMessage, ChatModel, ChatRequest, InferenceBackend, InferenceError, InferenceRequest, LlmError, MediaStore, ResolvedArgs};
+use crate::backend::{
+    ChatMessage, ChatModel, ChatRequest, InferenceBackend, InferenceError, InferenceRequest,
+    LlmError, MediaStore, ResolvedArgs,
+};
 use crate::catalog::Catalog;
 use crate::execute::{Finished, into_task_output, output_text, resolve_args, truncate_chars};
 use crate::plan::{Plan, PlanError, PlanTask, PlanTaskView, parse_and_postprocess};
 use crate::prompt::{Prompts, TokenCounter, history_as_text, render, trim_history};
-use crate::record::{ModelChoice, RunEvent, RunMode, RunRecord, StageTimings, TaskOutput, TaskRecord, TaskStatus};
+use crate::record::{
+    ModelChoice, RunEvent, RunMode, RunRecord, StageTimings, TaskOutput, TaskRecord, TaskStatus,
+};
 use crate::scheduler::{Node, NodeOutcome, run_graph};
 use crate::selection::{self, Selection, SelectionConfig};
 use crate::task::{TaskKind, TaskName};
-use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,7 +118,15 @@ impl Pipeline {
         config: PipelineConfig,
     ) -> Self {
         let tokens = TokenCounter::for_model(llm.model_name());
-        Self { llm, backend, media, catalog, prompts, config, tokens }
+        Self {
+            llm,
+            backend,
+            media,
+            catalog,
+            prompts,
+            config,
+            tokens,
+        }
     }
 
     /// The catalog in use.
@@ -140,16 +153,38 @@ impl Pipeline {
             )));
             messages
         };
-        let kept = trim_history(history, &self.tokens, self.config.context_window, self.config.reserve_tokens, build);
-        ChatRequest { messages: build(kept), temperature: self.config.temperature, ..ChatRequest::default() }
+        let kept = trim_history(
+            history,
+            &self.tokens,
+            self.config.context_window,
+            self.config.reserve_tokens,
+            build,
+        );
+        ChatRequest {
+            messages: build(kept),
+            temperature: self.config.temperature,
+            ..ChatRequest::default()
+        }
     }
 
     /// Stage 1 alone: ask for a plan and post-process it.
-    pub async fn plan(&self, request: &str, history: &[ChatMessage]) -> Result<PlanOutcome, PipelineError> {
+    pub async fn plan(
+        &self,
+        request: &str,
+        history: &[ChatMessage],
+    ) -> Result<PlanOutcome, PipelineError> {
         let started = Instant::now();
-        let raw = self.llm.complete(self.plan_request(request, history)).await.map_err(PipelineError::Planning)?;
+        let raw = self
+            .llm
+            .complete(self.plan_request(request, history))
+            .await
+            .map_err(PipelineError::Planning)?;
         let plan = parse_and_postprocess(&raw);
-        Ok(PlanOutcome { raw, plan, elapsed: started.elapsed() })
+        Ok(PlanOutcome {
+            raw,
+            plan,
+            elapsed: started.elapsed(),
+        })
     }
 
     /// All four stages. Events go to `events` as they happen; the record is
@@ -168,15 +203,26 @@ impl Pipeline {
             }
         };
         let outcome = self.plan(request, history).await?;
-        let mut timings = StageTimings { plan_ms: ms(outcome.elapsed), ..StageTimings::default() };
+        let mut timings = StageTimings {
+            plan_ms: ms(outcome.elapsed),
+            ..StageTimings::default()
+        };
         let (plan, fallback_reason) = match outcome.plan {
-            Err(e) => (Plan::default(), Some(format!("the plan could not be used: {e}"))),
-            Ok(plan) if plan.is_empty() => (plan, Some("the planner found no task to run".to_string())),
+            Err(e) => (
+                Plan::default(),
+                Some(format!("the plan could not be used: {e}")),
+            ),
+            Ok(plan) if plan.is_empty() => {
+                (plan, Some("the planner found no task to run".to_string()))
+            }
             Ok(plan) => {
-                let single_text_task =
-                    plan.tasks.len() == 1 && plan.tasks[0].kind().is_some_and(TaskKind::is_llm_capable);
+                let single_text_task = plan.tasks.len() == 1
+                    && plan.tasks[0].kind().is_some_and(TaskKind::is_llm_capable);
                 let reason = single_text_task.then(|| {
-                    format!("a single {} task is answered by the controller LLM directly", plan.tasks[0].task)
+                    format!(
+                        "a single {} task is answered by the controller LLM directly",
+                        plan.tasks[0].task
+                    )
                 });
                 (plan, reason)
             }
@@ -196,16 +242,24 @@ impl Pipeline {
         };
 
         let answer_request = if let Some(reason) = fallback_reason {
-            emit(RunEvent::ChatFallback { reason: reason.clone() });
+            emit(RunEvent::ChatFallback {
+                reason: reason.clone(),
+            });
             record.mode = RunMode::Chat;
             record.fallback_reason = Some(reason);
             self.chat_request(request, history)
         } else {
-            emit(RunEvent::Planned { plan: record.plan.clone(), warnings: plan.warnings.clone() });
+            emit(RunEvent::Planned {
+                plan: record.plan.clone(),
+                warnings: plan.warnings.clone(),
+            });
             let execution_started = Instant::now();
             let context = self.execute(request, plan, started, events.clone()).await;
             timings.execution_ms = ms(execution_started.elapsed());
-            timings.selection_ms = context.last_selection_ms.load(Ordering::Relaxed).saturating_sub(timings.plan_ms);
+            timings.selection_ms = context
+                .last_selection_ms
+                .load(Ordering::Relaxed)
+                .saturating_sub(timings.plan_ms);
             record.tasks = context.into_records();
             self.answer_request(request, &record.tasks)
         };
@@ -222,7 +276,9 @@ impl Pipeline {
         timings.answer_ms = ms(answer_started.elapsed());
         timings.total_ms = ms(started.elapsed());
         record.timings = timings;
-        emit(RunEvent::Finished { record: Box::new(record.clone()) });
+        emit(RunEvent::Finished {
+            record: Box::new(record.clone()),
+        });
         Ok(record)
     }
 
@@ -233,8 +289,18 @@ impl Pipeline {
             messages.push(ChatMessage::user(request));
             messages
         };
-        let kept = trim_history(history, &self.tokens, self.config.context_window, self.config.reserve_tokens, build);
-        ChatRequest { messages: build(kept), temperature: None, ..ChatRequest::default() }
+        let kept = trim_history(
+            history,
+            &self.tokens,
+            self.config.context_window,
+            self.config.reserve_tokens,
+            build,
+        );
+        ChatRequest {
+            messages: build(kept),
+            temperature: None,
+            ..ChatRequest::default()
+        }
     }
 
     /// The response-stage request, with results cut to fit the context.
@@ -248,17 +314,30 @@ impl Pipeline {
                 &self.prompts.answer.user,
                 &[("input", request), ("results", &results)],
             )));
-            let fits = self.tokens.count_messages(&messages) + self.config.reserve_tokens <= self.config.context_window;
+            let fits = self.tokens.count_messages(&messages) + self.config.reserve_tokens
+                <= self.config.context_window;
             if fits || limit <= 64 {
-                return ChatRequest { messages, temperature: self.config.temperature, ..ChatRequest::default() };
+                return ChatRequest {
+                    messages,
+                    temperature: self.config.temperature,
+                    ..ChatRequest::default()
+                };
             }
             limit /= 2;
         }
     }
 
-    async fn stream_answer(&self, request: ChatRequest, emit: &impl Fn(RunEvent)) -> Result<String, (String, LlmError)> {
+    async fn stream_answer(
+        &self,
+        request: ChatRequest,
+        emit: &impl Fn(RunEvent),
+    ) -> Result<String, (String, LlmError)> {
         let mut answer = String::new();
-        let mut stream = self.llm.stream(request).await.map_err(|e| (String::new(), e))?;
+        let mut stream = self
+            .llm
+            .stream(request)
+            .await
+            .map_err(|e| (String::new(), e))?;
         while let Some(delta) = stream.next().await {
             match delta {
                 Ok(text) => {
@@ -271,8 +350,21 @@ impl Pipeline {
         Ok(answer)
     }
 
-    async fn execute(&self, request: &str, plan: Plan, started: Instant, events: Option<EventSink>) -> Arc<RunContext> {
-        let nodes: Vec<Node> = plan.tasks.iter().map(|t| Node { id: t.id, deps: t.dep.clone() }).collect();
+    async fn execute(
+        &self,
+        request: &str,
+        plan: Plan,
+        started: Instant,
+        events: Option<EventSink>,
+    ) -> Arc<RunContext> {
+        let nodes: Vec<Node> = plan
+            .tasks
+            .iter()
+            .map(|t| Node {
+                id: t.id,
+                deps: t.dep.clone(),
+            })
+            .collect();
         let context = Arc::new(RunContext {
             llm: self.llm.clone(),
             backend: self.backend.clone(),
@@ -295,13 +387,23 @@ impl Pipeline {
             self.config.max_concurrency,
             Some(deadline),
             |id| context.clone().execute_task(id),
-            |id, because| context.finish_unrun(id, TaskStatus::Skipped, format!("skipped: task {because} did not succeed")),
+            |id, because| {
+                context.finish_unrun(
+                    id,
+                    TaskStatus::Skipped,
+                    format!("skipped: task {because} did not succeed"),
+                )
+            },
         )
         .await;
         for (id, outcome) in outcomes {
             if outcome == NodeOutcome::Cancelled {
                 let limit = self.config.run_timeout.as_secs_f64();
-                context.finish_unrun(id, TaskStatus::Failed, format!("cancelled: the run exceeded its time limit of {limit} s"));
+                context.finish_unrun(
+                    id,
+                    TaskStatus::Failed,
+                    format!("cancelled: the run exceeded its time limit of {limit} s"),
+                );
             }
         }
         context
@@ -361,7 +463,8 @@ impl RunContext {
             let id = task.id;
             let handle = tokio::spawn(async move {
                 let result = this.select(&catalog, kind, &args).await;
-                this.last_selection_ms.fetch_max(this.now_ms(), Ordering::Relaxed);
+                this.last_selection_ms
+                    .fetch_max(this.now_ms(), Ordering::Relaxed);
                 if let Ok(selection) = &result {
                     this.emit(RunEvent::ModelChosen {
                         id,
@@ -372,26 +475,45 @@ impl RunContext {
                 result
             });
             let shared = handle
-                .map(|joined| joined.unwrap_or_else(|e| Err(format!("model selection crashed: {e}"))))
+                .map(|joined| {
+                    joined.unwrap_or_else(|e| Err(format!("model selection crashed: {e}")))
+                })
                 .boxed()
                 .shared();
             selections.insert(task.id, shared);
         }
     }
 
-    async fn select(&self, catalog: &Catalog, kind: TaskKind, args: &Value) -> Result<Selection, String> {
+    async fn select(
+        &self,
+        catalog: &Catalog,
+        kind: TaskKind,
+        args: &Value,
+    ) -> Result<Selection, String> {
         if let Some(model) = kind.controlnet_model() {
             return Ok(Selection {
-                choice: ModelChoice { id: model.to_string(), reason: "ControlNet tasks use the matching lllyasviel ControlNet model".to_string() },
+                choice: ModelChoice {
+                    id: model.to_string(),
+                    reason: "ControlNet tasks use the matching lllyasviel ControlNet model"
+                        .to_string(),
+                },
                 endpoint: self.backend.endpoint(model),
                 alternatives: Vec::new(),
             });
         }
         let config = &self.config.selection;
         let candidates = selection::candidates(catalog, self.backend.as_ref(), kind, config).await;
-        selection::choose(self.llm.as_ref(), &self.prompts.select, &self.request, kind, args, candidates, config)
-            .await
-            .map_err(|e| e.to_string())
+        selection::choose(
+            self.llm.as_ref(),
+            &self.prompts.select,
+            &self.request,
+            kind,
+            args,
+            candidates,
+            config,
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
 
     fn base_record(task: &PlanTask) -> TaskRecord {
@@ -413,7 +535,9 @@ impl RunContext {
 
     /// Record a task that never ran (skipped or cancelled).
     fn finish_unrun(&self, id: usize, status: TaskStatus, reason: String) {
-        let Some(task) = self.plan.get(id) else { return };
+        let Some(task) = self.plan.get(id) else {
+            return;
+        };
         let mut records = lock(&self.records);
         let record = records.entry(id).or_insert_with(|| Self::base_record(task));
         if record.finished_ms.is_some() {
@@ -424,10 +548,16 @@ impl RunContext {
         record.finished_ms = Some(self.now_ms());
         let snapshot = record.clone();
         drop(records);
-        self.emit(RunEvent::TaskFinished { record: snapshot });
+        self.emit(RunEvent::TaskFinished {
+            record: Box::new(snapshot),
+        });
     }
 
-    fn finish(&self, mut record: TaskRecord, result: Result<(TaskOutput, BTreeMap<String, Value>), String>) -> bool {
+    fn finish(
+        &self,
+        mut record: TaskRecord,
+        result: Result<(TaskOutput, BTreeMap<String, Value>), String>,
+    ) -> bool {
         record.finished_ms = Some(self.now_ms());
         let ok = match result {
             Ok((output, inputs)) => {
@@ -443,24 +573,36 @@ impl RunContext {
             }
         };
         lock(&self.records).insert(record.id, record.clone());
-        self.emit(RunEvent::TaskFinished { record });
+        self.emit(RunEvent::TaskFinished {
+            record: Box::new(record),
+        });
         ok
     }
 
     async fn execute_task(self: Arc<Self>, id: usize) -> bool {
-        let Some(task) = self.plan.get(id).cloned() else { return false };
+        let Some(task) = self.plan.get(id).cloned() else {
+            return false;
+        };
         let mut record = Self::base_record(&task);
         // Keep a record in place so a cancelled run still shows what ran.
         lock(&self.records).insert(id, record.clone());
         let kind = match &task.task {
             TaskName::Known(kind) => *kind,
             TaskName::Unknown(name) => {
-                return self.finish(record, Err(format!("unknown task type {name:?}: hgpt has no model for it")));
+                return self.finish(
+                    record,
+                    Err(format!(
+                        "unknown task type {name:?}: hgpt has no model for it"
+                    )),
+                );
             }
         };
         let selection = if kind.is_llm_capable() {
             Ok(Selection {
-                choice: ModelChoice { id: self.llm.model_name().to_string(), reason: CONTROLLER_REASON.to_string() },
+                choice: ModelChoice {
+                    id: self.llm.model_name().to_string(),
+                    reason: CONTROLLER_REASON.to_string(),
+                },
                 endpoint: CONTROLLER_ENDPOINT.to_string(),
                 alternatives: Vec::new(),
             })
@@ -479,7 +621,10 @@ impl RunContext {
         record.endpoint = Some(selection.endpoint.clone());
         record.started_ms = Some(self.now_ms());
         lock(&self.records).insert(id, record.clone());
-        self.emit(RunEvent::TaskStarted { id, at_ms: self.now_ms() });
+        self.emit(RunEvent::TaskStarted {
+            id,
+            at_ms: self.now_ms(),
+        });
 
         let finished = lock(&self.finished).clone();
         let (args, shown) = match resolve_args(&task, &finished, self.media.as_ref()).await {
@@ -503,33 +648,59 @@ impl RunContext {
         selection: Selection,
         record: &mut TaskRecord,
     ) -> Result<TaskOutput, String> {
-        let fallbacks = selection.alternatives.into_iter().take(self.config.fallback_models);
+        let fallbacks = selection
+            .alternatives
+            .into_iter()
+            .take(self.config.fallback_models);
         let mut attempts = vec![(selection.choice, selection.endpoint)];
         attempts.extend(fallbacks.map(|c| {
             let reason = "next-ranked candidate".to_string();
-            (ModelChoice { id: c.entry.id, reason }, c.endpoint)
+            (
+                ModelChoice {
+                    id: c.entry.id,
+                    reason,
+                },
+                c.endpoint,
+            )
         }));
         let mut failures: Vec<String> = Vec::new();
         let total = attempts.len();
         for (attempt, (choice, endpoint)) in attempts.into_iter().enumerate() {
-            let request = InferenceRequest { task: kind, model: choice.id.clone(), args: args.clone() };
-            let outcome = match tokio::time::timeout(self.config.task_timeout, self.backend.infer(&request)).await {
-                Ok(result) => result,
-                Err(_) => Err(InferenceError::Timeout { model: choice.id.clone(), after: self.config.task_timeout }),
+            let request = InferenceRequest {
+                task: kind,
+                model: choice.id.clone(),
+                args: args.clone(),
             };
+            let outcome =
+                match tokio::time::timeout(self.config.task_timeout, self.backend.infer(&request))
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(InferenceError::Timeout {
+                        model: choice.id.clone(),
+                        after: self.config.task_timeout,
+                    }),
+                };
             match outcome {
                 Ok(output) => {
                     if !failures.is_empty() {
                         record.model = Some(ModelChoice {
                             id: choice.id,
-                            reason: format!("{} (fallback after: {})", choice.reason, failures.join("; ")),
+                            reason: format!(
+                                "{} (fallback after: {})",
+                                choice.reason,
+                                failures.join("; ")
+                            ),
                         });
                         record.endpoint = Some(endpoint);
                     }
                     return into_task_output(kind, output, args, self.media.as_ref()).await;
                 }
                 Err(error) => {
-                    let worth_another = !matches!(error, InferenceError::BadInput { .. } | InferenceError::Unsupported(_));
+                    let worth_another = !matches!(
+                        error,
+                        InferenceError::BadInput { .. } | InferenceError::Unsupported(_)
+                    );
                     failures.push(error.to_string());
                     if !worth_another || attempt + 1 == total {
                         break;
@@ -542,8 +713,16 @@ impl RunContext {
     }
 
     /// Text tasks the controller LLM can do, run with a short instruction.
-    async fn run_text_task(&self, kind: TaskKind, args: &ResolvedArgs) -> Result<TaskOutput, String> {
-        let text = args.text.clone().or_else(|| args.other_text("context")).unwrap_or_default();
+    async fn run_text_task(
+        &self,
+        kind: TaskKind,
+        args: &ResolvedArgs,
+    ) -> Result<TaskOutput, String> {
+        let text = args
+            .text
+            .clone()
+            .or_else(|| args.other_text("context"))
+            .unwrap_or_default();
         if text.trim().is_empty() {
             return Err(format!("bad input for {kind}: no text to work on"));
         }
@@ -561,14 +740,25 @@ impl RunContext {
         };
         let prompt = render(
             &self.prompts.text_task,
-            &[("task", kind.as_str()), ("instructions", &instructions), ("text", &text)],
+            &[
+                ("task", kind.as_str()),
+                ("instructions", &instructions),
+                ("text", &text),
+            ],
         );
-        let request = ChatRequest { messages: vec![ChatMessage::user(prompt)], temperature: self.config.temperature, ..ChatRequest::default() };
+        let request = ChatRequest {
+            messages: vec![ChatMessage::user(prompt)],
+            temperature: self.config.temperature,
+            ..ChatRequest::default()
+        };
         let answer = tokio::time::timeout(self.config.task_timeout, self.llm.complete(request))
             .await
             .map_err(|_| format!("the controller LLM timed out on {kind}"))?
             .map_err(|e| e.to_string())?;
-        Ok(TaskOutput { generated_text: Some(answer.trim().to_string()), ..TaskOutput::default() })
+        Ok(TaskOutput {
+            generated_text: Some(answer.trim().to_string()),
+            ..TaskOutput::default()
+        })
     }
 
     fn into_records(self: Arc<Self>) -> Vec<TaskRecord> {
@@ -576,7 +766,11 @@ impl RunContext {
         self.plan
             .tasks
             .iter()
-            .map(|task| records.remove(&task.id).unwrap_or_else(|| Self::base_record(task)))
+            .map(|task| {
+                records
+                    .remove(&task.id)
+                    .unwrap_or_else(|| Self::base_record(task))
+            })
             .collect()
     }
 }
@@ -594,14 +788,18 @@ pub fn results_for_prompt(records: &[TaskRecord], limit: usize) -> String {
                 "status": r.status,
             });
             if let Some(model) = &r.model {
-                item["model"] = json!({"id": model.id, "reason": cut_value(&json!(model.reason), limit)});
+                item["model"] =
+                    json!({"id": model.id, "reason": cut_value(&json!(model.reason), limit)});
             }
             if let Some(output) = &r.output {
                 let mut shown = serde_json::to_value(output).unwrap_or(Value::Null);
                 if let Some(predicted) = &output.predicted
                     && output.generated_text.is_none()
                 {
-                    shown["summary"] = json!(output_text(&TaskOutput { predicted: Some(predicted.clone()), ..TaskOutput::default() }));
+                    shown["summary"] = json!(output_text(&TaskOutput {
+                        predicted: Some(predicted.clone()),
+                        ..TaskOutput::default()
+                    }));
                 }
                 item["output"] = cut_value(&shown, limit);
             }
@@ -620,23 +818,38 @@ fn cut_value(value: &Value, limit: usize) -> Value {
     match value {
         Value::String(s) => Value::String(truncate_chars(s, limit)),
         Value::Array(items) if is_number_tensor(items) => {
-            json!(format!("[numeric array with {} values, omitted]", count_numbers(value)))
+            json!(format!(
+                "[numeric array with {} values, omitted]",
+                count_numbers(value)
+            ))
         }
         Value::Array(items) => {
-            let mut kept: Vec<Value> = items.iter().take(MAX_LIST_ITEMS).map(|v| cut_value(v, limit)).collect();
+            let mut kept: Vec<Value> = items
+                .iter()
+                .take(MAX_LIST_ITEMS)
+                .map(|v| cut_value(v, limit))
+                .collect();
             if items.len() > MAX_LIST_ITEMS {
-                kept.push(json!(format!("[cut: {} more items]", items.len() - MAX_LIST_ITEMS)));
+                kept.push(json!(format!(
+                    "[cut: {} more items]",
+                    items.len() - MAX_LIST_ITEMS
+                )));
             }
             Value::Array(kept)
         }
-        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), cut_value(v, limit))).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), cut_value(v, limit)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
 
 fn is_number_tensor(items: &[Value]) -> bool {
     items.len() > MAX_LIST_ITEMS && items.iter().all(|v| v.is_number() || v.is_array())
-        || items.first().is_some_and(Value::is_array) && count_numbers(&Value::Array(items.to_vec())) > MAX_LIST_ITEMS
+        || items.first().is_some_and(Value::is_array)
+            && count_numbers(&Value::Array(items.to_vec())) > MAX_LIST_ITEMS
 }
 
 fn count_numbers(value: &Value) -> usize {

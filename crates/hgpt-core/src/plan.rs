@@ -82,7 +82,11 @@ impl PlanTask {
 
     /// The ids referenced by this task's arguments.
     pub fn referenced_ids(&self) -> BTreeSet<usize> {
-        self.args.values().filter_map(Value::as_str).flat_map(references_in).collect()
+        self.args
+            .values()
+            .filter_map(Value::as_str)
+            .flat_map(references_in)
+            .collect()
     }
 
     /// The reference's JSON shape: `{"task", "id", "dep", "args"}` with
@@ -191,8 +195,9 @@ fn unwrap_items(items: Vec<Value>) -> Vec<Map<String, Value>> {
     for item in items {
         let Value::Object(map) = item else { continue };
         if task_field(&map).is_none()
-            && let Some(Value::Array(inner)) =
-                map.values().find(|v| v.as_array().is_some_and(|a| a.iter().any(Value::is_object)))
+            && let Some(Value::Array(inner)) = map
+                .values()
+                .find(|v| v.as_array().is_some_and(|a| a.iter().any(Value::is_object)))
         {
             out.extend(unwrap_items(inner.clone()));
             continue;
@@ -203,16 +208,24 @@ fn unwrap_items(items: Vec<Value>) -> Vec<Map<String, Value>> {
 }
 
 fn strip_code_fence(text: &str) -> &str {
-    let Some(start) = text.find("```") else { return text };
+    let Some(start) = text.find("```") else {
+        return text;
+    };
     let after = &text[start + 3..];
     let body_start = after.find('\n').map_or(0, |n| n + 1);
     let body = &after[body_start..];
     let inner = body.find("```").map_or(body, |end| &body[..end]);
-    if inner.contains('[') || inner.contains('{') { inner } else { text }
+    if inner.contains('[') || inner.contains('{') {
+        inner
+    } else {
+        text
+    }
 }
 
 fn task_field(map: &Map<String, Value>) -> Option<&str> {
-    ["task", "task_type", "type", "name"].iter().find_map(|k| map.get(*k)?.as_str())
+    ["task", "task_type", "type", "name"]
+        .iter()
+        .find_map(|k| map.get(*k)?.as_str())
 }
 
 /// Turn plan items into a validated plan: parse names, ids and dependencies,
@@ -224,7 +237,9 @@ pub fn postprocess(items: Vec<Map<String, Value>>) -> Result<Plan, PlanError> {
     let mut seen = BTreeSet::new();
     for (position, item) in items.into_iter().enumerate() {
         let Some(name) = task_field(&item) else {
-            warnings.push(format!("ignored item #{position}: it has no \"task\" field"));
+            warnings.push(format!(
+                "ignored item #{position}: it has no \"task\" field"
+            ));
             continue;
         };
         let task = TaskName::parse(name);
@@ -243,7 +258,15 @@ pub fn postprocess(items: Vec<Map<String, Value>>) -> Result<Plan, PlanError> {
         }
         let explicit_dep = item.get("dep").map(parse_deps).unwrap_or_default();
         let args = parse_args(&item);
-        tasks.push((PlanTask { id, task, dep: Vec::new(), args }, explicit_dep));
+        tasks.push((
+            PlanTask {
+                id,
+                task,
+                dep: Vec::new(),
+                args,
+            },
+            explicit_dep,
+        ));
     }
 
     let tasks = unfold(tasks, &mut warnings);
@@ -252,7 +275,10 @@ pub fn postprocess(items: Vec<Map<String, Value>>) -> Result<Plan, PlanError> {
     for (mut task, explicit) in tasks {
         let referenced = task.referenced_ids();
         if let Some(&missing) = referenced.iter().find(|r| !ids.contains(r)) {
-            return Err(PlanError::UnknownReference { task: task.id, reference: missing });
+            return Err(PlanError::UnknownReference {
+                task: task.id,
+                reference: missing,
+            });
         }
         if referenced.contains(&task.id) {
             return Err(PlanError::Cycle(vec![task.id]));
@@ -262,9 +288,15 @@ pub fn postprocess(items: Vec<Map<String, Value>>) -> Result<Plan, PlanError> {
             if d == task.id {
                 warnings.push(format!("task {}: dropped a dependency on itself", task.id));
             } else if !ids.contains(&d) {
-                warnings.push(format!("task {}: dropped a dependency on missing task {d}", task.id));
+                warnings.push(format!(
+                    "task {}: dropped a dependency on missing task {d}",
+                    task.id
+                ));
             } else if d > task.id && !dep.contains(&d) {
-                warnings.push(format!("task {}: dropped a forward dependency on task {d}", task.id));
+                warnings.push(format!(
+                    "task {}: dropped a forward dependency on task {d}",
+                    task.id
+                ));
             } else {
                 dep.insert(d);
             }
@@ -274,7 +306,10 @@ pub fn postprocess(items: Vec<Map<String, Value>>) -> Result<Plan, PlanError> {
         plan_tasks.push(task);
     }
     check_acyclic(&plan_tasks)?;
-    Ok(Plan { tasks: plan_tasks, warnings })
+    Ok(Plan {
+        tasks: plan_tasks,
+        warnings,
+    })
 }
 
 /// Read and post-process in one step.
@@ -286,11 +321,18 @@ fn parse_id(value: &Value) -> Option<usize> {
     match value {
         Value::Number(n) => n
             .as_u64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
             .and_then(|n| usize::try_from(n).ok()),
         Value::String(s) => {
             let s = s.trim();
-            let s = s.strip_prefix("task").unwrap_or(s).trim_start_matches(['-', '_', ' ']);
+            let s = s
+                .strip_prefix("task")
+                .unwrap_or(s)
+                .trim_start_matches(['-', '_', ' ']);
             s.parse().ok()
         }
         _ => None,
@@ -307,7 +349,9 @@ fn parse_deps(value: &Value) -> Vec<usize> {
             if !refs.is_empty() {
                 return refs;
             }
-            s.split([',', ' ', ';']).filter_map(|p| p.trim().parse::<usize>().ok()).collect()
+            s.split([',', ' ', ';'])
+                .filter_map(|p| p.trim().parse::<usize>().ok())
+                .collect()
         }
         other => parse_id(other).into_iter().collect(),
     }
@@ -360,7 +404,11 @@ fn unfold(
             continue;
         };
         let mut new_ids = Vec::new();
-        let kept_deps: Vec<usize> = explicit.iter().copied().filter(|d| !ids.contains(d)).collect();
+        let kept_deps: Vec<usize> = explicit
+            .iter()
+            .copied()
+            .filter(|d| !ids.contains(d))
+            .collect();
         for (n, &referenced) in ids.iter().enumerate() {
             let mut copy = task.clone();
             if n > 0 {
@@ -368,7 +416,8 @@ fn unfold(
                 next_id += 1;
             }
             new_ids.push(copy.id);
-            copy.args.insert(key.clone(), Value::String(reference(referenced)));
+            copy.args
+                .insert(key.clone(), Value::String(reference(referenced)));
             out.push((copy, kept_deps.clone()));
         }
         warnings.push(format!(
@@ -383,9 +432,16 @@ fn unfold(
 /// task instead, as in the reference.
 fn convert_textless_control(task: &mut PlanTask, warnings: &mut Vec<String>) {
     let Some(kind) = task.kind() else { return };
-    let has_text = task.args.get("text").and_then(Value::as_str).is_some_and(|t| !t.is_empty());
+    let has_text = task
+        .args
+        .get("text")
+        .and_then(Value::as_str)
+        .is_some_and(|t| !t.is_empty());
     if let (false, Some(replacement)) = (has_text, kind.without_text()) {
-        warnings.push(format!("task {}: {kind} has no text, running {replacement}", task.id));
+        warnings.push(format!(
+            "task {}: {kind} has no text, running {replacement}",
+            task.id
+        ));
         task.task = TaskName::Known(replacement);
     }
 }
@@ -393,8 +449,11 @@ fn convert_textless_control(task: &mut PlanTask, warnings: &mut Vec<String>) {
 /// Kahn's algorithm over the dependencies; the tasks left over form cycles.
 fn check_acyclic(tasks: &[PlanTask]) -> Result<(), PlanError> {
     let mut indegree: BTreeMap<usize, usize> = tasks.iter().map(|t| (t.id, t.dep.len())).collect();
-    let mut ready: Vec<usize> =
-        indegree.iter().filter(|&(_, &d)| d == 0).map(|(&id, _)| id).collect();
+    let mut ready: Vec<usize> = indegree
+        .iter()
+        .filter(|&(_, &d)| d == 0)
+        .map(|(&id, _)| id)
+        .collect();
     while let Some(done) = ready.pop() {
         indegree.remove(&done);
         for task in tasks.iter().filter(|t| t.dep.contains(&done)) {
@@ -406,7 +465,11 @@ fn check_acyclic(tasks: &[PlanTask]) -> Result<(), PlanError> {
             }
         }
     }
-    if indegree.is_empty() { Ok(()) } else { Err(PlanError::Cycle(indegree.into_keys().collect())) }
+    if indegree.is_empty() {
+        Ok(())
+    } else {
+        Err(PlanError::Cycle(indegree.into_keys().collect()))
+    }
 }
 
 /// Serialisable view of a plan task, for records and events.
@@ -448,11 +511,26 @@ mod tests {
 
     #[test]
     fn reference_spellings() {
-        assert_eq!(references_in("<GENERATED>-0 <GENERATED-1> <generated>-2"), vec![0, 1, 2]);
-        assert_eq!(references_in("<node-3> and <node>-4, <resource>-5 <GENERATED_6>"), vec![3, 4, 5, 6]);
-        assert_eq!(canonicalize_references("see <GENERATED-2>!"), "see <GENERATED>-2!");
-        assert_eq!(pure_references("<GENERATED>-0, <GENERATED>-1"), Some(vec![0, 1]));
-        assert_eq!(pure_references("<GENERATED>-0 and <node-1>"), Some(vec![0, 1]));
+        assert_eq!(
+            references_in("<GENERATED>-0 <GENERATED-1> <generated>-2"),
+            vec![0, 1, 2]
+        );
+        assert_eq!(
+            references_in("<node-3> and <node>-4, <resource>-5 <GENERATED_6>"),
+            vec![3, 4, 5, 6]
+        );
+        assert_eq!(
+            canonicalize_references("see <GENERATED-2>!"),
+            "see <GENERATED>-2!"
+        );
+        assert_eq!(
+            pure_references("<GENERATED>-0, <GENERATED>-1"),
+            Some(vec![0, 1])
+        );
+        assert_eq!(
+            pure_references("<GENERATED>-0 and <node-1>"),
+            Some(vec![0, 1])
+        );
         assert_eq!(pure_references("translate <GENERATED>-0"), None);
         assert_eq!(pure_references("plain"), None);
     }
@@ -503,7 +581,9 @@ mod tests {
             "Here is the plan:\n```json\n[{\"task\": \"summarization\", \"id\": 0, \"dep\": [-1], \"args\": {\"text\": \"x\"}}]\n```\nLet me know!",
         );
         assert_eq!(p.tasks[0].kind(), Some(TaskKind::Summarization));
-        let p = plan("I will run: [{'task': 'object-detection', 'id': 0, 'dep': [-1], 'args': {'image': 'z.jpg'}}] ok?");
+        let p = plan(
+            "I will run: [{'task': 'object-detection', 'id': 0, 'dep': [-1], 'args': {'image': 'z.jpg'}}] ok?",
+        );
         assert_eq!(p.tasks[0].args["image"], json!("z.jpg"));
     }
 
@@ -538,12 +618,17 @@ mod tests {
 
     #[test]
     fn no_task_list_is_an_error() {
-        assert!(matches!(parse_plan("I cannot help with that."), Err(PlanError::NoTaskList(_))));
+        assert!(matches!(
+            parse_plan("I cannot help with that."),
+            Err(PlanError::NoTaskList(_))
+        ));
     }
 
     #[test]
     fn wrapper_object() {
-        let p = plan(r#"{"tasks": [{"task": "depth-estimation", "id": 0, "dep": [-1], "args": {"image": "a.png"}}]}"#);
+        let p = plan(
+            r#"{"tasks": [{"task": "depth-estimation", "id": 0, "dep": [-1], "args": {"image": "a.png"}}]}"#,
+        );
         assert_eq!(p.tasks[0].kind(), Some(TaskKind::DepthEstimation));
     }
 
@@ -563,7 +648,11 @@ mod tests {
                 {"task": "text-to-speech", "id": 3, "dep": [2], "args": {"text": "<GENERATED>-2"}}]"#,
         );
         assert_eq!(p.tasks.len(), 5);
-        let captions: Vec<_> = p.tasks.iter().filter(|t| t.kind() == Some(TaskKind::ImageToText)).collect();
+        let captions: Vec<_> = p
+            .tasks
+            .iter()
+            .filter(|t| t.kind() == Some(TaskKind::ImageToText))
+            .collect();
         assert_eq!(captions.len(), 2);
         assert_eq!((captions[0].id, captions[0].dep.clone()), (2, vec![0]));
         assert_eq!(captions[0].args["image"], json!("<GENERATED>-0"));
@@ -589,7 +678,11 @@ mod tests {
         );
         assert_eq!(p.tasks[0].dep, Vec::<usize>::new());
         assert_eq!(p.warnings.len(), 3, "{:?}", p.warnings);
-        assert_eq!(p.tasks[1].dep, vec![0], "an explicit backward dependency is kept");
+        assert_eq!(
+            p.tasks[1].dep,
+            vec![0],
+            "an explicit backward dependency is kept"
+        );
     }
 
     #[test]
@@ -598,7 +691,13 @@ mod tests {
             r#"[{"task": "image-to-text", "id": 0, "dep": [3], "args": {"image": "<GENERATED>-3"}}]"#,
         )
         .unwrap_err();
-        assert_eq!(err, PlanError::UnknownReference { task: 0, reference: 3 });
+        assert_eq!(
+            err,
+            PlanError::UnknownReference {
+                task: 0,
+                reference: 3
+            }
+        );
         assert!(err.to_string().contains("no task 3"));
     }
 
@@ -629,7 +728,9 @@ mod tests {
     #[test]
     fn duplicate_and_invalid_ids() {
         assert_eq!(
-            parse_and_postprocess(r#"[{"task": "summarization", "id": 0}, {"task": "translation", "id": 0}]"#),
+            parse_and_postprocess(
+                r#"[{"task": "summarization", "id": 0}, {"task": "translation", "id": 0}]"#
+            ),
             Err(PlanError::DuplicateId(0))
         );
         assert!(matches!(
@@ -640,7 +741,9 @@ mod tests {
 
     #[test]
     fn missing_ids_are_positional_and_args_may_be_top_level() {
-        let p = plan(r#"[{"task": "summarization", "text": "long"}, {"task": "translation", "args": "hello"}]"#);
+        let p = plan(
+            r#"[{"task": "summarization", "text": "long"}, {"task": "translation", "args": "hello"}]"#,
+        );
         assert_eq!(p.tasks[0].id, 0);
         assert_eq!(p.tasks[0].args["text"], json!("long"));
         assert_eq!(p.tasks[1].args["text"], json!("hello"));
@@ -648,15 +751,21 @@ mod tests {
 
     #[test]
     fn textless_control_conversion() {
-        let p = plan(r#"[{"task": "seg-text-to-image", "id": 0, "dep": [-1], "args": {"image": "a.png"}}]"#);
+        let p = plan(
+            r#"[{"task": "seg-text-to-image", "id": 0, "dep": [-1], "args": {"image": "a.png"}}]"#,
+        );
         assert_eq!(p.tasks[0].kind(), Some(TaskKind::ImageSegmentation));
-        let p = plan(r#"[{"task": "canny-text-to-image", "id": 0, "dep": [-1], "args": {"image": "a.png", "text": "a house"}}]"#);
+        let p = plan(
+            r#"[{"task": "canny-text-to-image", "id": 0, "dep": [-1], "args": {"image": "a.png", "text": "a house"}}]"#,
+        );
         assert_eq!(p.tasks[0].kind(), Some(TaskKind::CannyTextToImage));
     }
 
     #[test]
     fn items_without_task_are_ignored_with_warning() {
-        let p = plan(r#"[{"id": 0, "note": "thinking"}, {"task": "summarization", "id": 1, "args": {"text": "t"}}]"#);
+        let p = plan(
+            r#"[{"id": 0, "note": "thinking"}, {"task": "summarization", "id": 1, "args": {"text": "t"}}]"#,
+        );
         assert_eq!(p.tasks.len(), 1);
         assert_eq!(p.warnings.len(), 1);
     }

@@ -55,9 +55,12 @@ struct DemoMessage {
 /// Read demonstrations in the reference's JSON demo format: a list of
 /// `{"role": "user"|"assistant"|"system", "content": "..."}`.
 pub fn parse_demos(json: &str, source_name: &str) -> Result<Vec<ChatMessage>, DemoError> {
-    let error = |message: String| DemoError { source_name: source_name.to_string(), message };
-    let messages: Vec<DemoMessage> =
-        serde_json::from_str(json).map_err(|e| error(format!("not a JSON list of messages: {e}")))?;
+    let error = |message: String| DemoError {
+        source_name: source_name.to_string(),
+        message,
+    };
+    let messages: Vec<DemoMessage> = serde_json::from_str(json)
+        .map_err(|e| error(format!("not a JSON list of messages: {e}")))?;
     messages
         .into_iter()
         .enumerate()
@@ -68,7 +71,10 @@ pub fn parse_demos(json: &str, source_name: &str) -> Result<Vec<ChatMessage>, De
                 "system" => Role::System,
                 other => return Err(error(format!("message {i} has unknown role {other:?}"))),
             };
-            Ok(ChatMessage { role, content: m.content })
+            Ok(ChatMessage {
+                role,
+                content: m.content,
+            })
         })
         .collect()
 }
@@ -78,22 +84,38 @@ impl Default for Prompts {
         let demos = |json: &str, name: &str| parse_demos(json, name).unwrap_or_default();
         Self {
             plan: StagePrompt {
-                system: include_str!("../assets/prompts/plan_system.md").trim().to_string(),
+                system: include_str!("../assets/prompts/plan_system.md")
+                    .trim()
+                    .to_string(),
                 demos: demos(include_str!("../assets/demos/plan.json"), "plan.json"),
-                user: include_str!("../assets/prompts/plan_user.md").trim().to_string(),
+                user: include_str!("../assets/prompts/plan_user.md")
+                    .trim()
+                    .to_string(),
             },
             select: StagePrompt {
-                system: include_str!("../assets/prompts/select_system.md").trim().to_string(),
+                system: include_str!("../assets/prompts/select_system.md")
+                    .trim()
+                    .to_string(),
                 demos: demos(include_str!("../assets/demos/select.json"), "select.json"),
-                user: include_str!("../assets/prompts/select_user.md").trim().to_string(),
+                user: include_str!("../assets/prompts/select_user.md")
+                    .trim()
+                    .to_string(),
             },
             answer: StagePrompt {
-                system: include_str!("../assets/prompts/answer_system.md").trim().to_string(),
+                system: include_str!("../assets/prompts/answer_system.md")
+                    .trim()
+                    .to_string(),
                 demos: demos(include_str!("../assets/demos/answer.json"), "answer.json"),
-                user: include_str!("../assets/prompts/answer_user.md").trim().to_string(),
+                user: include_str!("../assets/prompts/answer_user.md")
+                    .trim()
+                    .to_string(),
             },
-            chat_system: include_str!("../assets/prompts/chat_system.md").trim().to_string(),
-            text_task: include_str!("../assets/prompts/text_task.md").trim().to_string(),
+            chat_system: include_str!("../assets/prompts/chat_system.md")
+                .trim()
+                .to_string(),
+            text_task: include_str!("../assets/prompts/text_task.md")
+                .trim()
+                .to_string(),
         }
     }
 }
@@ -135,7 +157,9 @@ pub struct TokenCounter {
 
 impl std::fmt::Debug for TokenCounter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenCounter").field("exact", &self.bpe.is_some()).finish()
+        f.debug_struct("TokenCounter")
+            .field("exact", &self.bpe.is_some())
+            .finish()
     }
 }
 
@@ -174,7 +198,10 @@ impl TokenCounter {
 
     /// Tokens of a chat, with the per-message overhead of the chat format.
     pub fn count_messages(&self, messages: &[ChatMessage]) -> usize {
-        3 + messages.iter().map(|m| 4 + self.count(&m.content)).sum::<usize>()
+        3 + messages
+            .iter()
+            .map(|m| 4 + self.count(&m.content))
+            .sum::<usize>()
     }
 }
 
@@ -221,7 +248,10 @@ mod tests {
 
     #[test]
     fn render_fills_known_placeholders_only() {
-        assert_eq!(render("a {{x}} b {{ y }} {{z}}", &[("x", "1"), ("y", "{{x}}")]), "a 1 b {{x}} {{z}}");
+        assert_eq!(
+            render("a {{x}} b {{ y }} {{z}}", &[("x", "1"), ("y", "{{x}}")]),
+            "a 1 b {{x}} {{z}}"
+        );
         assert_eq!(render("open {{ never closed", &[]), "open {{ never closed");
     }
 
@@ -232,7 +262,11 @@ mod tests {
         assert!(p.plan.user.contains("{{input}}") && p.plan.user.contains("{{context}}"));
         assert!(p.select.user.contains("{{candidates}}"));
         assert!(p.answer.user.contains("{{results}}"));
-        assert!(p.plan.demos.len() >= 16, "plan demos: {}", p.plan.demos.len());
+        assert!(
+            p.plan.demos.len() >= 16,
+            "plan demos: {}",
+            p.plan.demos.len()
+        );
         assert_eq!(p.select.demos.len(), 2);
         assert_eq!(p.answer.demos.len(), 2);
     }
@@ -257,7 +291,13 @@ mod tests {
     #[test]
     fn trims_oldest_pairs_first() {
         let history: Vec<ChatMessage> = (0..6)
-            .map(|i| if i % 2 == 0 { ChatMessage::user(format!("q{i} {}", "x".repeat(400))) } else { ChatMessage::assistant(format!("a{i} {}", "y".repeat(400))) })
+            .map(|i| {
+                if i % 2 == 0 {
+                    ChatMessage::user(format!("q{i} {}", "x".repeat(400)))
+                } else {
+                    ChatMessage::assistant(format!("a{i} {}", "y".repeat(400)))
+                }
+            })
             .collect();
         let counter = TokenCounter::estimating();
         let build = |h: &[ChatMessage]| h.to_vec();

@@ -56,10 +56,22 @@ impl TaskOutput {
                 map.insert(key.to_string(), value);
             }
         };
-        put("generated text", self.generated_text.clone().map(Value::String));
-        put("generated image", self.generated_image.clone().map(Value::String));
-        put("generated audio", self.generated_audio.clone().map(Value::String));
-        put("generated video", self.generated_video.clone().map(Value::String));
+        put(
+            "generated text",
+            self.generated_text.clone().map(Value::String),
+        );
+        put(
+            "generated image",
+            self.generated_image.clone().map(Value::String),
+        );
+        put(
+            "generated audio",
+            self.generated_audio.clone().map(Value::String),
+        );
+        put(
+            "generated video",
+            self.generated_video.clone().map(Value::String),
+        );
         put("predicted", self.predicted.clone());
         Value::Object(map)
     }
@@ -176,7 +188,10 @@ impl RunRecord {
     /// The reference's `/results` map: `{id: record}`.
     pub fn reference_results(&self) -> Value {
         Value::Object(
-            self.tasks.iter().map(|t| (t.id.to_string(), t.to_reference_json())).collect(),
+            self.tasks
+                .iter()
+                .map(|t| (t.id.to_string(), t.to_reference_json()))
+                .collect(),
         )
     }
 }
@@ -221,7 +236,7 @@ pub enum RunEvent {
     /// A task ended (ok, failed or skipped).
     TaskFinished {
         /// Its record.
-        record: TaskRecord,
+        record: Box<TaskRecord>,
     },
     /// The answer is being written.
     AnswerStarted,

@@ -53,15 +53,22 @@ where
     let mut waiting_on: BTreeMap<usize, usize> = BTreeMap::new();
     let mut dependents: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for node in nodes {
-        let deps: BTreeSet<usize> =
-            node.deps.iter().copied().filter(|d| ids.contains(d) && *d != node.id).collect();
+        let deps: BTreeSet<usize> = node
+            .deps
+            .iter()
+            .copied()
+            .filter(|d| ids.contains(d) && *d != node.id)
+            .collect();
         waiting_on.insert(node.id, deps.len());
         for dep in deps {
             dependents.entry(dep).or_default().push(node.id);
         }
     }
-    let mut ready: VecDeque<usize> =
-        nodes.iter().map(|n| n.id).filter(|id| waiting_on.get(id) == Some(&0)).collect();
+    let mut ready: VecDeque<usize> = nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|id| waiting_on.get(id) == Some(&0))
+        .collect();
     let mut outcomes: BTreeMap<usize, NodeOutcome> = BTreeMap::new();
     let mut running: JoinSet<(usize, bool)> = JoinSet::new();
     let mut running_ids: BTreeMap<tokio::task::Id, usize> = BTreeMap::new();
@@ -131,7 +138,11 @@ fn skip_dependents(
 ) {
     let mut stack = vec![failed];
     while let Some(cause) = stack.pop() {
-        for &dependent in dependents.get(&cause).map(Vec::as_slice).unwrap_or_default() {
+        for &dependent in dependents
+            .get(&cause)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             if outcomes.contains_key(&dependent) {
                 continue;
             }
@@ -151,7 +162,10 @@ mod tests {
     use std::time::Duration;
 
     fn node(id: usize, deps: &[usize]) -> Node {
-        Node { id, deps: deps.to_vec() }
+        Node {
+            id,
+            deps: deps.to_vec(),
+        }
     }
 
     /// Records the peak number of bodies running at once.
@@ -165,7 +179,12 @@ mod tests {
     async fn independent_nodes_overlap_and_dependents_wait() {
         let gauge = Arc::new(Gauge::default());
         let log = Arc::new(Mutex::new(Vec::new()));
-        let nodes = [node(0, &[]), node(1, &[]), node(2, &[]), node(3, &[0, 1, 2])];
+        let nodes = [
+            node(0, &[]),
+            node(1, &[]),
+            node(2, &[]),
+            node(3, &[0, 1, 2]),
+        ];
         let outcomes = run_graph(
             &nodes,
             8,
@@ -186,7 +205,11 @@ mod tests {
             |_, _| {},
         )
         .await;
-        assert_eq!(gauge.peak.load(Ordering::SeqCst), 3, "the three roots ran at the same time");
+        assert_eq!(
+            gauge.peak.load(Ordering::SeqCst),
+            3,
+            "the three roots ran at the same time"
+        );
         let log = log.lock().unwrap();
         let start3 = log.iter().position(|l| l == "start 3").unwrap();
         for id in 0..3 {
@@ -221,7 +244,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failure_skips_dependents_transitively_but_not_others() {
-        let nodes = [node(0, &[]), node(1, &[0]), node(2, &[1]), node(3, &[]), node(4, &[3])];
+        let nodes = [
+            node(0, &[]),
+            node(1, &[0]),
+            node(2, &[1]),
+            node(3, &[]),
+            node(4, &[3]),
+        ];
         let mut skipped = Vec::new();
         let outcomes = run_graph(
             &nodes,

@@ -6,7 +6,9 @@
 //! call whose answer is parsed robustly (JSON in prose, then a regex), with
 //! the top candidate as the fallback when the answer names no candidate.
 
-use crate::backend::{Availability, ChatMessage, ChatModel, ChatRequest, InferenceBackend, LlmError};
+use crate::backend::{
+    Availability, ChatMessage, ChatModel, ChatRequest, InferenceBackend, LlmError,
+};
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::lenient_json;
 use crate::prompt::{StagePrompt, render};
@@ -61,7 +63,11 @@ pub struct SelectionConfig {
 
 impl Default for SelectionConfig {
     fn default() -> Self {
-        Self { considered: 10, candidates: 5, max_description_len: 100 }
+        Self {
+            considered: 10,
+            candidates: 5,
+            max_description_len: 100,
+        }
     }
 }
 
@@ -73,8 +79,11 @@ pub async fn candidates(
     task: TaskKind,
     config: &SelectionConfig,
 ) -> Vec<Candidate> {
-    let entries: Vec<&CatalogEntry> =
-        catalog.ranked(&crate::task::TaskName::Known(task)).into_iter().take(config.considered).collect();
+    let entries: Vec<&CatalogEntry> = catalog
+        .ranked(&crate::task::TaskName::Known(task))
+        .into_iter()
+        .take(config.considered)
+        .collect();
     let checks = entries.iter().map(|e| backend.availability(task, &e.id));
     let results = join_all(checks).await;
     entries
@@ -95,8 +104,15 @@ pub fn describe_candidates(candidates: &[Candidate], max_description_len: usize)
     candidates
         .iter()
         .map(|c| {
-            let likes = c.entry.likes.map_or_else(|| "unknown".to_string(), |l| l.to_string());
-            let tags = if c.entry.tags.is_empty() { "none".to_string() } else { c.entry.tags.join(", ") };
+            let likes = c
+                .entry
+                .likes
+                .map_or_else(|| "unknown".to_string(), |l| l.to_string());
+            let tags = if c.entry.tags.is_empty() {
+                "none".to_string()
+            } else {
+                c.entry.tags.join(", ")
+            };
             format!(
                 "- {} | endpoint: {} | likes: {} | {} | tags: {}",
                 c.entry.id,
@@ -127,10 +143,17 @@ pub fn selection_request(
         &[
             ("input", user_request),
             ("task", &task_text),
-            ("candidates", &describe_candidates(candidates, max_description_len)),
+            (
+                "candidates",
+                &describe_candidates(candidates, max_description_len),
+            ),
         ],
     )));
-    ChatRequest { messages, temperature: Some(0.0), ..ChatRequest::default() }
+    ChatRequest {
+        messages,
+        temperature: Some(0.0),
+        ..ChatRequest::default()
+    }
 }
 
 static ID_FIELD: LazyLock<Regex> = LazyLock::new(|| {
@@ -152,11 +175,16 @@ pub fn parse_choice(answer: &str, candidates: &[Candidate]) -> Option<ModelChoic
     let top = candidates.first()?;
     let (id, reason) = extract_id_and_reason(answer);
     let reason = reason.filter(|r| !r.trim().is_empty());
-    let matched = id.as_deref().and_then(|id| match_candidate(id, candidates)).or_else(|| {
-        let mentioned: Vec<&Candidate> =
-            candidates.iter().filter(|c| answer.contains(c.entry.id.as_str())).collect();
-        (mentioned.len() == 1).then(|| mentioned[0])
-    });
+    let matched = id
+        .as_deref()
+        .and_then(|id| match_candidate(id, candidates))
+        .or_else(|| {
+            let mentioned: Vec<&Candidate> = candidates
+                .iter()
+                .filter(|c| answer.contains(c.entry.id.as_str()))
+                .collect();
+            (mentioned.len() == 1).then(|| mentioned[0])
+        });
     Some(match matched {
         Some(candidate) => ModelChoice {
             id: candidate.entry.id.clone(),
@@ -183,9 +211,14 @@ fn extract_id_and_reason(answer: &str) -> (Option<String>, Option<String>) {
             return (id, reason);
         }
     }
-    let id = ID_FIELD.captures(answer).and_then(|c| c.get(1)).map(|m| m.as_str().trim().to_string());
-    let reason =
-        REASON_FIELD.captures(answer).and_then(|c| c.get(1)).map(|m| m.as_str().trim().to_string());
+    let id = ID_FIELD
+        .captures(answer)
+        .and_then(|c| c.get(1))
+        .map(|m| m.as_str().trim().to_string());
+    let reason = REASON_FIELD
+        .captures(answer)
+        .and_then(|c| c.get(1))
+        .map(|m| m.as_str().trim().to_string());
     (id, reason)
 }
 
@@ -198,16 +231,24 @@ fn value_text(value: &Value) -> Option<String> {
 }
 
 fn match_candidate<'c>(id: &str, candidates: &'c [Candidate]) -> Option<&'c Candidate> {
-    let id = id.trim().trim_matches(|c| c == '`' || c == '"' || c == '\'');
+    let id = id
+        .trim()
+        .trim_matches(|c| c == '`' || c == '"' || c == '\'');
     candidates
         .iter()
         .find(|c| c.entry.id == id)
-        .or_else(|| candidates.iter().find(|c| c.entry.id.eq_ignore_ascii_case(id)))
+        .or_else(|| {
+            candidates
+                .iter()
+                .find(|c| c.entry.id.eq_ignore_ascii_case(id))
+        })
         .or_else(|| {
             let name = |s: &str| s.rsplit('/').next().unwrap_or(s).to_ascii_lowercase();
             let wanted = name(id);
-            let hits: Vec<&Candidate> =
-                candidates.iter().filter(|c| name(&c.entry.id) == wanted).collect();
+            let hits: Vec<&Candidate> = candidates
+                .iter()
+                .filter(|c| name(&c.entry.id) == wanted)
+                .collect();
             (hits.len() == 1).then(|| hits[0])
         })
 }
@@ -250,9 +291,16 @@ pub async fn choose(
         }
         .ok_or(SelectionError::NoModel(task))?
     };
-    let position = candidates.iter().position(|c| c.entry.id == choice.id).unwrap_or(0);
+    let position = candidates
+        .iter()
+        .position(|c| c.entry.id == choice.id)
+        .unwrap_or(0);
     let chosen = candidates.remove(position);
-    Ok(Selection { choice, endpoint: chosen.endpoint, alternatives: candidates })
+    Ok(Selection {
+        choice,
+        endpoint: chosen.endpoint,
+        alternatives: candidates,
+    })
 }
 
 #[cfg(test)]
@@ -275,18 +323,35 @@ mod tests {
     }
 
     fn cands() -> Vec<Candidate> {
-        vec![candidate("facebook/detr-resnet-50"), candidate("hustvl/yolos-tiny")]
+        vec![
+            candidate("facebook/detr-resnet-50"),
+            candidate("hustvl/yolos-tiny"),
+        ]
     }
 
     #[test]
     fn strict_json() {
-        let c = parse_choice(r#"{"id": "hustvl/yolos-tiny", "reason": "small and fast"}"#, &cands()).unwrap();
-        assert_eq!(c, ModelChoice { id: "hustvl/yolos-tiny".into(), reason: "small and fast".into() });
+        let c = parse_choice(
+            r#"{"id": "hustvl/yolos-tiny", "reason": "small and fast"}"#,
+            &cands(),
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            ModelChoice {
+                id: "hustvl/yolos-tiny".into(),
+                reason: "small and fast".into()
+            }
+        );
     }
 
     #[test]
     fn json_in_prose_with_single_quotes() {
-        let c = parse_choice("I pick {'id': 'hustvl/yolos-tiny', 'reason': 'it's tiny'} as asked.", &cands()).unwrap();
+        let c = parse_choice(
+            "I pick {'id': 'hustvl/yolos-tiny', 'reason': 'it's tiny'} as asked.",
+            &cands(),
+        )
+        .unwrap();
         assert_eq!(c.id, "hustvl/yolos-tiny");
         assert_eq!(c.reason, "it's tiny");
     }
@@ -302,7 +367,12 @@ mod tests {
 
     #[test]
     fn name_without_org_and_verbatim_mentions() {
-        assert_eq!(parse_choice(r#"{"id": "yolos-tiny"}"#, &cands()).unwrap().id, "hustvl/yolos-tiny");
+        assert_eq!(
+            parse_choice(r#"{"id": "yolos-tiny"}"#, &cands())
+                .unwrap()
+                .id,
+            "hustvl/yolos-tiny"
+        );
         let c = parse_choice("hustvl/yolos-tiny looks best here.", &cands()).unwrap();
         assert_eq!(c.id, "hustvl/yolos-tiny");
     }
@@ -311,7 +381,11 @@ mod tests {
     fn unknown_id_falls_back_to_top_candidate() {
         let c = parse_choice(r#"{"id": "openai/gpt-9", "reason": "x"}"#, &cands()).unwrap();
         assert_eq!(c.id, "facebook/detr-resnet-50");
-        assert!(c.reason.contains("openai/gpt-9") && c.reason.contains("not a candidate"), "{}", c.reason);
+        assert!(
+            c.reason.contains("openai/gpt-9") && c.reason.contains("not a candidate"),
+            "{}",
+            c.reason
+        );
         let c = parse_choice("no idea", &cands()).unwrap();
         assert_eq!(c.id, "facebook/detr-resnet-50");
         assert!(parse_choice("x", &[]).is_none());

@@ -355,11 +355,24 @@ mod tests {
             " IMAGE-CLASSIFICATION ",
             "'image classification'",
         ] {
-            assert_eq!(TaskKind::parse(name), Some(TaskKind::ImageClassification), "{name}");
+            assert_eq!(
+                TaskKind::parse(name),
+                Some(TaskKind::ImageClassification),
+                "{name}"
+            );
         }
-        assert_eq!(TaskKind::parse("Text2Text Generation"), Some(TaskKind::Text2TextGeneration));
-        assert_eq!(TaskKind::parse("ASR"), Some(TaskKind::AutomaticSpeechRecognition));
-        assert_eq!(TaskKind::parse("image captioning"), Some(TaskKind::ImageToText));
+        assert_eq!(
+            TaskKind::parse("Text2Text Generation"),
+            Some(TaskKind::Text2TextGeneration)
+        );
+        assert_eq!(
+            TaskKind::parse("ASR"),
+            Some(TaskKind::AutomaticSpeechRecognition)
+        );
+        assert_eq!(
+            TaskKind::parse("image captioning"),
+            Some(TaskKind::ImageToText)
+        );
         assert_eq!(TaskKind::parse("juggling"), None);
     }
 
@@ -373,6 +386,9 @@ mod tests {
 
     #[test]
     fn unknown_names_are_kept() {
-        assert_eq!(TaskName::parse(" Juggling "), TaskName::Unknown("Juggling".into()));
+        assert_eq!(
+            TaskName::parse(" Juggling "),
+            TaskName::Unknown("Juggling".into())
+        );
     }
 }

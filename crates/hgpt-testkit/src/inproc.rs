@@ -1,0 +1,281 @@
+//! In-process fakes of the core's traits, for pipeline tests and the
+//! orchestration benchmark: a scripted controller LLM, an inference backend
+//! with configurable latency that records overlap, and an in-memory media
+//! store. No sockets involved.
+
+use async_trait::async_trait;
+use futures::stream;
+use hgpt_core::backend::{
+    Availability, ChatModel, ChatRequest, InferenceBackend, InferenceError, InferenceRequest,
+    LlmError, MediaError, MediaStore, TextStream,
+};
+use hgpt_core::output::{Blob, Detection, InferenceOutput, ScoredLabel, Segment};
+use hgpt_core::task::{ResourceKind, TaskKind};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Which stage a controller request belongs to, told from its system prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Task planning.
+    Plan,
+    /// Model selection.
+    Select,
+    /// The final answer.
+    Answer,
+    /// Plain chat or a text task on the controller.
+    Other,
+}
+
+/// Classify a controller request by its first message (the default prompts
+/// start with `#1`, `#2`, `#4`).
+pub fn stage_of(request: &ChatRequest) -> Stage {
+    let first = request.messages.first().map(|m| m.content.as_str()).unwrap_or_default();
+    if first.starts_with("#1") {
+        Stage::Plan
+    } else if first.starts_with("#2") {
+        Stage::Select
+    } else if first.starts_with("#4") {
+        Stage::Answer
+    } else {
+        Stage::Other
+    }
+}
+
+type Responder = dyn Fn(&ChatRequest) -> Result<String, LlmError> + Send + Sync;
+
+/// A controller LLM answering from a closure, after an optional delay.
+pub struct ScriptedLlm {
+    responder: Box<Responder>,
+    delay: Duration,
+    calls: Mutex<Vec<ChatRequest>>,
+}
+
+impl ScriptedLlm {
+    /// An LLM whose answers come from `responder`.
+    pub fn new(responder: impl Fn(&ChatRequest) -> Result<String, LlmError> + Send + Sync + 'static) -> Self {
+        Self { responder: Box::new(responder), delay: Duration::ZERO, calls: Mutex::new(Vec::new()) }
+    }
+
+    /// The usual script: `plan` for planning, the first candidate for
+    /// selection, a fixed answer for the answer stage and plain chat.
+    pub fn with_plan(plan: impl Into<String>) -> Self {
+        let plan = plan.into();
+        Self::new(move |request| {
+            Ok(match stage_of(request) {
+                Stage::Plan => plan.clone(),
+                Stage::Select => first_candidate_choice(request),
+                Stage::Answer => "Here is the answer.".to_string(),
+                Stage::Other => "chat answer".to_string(),
+            })
+        })
+    }
+
+    /// Wait this long before every answer.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Every request received, in order.
+    pub fn calls(&self) -> Vec<ChatRequest> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    async fn answer(&self, request: &ChatRequest) -> Result<String, LlmError> {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push(request.clone());
+        }
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        (self.responder)(request)
+    }
+}
+
+/// A selection answer naming the first candidate listed in the request.
+pub fn first_candidate_choice(request: &ChatRequest) -> String {
+    let last = request.messages.last().map(|m| m.content.as_str()).unwrap_or_default();
+    let id = last
+        .lines()
+        .find_map(|l| l.strip_prefix("- "))
+        .and_then(|l| l.split(" | ").next())
+        .unwrap_or("none");
+    format!("{{\"id\": \"{id}\", \"reason\": \"first listed\"}}")
+}
+
+#[async_trait]
+impl ChatModel for ScriptedLlm {
+    fn model_name(&self) -> &str {
+        "scripted-llm"
+    }
+
+    async fn complete(&self, request: ChatRequest) -> Result<String, LlmError> {
+        self.answer(&request).await
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<TextStream, LlmError> {
+        let text = self.answer(&request).await?;
+        let pieces: Vec<Result<String, LlmError>> =
+            text.split_inclusive(' ').map(|p| Ok(p.to_string())).collect();
+        Ok(Box::pin(stream::iter(pieces)))
+    }
+}
+
+/// How the fake backend answers one call.
+pub type BackendResponder = dyn Fn(&InferenceRequest) -> Result<InferenceOutput, InferenceError> + Send + Sync;
+
+/// An inference backend with a fixed latency that records every call and the
+/// peak number of calls in flight at once.
+pub struct FakeBackend {
+    latency: Duration,
+    responder: Box<BackendResponder>,
+    unavailable: Vec<String>,
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+    calls: Mutex<Vec<InferenceRequest>>,
+}
+
+impl FakeBackend {
+    /// A backend that answers every task with [`canned_output`].
+    pub fn new(latency: Duration) -> Self {
+        Self::with_responder(latency, |request| Ok(canned_output(request.task)))
+    }
+
+    /// A backend answering from a closure.
+    pub fn with_responder(
+        latency: Duration,
+        responder: impl Fn(&InferenceRequest) -> Result<InferenceOutput, InferenceError> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            latency,
+            responder: Box::new(responder),
+            unavailable: Vec::new(),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            calls: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Report these models as unavailable.
+    pub fn with_unavailable(mut self, models: &[&str]) -> Self {
+        self.unavailable = models.iter().map(|m| m.to_string()).collect();
+        self
+    }
+
+    /// The most calls that were in flight at the same time.
+    pub fn peak_concurrency(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Every call, in the order they started.
+    pub fn calls(&self) -> Vec<InferenceRequest> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl InferenceBackend for FakeBackend {
+    fn endpoint(&self, _model: &str) -> String {
+        "fake".to_string()
+    }
+
+    async fn availability(&self, _task: TaskKind, model: &str) -> Availability {
+        if self.unavailable.iter().any(|m| m == model) {
+            Availability::Unavailable("marked unavailable".to_string())
+        } else {
+            Availability::Available
+        }
+    }
+
+    async fn infer(&self, request: &InferenceRequest) -> Result<InferenceOutput, InferenceError> {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push(request.clone());
+        }
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        (self.responder)(request)
+    }
+}
+
+/// A plausible output for every task type.
+pub fn canned_output(task: TaskKind) -> InferenceOutput {
+    let label = |l: &str, s: f64| ScoredLabel { label: l.to_string(), score: s };
+    match task {
+        TaskKind::ObjectDetection => InferenceOutput::Detections(vec![Detection {
+            label: "zebra".into(),
+            score: 0.98,
+            bbox: hgpt_core::output::BoundingBox { xmin: 0.0, ymin: 0.0, xmax: 1.0, ymax: 1.0 },
+        }]),
+        TaskKind::ImageSegmentation => InferenceOutput::Segments(Vec::<Segment>::new()),
+        TaskKind::ImageToText | TaskKind::AutomaticSpeechRecognition => {
+            InferenceOutput::Text(format!("text from {task}"))
+        }
+        TaskKind::SentenceSimilarity => InferenceOutput::Similarities(vec![0.5]),
+        TaskKind::TextToSpeech | TaskKind::AudioToAudio => InferenceOutput::Media(Blob::sniffed(crate::hf::sample_wav())),
+        TaskKind::TextToVideo => InferenceOutput::Media(Blob {
+            bytes: crate::hf::sample_mp4().into(),
+            mime: Some("video/mp4".into()),
+        }),
+        kind if kind.output() == Some(ResourceKind::Image) => InferenceOutput::Media(Blob::sniffed(crate::hf::sample_png())),
+        kind if kind.output() == Some(ResourceKind::Text) => InferenceOutput::Text(format!("text from {kind}")),
+        _ => InferenceOutput::Labels(vec![label("positive", 0.9), label("negative", 0.1)]),
+    }
+}
+
+/// An in-memory media store: preloaded inputs by name; saves return
+/// `mem://N.ext` names that load back.
+#[derive(Default)]
+pub struct MemoryMedia {
+    files: Mutex<BTreeMap<String, Blob>>,
+    saved: AtomicUsize,
+}
+
+impl MemoryMedia {
+    /// A store holding these files.
+    pub fn with_files(files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
+        let files = files.into_iter().map(|(name, bytes)| (name, Blob::sniffed(bytes))).collect();
+        Self { files: Mutex::new(files), saved: AtomicUsize::new(0) }
+    }
+
+    /// How many files were saved.
+    pub fn saved_count(&self) -> usize {
+        self.saved.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl MediaStore for MemoryMedia {
+    async fn load(&self, reference: &str, _kind: ResourceKind) -> Result<Blob, MediaError> {
+        let files = self.files.lock().map_err(|_| MediaError::NotFound(reference.to_string()))?;
+        files.get(reference).cloned().ok_or_else(|| MediaError::NotFound(reference.to_string()))
+    }
+
+    async fn save(&self, kind: ResourceKind, blob: &Blob) -> Result<String, MediaError> {
+        let n = self.saved.fetch_add(1, Ordering::SeqCst);
+        let name = format!("mem://{kind}-{n}.{}", blob.extension().unwrap_or("bin"));
+        if let Ok(mut files) = self.files.lock() {
+            files.insert(name.clone(), blob.clone());
+        }
+        Ok(name)
+    }
+
+    async fn draw_detections(&self, image: &Blob, _detections: &[Detection]) -> Result<Blob, MediaError> {
+        Ok(image.clone())
+    }
+
+    async fn draw_segments(&self, image: &Blob, _segments: &[Segment]) -> Result<Blob, MediaError> {
+        Ok(image.clone())
+    }
+}
+
+/// Shorthand for an `Arc` of any fake.
+pub fn arc<T>(value: T) -> Arc<T> {
+    Arc::new(value)
+}
