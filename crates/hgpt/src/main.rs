@@ -1,1 +1,238 @@
-fn main() {}
+//! `hgpt`: HuggingGPT in one binary. A thin layer over the library crates:
+//! parse the command line, resolve settings, run, print.
+
+mod app;
+mod progress;
+mod settings;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use hgpt_core::backend::ChatMessage;
+use hgpt_core::pipeline::Pipeline;
+use hgpt_core::record::{RunEvent, RunRecord};
+use hgpt_core::task::TaskName;
+use settings::{ProcessEnv, Settings, SettingsArgs};
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use tokio::sync::mpsc;
+
+/// HuggingGPT in one binary: an LLM plans AI tasks, picks Hugging Face models
+/// for them, runs them and answers from the results.
+#[derive(Debug, Parser)]
+#[command(name = "hgpt", version, about)]
+struct Cli {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a request through all four stages; the answer streams to stdout.
+    Run {
+        /// The request, e.g. "describe /a.jpg and read the description aloud".
+        request: String,
+        /// Print one JSON run record instead of the streamed answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Plan a request (stage 1 only) and print the plan as a JSON list.
+    Plan {
+        /// The request.
+        request: String,
+    },
+    /// A multi-turn chat on stdin; earlier turns are the context of later ones.
+    Chat,
+    /// The model catalog.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// List the catalog, ranked as selection ranks it.
+    List {
+        /// Only this task type (any common spelling).
+        #[arg(long)]
+        task: Option<String>,
+        /// Print a JSON list.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HGPT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let settings = Settings::resolve(&cli.settings, &ProcessEnv)?;
+    match cli.command {
+        Command::Run { request, json } => {
+            let pipeline = app::pipeline(&settings)?;
+            let record = run_once(&pipeline, &request, &[], !json).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&record)?);
+            }
+            Ok(exit_code(&record))
+        }
+        Command::Plan { request } => {
+            let pipeline = app::pipeline(&settings)?;
+            let outcome = pipeline.plan(&request, &[]).await?;
+            match outcome.plan {
+                Ok(plan) => {
+                    for warning in &plan.warnings {
+                        eprintln!("note: {warning}");
+                    }
+                    println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}\nthe planner answered:\n{}", outcome.raw);
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Chat => chat(&app::pipeline(&settings)?).await,
+        Command::Models { command: ModelsCommand::List { task, json } } => {
+            models_list(&settings, task.as_deref(), json)
+        }
+    }
+}
+
+fn exit_code(record: &RunRecord) -> ExitCode {
+    match &record.error {
+        None => ExitCode::SUCCESS,
+        Some(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Run one request, showing progress on a terminal and optionally streaming
+/// the answer to stdout.
+async fn run_once(
+    pipeline: &Pipeline,
+    request: &str,
+    history: &[ChatMessage],
+    stream_answer: bool,
+) -> Result<RunRecord> {
+    let (sink, mut events) = mpsc::unbounded_channel::<RunEvent>();
+    let show_progress = std::io::stderr().is_terminal();
+    let printer = async move {
+        let mut progress = show_progress.then(progress::Progress::new);
+        let mut stdout = std::io::stdout();
+        while let Some(event) = events.recv().await {
+            if let Some(progress) = progress.as_mut() {
+                progress.on_event(&event);
+            }
+            if let (true, RunEvent::AnswerDelta { text }) = (stream_answer, &event) {
+                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.flush();
+            }
+        }
+        if let Some(progress) = progress.as_mut() {
+            progress.finish();
+        }
+        if stream_answer {
+            let _ = writeln!(stdout);
+        }
+    };
+    let run = async move { pipeline.run(request, history, Some(sink)).await };
+    let (record, ()) = tokio::join!(run, printer);
+    Ok(record?)
+}
+
+async fn chat(pipeline: &Pipeline) -> Result<ExitCode> {
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("hgpt chat: type a request; an empty line, 'exit' or Ctrl-D ends.");
+    }
+    let mut history: Vec<ChatMessage> = Vec::new();
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        if interactive {
+            eprint!("\nyou> ");
+            let _ = std::io::stderr().flush();
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("cannot read stdin")?;
+        let request = line.trim();
+        if request.is_empty() && interactive || matches!(request, "exit" | "quit") {
+            break;
+        }
+        if request.is_empty() {
+            continue;
+        }
+        match run_once(pipeline, request, &history, true).await {
+            Ok(record) => {
+                if let Some(error) = &record.error {
+                    eprintln!("error: {error}");
+                }
+                history.push(ChatMessage::user(request));
+                history.push(ChatMessage::assistant(record.answer));
+            }
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn models_list(settings: &Settings, task: Option<&str>, json: bool) -> Result<ExitCode> {
+    let catalog = app::catalog(settings)?;
+    let entries = match task {
+        Some(name) => {
+            let name = TaskName::parse(name);
+            if let TaskName::Unknown(unknown) = &name {
+                anyhow::bail!("unknown task type {unknown:?}");
+            }
+            catalog.ranked(&name)
+        }
+        None => catalog.ranked_all(),
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = entries.iter().map(|e| e.id.len()).max().unwrap_or(2).max(2);
+    let task_width = entries.iter().map(|e| e.task.len()).max().unwrap_or(4).max(4);
+    writeln!(out, "{:<width$}  {:<task_width$}  {:>10}  DESCRIPTION", "ID", "TASK", "DOWNLOADS")?;
+    for entry in entries {
+        let downloads = entry.downloads.map_or_else(|| "-".to_string(), |d| d.to_string());
+        writeln!(
+            out,
+            "{:<width$}  {:<task_width$}  {:>10}  {}",
+            entry.id,
+            entry.task,
+            downloads,
+            entry.short_description(60)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,382 @@
+//! Settings: each from a flag, an environment variable or `hgpt.toml`, in that
+//! order of precedence, then the default.
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Flags shared by every command (each also read from its variable).
+#[derive(Debug, Clone, Default, Args)]
+pub struct SettingsArgs {
+    /// Config file [default: ./hgpt.toml when it exists].
+    #[arg(long, global = true, env = "HGPT_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Base URL of any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.
+    #[arg(long, global = true, env = "HGPT_LLM_BASE_URL", value_name = "URL")]
+    pub llm_base_url: Option<String>,
+    /// API key of the LLM server (falls back to OPENAI_API_KEY).
+    #[arg(long, global = true, env = "HGPT_LLM_API_KEY", hide_env_values = true, value_name = "KEY")]
+    pub llm_api_key: Option<String>,
+    /// Controller model name, e.g. gpt-4o-mini.
+    #[arg(long, global = true, env = "HGPT_LLM_MODEL", value_name = "NAME")]
+    pub llm_model: Option<String>,
+    /// Context window of the controller model in tokens [default: known per model, else 8192].
+    #[arg(long, global = true, env = "HGPT_LLM_CONTEXT", value_name = "TOKENS")]
+    pub llm_context: Option<usize>,
+    /// Base URL of the Hugging Face inference protocol; requests go to {base}/models/{id}.
+    #[arg(long, global = true, env = "HGPT_HF_BASE_URL", value_name = "URL")]
+    pub hf_base_url: Option<String>,
+    /// Hugging Face token.
+    #[arg(long, global = true, env = "HF_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub hf_token: Option<String>,
+    /// Catalog files (JSONL), separated by ':'; they replace the built-in catalog.
+    #[arg(long, global = true, env = "HGPT_CATALOG", value_name = "PATHS")]
+    pub catalog: Option<String>,
+    /// Where paths named in requests resolve [default: current directory].
+    #[arg(long, global = true, env = "HGPT_MEDIA_ROOT", value_name = "DIR")]
+    pub media_root: Option<PathBuf>,
+    /// Where generated files go [default: ./hgpt-out].
+    #[arg(long, global = true, env = "HGPT_OUT_DIR", value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// Candidate models shown to the LLM per task [default: 5].
+    #[arg(long, global = true, env = "HGPT_CANDIDATES", value_name = "N")]
+    pub candidates: Option<usize>,
+    /// Characters of each model description in the selection prompt [default: 100].
+    #[arg(long, global = true, env = "HGPT_DESCRIPTION_LENGTH", value_name = "CHARS")]
+    pub description_length: Option<usize>,
+    /// Seconds one task's inference may take [default: 300].
+    #[arg(long, global = true, env = "HGPT_TASK_TIMEOUT", value_name = "SECS")]
+    pub task_timeout: Option<f64>,
+    /// Seconds the execution stage of a run may take [default: 1800].
+    #[arg(long, global = true, env = "HGPT_RUN_TIMEOUT", value_name = "SECS")]
+    pub run_timeout: Option<f64>,
+    /// Most tasks running at once [default: 8].
+    #[arg(long, global = true, env = "HGPT_CONCURRENCY", value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Allow http(s) inputs on private, loopback and link-local addresses.
+    #[arg(long, global = true, env = "HGPT_ALLOW_PRIVATE_URLS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_private_urls: Option<bool>,
+}
+
+/// The `hgpt.toml` file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    llm: LlmSection,
+    #[serde(default)]
+    huggingface: HfSection,
+    #[serde(default)]
+    catalog: CatalogSection,
+    #[serde(default)]
+    media: MediaSection,
+    #[serde(default)]
+    selection: SelectionSection,
+    #[serde(default)]
+    execution: ExecutionSection,
+    #[serde(default)]
+    prompts: PromptsSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LlmSection {
+    base_url: Option<String>,
+    api_key: Option<String>,
+    model: Option<String>,
+    context_window: Option<usize>,
+    temperature: Option<f32>,
+    timeout_secs: Option<f64>,
+    max_retries: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HfSection {
+    base_url: Option<String>,
+    token: Option<String>,
+    timeout_secs: Option<f64>,
+    max_retries: Option<u32>,
+    max_loading_wait_secs: Option<f64>,
+    /// Per-model base URLs (a dedicated endpoint or a model server).
+    #[serde(default)]
+    endpoints: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogSection {
+    #[serde(default)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MediaSection {
+    root: Option<PathBuf>,
+    out_dir: Option<PathBuf>,
+    allow_private_urls: Option<bool>,
+    max_download_mb: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelectionSection {
+    candidates: Option<usize>,
+    considered: Option<usize>,
+    max_description_length: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecutionSection {
+    task_timeout_secs: Option<f64>,
+    run_timeout_secs: Option<f64>,
+    max_concurrency: Option<usize>,
+    fallback_models: Option<usize>,
+}
+
+/// Replacement prompt templates (inline text) and demonstration files (paths,
+/// in the reference's JSON demo format).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptsSection {
+    pub plan_system: Option<String>,
+    pub plan_user: Option<String>,
+    pub plan_demos: Option<PathBuf>,
+    pub select_system: Option<String>,
+    pub select_user: Option<String>,
+    pub select_demos: Option<PathBuf>,
+    pub answer_system: Option<String>,
+    pub answer_user: Option<String>,
+    pub answer_demos: Option<PathBuf>,
+    pub chat_system: Option<String>,
+    pub text_task: Option<String>,
+}
+
+/// Everything resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// LLM base URL, when configured.
+    pub llm_base_url: Option<String>,
+    /// LLM key.
+    pub llm_api_key: Option<String>,
+    /// LLM model, when configured.
+    pub llm_model: Option<String>,
+    /// Context window override.
+    pub llm_context: Option<usize>,
+    /// Sampling temperature.
+    pub llm_temperature: Option<f32>,
+    /// LLM call timeout.
+    pub llm_timeout: Duration,
+    /// LLM retries.
+    pub llm_max_retries: u32,
+    /// Inference base URL.
+    pub hf_base_url: String,
+    /// Inference token.
+    pub hf_token: Option<String>,
+    /// Inference call timeout.
+    pub hf_timeout: Duration,
+    /// Inference retries.
+    pub hf_max_retries: u32,
+    /// Longest wait for a loading model.
+    pub hf_max_loading_wait: Duration,
+    /// Per-model endpoints.
+    pub hf_endpoints: BTreeMap<String, String>,
+    /// Catalog files; empty means the built-in catalog.
+    pub catalog_files: Vec<PathBuf>,
+    /// Media root.
+    pub media_root: PathBuf,
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// Private URLs allowed.
+    pub allow_private_urls: bool,
+    /// Download cap in bytes.
+    pub max_download_bytes: u64,
+    /// Candidates per task.
+    pub candidates: usize,
+    /// Entries considered before availability checks.
+    pub considered: usize,
+    /// Description length in the selection prompt.
+    pub description_length: usize,
+    /// Per-task timeout.
+    pub task_timeout: Duration,
+    /// Per-run timeout.
+    pub run_timeout: Duration,
+    /// Concurrency cap.
+    pub concurrency: usize,
+    /// Fallback models per task.
+    pub fallback_models: usize,
+    /// Prompt replacements.
+    pub prompts: PromptsSection,
+}
+
+impl PartialEq for PromptsSection {
+    fn eq(&self, other: &Self) -> bool {
+        format!("{self:?}") == format!("{other:?}")
+    }
+}
+
+/// Environment lookups, injectable for tests.
+pub trait Env {
+    /// A variable's value.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+fn seconds(value: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(value).with_context(|| format!("{what} must be a positive number of seconds, got {value}"))
+}
+
+impl Settings {
+    /// Resolve flags (which already include their environment variables),
+    /// other variables, the config file and the defaults.
+    pub fn resolve(args: &SettingsArgs, env: &dyn Env) -> Result<Self> {
+        let (file, base_dir) = match &args.config {
+            Some(path) => (load_file(path)?, path.parent().map(Path::to_path_buf).unwrap_or_default()),
+            None if Path::new("hgpt.toml").is_file() => (load_file(Path::new("hgpt.toml"))?, PathBuf::new()),
+            None => (ConfigFile::default(), PathBuf::new()),
+        };
+        let relative = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
+        let catalog_files = match &args.catalog {
+            Some(list) => list.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect(),
+            None => file.catalog.files.iter().cloned().map(relative).collect(),
+        };
+        let mut prompts = file.prompts.clone();
+        for demos in [&mut prompts.plan_demos, &mut prompts.select_demos, &mut prompts.answer_demos] {
+            *demos = demos.take().map(relative);
+        }
+        let llm_api_key = args.llm_api_key.clone().or_else(|| env.var("OPENAI_API_KEY")).or(file.llm.api_key.clone());
+        let mut llm_base_url = args.llm_base_url.clone().or(file.llm.base_url.clone());
+        let mut llm_model = args.llm_model.clone().or(file.llm.model.clone());
+        if llm_base_url.is_none() && llm_api_key.is_some() {
+            llm_base_url = Some("https://api.openai.com/v1".to_string());
+            llm_model.get_or_insert_with(|| "gpt-4o-mini".to_string());
+        }
+        let settings = Self {
+            llm_base_url,
+            llm_api_key,
+            llm_model,
+            llm_context: args.llm_context.or(file.llm.context_window),
+            llm_temperature: file.llm.temperature.or(Some(0.0)),
+            llm_timeout: seconds(file.llm.timeout_secs.unwrap_or(120.0), "llm.timeout_secs")?,
+            llm_max_retries: file.llm.max_retries.unwrap_or(3),
+            hf_base_url: args
+                .hf_base_url
+                .clone()
+                .or(file.huggingface.base_url.clone())
+                .unwrap_or_else(|| hgpt_hf::DEFAULT_BASE_URL.to_string()),
+            hf_token: args.hf_token.clone().or(file.huggingface.token.clone()),
+            hf_timeout: seconds(file.huggingface.timeout_secs.unwrap_or(120.0), "huggingface.timeout_secs")?,
+            hf_max_retries: file.huggingface.max_retries.unwrap_or(3),
+            hf_max_loading_wait: seconds(
+                file.huggingface.max_loading_wait_secs.unwrap_or(120.0),
+                "huggingface.max_loading_wait_secs",
+            )?,
+            hf_endpoints: file.huggingface.endpoints.clone(),
+            catalog_files,
+            media_root: args.media_root.clone().or(file.media.root.clone().map(relative)).unwrap_or_else(|| PathBuf::from(".")),
+            out_dir: args.out_dir.clone().or(file.media.out_dir.clone().map(relative)).unwrap_or_else(|| PathBuf::from("hgpt-out")),
+            allow_private_urls: args.allow_private_urls.or(file.media.allow_private_urls).unwrap_or(false),
+            max_download_bytes: file.media.max_download_mb.unwrap_or(50).saturating_mul(1024 * 1024),
+            candidates: args.candidates.or(file.selection.candidates).unwrap_or(5),
+            considered: file.selection.considered.unwrap_or(10),
+            description_length: args.description_length.or(file.selection.max_description_length).unwrap_or(100),
+            task_timeout: seconds(args.task_timeout.or(file.execution.task_timeout_secs).unwrap_or(300.0), "task timeout")?,
+            run_timeout: seconds(args.run_timeout.or(file.execution.run_timeout_secs).unwrap_or(1800.0), "run timeout")?,
+            concurrency: args.concurrency.or(file.execution.max_concurrency).unwrap_or(8),
+            fallback_models: file.execution.fallback_models.unwrap_or(1),
+            prompts,
+        };
+        if settings.candidates == 0 {
+            bail!("candidates must be at least 1");
+        }
+        if settings.concurrency == 0 {
+            bail!("concurrency must be at least 1");
+        }
+        Ok(settings)
+    }
+}
+
+fn load_file(path: &Path) -> Result<ConfigFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    struct FakeEnv(Vec<(&'static str, &'static str)>);
+    impl Env for FakeEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        }
+    }
+
+    fn config(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hgpt.toml");
+        std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let (_dir, path) = config(
+            "[llm]\nbase_url = \"http://file/v1\"\nmodel = \"file-model\"\n[selection]\ncandidates = 3\n[execution]\nmax_concurrency = 2\n",
+        );
+        let args = SettingsArgs { config: Some(path), llm_model: Some("flag-model".into()), ..Default::default() };
+        let s = Settings::resolve(&args, &FakeEnv(vec![])).unwrap();
+        assert_eq!(s.llm_model.as_deref(), Some("flag-model"));
+        assert_eq!(s.llm_base_url.as_deref(), Some("http://file/v1"));
+        assert_eq!(s.candidates, 3);
+        assert_eq!(s.concurrency, 2);
+        assert_eq!(s.description_length, 100);
+        assert_eq!(s.hf_base_url, "https://router.huggingface.co/hf-inference");
+    }
+
+    #[test]
+    fn openai_key_fallback_and_default_endpoint() {
+        let s = Settings::resolve(&SettingsArgs::default(), &FakeEnv(vec![("OPENAI_API_KEY", "sk-x")])).unwrap();
+        assert_eq!(s.llm_api_key.as_deref(), Some("sk-x"));
+        assert_eq!(s.llm_base_url.as_deref(), Some("https://api.openai.com/v1"));
+        let args = SettingsArgs { llm_api_key: Some("mine".into()), ..Default::default() };
+        let s = Settings::resolve(&args, &FakeEnv(vec![("OPENAI_API_KEY", "sk-x")])).unwrap();
+        assert_eq!(s.llm_api_key.as_deref(), Some("mine"));
+    }
+
+    #[test]
+    fn catalog_list_and_relative_paths() {
+        let (dir, path) = config("[catalog]\nfiles = [\"a.jsonl\"]\n[prompts]\nplan_demos = \"demos.json\"\n");
+        let s = Settings::resolve(&SettingsArgs { config: Some(path.clone()), ..Default::default() }, &FakeEnv(vec![])).unwrap();
+        assert_eq!(s.catalog_files, vec![dir.path().join("a.jsonl")]);
+        assert_eq!(s.prompts.plan_demos, Some(dir.path().join("demos.json")));
+        let args = SettingsArgs { config: Some(path), catalog: Some("x.jsonl:y.jsonl".into()), ..Default::default() };
+        let s = Settings::resolve(&args, &FakeEnv(vec![])).unwrap();
+        assert_eq!(s.catalog_files, vec![PathBuf::from("x.jsonl"), PathBuf::from("y.jsonl")]);
+    }
+
+    #[test]
+    fn bad_files_and_values_are_clear_errors() {
+        let (_dir, path) = config("[llm]\nmodle = \"typo\"\n");
+        let err = Settings::resolve(&SettingsArgs { config: Some(path), ..Default::default() }, &FakeEnv(vec![])).unwrap_err();
+        assert!(format!("{err:#}").contains("modle"), "{err:#}");
+        let args = SettingsArgs { task_timeout: Some(-1.0), ..Default::default() };
+        assert!(Settings::resolve(&args, &FakeEnv(vec![])).is_err());
+        let args = SettingsArgs { config: Some(PathBuf::from("/nonexistent/hgpt.toml")), ..Default::default() };
+        assert!(format!("{:#}", Settings::resolve(&args, &FakeEnv(vec![])).unwrap_err()).contains("cannot read config file"));
+    }
+}

@@ -1,0 +1,292 @@
+//! The `hgpt` binary end to end against loopback fake servers: an
+//! OpenAI-compatible controller and a Hugging Face inference server.
+
+use hgpt_core::task::TaskKind;
+use hgpt_testkit::hf::{FakeHf, sample_png};
+use hgpt_testkit::openai::{FakeLlm, LlmCall, LlmReply};
+use serde_json::Value;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+const CATALOG: &str = r#"{"id": "cap/a", "task": "image-to-text", "downloads": 100, "description": "captioner a"}
+{"id": "cap/b", "task": "image-to-text", "downloads": 10, "description": "captioner b"}
+{"id": "det/a", "task": "object-detection", "downloads": 100, "description": "detector a"}
+{"id": "det/b", "task": "object-detection", "downloads": 10, "description": "detector b"}
+{"id": "tts/a", "task": "text-to-speech", "downloads": 10, "description": "speaker a"}
+{"id": "gray/a", "task": "image-to-image", "downloads": 10, "description": "image editor"}
+"#;
+
+const PLAN: &str = r#"Sure, here is the plan: [{"task": "image-to-text", "id": 0, "dep": [-1], "args": {"image": "/a.jpg"}},
+{"task": "object-detection", "id": 1, "dep": [-1], "args": {"image": "/a.jpg"}}},
+{"task": "text-to-speech", "id": 2, "dep": [0], "args": {"text": "<GENERATED-0>"}}]"#;
+
+/// A workspace: media root with an image, an output dir and a catalog.
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("media")).unwrap();
+        std::fs::write(dir.path().join("media/a.jpg"), sample_png()).unwrap();
+        std::fs::write(dir.path().join("catalog.jsonl"), CATALOG).unwrap();
+        Self { dir }
+    }
+    fn out_dir(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+    fn command(&self, llm: Option<&FakeLlm>, hf: &FakeHf, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hgpt"));
+        command
+            .env_clear()
+            .current_dir(self.dir.path())
+            .env("HGPT_HF_BASE_URL", hf.url())
+            .env("HGPT_CATALOG", self.dir.path().join("catalog.jsonl"))
+            .env("HGPT_MEDIA_ROOT", self.dir.path().join("media"))
+            .env("HGPT_OUT_DIR", self.out_dir())
+            .args(args);
+        if let Some(llm) = llm {
+            command.env("HGPT_LLM_BASE_URL", llm.url()).env("HGPT_LLM_MODEL", "fake-model");
+        }
+        command
+    }
+}
+
+async fn output(mut command: Command, stdin: &str) -> Output {
+    let stdin = stdin.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// The selection answer naming the first candidate in the prompt.
+fn first_candidate(call: &LlmCall) -> String {
+    let id = call
+        .last_user()
+        .lines()
+        .find_map(|l| l.strip_prefix("- "))
+        .and_then(|l| l.split(" | ").next())
+        .unwrap_or("none");
+    format!("Let me think. {{\"id\": \"{id}\", \"reason\": \"best fit\"}}")
+}
+
+/// A controller that plans `plan`, picks the first candidate and answers with
+/// a fixed sentence plus every generated path it was shown.
+async fn controller(plan: &'static str) -> FakeLlm {
+    FakeLlm::from_fn(move |call| {
+        let system = call.system();
+        LlmReply::text(if system.starts_with("#1") {
+            plan.to_string()
+        } else if system.starts_with("#2") {
+            first_candidate(call)
+        } else if system.starts_with("#4") {
+            let paths: Vec<&str> = call.last_user().split('"').filter(|s| s.contains("/out/")).collect();
+            format!("All done. Files: {}", paths.join(" "))
+        } else {
+            "Just chatting.".to_string()
+        })
+    })
+    .await
+}
+
+async fn inference_server() -> FakeHf {
+    FakeHf::with_models([
+        ("cap/a", TaskKind::ImageToText),
+        ("cap/b", TaskKind::ImageToText),
+        ("det/a", TaskKind::ObjectDetection),
+        ("det/b", TaskKind::ObjectDetection),
+        ("tts/a", TaskKind::TextToSpeech),
+        ("gray/a", TaskKind::ImageToImage),
+    ])
+    .await
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_json_records_a_multi_step_run_and_writes_files() {
+    let ws = Workspace::new();
+    let (llm, hf) = (controller(PLAN).await, inference_server().await);
+    let args = ["run", "--json", "describe /a.jpg, count the zebras, read it aloud"];
+    let out = output(ws.command(Some(&llm), &hf, &args), "").await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let record = json(&out);
+
+    assert_eq!(record["request"], "describe /a.jpg, count the zebras, read it aloud");
+    assert_eq!(record["mode"], "tasks");
+    assert_eq!(record["plan"].as_array().unwrap().len(), 3);
+    assert_eq!(record["plan"][0]["dep"], serde_json::json!([-1]));
+    let tasks = record["tasks"].as_array().unwrap();
+    for task in tasks {
+        assert_eq!(task["status"], "ok", "{task:#}");
+        assert!(task["started_ms"].as_u64().unwrap() <= task["finished_ms"].as_u64().unwrap());
+    }
+    assert_eq!(tasks[0]["model"]["id"], "cap/a");
+    assert_eq!(tasks[0]["model"]["reason"], "best fit");
+    assert_eq!(tasks[1]["model"]["id"], "det/a");
+    assert_eq!(tasks[2]["model"]["id"], "tts/a");
+    assert_eq!(tasks[2]["model"]["reason"], "the only available candidate for this task");
+    let caption = tasks[0]["output"]["generated_text"].as_str().unwrap();
+    assert_eq!(tasks[2]["args"]["text"], caption, "<GENERATED-0> resolved to the caption");
+
+    let drawn = PathBuf::from(tasks[1]["output"]["generated_image"].as_str().unwrap());
+    assert!(drawn.starts_with(ws.out_dir().canonicalize().unwrap()), "{drawn:?}");
+    let drawn_bytes = std::fs::read(&drawn).unwrap();
+    assert!(drawn_bytes.starts_with(b"\x89PNG") && drawn_bytes != sample_png(), "boxes were drawn");
+    assert!(tasks[1]["output"]["predicted"].as_array().is_some_and(|p| !p.is_empty()));
+    let audio = PathBuf::from(tasks[2]["output"]["generated_audio"].as_str().unwrap());
+    assert!(std::fs::read(&audio).unwrap().starts_with(b"RIFF"), "the speech was saved as a file");
+    let answer = record["answer"].as_str().unwrap();
+    assert!(answer.starts_with("All done.") && answer.contains(audio.to_str().unwrap()), "{answer}");
+
+    let calls = hf.inference_calls();
+    let image_calls: Vec<_> = calls.iter().filter(|c| c.model == "cap/a" || c.model == "det/a").collect();
+    assert_eq!(image_calls.len(), 2);
+    assert!(image_calls.iter().all(|c| c.body.as_ref() == sample_png().as_slice()), "images go as raw bytes");
+    let tts_call = calls.iter().find(|c| c.model == "tts/a").unwrap();
+    assert_eq!(tts_call.json.as_ref().unwrap()["inputs"], caption);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_streams_the_answer_to_stdout() {
+    let ws = Workspace::new();
+    let (llm, hf) = (controller(PLAN).await, inference_server().await);
+    let out = output(ws.command(Some(&llm), &hf, &["run", "describe /a.jpg"]), "").await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.starts_with("All done. Files: ") && stdout.ends_with('\n'), "{stdout}");
+    assert!(stdout.contains(".wav"), "{stdout}");
+    let answer_call = llm.calls().into_iter().find(|c| c.system().starts_with("#4")).unwrap();
+    assert!(answer_call.stream, "the answer was requested as a stream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_llm_it_says_what_to_set() {
+    let ws = Workspace::new();
+    let hf = inference_server().await;
+    let out = output(ws.command(None, &hf, &["run", "hello"]), "").await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("HGPT_LLM_BASE_URL") && stderr.contains("HGPT_LLM_MODEL"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_prints_the_reference_shape() {
+    let ws = Workspace::new();
+    let (llm, hf) = (controller(PLAN).await, inference_server().await);
+    let out = output(ws.command(Some(&llm), &hf, &["plan", "describe /a.jpg"]), "").await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan = json(&out);
+    assert_eq!(
+        plan[2],
+        serde_json::json!({"task": "text-to-speech", "id": 2, "dep": [0], "args": {"text": "<GENERATED>-0"}})
+    );
+    assert_eq!(hf.call_count(), 0, "planning runs nothing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unusable_plan_is_answered_as_chat_and_explained() {
+    let ws = Workspace::new();
+    let (llm, hf) = (controller("I'd rather not make a plan.").await, inference_server().await);
+    let out = output(ws.command(Some(&llm), &hf, &["run", "--json", "hi there"]), "").await;
+    assert!(out.status.success());
+    let record = json(&out);
+    assert_eq!(record["mode"], "chat");
+    assert!(record["fallback_reason"].as_str().unwrap().contains("no task list"));
+    assert_eq!(record["answer"], "Just chatting.");
+
+    let out = output(ws.command(Some(&llm), &hf, &["plan", "hi there"]), "").await;
+    assert!(!out.status.success(), "an unusable plan is an error for `hgpt plan`");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("I'd rather not"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paths_outside_the_media_root_and_private_urls_are_refused() {
+    const PLAN: &str = r#"[{"task": "image-to-text", "id": 0, "dep": [-1], "args": {"image": "../../../../etc/passwd"}},
+        {"task": "object-detection", "id": 1, "dep": [-1], "args": {"image": "http://127.0.0.1:9/secret.png"}},
+        {"task": "text-to-speech", "id": 2, "dep": [0], "args": {"text": "<GENERATED>-0"}}]"#;
+    let ws = Workspace::new();
+    let (llm, hf) = (controller(PLAN).await, inference_server().await);
+    let out = output(ws.command(Some(&llm), &hf, &["run", "--json", "look"]), "").await;
+    assert!(out.status.success(), "the run reaches the answer: {}", String::from_utf8_lossy(&out.stderr));
+    let record = json(&out);
+    let error = |i: usize| record["tasks"][i]["error"].as_str().unwrap_or_default().to_string();
+    assert_eq!(record["tasks"][0]["status"], "failed");
+    assert!(error(0).contains("refused"), "{}", error(0));
+    assert_eq!(record["tasks"][1]["status"], "failed");
+    assert!(error(1).contains("refused"), "{}", error(1));
+    assert_eq!(record["tasks"][2]["status"], "skipped");
+    assert_eq!(hf.inference_calls().len(), 0, "nothing reached a model");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_carries_earlier_turns_into_later_requests() {
+    const PLAN: &str = r#"[{"task": "object-detection", "id": 0, "dep": [-1], "args": {"image": "/a.jpg"}}]"#;
+    let ws = Workspace::new();
+    let (llm, hf) = (controller(PLAN).await, inference_server().await);
+    let stdin = "find the zebras in /a.jpg\nnow make that image black and white\n";
+    let out = output(ws.command(Some(&llm), &hf, &["chat"]), stdin).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plans: Vec<LlmCall> = llm.calls().into_iter().filter(|c| c.system().starts_with("#1")).collect();
+    assert_eq!(plans.len(), 2);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let first_answer = stdout.lines().next().unwrap();
+    assert!(first_answer.contains("/out/"), "{first_answer}");
+    let second = plans[1].last_user();
+    assert!(second.contains("find the zebras in /a.jpg") && second.contains(first_answer.trim()), "{second}");
+    assert!(!plans[0].last_user().contains("black and white"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn models_list_ranks_the_catalog() {
+    let ws = Workspace::new();
+    let hf = inference_server().await;
+    let args = ["models", "list", "--task", "Object Detection", "--json"];
+    let out = output(ws.command(None, &hf, &args), "").await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = json(&out);
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["det/a", "det/b"]);
+    assert_eq!(list[0]["downloads"], 100);
+
+    let mut builtin = ws.command(None, &hf, &["models", "list"]);
+    builtin.env_remove("HGPT_CATALOG");
+    let out = output(builtin, "").await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("ID") && table.contains("facebook/detr-resnet-50"), "{table}");
+
+    let out = output(ws.command(None, &hf, &["models", "list", "--task", "juggling"]), "").await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown task type"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planning_failure_exits_non_zero_with_the_servers_message() {
+    let ws = Workspace::new();
+    let llm = FakeLlm::scripted(vec![LlmReply::error(401, "invalid api key")]).await;
+    let hf = inference_server().await;
+    let out = output(ws.command(Some(&llm), &hf, &["run", "hello"]), "").await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("planning failed") && stderr.contains("invalid api key"), "{stderr}");
+}
