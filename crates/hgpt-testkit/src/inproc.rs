@@ -32,7 +32,11 @@ pub enum Stage {
 /// Classify a controller request by its first message (the default prompts
 /// start with `#1`, `#2`, `#4`).
 pub fn stage_of(request: &ChatRequest) -> Stage {
-    let first = request.messages.first().map(|m| m.content.as_str()).unwrap_or_default();
+    let first = request
+        .messages
+        .first()
+        .map(|m| m.content.as_str())
+        .unwrap_or_default();
     if first.starts_with("#1") {
         Stage::Plan
     } else if first.starts_with("#2") {
@@ -55,8 +59,14 @@ pub struct ScriptedLlm {
 
 impl ScriptedLlm {
     /// An LLM whose answers come from `responder`.
-    pub fn new(responder: impl Fn(&ChatRequest) -> Result<String, LlmError> + Send + Sync + 'static) -> Self {
-        Self { responder: Box::new(responder), delay: Duration::ZERO, calls: Mutex::new(Vec::new()) }
+    pub fn new(
+        responder: impl Fn(&ChatRequest) -> Result<String, LlmError> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            responder: Box::new(responder),
+            delay: Duration::ZERO,
+            calls: Mutex::new(Vec::new()),
+        }
     }
 
     /// The usual script: `plan` for planning, the first candidate for
@@ -97,7 +107,11 @@ impl ScriptedLlm {
 
 /// A selection answer naming the first candidate listed in the request.
 pub fn first_candidate_choice(request: &ChatRequest) -> String {
-    let last = request.messages.last().map(|m| m.content.as_str()).unwrap_or_default();
+    let last = request
+        .messages
+        .last()
+        .map(|m| m.content.as_str())
+        .unwrap_or_default();
     let id = last
         .lines()
         .find_map(|l| l.strip_prefix("- "))
@@ -118,14 +132,17 @@ impl ChatModel for ScriptedLlm {
 
     async fn stream(&self, request: ChatRequest) -> Result<TextStream, LlmError> {
         let text = self.answer(&request).await?;
-        let pieces: Vec<Result<String, LlmError>> =
-            text.split_inclusive(' ').map(|p| Ok(p.to_string())).collect();
+        let pieces: Vec<Result<String, LlmError>> = text
+            .split_inclusive(' ')
+            .map(|p| Ok(p.to_string()))
+            .collect();
         Ok(Box::pin(stream::iter(pieces)))
     }
 }
 
 /// How the fake backend answers one call.
-pub type BackendResponder = dyn Fn(&InferenceRequest) -> Result<InferenceOutput, InferenceError> + Send + Sync;
+pub type BackendResponder =
+    dyn Fn(&InferenceRequest) -> Result<InferenceOutput, InferenceError> + Send + Sync;
 
 /// An inference backend with a fixed latency that records every call and the
 /// peak number of calls in flight at once.
@@ -147,7 +164,10 @@ impl FakeBackend {
     /// A backend answering from a closure.
     pub fn with_responder(
         latency: Duration,
-        responder: impl Fn(&InferenceRequest) -> Result<InferenceOutput, InferenceError> + Send + Sync + 'static,
+        responder: impl Fn(&InferenceRequest) -> Result<InferenceOutput, InferenceError>
+        + Send
+        + Sync
+        + 'static,
     ) -> Self {
         Self {
             latency,
@@ -206,25 +226,39 @@ impl InferenceBackend for FakeBackend {
 
 /// A plausible output for every task type.
 pub fn canned_output(task: TaskKind) -> InferenceOutput {
-    let label = |l: &str, s: f64| ScoredLabel { label: l.to_string(), score: s };
+    let label = |l: &str, s: f64| ScoredLabel {
+        label: l.to_string(),
+        score: s,
+    };
     match task {
         TaskKind::ObjectDetection => InferenceOutput::Detections(vec![Detection {
             label: "zebra".into(),
             score: 0.98,
-            bbox: hgpt_core::output::BoundingBox { xmin: 0.0, ymin: 0.0, xmax: 1.0, ymax: 1.0 },
+            bbox: hgpt_core::output::BoundingBox {
+                xmin: 0.0,
+                ymin: 0.0,
+                xmax: 1.0,
+                ymax: 1.0,
+            },
         }]),
         TaskKind::ImageSegmentation => InferenceOutput::Segments(Vec::<Segment>::new()),
         TaskKind::ImageToText | TaskKind::AutomaticSpeechRecognition => {
             InferenceOutput::Text(format!("text from {task}"))
         }
         TaskKind::SentenceSimilarity => InferenceOutput::Similarities(vec![0.5]),
-        TaskKind::TextToSpeech | TaskKind::AudioToAudio => InferenceOutput::Media(Blob::sniffed(crate::hf::sample_wav())),
+        TaskKind::TextToSpeech | TaskKind::AudioToAudio => {
+            InferenceOutput::Media(Blob::sniffed(crate::hf::sample_wav()))
+        }
         TaskKind::TextToVideo => InferenceOutput::Media(Blob {
             bytes: crate::hf::sample_mp4().into(),
             mime: Some("video/mp4".into()),
         }),
-        kind if kind.output() == Some(ResourceKind::Image) => InferenceOutput::Media(Blob::sniffed(crate::hf::sample_png())),
-        kind if kind.output() == Some(ResourceKind::Text) => InferenceOutput::Text(format!("text from {kind}")),
+        kind if kind.output() == Some(ResourceKind::Image) => {
+            InferenceOutput::Media(Blob::sniffed(crate::hf::sample_png()))
+        }
+        kind if kind.output() == Some(ResourceKind::Text) => {
+            InferenceOutput::Text(format!("text from {kind}"))
+        }
         _ => InferenceOutput::Labels(vec![label("positive", 0.9), label("negative", 0.1)]),
     }
 }
@@ -240,8 +274,14 @@ pub struct MemoryMedia {
 impl MemoryMedia {
     /// A store holding these files.
     pub fn with_files(files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
-        let files = files.into_iter().map(|(name, bytes)| (name, Blob::sniffed(bytes))).collect();
-        Self { files: Mutex::new(files), saved: AtomicUsize::new(0) }
+        let files = files
+            .into_iter()
+            .map(|(name, bytes)| (name, Blob::sniffed(bytes)))
+            .collect();
+        Self {
+            files: Mutex::new(files),
+            saved: AtomicUsize::new(0),
+        }
     }
 
     /// How many files were saved.
@@ -253,8 +293,14 @@ impl MemoryMedia {
 #[async_trait]
 impl MediaStore for MemoryMedia {
     async fn load(&self, reference: &str, _kind: ResourceKind) -> Result<Blob, MediaError> {
-        let files = self.files.lock().map_err(|_| MediaError::NotFound(reference.to_string()))?;
-        files.get(reference).cloned().ok_or_else(|| MediaError::NotFound(reference.to_string()))
+        let files = self
+            .files
+            .lock()
+            .map_err(|_| MediaError::NotFound(reference.to_string()))?;
+        files
+            .get(reference)
+            .cloned()
+            .ok_or_else(|| MediaError::NotFound(reference.to_string()))
     }
 
     async fn save(&self, kind: ResourceKind, blob: &Blob) -> Result<String, MediaError> {
@@ -266,7 +312,11 @@ impl MediaStore for MemoryMedia {
         Ok(name)
     }
 
-    async fn draw_detections(&self, image: &Blob, _detections: &[Detection]) -> Result<Blob, MediaError> {
+    async fn draw_detections(
+        &self,
+        image: &Blob,
+        _detections: &[Detection],
+    ) -> Result<Blob, MediaError> {
         Ok(image.clone())
     }
 

@@ -98,7 +98,10 @@ pub fn pipeline(settings: &Settings) -> Result<Pipeline> {
         ..MediaConfig::default()
     })
     .context("cannot set up the media folders")?;
-    let context_window = settings.llm_context.or_else(|| hgpt_llm::context_window(model)).unwrap_or(8192);
+    let context_window = settings
+        .llm_context
+        .or_else(|| hgpt_llm::context_window(model))
+        .unwrap_or(8192);
     let config = PipelineConfig {
         selection: SelectionConfig {
             considered: settings.considered.max(settings.candidates),

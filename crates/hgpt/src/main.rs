@@ -118,9 +118,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Chat => chat(&app::pipeline(&settings)?).await,
-        Command::Models { command: ModelsCommand::List { task, json } } => {
-            models_list(&settings, task.as_deref(), json)
-        }
+        Command::Models {
+            command: ModelsCommand::List { task, json },
+        } => models_list(&settings, task.as_deref(), json),
     }
 }
 
@@ -221,10 +221,21 @@ fn models_list(settings: &Settings, task: Option<&str>, json: bool) -> Result<Ex
         return Ok(ExitCode::SUCCESS);
     }
     let width = entries.iter().map(|e| e.id.len()).max().unwrap_or(2).max(2);
-    let task_width = entries.iter().map(|e| e.task.len()).max().unwrap_or(4).max(4);
-    writeln!(out, "{:<width$}  {:<task_width$}  {:>10}  DESCRIPTION", "ID", "TASK", "DOWNLOADS")?;
+    let task_width = entries
+        .iter()
+        .map(|e| e.task.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    writeln!(
+        out,
+        "{:<width$}  {:<task_width$}  {:>10}  DESCRIPTION",
+        "ID", "TASK", "DOWNLOADS"
+    )?;
     for entry in entries {
-        let downloads = entry.downloads.map_or_else(|| "-".to_string(), |d| d.to_string());
+        let downloads = entry
+            .downloads
+            .map_or_else(|| "-".to_string(), |d| d.to_string());
         writeln!(
             out,
             "{:<width$}  {:<task_width$}  {:>10}  {}",

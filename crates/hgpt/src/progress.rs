@@ -25,7 +25,11 @@ impl Progress {
         header.set_style(style("{spinner:.cyan} {msg} [{elapsed}]"));
         header.set_message("planning");
         header.enable_steady_tick(Duration::from_millis(120));
-        Self { multi, header, tasks: BTreeMap::new() }
+        Self {
+            multi,
+            header,
+            tasks: BTreeMap::new(),
+        }
     }
 
     fn line(&self, id: usize) -> Option<&(String, ProgressBar)> {
@@ -36,7 +40,8 @@ impl Progress {
     pub fn on_event(&mut self, event: &RunEvent) {
         match event {
             RunEvent::Planned { plan, .. } => {
-                self.header.finish_with_message(format!("planned {} task(s)", plan.len()));
+                self.header
+                    .finish_with_message(format!("planned {} task(s)", plan.len()));
                 for task in plan {
                     let bar = self.multi.add(ProgressBar::new_spinner());
                     bar.set_style(style("  {spinner:.cyan} {prefix:.bold} {msg} [{elapsed}]"));
@@ -47,7 +52,8 @@ impl Progress {
                 }
             }
             RunEvent::ChatFallback { reason } => {
-                self.header.finish_with_message(format!("answering directly ({reason})"));
+                self.header
+                    .finish_with_message(format!("answering directly ({reason})"));
             }
             RunEvent::Selecting { id } => {
                 if let Some((_, bar)) = self.line(*id) {
@@ -74,9 +80,11 @@ impl Progress {
                     };
                     bar.set_style(done);
                     let message = match (&record.status, &record.error) {
-                        (TaskStatus::Ok, _) => {
-                            record.model.as_ref().map(|m| format!("done with {}", m.id)).unwrap_or_else(|| "done".into())
-                        }
+                        (TaskStatus::Ok, _) => record
+                            .model
+                            .as_ref()
+                            .map(|m| format!("done with {}", m.id))
+                            .unwrap_or_else(|| "done".into()),
                         (_, Some(error)) => error.chars().take(160).collect(),
                         (_, None) => "failed".into(),
                     };

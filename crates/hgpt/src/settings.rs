@@ -18,7 +18,13 @@ pub struct SettingsArgs {
     #[arg(long, global = true, env = "HGPT_LLM_BASE_URL", value_name = "URL")]
     pub llm_base_url: Option<String>,
     /// API key of the LLM server (falls back to OPENAI_API_KEY).
-    #[arg(long, global = true, env = "HGPT_LLM_API_KEY", hide_env_values = true, value_name = "KEY")]
+    #[arg(
+        long,
+        global = true,
+        env = "HGPT_LLM_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
     pub llm_api_key: Option<String>,
     /// Controller model name, e.g. gpt-4o-mini.
     #[arg(long, global = true, env = "HGPT_LLM_MODEL", value_name = "NAME")]
@@ -30,7 +36,13 @@ pub struct SettingsArgs {
     #[arg(long, global = true, env = "HGPT_HF_BASE_URL", value_name = "URL")]
     pub hf_base_url: Option<String>,
     /// Hugging Face token.
-    #[arg(long, global = true, env = "HF_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        global = true,
+        env = "HF_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub hf_token: Option<String>,
     /// Catalog files (JSONL), separated by ':'; they replace the built-in catalog.
     #[arg(long, global = true, env = "HGPT_CATALOG", value_name = "PATHS")]
@@ -45,7 +57,12 @@ pub struct SettingsArgs {
     #[arg(long, global = true, env = "HGPT_CANDIDATES", value_name = "N")]
     pub candidates: Option<usize>,
     /// Characters of each model description in the selection prompt [default: 100].
-    #[arg(long, global = true, env = "HGPT_DESCRIPTION_LENGTH", value_name = "CHARS")]
+    #[arg(
+        long,
+        global = true,
+        env = "HGPT_DESCRIPTION_LENGTH",
+        value_name = "CHARS"
+    )]
     pub description_length: Option<usize>,
     /// Seconds one task's inference may take [default: 300].
     #[arg(long, global = true, env = "HGPT_TASK_TIMEOUT", value_name = "SECS")]
@@ -236,7 +253,8 @@ impl Env for ProcessEnv {
 }
 
 fn seconds(value: f64, what: &str) -> Result<Duration> {
-    Duration::try_from_secs_f64(value).with_context(|| format!("{what} must be a positive number of seconds, got {value}"))
+    Duration::try_from_secs_f64(value)
+        .with_context(|| format!("{what} must be a positive number of seconds, got {value}"))
 }
 
 impl Settings {
@@ -244,20 +262,37 @@ impl Settings {
     /// other variables, the config file and the defaults.
     pub fn resolve(args: &SettingsArgs, env: &dyn Env) -> Result<Self> {
         let (file, base_dir) = match &args.config {
-            Some(path) => (load_file(path)?, path.parent().map(Path::to_path_buf).unwrap_or_default()),
-            None if Path::new("hgpt.toml").is_file() => (load_file(Path::new("hgpt.toml"))?, PathBuf::new()),
+            Some(path) => (
+                load_file(path)?,
+                path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            ),
+            None if Path::new("hgpt.toml").is_file() => {
+                (load_file(Path::new("hgpt.toml"))?, PathBuf::new())
+            }
             None => (ConfigFile::default(), PathBuf::new()),
         };
         let relative = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
         let catalog_files = match &args.catalog {
-            Some(list) => list.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect(),
+            Some(list) => list
+                .split(':')
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect(),
             None => file.catalog.files.iter().cloned().map(relative).collect(),
         };
         let mut prompts = file.prompts.clone();
-        for demos in [&mut prompts.plan_demos, &mut prompts.select_demos, &mut prompts.answer_demos] {
+        for demos in [
+            &mut prompts.plan_demos,
+            &mut prompts.select_demos,
+            &mut prompts.answer_demos,
+        ] {
             *demos = demos.take().map(relative);
         }
-        let llm_api_key = args.llm_api_key.clone().or_else(|| env.var("OPENAI_API_KEY")).or(file.llm.api_key.clone());
+        let llm_api_key = args
+            .llm_api_key
+            .clone()
+            .or_else(|| env.var("OPENAI_API_KEY"))
+            .or(file.llm.api_key.clone());
         let mut llm_base_url = args.llm_base_url.clone().or(file.llm.base_url.clone());
         let mut llm_model = args.llm_model.clone().or(file.llm.model.clone());
         if llm_base_url.is_none() && llm_api_key.is_some() {
@@ -278,7 +313,10 @@ impl Settings {
                 .or(file.huggingface.base_url.clone())
                 .unwrap_or_else(|| hgpt_hf::DEFAULT_BASE_URL.to_string()),
             hf_token: args.hf_token.clone().or(file.huggingface.token.clone()),
-            hf_timeout: seconds(file.huggingface.timeout_secs.unwrap_or(120.0), "huggingface.timeout_secs")?,
+            hf_timeout: seconds(
+                file.huggingface.timeout_secs.unwrap_or(120.0),
+                "huggingface.timeout_secs",
+            )?,
             hf_max_retries: file.huggingface.max_retries.unwrap_or(3),
             hf_max_loading_wait: seconds(
                 file.huggingface.max_loading_wait_secs.unwrap_or(120.0),
@@ -286,16 +324,47 @@ impl Settings {
             )?,
             hf_endpoints: file.huggingface.endpoints.clone(),
             catalog_files,
-            media_root: args.media_root.clone().or(file.media.root.clone().map(relative)).unwrap_or_else(|| PathBuf::from(".")),
-            out_dir: args.out_dir.clone().or(file.media.out_dir.clone().map(relative)).unwrap_or_else(|| PathBuf::from("hgpt-out")),
-            allow_private_urls: args.allow_private_urls.or(file.media.allow_private_urls).unwrap_or(false),
-            max_download_bytes: file.media.max_download_mb.unwrap_or(50).saturating_mul(1024 * 1024),
+            media_root: args
+                .media_root
+                .clone()
+                .or(file.media.root.clone().map(relative))
+                .unwrap_or_else(|| PathBuf::from(".")),
+            out_dir: args
+                .out_dir
+                .clone()
+                .or(file.media.out_dir.clone().map(relative))
+                .unwrap_or_else(|| PathBuf::from("hgpt-out")),
+            allow_private_urls: args
+                .allow_private_urls
+                .or(file.media.allow_private_urls)
+                .unwrap_or(false),
+            max_download_bytes: file
+                .media
+                .max_download_mb
+                .unwrap_or(50)
+                .saturating_mul(1024 * 1024),
             candidates: args.candidates.or(file.selection.candidates).unwrap_or(5),
             considered: file.selection.considered.unwrap_or(10),
-            description_length: args.description_length.or(file.selection.max_description_length).unwrap_or(100),
-            task_timeout: seconds(args.task_timeout.or(file.execution.task_timeout_secs).unwrap_or(300.0), "task timeout")?,
-            run_timeout: seconds(args.run_timeout.or(file.execution.run_timeout_secs).unwrap_or(1800.0), "run timeout")?,
-            concurrency: args.concurrency.or(file.execution.max_concurrency).unwrap_or(8),
+            description_length: args
+                .description_length
+                .or(file.selection.max_description_length)
+                .unwrap_or(100),
+            task_timeout: seconds(
+                args.task_timeout
+                    .or(file.execution.task_timeout_secs)
+                    .unwrap_or(300.0),
+                "task timeout",
+            )?,
+            run_timeout: seconds(
+                args.run_timeout
+                    .or(file.execution.run_timeout_secs)
+                    .unwrap_or(1800.0),
+                "run timeout",
+            )?,
+            concurrency: args
+                .concurrency
+                .or(file.execution.max_concurrency)
+                .unwrap_or(8),
             fallback_models: file.execution.fallback_models.unwrap_or(1),
             prompts,
         };
@@ -310,7 +379,8 @@ impl Settings {
 }
 
 fn load_file(path: &Path) -> Result<ConfigFile> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
 }
 
@@ -322,14 +392,20 @@ mod tests {
     struct FakeEnv(Vec<(&'static str, &'static str)>);
     impl Env for FakeEnv {
         fn var(&self, name: &str) -> Option<String> {
-            self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+            self.0
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
         }
     }
 
     fn config(text: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hgpt.toml");
-        std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         (dir, path)
     }
 
@@ -338,7 +414,11 @@ mod tests {
         let (_dir, path) = config(
             "[llm]\nbase_url = \"http://file/v1\"\nmodel = \"file-model\"\n[selection]\ncandidates = 3\n[execution]\nmax_concurrency = 2\n",
         );
-        let args = SettingsArgs { config: Some(path), llm_model: Some("flag-model".into()), ..Default::default() };
+        let args = SettingsArgs {
+            config: Some(path),
+            llm_model: Some("flag-model".into()),
+            ..Default::default()
+        };
         let s = Settings::resolve(&args, &FakeEnv(vec![])).unwrap();
         assert_eq!(s.llm_model.as_deref(), Some("flag-model"));
         assert_eq!(s.llm_base_url.as_deref(), Some("http://file/v1"));
@@ -350,33 +430,74 @@ mod tests {
 
     #[test]
     fn openai_key_fallback_and_default_endpoint() {
-        let s = Settings::resolve(&SettingsArgs::default(), &FakeEnv(vec![("OPENAI_API_KEY", "sk-x")])).unwrap();
+        let s = Settings::resolve(
+            &SettingsArgs::default(),
+            &FakeEnv(vec![("OPENAI_API_KEY", "sk-x")]),
+        )
+        .unwrap();
         assert_eq!(s.llm_api_key.as_deref(), Some("sk-x"));
         assert_eq!(s.llm_base_url.as_deref(), Some("https://api.openai.com/v1"));
-        let args = SettingsArgs { llm_api_key: Some("mine".into()), ..Default::default() };
+        let args = SettingsArgs {
+            llm_api_key: Some("mine".into()),
+            ..Default::default()
+        };
         let s = Settings::resolve(&args, &FakeEnv(vec![("OPENAI_API_KEY", "sk-x")])).unwrap();
         assert_eq!(s.llm_api_key.as_deref(), Some("mine"));
     }
 
     #[test]
     fn catalog_list_and_relative_paths() {
-        let (dir, path) = config("[catalog]\nfiles = [\"a.jsonl\"]\n[prompts]\nplan_demos = \"demos.json\"\n");
-        let s = Settings::resolve(&SettingsArgs { config: Some(path.clone()), ..Default::default() }, &FakeEnv(vec![])).unwrap();
+        let (dir, path) =
+            config("[catalog]\nfiles = [\"a.jsonl\"]\n[prompts]\nplan_demos = \"demos.json\"\n");
+        let s = Settings::resolve(
+            &SettingsArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            },
+            &FakeEnv(vec![]),
+        )
+        .unwrap();
         assert_eq!(s.catalog_files, vec![dir.path().join("a.jsonl")]);
         assert_eq!(s.prompts.plan_demos, Some(dir.path().join("demos.json")));
-        let args = SettingsArgs { config: Some(path), catalog: Some("x.jsonl:y.jsonl".into()), ..Default::default() };
+        let args = SettingsArgs {
+            config: Some(path),
+            catalog: Some("x.jsonl:y.jsonl".into()),
+            ..Default::default()
+        };
         let s = Settings::resolve(&args, &FakeEnv(vec![])).unwrap();
-        assert_eq!(s.catalog_files, vec![PathBuf::from("x.jsonl"), PathBuf::from("y.jsonl")]);
+        assert_eq!(
+            s.catalog_files,
+            vec![PathBuf::from("x.jsonl"), PathBuf::from("y.jsonl")]
+        );
     }
 
     #[test]
     fn bad_files_and_values_are_clear_errors() {
         let (_dir, path) = config("[llm]\nmodle = \"typo\"\n");
-        let err = Settings::resolve(&SettingsArgs { config: Some(path), ..Default::default() }, &FakeEnv(vec![])).unwrap_err();
+        let err = Settings::resolve(
+            &SettingsArgs {
+                config: Some(path),
+                ..Default::default()
+            },
+            &FakeEnv(vec![]),
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("modle"), "{err:#}");
-        let args = SettingsArgs { task_timeout: Some(-1.0), ..Default::default() };
+        let args = SettingsArgs {
+            task_timeout: Some(-1.0),
+            ..Default::default()
+        };
         assert!(Settings::resolve(&args, &FakeEnv(vec![])).is_err());
-        let args = SettingsArgs { config: Some(PathBuf::from("/nonexistent/hgpt.toml")), ..Default::default() };
-        assert!(format!("{:#}", Settings::resolve(&args, &FakeEnv(vec![])).unwrap_err()).contains("cannot read config file"));
+        let args = SettingsArgs {
+            config: Some(PathBuf::from("/nonexistent/hgpt.toml")),
+            ..Default::default()
+        };
+        assert!(
+            format!(
+                "{:#}",
+                Settings::resolve(&args, &FakeEnv(vec![])).unwrap_err()
+            )
+            .contains("cannot read config file")
+        );
     }
 }

@@ -48,7 +48,9 @@ impl Workspace {
             .env("HGPT_OUT_DIR", self.out_dir())
             .args(args);
         if let Some(llm) = llm {
-            command.env("HGPT_LLM_BASE_URL", llm.url()).env("HGPT_LLM_MODEL", "fake-model");
+            command
+                .env("HGPT_LLM_BASE_URL", llm.url())
+                .env("HGPT_LLM_MODEL", "fake-model");
         }
         command
     }
@@ -63,7 +65,12 @@ async fn output(mut command: Command, stdin: &str) -> Output {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
         child.wait_with_output().unwrap()
     })
     .await
@@ -91,7 +98,11 @@ async fn controller(plan: &'static str) -> FakeLlm {
         } else if system.starts_with("#2") {
             first_candidate(call)
         } else if system.starts_with("#4") {
-            let paths: Vec<&str> = call.last_user().split('"').filter(|s| s.contains("/out/")).collect();
+            let paths: Vec<&str> = call
+                .last_user()
+                .split('"')
+                .filter(|s| s.contains("/out/"))
+                .collect();
             format!("All done. Files: {}", paths.join(" "))
         } else {
             "Just chatting.".to_string()
@@ -126,12 +137,23 @@ fn json(output: &Output) -> Value {
 async fn run_json_records_a_multi_step_run_and_writes_files() {
     let ws = Workspace::new();
     let (llm, hf) = (controller(PLAN).await, inference_server().await);
-    let args = ["run", "--json", "describe /a.jpg, count the zebras, read it aloud"];
+    let args = [
+        "run",
+        "--json",
+        "describe /a.jpg, count the zebras, read it aloud",
+    ];
     let out = output(ws.command(Some(&llm), &hf, &args), "").await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let record = json(&out);
 
-    assert_eq!(record["request"], "describe /a.jpg, count the zebras, read it aloud");
+    assert_eq!(
+        record["request"],
+        "describe /a.jpg, count the zebras, read it aloud"
+    );
     assert_eq!(record["mode"], "tasks");
     assert_eq!(record["plan"].as_array().unwrap().len(), 3);
     assert_eq!(record["plan"][0]["dep"], serde_json::json!([-1]));
@@ -144,24 +166,54 @@ async fn run_json_records_a_multi_step_run_and_writes_files() {
     assert_eq!(tasks[0]["model"]["reason"], "best fit");
     assert_eq!(tasks[1]["model"]["id"], "det/a");
     assert_eq!(tasks[2]["model"]["id"], "tts/a");
-    assert_eq!(tasks[2]["model"]["reason"], "the only available candidate for this task");
+    assert_eq!(
+        tasks[2]["model"]["reason"],
+        "the only available candidate for this task"
+    );
     let caption = tasks[0]["output"]["generated_text"].as_str().unwrap();
-    assert_eq!(tasks[2]["args"]["text"], caption, "<GENERATED-0> resolved to the caption");
+    assert_eq!(
+        tasks[2]["args"]["text"], caption,
+        "<GENERATED-0> resolved to the caption"
+    );
 
     let drawn = PathBuf::from(tasks[1]["output"]["generated_image"].as_str().unwrap());
-    assert!(drawn.starts_with(ws.out_dir().canonicalize().unwrap()), "{drawn:?}");
+    assert!(
+        drawn.starts_with(ws.out_dir().canonicalize().unwrap()),
+        "{drawn:?}"
+    );
     let drawn_bytes = std::fs::read(&drawn).unwrap();
-    assert!(drawn_bytes.starts_with(b"\x89PNG") && drawn_bytes != sample_png(), "boxes were drawn");
-    assert!(tasks[1]["output"]["predicted"].as_array().is_some_and(|p| !p.is_empty()));
+    assert!(
+        drawn_bytes.starts_with(b"\x89PNG") && drawn_bytes != sample_png(),
+        "boxes were drawn"
+    );
+    assert!(
+        tasks[1]["output"]["predicted"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    );
     let audio = PathBuf::from(tasks[2]["output"]["generated_audio"].as_str().unwrap());
-    assert!(std::fs::read(&audio).unwrap().starts_with(b"RIFF"), "the speech was saved as a file");
+    assert!(
+        std::fs::read(&audio).unwrap().starts_with(b"RIFF"),
+        "the speech was saved as a file"
+    );
     let answer = record["answer"].as_str().unwrap();
-    assert!(answer.starts_with("All done.") && answer.contains(audio.to_str().unwrap()), "{answer}");
+    assert!(
+        answer.starts_with("All done.") && answer.contains(audio.to_str().unwrap()),
+        "{answer}"
+    );
 
     let calls = hf.inference_calls();
-    let image_calls: Vec<_> = calls.iter().filter(|c| c.model == "cap/a" || c.model == "det/a").collect();
+    let image_calls: Vec<_> = calls
+        .iter()
+        .filter(|c| c.model == "cap/a" || c.model == "det/a")
+        .collect();
     assert_eq!(image_calls.len(), 2);
-    assert!(image_calls.iter().all(|c| c.body.as_ref() == sample_png().as_slice()), "images go as raw bytes");
+    assert!(
+        image_calls
+            .iter()
+            .all(|c| c.body.as_ref() == sample_png().as_slice()),
+        "images go as raw bytes"
+    );
     let tts_call = calls.iter().find(|c| c.model == "tts/a").unwrap();
     assert_eq!(tts_call.json.as_ref().unwrap()["inputs"], caption);
 }
@@ -171,11 +223,22 @@ async fn run_streams_the_answer_to_stdout() {
     let ws = Workspace::new();
     let (llm, hf) = (controller(PLAN).await, inference_server().await);
     let out = output(ws.command(Some(&llm), &hf, &["run", "describe /a.jpg"]), "").await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.starts_with("All done. Files: ") && stdout.ends_with('\n'), "{stdout}");
+    assert!(
+        stdout.starts_with("All done. Files: ") && stdout.ends_with('\n'),
+        "{stdout}"
+    );
     assert!(stdout.contains(".wav"), "{stdout}");
-    let answer_call = llm.calls().into_iter().find(|c| c.system().starts_with("#4")).unwrap();
+    let answer_call = llm
+        .calls()
+        .into_iter()
+        .find(|c| c.system().starts_with("#4"))
+        .unwrap();
     assert!(answer_call.stream, "the answer was requested as a stream");
 }
 
@@ -186,7 +249,10 @@ async fn without_an_llm_it_says_what_to_set() {
     let out = output(ws.command(None, &hf, &["run", "hello"]), "").await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("HGPT_LLM_BASE_URL") && stderr.contains("HGPT_LLM_MODEL"), "{stderr}");
+    assert!(
+        stderr.contains("HGPT_LLM_BASE_URL") && stderr.contains("HGPT_LLM_MODEL"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"));
 }
 
@@ -194,8 +260,16 @@ async fn without_an_llm_it_says_what_to_set() {
 async fn plan_prints_the_reference_shape() {
     let ws = Workspace::new();
     let (llm, hf) = (controller(PLAN).await, inference_server().await);
-    let out = output(ws.command(Some(&llm), &hf, &["plan", "describe /a.jpg"]), "").await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = output(
+        ws.command(Some(&llm), &hf, &["plan", "describe /a.jpg"]),
+        "",
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let plan = json(&out);
     assert_eq!(
         plan[2],
@@ -207,16 +281,31 @@ async fn plan_prints_the_reference_shape() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unusable_plan_is_answered_as_chat_and_explained() {
     let ws = Workspace::new();
-    let (llm, hf) = (controller("I'd rather not make a plan.").await, inference_server().await);
-    let out = output(ws.command(Some(&llm), &hf, &["run", "--json", "hi there"]), "").await;
+    let (llm, hf) = (
+        controller("I'd rather not make a plan.").await,
+        inference_server().await,
+    );
+    let out = output(
+        ws.command(Some(&llm), &hf, &["run", "--json", "hi there"]),
+        "",
+    )
+    .await;
     assert!(out.status.success());
     let record = json(&out);
     assert_eq!(record["mode"], "chat");
-    assert!(record["fallback_reason"].as_str().unwrap().contains("no task list"));
+    assert!(
+        record["fallback_reason"]
+            .as_str()
+            .unwrap()
+            .contains("no task list")
+    );
     assert_eq!(record["answer"], "Just chatting.");
 
     let out = output(ws.command(Some(&llm), &hf, &["plan", "hi there"]), "").await;
-    assert!(!out.status.success(), "an unusable plan is an error for `hgpt plan`");
+    assert!(
+        !out.status.success(),
+        "an unusable plan is an error for `hgpt plan`"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("I'd rather not"));
 }
 
@@ -228,9 +317,18 @@ async fn paths_outside_the_media_root_and_private_urls_are_refused() {
     let ws = Workspace::new();
     let (llm, hf) = (controller(PLAN).await, inference_server().await);
     let out = output(ws.command(Some(&llm), &hf, &["run", "--json", "look"]), "").await;
-    assert!(out.status.success(), "the run reaches the answer: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the run reaches the answer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let record = json(&out);
-    let error = |i: usize| record["tasks"][i]["error"].as_str().unwrap_or_default().to_string();
+    let error = |i: usize| {
+        record["tasks"][i]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
     assert_eq!(record["tasks"][0]["status"], "failed");
     assert!(error(0).contains("refused"), "{}", error(0));
     assert_eq!(record["tasks"][1]["status"], "failed");
@@ -241,19 +339,31 @@ async fn paths_outside_the_media_root_and_private_urls_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chat_carries_earlier_turns_into_later_requests() {
-    const PLAN: &str = r#"[{"task": "object-detection", "id": 0, "dep": [-1], "args": {"image": "/a.jpg"}}]"#;
+    const PLAN: &str =
+        r#"[{"task": "object-detection", "id": 0, "dep": [-1], "args": {"image": "/a.jpg"}}]"#;
     let ws = Workspace::new();
     let (llm, hf) = (controller(PLAN).await, inference_server().await);
     let stdin = "find the zebras in /a.jpg\nnow make that image black and white\n";
     let out = output(ws.command(Some(&llm), &hf, &["chat"]), stdin).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let plans: Vec<LlmCall> = llm.calls().into_iter().filter(|c| c.system().starts_with("#1")).collect();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plans: Vec<LlmCall> = llm
+        .calls()
+        .into_iter()
+        .filter(|c| c.system().starts_with("#1"))
+        .collect();
     assert_eq!(plans.len(), 2);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let first_answer = stdout.lines().next().unwrap();
     assert!(first_answer.contains("/out/"), "{first_answer}");
     let second = plans[1].last_user();
-    assert!(second.contains("find the zebras in /a.jpg") && second.contains(first_answer.trim()), "{second}");
+    assert!(
+        second.contains("find the zebras in /a.jpg") && second.contains(first_answer.trim()),
+        "{second}"
+    );
     assert!(!plans[0].last_user().contains("black and white"));
 }
 
@@ -263,9 +373,18 @@ async fn models_list_ranks_the_catalog() {
     let hf = inference_server().await;
     let args = ["models", "list", "--task", "Object Detection", "--json"];
     let out = output(ws.command(None, &hf, &args), "").await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list = json(&out);
-    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["det/a", "det/b"]);
     assert_eq!(list[0]["downloads"], 100);
 
@@ -273,9 +392,16 @@ async fn models_list_ranks_the_catalog() {
     builtin.env_remove("HGPT_CATALOG");
     let out = output(builtin, "").await;
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.starts_with("ID") && table.contains("facebook/detr-resnet-50"), "{table}");
+    assert!(
+        table.starts_with("ID") && table.contains("facebook/detr-resnet-50"),
+        "{table}"
+    );
 
-    let out = output(ws.command(None, &hf, &["models", "list", "--task", "juggling"]), "").await;
+    let out = output(
+        ws.command(None, &hf, &["models", "list", "--task", "juggling"]),
+        "",
+    )
+    .await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown task type"));
 }
@@ -288,5 +414,8 @@ async fn a_planning_failure_exits_non_zero_with_the_servers_message() {
     let out = output(ws.command(Some(&llm), &hf, &["run", "hello"]), "").await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("planning failed") && stderr.contains("invalid api key"), "{stderr}");
+    assert!(
+        stderr.contains("planning failed") && stderr.contains("invalid api key"),
+        "{stderr}"
+    );
 }
