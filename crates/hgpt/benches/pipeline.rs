@@ -1,0 +1,233 @@
+//! Orchestration benchmarks (`cargo bench -p hgpt`).
+//!
+//! 1. Overhead: plans of 12 and 48 tasks in four levels against zero-latency
+//!    in-process fakes; time from the plan being ready to the last task
+//!    finished (all of it is hgpt's own scheduling, resolution and
+//!    bookkeeping, since the fakes answer at once), and the whole run.
+//! 2. End to end: the real HTTP clients against loopback fake servers with
+//!    fixed latencies, compared with the lower bound
+//!    plan + one selection + critical path + answer, and with what the
+//!    reference's design would take (one selection per step along the chain,
+//!    0.5 s polling).
+
+use hgpt_core::catalog::Catalog;
+use hgpt_core::pipeline::{Pipeline, PipelineConfig};
+use hgpt_core::prompt::Prompts;
+use hgpt_core::record::{RunEvent, TaskStatus};
+use hgpt_core::task::TaskKind;
+use hgpt_hf::{HfBackend, HfConfig};
+use hgpt_llm::{OpenAiClient, OpenAiConfig};
+use hgpt_media::{LocalMedia, MediaConfig};
+use hgpt_testkit::hf::{FakeHf, HfReply, canned_reply, sample_png};
+use hgpt_testkit::inproc::{FakeBackend, MemoryMedia, ScriptedLlm};
+use hgpt_testkit::openai::{FakeLlm, LlmReply};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Two candidates per task type used, so selection asks the LLM.
+fn catalog() -> Catalog {
+    let mut lines = String::new();
+    for task in [
+        "image-to-text",
+        "object-detection",
+        "image-classification",
+        "text-to-speech",
+        "automatic-speech-recognition",
+        "text-to-image",
+    ] {
+        for n in 0..2 {
+            lines.push_str(&format!(
+                "{{\"id\": \"{task}/m{n}\", \"task\": \"{task}\", \"downloads\": {}, \"description\": \"model {n}\"}}\n",
+                10 - n
+            ));
+        }
+    }
+    Catalog::from_jsonl(&lines, "bench").unwrap_or_default()
+}
+
+/// `width` independent branches, each a 4-level chain:
+/// text-to-image -> image-to-text -> text-to-speech -> speech recognition.
+fn layered_plan(width: usize) -> String {
+    let mut tasks = Vec::new();
+    for b in 0..width {
+        let base = b * 4;
+        tasks.push(format!(
+            r#"{{"task": "text-to-image", "id": {base}, "dep": [-1], "args": {{"text": "picture {b}"}}}}"#
+        ));
+        tasks.push(format!(
+            r#"{{"task": "image-to-text", "id": {}, "dep": [{base}], "args": {{"image": "<GENERATED>-{base}"}}}}"#,
+            base + 1
+        ));
+        tasks.push(format!(
+            r#"{{"task": "text-to-speech", "id": {}, "dep": [{}], "args": {{"text": "<GENERATED>-{}"}}}}"#,
+            base + 2,
+            base + 1,
+            base + 1
+        ));
+        tasks.push(format!(
+            r#"{{"task": "automatic-speech-recognition", "id": {}, "dep": [{}], "args": {{"audio": "<GENERATED>-{}"}}}}"#,
+            base + 3,
+            base + 2,
+            base + 2
+        ));
+    }
+    format!("[{}]", tasks.join(","))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+async fn overhead(width: usize, iterations: usize) {
+    let plan = layered_plan(width);
+    let tasks = width * 4;
+    let llm = Arc::new(ScriptedLlm::with_plan(plan));
+    let backend = Arc::new(FakeBackend::new(Duration::ZERO));
+    let pipeline = Pipeline::new(
+        llm,
+        backend,
+        Arc::new(MemoryMedia::default()),
+        Arc::new(catalog()),
+        Arc::new(Prompts::default()),
+        PipelineConfig { max_concurrency: 64, ..PipelineConfig::default() },
+    );
+    let mut execution = Vec::with_capacity(iterations);
+    let mut whole = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let (sink, mut events) = mpsc::unbounded_channel();
+        // The execution window is timed by a reader running alongside the run.
+        let reader = tokio::spawn(async move {
+            let (mut planned, mut finished) = (None, None);
+            while let Some(event) = events.recv().await {
+                match event {
+                    RunEvent::Planned { .. } => planned = Some(Instant::now()),
+                    RunEvent::TaskFinished { .. } => finished = Some(Instant::now()),
+                    _ => {}
+                }
+            }
+            planned.zip(finished).map(|(p, f)| f.duration_since(p))
+        });
+        let started = Instant::now();
+        let record = pipeline.run("bench", &[], Some(sink)).await;
+        whole.push(started.elapsed());
+        let ok = record.as_ref().is_ok_and(|r| r.tasks.iter().all(|t| t.status == TaskStatus::Ok));
+        assert!(ok, "the benchmark plan must run cleanly: {record:?}");
+        if let Ok(Some(window)) = reader.await {
+            execution.push(window);
+        }
+    }
+    whole.sort();
+    execution.sort();
+    println!(
+        "overhead  {tasks:>3} tasks (4 levels): plan->last task p50 {} p90 {} ({} per task) | whole run p50 {} p90 {}",
+        micros(percentile(&execution, 0.5)),
+        micros(percentile(&execution, 0.9)),
+        micros(percentile(&execution, 0.5) / tasks as u32),
+        micros(percentile(&whole, 0.5)),
+        micros(percentile(&whole, 0.9)),
+    );
+}
+
+async fn end_to_end(llm_latency: Duration, task_latency: Duration, runs: usize) {
+    let plan = layered_plan(3);
+    let controller = FakeLlm::from_fn(move |call| {
+        let system = call.system();
+        let text = if system.starts_with("#1") {
+            plan.clone()
+        } else if system.starts_with("#2") {
+            let id = call
+                .last_user()
+                .lines()
+                .find_map(|l| l.strip_prefix("- "))
+                .and_then(|l| l.split(" | ").next())
+                .unwrap_or_default()
+                .to_string();
+            format!("{{\"id\": \"{id}\", \"reason\": \"first\"}}")
+        } else {
+            "done".to_string()
+        };
+        LlmReply::text(text).with_delay(llm_latency)
+    })
+    .await;
+    let inference = FakeHf::start(Arc::new(move |call: &hgpt_testkit::hf::HfCall| {
+        if call.is_status {
+            return HfReply::status_loaded(true);
+        }
+        let task = call.model.split('/').next().and_then(TaskKind::parse).unwrap_or(TaskKind::ImageToText);
+        canned_reply(task).with_delay(task_latency)
+    }))
+    .await;
+    let dir = std::env::temp_dir().join(format!("hgpt-bench-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("a.png"), sample_png());
+    let llm = OpenAiClient::new(OpenAiConfig {
+        base_url: controller.url(),
+        model: "fake-model".into(),
+        ..OpenAiConfig::default()
+    });
+    let backend = HfBackend::new(HfConfig::with_base_url(inference.url()));
+    let media = LocalMedia::new(MediaConfig {
+        media_root: dir.clone(),
+        out_dir: dir.join("out"),
+        ..MediaConfig::default()
+    });
+    let (Ok(llm), Ok(backend), Ok(media)) = (llm, backend, media) else {
+        eprintln!("cannot set up the end-to-end benchmark");
+        return;
+    };
+    let pipeline = Pipeline::new(
+        Arc::new(llm),
+        Arc::new(backend),
+        Arc::new(media),
+        Arc::new(catalog()),
+        Arc::new(Prompts::default()),
+        PipelineConfig::default(),
+    );
+    let mut walls = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let record = pipeline.run("bench", &[], None).await;
+        walls.push(started.elapsed());
+        let ok = record.as_ref().is_ok_and(|r| r.tasks.iter().all(|t| t.status == TaskStatus::Ok));
+        assert!(ok, "{record:?}");
+    }
+    walls.sort();
+    let chain = 4u32;
+    let lower = llm_latency * 3 + task_latency * chain;
+    let reference = llm_latency * 2 + (llm_latency + task_latency) * chain + Duration::from_millis(250) * chain;
+    let p50 = percentile(&walls, 0.5);
+    println!(
+        "end to end: 12 tasks, chain of {chain}, LLM {} ms/call, model {} ms/call: p50 {:.0} ms (max {:.0} ms); \
+         lower bound {:.0} ms (+{:.1}%); reference design ~{:.0} ms",
+        llm_latency.as_millis(),
+        task_latency.as_millis(),
+        p50.as_secs_f64() * 1e3,
+        percentile(&walls, 1.0).as_secs_f64() * 1e3,
+        lower.as_secs_f64() * 1e3,
+        (p50.as_secs_f64() / lower.as_secs_f64() - 1.0) * 100.0,
+        reference.as_secs_f64() * 1e3,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn main() {
+    // `cargo test --benches` runs this once with --bench absent: keep it short.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let Ok(runtime) = tokio::runtime::Runtime::new() else {
+        eprintln!("cannot start a runtime");
+        return;
+    };
+    runtime.block_on(async {
+        let iterations = if quick { 3 } else { 300 };
+        overhead(3, iterations).await;
+        overhead(12, iterations).await;
+        let runs = if quick { 1 } else { 5 };
+        end_to_end(Duration::from_millis(100), Duration::from_millis(200), runs).await;
+    });
+}
