@@ -4,7 +4,7 @@
 
 use crate::backend::{MediaStore, ResolvedArgs};
 use crate::output::{Blob, InferenceOutput};
-use crate::plan::{PlanTask, pure_references, references_in};
+use crate::plan::{PlanTask, pure_references, references_in, replace_references};
 use crate::record::TaskOutput;
 use crate::task::{ResourceKind, TaskKind};
 use base64::Engine as _;
@@ -52,7 +52,7 @@ pub async fn resolve_args(
             }
             (Some(media_kind), Some(reference)) => {
                 let path = match pure_references(reference).and_then(|ids| ids.first().copied()) {
-                    Some(id) => generated_resource(id, media_kind, task, finished)?,
+                    Some(id) => generated(id, media_kind, task, finished)?,
                     None => reference.trim().to_string(),
                 };
                 if path.is_empty() {
@@ -97,64 +97,44 @@ fn resolve_text(
     if ids.is_empty() {
         return Ok(text.to_string());
     }
-    if let Some(pure) = pure_references(text) {
-        let parts: Result<Vec<String>, String> = pure
+    let mut resolved = BTreeMap::new();
+    for id in &ids {
+        resolved.insert(*id, generated(*id, ResourceKind::Text, task, finished)?);
+    }
+    if pure_references(text).is_some() {
+        return Ok(ids
             .iter()
-            .map(|&id| generated_text(id, task, finished))
-            .collect();
-        return Ok(parts?.join("\n"));
+            .filter_map(|id| resolved.get(id).cloned())
+            .collect::<Vec<_>>()
+            .join("\n"));
     }
-    let mut out = crate::plan::canonicalize_references(text);
-    for id in ids {
-        let replacement = generated_text(id, task, finished)?;
-        out = out.replace(&crate::plan::reference(id), &replacement);
-    }
-    Ok(out)
+    Ok(replace_references(text, |id| {
+        resolved.get(&id).cloned().unwrap_or_default()
+    }))
 }
 
-fn generated_text(
-    id: usize,
-    task: &PlanTask,
-    finished: &BTreeMap<usize, Finished>,
-) -> Result<String, String> {
-    if let Some(text) = finished.get(&id).and_then(|f| output_text(&f.output)) {
-        return Ok(text);
-    }
-    task.dep
-        .iter()
-        .filter_map(|d| finished.get(d))
-        .find_map(|f| output_text(&f.output))
-        .or_else(|| {
-            finished
-                .get(&id)?
-                .inputs
-                .get("text")?
-                .as_str()
-                .map(str::to_string)
-        })
-        .ok_or_else(|| format!("task {id} produced no text to use"))
-}
-
-fn generated_resource(
+/// What task `id` generated of `kind`; failing that, what any dependency
+/// generated of that kind; failing that, task `id`'s own input of that kind.
+fn generated(
     id: usize,
     kind: ResourceKind,
     task: &PlanTask,
     finished: &BTreeMap<usize, Finished>,
 ) -> Result<String, String> {
-    let generated = |f: &Finished| match kind {
+    let of_kind = |f: &Finished| match kind {
+        ResourceKind::Text => output_text(&f.output),
         ResourceKind::Image => f.output.generated_image.clone(),
         ResourceKind::Audio => f.output.generated_audio.clone(),
         ResourceKind::Video => f.output.generated_video.clone(),
-        ResourceKind::Text => f.output.generated_text.clone(),
     };
     finished
         .get(&id)
-        .and_then(generated)
+        .and_then(of_kind)
         .or_else(|| {
             task.dep
                 .iter()
                 .filter_map(|d| finished.get(d))
-                .find_map(generated)
+                .find_map(of_kind)
         })
         .or_else(|| {
             finished
@@ -372,6 +352,29 @@ mod tests {
             summarize_prediction(&json!([{"entity_group": "PER", "word": "Ada", "score": 0.9}])),
             "Ada (PER)"
         );
+    }
+
+    #[tokio::test]
+    async fn references_are_substituted_in_one_pass() {
+        let task = PlanTask {
+            id: 11,
+            task: crate::task::TaskName::Known(TaskKind::Summarization),
+            dep: vec![1, 10],
+            args: BTreeMap::from([(
+                "text".to_string(),
+                json!("say <GENERATED>-1 then <GENERATED-10>"),
+            )]),
+        };
+        let done = |text: &str| Finished {
+            output: TaskOutput {
+                generated_text: Some(text.to_string()),
+                ..TaskOutput::default()
+            },
+            inputs: BTreeMap::new(),
+        };
+        let finished = BTreeMap::from([(1, done("one <GENERATED>-10")), (10, done("ten"))]);
+        let text = resolve_text(task.args["text"].as_str().unwrap(), &task, &finished).unwrap();
+        assert_eq!(text, "say one <GENERATED>-10 then ten");
     }
 
     #[test]

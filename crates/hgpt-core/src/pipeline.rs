@@ -28,7 +28,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::AbortHandle;
 
 /// Where live events go (`hgpt run` progress, server-sent events).
 pub type EventSink = mpsc::UnboundedSender<RunEvent>;
@@ -366,6 +367,9 @@ impl Pipeline {
             })
             .collect();
         let context = Arc::new(RunContext {
+            inference_slots: Semaphore::new(self.config.max_concurrency.max(1)),
+            selection_slots: Semaphore::new(MAX_CONCURRENT_SELECTIONS),
+            selection_tasks: Mutex::new(BTreeMap::new()),
             llm: self.llm.clone(),
             backend: self.backend.clone(),
             media: self.media.clone(),
@@ -381,13 +385,16 @@ impl Pipeline {
             plan,
         });
         context.start_selections(&self.catalog);
-        let deadline = tokio::time::Instant::now() + self.config.run_timeout;
+        // Tasks wait for their models and dependencies without holding a slot;
+        // `inference_slots` caps the tasks actually running.
+        let deadline = tokio::time::Instant::now().checked_add(self.config.run_timeout);
         let outcomes = run_graph(
             &nodes,
-            self.config.max_concurrency,
-            Some(deadline),
+            nodes.len(),
+            deadline,
             |id| context.clone().execute_task(id),
             |id, because| {
+                context.abort_selection(id);
                 context.finish_unrun(
                     id,
                     TaskStatus::Skipped,
@@ -396,14 +403,22 @@ impl Pipeline {
             },
         )
         .await;
+        context.abort_selections();
+        let limit = self.config.run_timeout.as_secs_f64();
         for (id, outcome) in outcomes {
-            if outcome == NodeOutcome::Cancelled {
-                let limit = self.config.run_timeout.as_secs_f64();
-                context.finish_unrun(
+            match outcome {
+                NodeOutcome::Cancelled => context.finish_unrun(
                     id,
                     TaskStatus::Failed,
                     format!("cancelled: the run exceeded its time limit of {limit} s"),
-                );
+                ),
+                // A no-op unless the task's body died without recording an end.
+                NodeOutcome::Failed => context.finish_unrun(
+                    id,
+                    TaskStatus::Failed,
+                    "the task stopped unexpectedly".to_string(),
+                ),
+                NodeOutcome::Succeeded | NodeOutcome::Skipped { .. } => {}
             }
         }
         context
@@ -411,6 +426,9 @@ impl Pipeline {
 }
 
 type SharedSelection = Shared<BoxFuture<'static, Result<Selection, String>>>;
+
+/// Selections (each an LLM call after availability checks) running at once.
+const MAX_CONCURRENT_SELECTIONS: usize = 8;
 
 /// Shared state of one run's execution stage.
 struct RunContext {
@@ -424,6 +442,9 @@ struct RunContext {
     events: Option<EventSink>,
     plan: Plan,
     selections: Mutex<BTreeMap<usize, SharedSelection>>,
+    selection_tasks: Mutex<BTreeMap<usize, AbortHandle>>,
+    selection_slots: Semaphore,
+    inference_slots: Semaphore,
     finished: Mutex<BTreeMap<usize, Finished>>,
     records: Mutex<BTreeMap<usize, TaskRecord>>,
     last_selection_ms: AtomicU64,
@@ -462,10 +483,16 @@ impl RunContext {
             let args = Value::Object(task.args.clone().into_iter().collect());
             let id = task.id;
             let handle = tokio::spawn(async move {
-                let result = this.select(&catalog, kind, &args).await;
+                let result = match this.selection_slots.acquire().await {
+                    Ok(_slot) => this.select(&catalog, kind, &args).await,
+                    Err(_) => Err("model selection was cancelled".to_string()),
+                };
                 this.last_selection_ms
                     .fetch_max(this.now_ms(), Ordering::Relaxed);
-                if let Ok(selection) = &result {
+                let pending = lock(&this.records)
+                    .get(&id)
+                    .is_none_or(|r| r.finished_ms.is_none());
+                if let (Ok(selection), true) = (&result, pending) {
                     this.emit(RunEvent::ModelChosen {
                         id,
                         model: selection.choice.clone(),
@@ -474,6 +501,7 @@ impl RunContext {
                 }
                 result
             });
+            lock(&self.selection_tasks).insert(id, handle.abort_handle());
             let shared = handle
                 .map(|joined| {
                     joined.unwrap_or_else(|e| Err(format!("model selection crashed: {e}")))
@@ -481,6 +509,21 @@ impl RunContext {
                 .boxed()
                 .shared();
             selections.insert(task.id, shared);
+        }
+    }
+
+    /// Stop the selection of a task that will never run.
+    fn abort_selection(&self, id: usize) {
+        if let Some(handle) = lock(&self.selection_tasks).remove(&id) {
+            handle.abort();
+        }
+    }
+
+    /// Stop every selection still running (execution is over), so none
+    /// outlives the run or emits events after it.
+    fn abort_selections(&self) {
+        for (_, handle) in std::mem::take(&mut *lock(&self.selection_tasks)) {
+            handle.abort();
         }
     }
 
@@ -617,13 +660,19 @@ impl RunContext {
             Ok(selection) => selection,
             Err(error) => return self.finish(record, Err(error)),
         };
+        let Ok(_slot) = self.inference_slots.acquire().await else {
+            return self.finish(record, Err("the run was shut down".to_string()));
+        };
         record.model = Some(selection.choice.clone());
         record.endpoint = Some(selection.endpoint.clone());
-        record.started_ms = Some(self.now_ms());
+        let at_ms = self.now_ms();
+        record.started_ms = Some(at_ms);
         lock(&self.records).insert(id, record.clone());
         self.emit(RunEvent::TaskStarted {
             id,
-            at_ms: self.now_ms(),
+            at_ms,
+            model: selection.choice.clone(),
+            endpoint: selection.endpoint.clone(),
         });
 
         let finished = lock(&self.finished).clone();

@@ -45,6 +45,22 @@ pub fn canonicalize_references(text: &str) -> String {
         .into_owned()
 }
 
+/// Replace every reference in `text`, in one pass, by `replacement(k)`.
+pub fn replace_references(text: &str, mut replacement: impl FnMut(usize) -> String) -> String {
+    REFERENCE
+        .replace_all(text, |c: &regex::Captures<'_>| {
+            match c
+                .get(1)
+                .or_else(|| c.get(2))
+                .and_then(|m| m.as_str().parse().ok())
+            {
+                Some(id) => replacement(id),
+                None => c[0].to_string(),
+            }
+        })
+        .into_owned()
+}
+
 /// If `text` is nothing but references (separated by commas, spaces or
 /// "and"), the ids it names; `None` when it holds other text too.
 pub fn pure_references(text: &str) -> Option<Vec<usize>> {
@@ -92,17 +108,7 @@ impl PlanTask {
     /// The reference's JSON shape: `{"task", "id", "dep", "args"}` with
     /// `dep: [-1]` for no dependency.
     pub fn to_json(&self) -> Value {
-        let dep: Vec<i64> = if self.dep.is_empty() {
-            vec![-1]
-        } else {
-            self.dep.iter().map(|&d| d as i64).collect()
-        };
-        serde_json::json!({
-            "task": self.task.as_str(),
-            "id": self.id,
-            "dep": dep,
-            "args": self.args,
-        })
+        serde_json::to_value(PlanTaskView::from(self)).unwrap_or(Value::Null)
     }
 }
 
@@ -169,7 +175,32 @@ pub enum PlanError {
 /// brackets, stray braces, single quotes and the other repairs of
 /// [`lenient_json`]. An empty list yields no items.
 pub fn parse_plan(answer: &str) -> Result<Vec<Map<String, Value>>, PlanError> {
-    let text = strip_code_fence(answer);
+    if let Some(fenced) = fenced_block(answer) {
+        let items = read_items(fenced);
+        if items.iter().any(|item| task_field(item).is_some()) {
+            return Ok(items);
+        }
+    }
+    let items = read_items(answer);
+    if items.is_empty() && !is_empty_list(answer) {
+        let preview: String = answer.trim().chars().take(120).collect();
+        return Err(PlanError::NoTaskList(format!("{preview:?}")));
+    }
+    Ok(items)
+}
+
+/// Whether the text's first JSON-looking value is an empty list.
+fn is_empty_list(text: &str) -> bool {
+    let text = fenced_block(text)
+        .filter(|f| f.contains('['))
+        .unwrap_or(text);
+    text.find('[').is_some_and(|start| {
+        matches!(lenient_json::parse_value_at(text, start), Ok((Value::Array(items), _)) if items.is_empty())
+    })
+}
+
+/// The objects of the first list in `text`, or failing that every object in it.
+fn read_items(text: &str) -> Vec<Map<String, Value>> {
     let first_bracket = text.find('[');
     let first_brace = text.find('{');
     if let Some(b) = first_bracket
@@ -177,16 +208,11 @@ pub fn parse_plan(answer: &str) -> Result<Vec<Map<String, Value>>, PlanError> {
         && let Ok((Value::Array(items), _)) = lenient_json::parse_value_at(text, b)
     {
         let objects = unwrap_items(items);
-        if !objects.is_empty() || first_brace.is_none() {
-            return Ok(objects);
+        if !objects.is_empty() {
+            return objects;
         }
     }
-    let objects = unwrap_items(lenient_json::scan_objects(text));
-    if objects.is_empty() {
-        let preview: String = answer.trim().chars().take(120).collect();
-        return Err(PlanError::NoTaskList(format!("{preview:?}")));
-    }
-    Ok(objects)
+    unwrap_items(lenient_json::scan_objects(text))
 }
 
 /// Keep the objects of a list, descending into a `{"tasks": [...]}` wrapper.
@@ -207,19 +233,13 @@ fn unwrap_items(items: Vec<Value>) -> Vec<Map<String, Value>> {
     out
 }
 
-fn strip_code_fence(text: &str) -> &str {
-    let Some(start) = text.find("```") else {
-        return text;
-    };
+/// The body of the first code fence, if there is one.
+fn fenced_block(text: &str) -> Option<&str> {
+    let start = text.find("```")?;
     let after = &text[start + 3..];
-    let body_start = after.find('\n').map_or(0, |n| n + 1);
+    let body_start = after.find('\n').map_or(after.len(), |n| n + 1);
     let body = &after[body_start..];
-    let inner = body.find("```").map_or(body, |end| &body[..end]);
-    if inner.contains('[') || inner.contains('{') {
-        inner
-    } else {
-        text
-    }
+    Some(body.find("```").map_or(body, |end| &body[..end]))
 }
 
 fn task_field(map: &Map<String, Value>) -> Option<&str> {
@@ -280,10 +300,13 @@ pub fn postprocess(items: Vec<Map<String, Value>>) -> Result<Plan, PlanError> {
                 reference: missing,
             });
         }
-        if referenced.contains(&task.id) {
-            return Err(PlanError::Cycle(vec![task.id]));
-        }
         let mut dep: BTreeSet<usize> = referenced;
+        if dep.remove(&task.id) {
+            warnings.push(format!(
+                "task {}: it references its own output, which cannot exist",
+                task.id
+            ));
+        }
         for d in explicit {
             if d == task.id {
                 warnings.push(format!("task {}: dropped a dependency on itself", task.id));
@@ -317,26 +340,29 @@ pub fn parse_and_postprocess(answer: &str) -> Result<Plan, PlanError> {
     postprocess(parse_plan(answer)?)
 }
 
+/// The largest task id accepted; larger ones are LLM noise.
+const MAX_TASK_ID: u64 = 1_000_000;
+
 fn parse_id(value: &Value) -> Option<usize> {
-    match value {
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
-                    .map(|f| f as u64)
-            })
-            .and_then(|n| usize::try_from(n).ok()),
+    let id = match value {
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=MAX_TASK_ID as f64).contains(f))
+                .map(|f| f as u64)
+        }),
         Value::String(s) => {
             let s = s.trim();
-            let s = s
-                .strip_prefix("task")
-                .unwrap_or(s)
-                .trim_start_matches(['-', '_', ' ']);
+            let s = match s.strip_prefix("task") {
+                Some(rest) => rest.trim_start_matches(['-', '_', ' ', '#']),
+                None => s,
+            };
             s.parse().ok()
         }
         _ => None,
-    }
+    }?;
+    (id <= MAX_TASK_ID)
+        .then_some(id)
+        .and_then(|id| usize::try_from(id).ok())
 }
 
 /// `dep` as a number, a list, a string ("0,1"), or references; `-1` and
@@ -386,15 +412,34 @@ fn parse_args(item: &Map<String, Value>) -> BTreeMap<String, Value> {
 }
 
 /// One task per reference when an argument holds several
-/// (`"<GENERATED>-0,<GENERATED>-1"`). The first copy keeps the original id (so
-/// later references to it still resolve); the others get fresh ids.
+/// (`"<GENERATED>-0,<GENERATED>-1"`). The first copy keeps the original id;
+/// the others get fresh ids, and later references to the original id are
+/// widened to every copy (so a later task sees all of them).
 fn unfold(
     tasks: Vec<(PlanTask, Vec<usize>)>,
     warnings: &mut Vec<String>,
 ) -> Vec<(PlanTask, Vec<usize>)> {
-    let mut next_id = tasks.iter().map(|(t, _)| t.id + 1).max().unwrap_or(0);
+    let mut next_id = tasks
+        .iter()
+        .map(|(t, _)| t.id.saturating_add(1))
+        .max()
+        .unwrap_or(0);
+    let mut copies: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     let mut out = Vec::with_capacity(tasks.len());
-    for (task, explicit) in tasks {
+    for (mut task, explicit) in tasks {
+        for value in task.args.values_mut() {
+            let Some(ids) = value.as_str().and_then(pure_references) else {
+                continue;
+            };
+            if ids.iter().any(|id| copies.contains_key(id)) {
+                let widened: Vec<String> = ids
+                    .iter()
+                    .flat_map(|id| copies.get(id).cloned().unwrap_or_else(|| vec![*id]))
+                    .map(reference)
+                    .collect();
+                *value = Value::String(widened.join(","));
+            }
+        }
         let multi = task.args.iter().find_map(|(key, value)| {
             let ids = pure_references(value.as_str()?)?;
             (ids.len() > 1).then(|| (key.clone(), ids))
@@ -413,7 +458,7 @@ fn unfold(
             let mut copy = task.clone();
             if n > 0 {
                 copy.id = next_id;
-                next_id += 1;
+                next_id = next_id.saturating_add(1);
             }
             new_ids.push(copy.id);
             copy.args
@@ -424,6 +469,7 @@ fn unfold(
             "task {} had several references in {key:?}: unfolded into tasks {new_ids:?}",
             task.id
         ));
+        copies.insert(task.id, new_ids);
     }
     out
 }
@@ -465,10 +511,25 @@ fn check_acyclic(tasks: &[PlanTask]) -> Result<(), PlanError> {
             }
         }
     }
-    if indegree.is_empty() {
+    // What is left is on a cycle or downstream of one: peel off the nodes no
+    // leftover node depends on until only the cycles remain.
+    let mut left: BTreeSet<usize> = indegree.into_keys().collect();
+    loop {
+        let needed: BTreeSet<usize> = tasks
+            .iter()
+            .filter(|t| left.contains(&t.id))
+            .flat_map(|t| t.dep.iter().copied())
+            .collect();
+        let before = left.len();
+        left.retain(|id| needed.contains(id));
+        if left.len() == before {
+            break;
+        }
+    }
+    if left.is_empty() {
         Ok(())
     } else {
-        Err(PlanError::Cycle(indegree.into_keys().collect()))
+        Err(PlanError::Cycle(left.into_iter().collect()))
     }
 }
 
@@ -647,18 +708,34 @@ mod tests {
                 {"task": "image-to-text", "id": 2, "dep": [0, 1], "args": {"image": "<GENERATED>-0,<GENERATED>-1"}},
                 {"task": "text-to-speech", "id": 3, "dep": [2], "args": {"text": "<GENERATED>-2"}}]"#,
         );
-        assert_eq!(p.tasks.len(), 5);
-        let captions: Vec<_> = p
-            .tasks
-            .iter()
-            .filter(|t| t.kind() == Some(TaskKind::ImageToText))
-            .collect();
-        assert_eq!(captions.len(), 2);
-        assert_eq!((captions[0].id, captions[0].dep.clone()), (2, vec![0]));
-        assert_eq!(captions[0].args["image"], json!("<GENERATED>-0"));
-        assert_eq!((captions[1].id, captions[1].dep.clone()), (4, vec![1]));
-        assert_eq!(captions[1].args["image"], json!("<GENERATED>-1"));
-        assert_eq!(p.get(3).map(|t| t.dep.clone()), Some(vec![2]));
+        let shape = |kind: TaskKind| -> Vec<(usize, Vec<usize>, Value)> {
+            p.tasks
+                .iter()
+                .filter(|t| t.kind() == Some(kind))
+                .map(|t| {
+                    (
+                        t.id,
+                        t.dep.clone(),
+                        t.args.values().next().cloned().unwrap_or_default(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            shape(TaskKind::ImageToText),
+            vec![
+                (2, vec![0], json!("<GENERATED>-0")),
+                (4, vec![1], json!("<GENERATED>-1"))
+            ]
+        );
+        assert_eq!(
+            shape(TaskKind::TextToSpeech),
+            vec![
+                (3, vec![2], json!("<GENERATED>-2")),
+                (5, vec![4], json!("<GENERATED>-4"))
+            ],
+            "a task over an unfolded task is unfolded too"
+        );
     }
 
     #[test]
@@ -710,10 +787,73 @@ mod tests {
         .unwrap_err();
         assert_eq!(err, PlanError::Cycle(vec![0, 1]));
         let err = parse_and_postprocess(
-            r#"[{"task": "image-to-image", "id": 0, "dep": [-1], "args": {"image": "<GENERATED>-0"}}]"#,
+            r#"[{"task": "image-to-text", "id": 0, "dep": [1], "args": {"image": "<GENERATED>-1"}},
+                {"task": "image-to-image", "id": 1, "dep": [0], "args": {"image": "<GENERATED>-0"}},
+                {"task": "text-to-speech", "id": 2, "dep": [1], "args": {"text": "<GENERATED>-1"}}]"#,
         )
         .unwrap_err();
-        assert_eq!(err, PlanError::Cycle(vec![0]));
+        assert_eq!(
+            err,
+            PlanError::Cycle(vec![0, 1]),
+            "task 2 only depends on the cycle"
+        );
+    }
+
+    #[test]
+    fn self_reference_is_dropped_with_a_warning() {
+        let p = plan(
+            r#"[{"task": "image-to-image", "id": 0, "dep": [-1], "args": {"image": "<GENERATED>-0"}}]"#,
+        );
+        assert!(p.tasks[0].dep.is_empty());
+        assert!(p.warnings[0].contains("its own output"), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn later_references_to_an_unfolded_task_see_every_copy() {
+        let p = plan(
+            r#"[{"task": "text-to-image", "id": 0, "dep": [-1], "args": {"text": "a cat"}},
+                {"task": "text-to-image", "id": 1, "dep": [-1], "args": {"text": "a dog"}},
+                {"task": "image-to-text", "id": 2, "dep": [0, 1], "args": {"image": "<GENERATED>-0,<GENERATED>-1"}},
+                {"task": "summarization", "id": 3, "dep": [2], "args": {"text": "<GENERATED>-2"}}]"#,
+        );
+        let summaries: Vec<Vec<usize>> = p
+            .tasks
+            .iter()
+            .filter(|t| t.kind() == Some(TaskKind::Summarization))
+            .map(|t| t.dep.clone())
+            .collect();
+        assert_eq!(summaries, vec![vec![2], vec![4]]);
+    }
+
+    #[test]
+    fn a_fence_after_the_plan_does_not_hide_it() {
+        let p = plan(
+            "[{\"task\": \"image-classification\", \"id\": 0, \"dep\": [-1], \"args\": {\"image\": \"a.jpg\"}}]\nThe result will look like:\n```json\n{\"label\": \"cat\"}\n```",
+        );
+        assert_eq!(p.tasks.len(), 1);
+    }
+
+    #[test]
+    fn absurd_ids_are_rejected_and_string_minus_one_is_not_one() {
+        for id in ["18446744073709551615", "1e300", "2000000"] {
+            let text =
+                format!(r#"[{{"task": "summarization", "id": {id}, "args": {{"text": "x"}}}}]"#);
+            assert!(
+                matches!(
+                    parse_and_postprocess(&text),
+                    Err(PlanError::InvalidId { .. })
+                ),
+                "{id}"
+            );
+        }
+        assert!(matches!(
+            parse_and_postprocess(
+                r#"[{"task": "summarization", "id": "-1", "args": {"text": "x"}}]"#
+            ),
+            Err(PlanError::InvalidId { .. })
+        ));
+        let p = plan(r#"[{"task": "summarization", "id": "task-3", "args": {"text": "x"}}]"#);
+        assert_eq!(p.tasks[0].id, 3);
     }
 
     #[test]

@@ -232,6 +232,10 @@ pub enum RunEvent {
         id: usize,
         /// ms since the run started.
         at_ms: u64,
+        /// The model it runs on.
+        model: ModelChoice,
+        /// Where that model runs.
+        endpoint: String,
     },
     /// A task ended (ok, failed or skipped).
     TaskFinished {

@@ -178,13 +178,7 @@ pub fn parse_choice(answer: &str, candidates: &[Candidate]) -> Option<ModelChoic
     let matched = id
         .as_deref()
         .and_then(|id| match_candidate(id, candidates))
-        .or_else(|| {
-            let mentioned: Vec<&Candidate> = candidates
-                .iter()
-                .filter(|c| answer.contains(c.entry.id.as_str()))
-                .collect();
-            (mentioned.len() == 1).then(|| mentioned[0])
-        });
+        .or_else(|| longest_mention(answer, candidates));
     Some(match matched {
         Some(candidate) => ModelChoice {
             id: candidate.entry.id.clone(),
@@ -201,6 +195,21 @@ pub fn parse_choice(answer: &str, candidates: &[Candidate]) -> Option<ModelChoic
             },
         },
     })
+}
+
+/// The candidate whose id the text mentions, preferring the longest id when
+/// one is a prefix of another (`detr-resnet-50` vs `detr-resnet-50-panoptic`).
+fn longest_mention<'c>(text: &str, candidates: &'c [Candidate]) -> Option<&'c Candidate> {
+    let mentioned: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| text.contains(c.entry.id.as_str()))
+        .collect();
+    let longest = mentioned.iter().map(|c| c.entry.id.len()).max()?;
+    let mut best = mentioned
+        .into_iter()
+        .filter(|c| c.entry.id.len() == longest);
+    let first = best.next()?;
+    best.next().is_none().then_some(first)
 }
 
 fn extract_id_and_reason(answer: &str) -> (Option<String>, Option<String>) {
@@ -375,6 +384,16 @@ mod tests {
         );
         let c = parse_choice("hustvl/yolos-tiny looks best here.", &cands()).unwrap();
         assert_eq!(c.id, "hustvl/yolos-tiny");
+    }
+
+    #[test]
+    fn the_longest_mentioned_id_wins() {
+        let cands = vec![
+            candidate("facebook/detr-resnet-50"),
+            candidate("facebook/detr-resnet-50-panoptic"),
+        ];
+        let c = parse_choice("I pick facebook/detr-resnet-50-panoptic.", &cands).unwrap();
+        assert_eq!(c.id, "facebook/detr-resnet-50-panoptic");
     }
 
     #[test]

@@ -539,3 +539,99 @@ async fn history_is_trimmed_to_fit_the_context() {
     );
     assert!(user.contains("old question 38"), "the newest turn was kept");
 }
+
+#[tokio::test(start_paused = true)]
+async fn no_selection_outlives_the_run() {
+    // Task 1 waits on task 0, which fails at once (unknown type); task 1's
+    // selection is still asking a slow LLM when the run ends.
+    let plan = r#"[{"task": "juggling", "id": 0, "dep": [-1], "args": {}},
+                   {"task": "object-detection", "id": 1, "dep": [0], "args": {"image": "<GENERATED>-0"}}]"#;
+    let llm = Arc::new(ScriptedLlm::new(move |request| {
+        Ok(match stage_of(request) {
+            Stage::Plan => plan.to_string(),
+            Stage::Select => first_candidate_choice(request),
+            _ => "answer".to_string(),
+        })
+    }));
+    let slow_selector = Arc::new(SlowStage {
+        inner: llm,
+        stage: Stage::Select,
+        delay: Duration::from_secs(100),
+    });
+    let catalog = Arc::new(Catalog::from_jsonl(CATALOG, "test").unwrap());
+    let p = Pipeline::new(
+        slow_selector,
+        Arc::new(FakeBackend::new(Duration::ZERO)),
+        media(),
+        catalog,
+        Arc::new(Prompts::default()),
+        PipelineConfig::default(),
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let started = tokio::time::Instant::now();
+    let record = p.run("go", &[], Some(tx)).await.unwrap();
+    assert_eq!(record.tasks[1].status, TaskStatus::Skipped);
+    let mut events = Vec::new();
+    while let Some(event) = rx.recv().await {
+        events.push(event);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the event channel closed with the run"
+    );
+    assert!(
+        matches!(events.last(), Some(RunEvent::Finished { .. })),
+        "nothing came after finished"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, RunEvent::ModelChosen { .. }))
+    );
+}
+
+/// Delays one stage of a controller.
+struct SlowStage {
+    inner: Arc<ScriptedLlm>,
+    stage: Stage,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl hgpt_core::backend::ChatModel for SlowStage {
+    fn model_name(&self) -> &str {
+        self.inner.model_name()
+    }
+    async fn complete(&self, request: hgpt_core::backend::ChatRequest) -> Result<String, LlmError> {
+        if stage_of(&request) == self.stage {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.inner.complete(request).await
+    }
+    async fn stream(
+        &self,
+        request: hgpt_core::backend::ChatRequest,
+    ) -> Result<hgpt_core::backend::TextStream, LlmError> {
+        self.inner.stream(request).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_concurrency_cap_counts_running_tasks_only() {
+    let plan = r#"[{"task": "image-to-text", "id": 0, "dep": [-1], "args": {"image": "/a.jpg"}},
+                   {"task": "object-detection", "id": 1, "dep": [-1], "args": {"image": "/a.jpg"}},
+                   {"task": "image-classification", "id": 2, "dep": [-1], "args": {"image": "/a.jpg"}}]"#;
+    let backend = Arc::new(FakeBackend::new(Duration::from_millis(50)));
+    let config = PipelineConfig {
+        max_concurrency: 1,
+        ..PipelineConfig::default()
+    };
+    let p = pipeline(
+        Arc::new(ScriptedLlm::with_plan(plan)),
+        backend.clone(),
+        config,
+    );
+    let (record, _) = run(&p, "three things").await;
+    assert!(record.tasks.iter().all(|t| t.status == TaskStatus::Ok));
+    assert_eq!(backend.peak_concurrency(), 1);
+}

@@ -95,7 +95,10 @@ async fn overhead(width: usize, iterations: usize) {
         Arc::new(MemoryMedia::default()),
         Arc::new(catalog()),
         Arc::new(Prompts::default()),
-        PipelineConfig { max_concurrency: 64, ..PipelineConfig::default() },
+        PipelineConfig {
+            max_concurrency: 64,
+            ..PipelineConfig::default()
+        },
     );
     let mut execution = Vec::with_capacity(iterations);
     let mut whole = Vec::with_capacity(iterations);
@@ -116,7 +119,9 @@ async fn overhead(width: usize, iterations: usize) {
         let started = Instant::now();
         let record = pipeline.run("bench", &[], Some(sink)).await;
         whole.push(started.elapsed());
-        let ok = record.as_ref().is_ok_and(|r| r.tasks.iter().all(|t| t.status == TaskStatus::Ok));
+        let ok = record
+            .as_ref()
+            .is_ok_and(|r| r.tasks.iter().all(|t| t.status == TaskStatus::Ok));
         assert!(ok, "the benchmark plan must run cleanly: {record:?}");
         if let Ok(Some(window)) = reader.await {
             execution.push(window);
@@ -159,7 +164,12 @@ async fn end_to_end(llm_latency: Duration, task_latency: Duration, runs: usize) 
         if call.is_status {
             return HfReply::status_loaded(true);
         }
-        let task = call.model.split('/').next().and_then(TaskKind::parse).unwrap_or(TaskKind::ImageToText);
+        let task = call
+            .model
+            .split('/')
+            .next()
+            .and_then(TaskKind::parse)
+            .unwrap_or(TaskKind::ImageToText);
         canned_reply(task).with_delay(task_latency)
     }))
     .await;
@@ -194,13 +204,16 @@ async fn end_to_end(llm_latency: Duration, task_latency: Duration, runs: usize) 
         let started = Instant::now();
         let record = pipeline.run("bench", &[], None).await;
         walls.push(started.elapsed());
-        let ok = record.as_ref().is_ok_and(|r| r.tasks.iter().all(|t| t.status == TaskStatus::Ok));
+        let ok = record
+            .as_ref()
+            .is_ok_and(|r| r.tasks.iter().all(|t| t.status == TaskStatus::Ok));
         assert!(ok, "{record:?}");
     }
     walls.sort();
     let chain = 4u32;
     let lower = llm_latency * 3 + task_latency * chain;
-    let reference = llm_latency * 2 + (llm_latency + task_latency) * chain + Duration::from_millis(250) * chain;
+    let reference =
+        llm_latency * 2 + (llm_latency + task_latency) * chain + Duration::from_millis(250) * chain;
     let p50 = percentile(&walls, 0.5);
     println!(
         "end to end: 12 tasks, chain of {chain}, LLM {} ms/call, model {} ms/call: p50 {:.0} ms (max {:.0} ms); \

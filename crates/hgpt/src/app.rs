@@ -125,3 +125,43 @@ pub fn pipeline(settings: &Settings) -> Result<Pipeline> {
         config,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_replaces_templates_and_demonstrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let demos = dir.path().join("demo_parse_task.json");
+        std::fs::write(
+            &demos,
+            r#"[{"role": "user", "content": "show me a cat"}, {"role": "assistant", "content": "[{\"task\": \"text-to-image\", \"id\": 0, \"dep\": [-1], \"args\": {\"text\": \"a cat\"}}]"}]"#,
+        )
+        .unwrap();
+        let section = PromptsSection {
+            plan_system: Some("custom planner {{task_types}}".into()),
+            plan_demos: Some(demos),
+            ..PromptsSection::default()
+        };
+        let prompts = prompts(&section).unwrap();
+        assert_eq!(prompts.plan.system, "custom planner {{task_types}}");
+        assert_eq!(prompts.plan.demos.len(), 2);
+        assert_eq!(prompts.plan.demos[0].content, "show me a cat");
+        assert_eq!(
+            prompts.select,
+            Prompts::default().select,
+            "other stages keep their defaults"
+        );
+    }
+
+    #[test]
+    fn bad_demonstration_files_are_named() {
+        let section = PromptsSection {
+            answer_demos: Some("/nonexistent/demo.json".into()),
+            ..PromptsSection::default()
+        };
+        let error = format!("{:#}", prompts(&section).unwrap_err());
+        assert!(error.contains("/nonexistent/demo.json"), "{error}");
+    }
+}

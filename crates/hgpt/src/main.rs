@@ -12,7 +12,7 @@ use hgpt_core::pipeline::Pipeline;
 use hgpt_core::record::{RunEvent, RunRecord};
 use hgpt_core::task::TaskName;
 use settings::{ProcessEnv, Settings, SettingsArgs};
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use tokio::sync::mpsc;
 
@@ -174,14 +174,19 @@ async fn chat(pipeline: &Pipeline) -> Result<ExitCode> {
         eprintln!("hgpt chat: type a request; an empty line, 'exit' or Ctrl-D ends.");
     }
     let mut history: Vec<ChatMessage> = Vec::new();
-    let mut lines = std::io::stdin().lock().lines();
     loop {
         if interactive {
             eprint!("\nyou> ");
             let _ = std::io::stderr().flush();
         }
-        let Some(line) = lines.next() else { break };
-        let line = line.context("cannot read stdin")?;
+        let mut line = String::new();
+        if std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read stdin")?
+            == 0
+        {
+            break;
+        }
         let request = line.trim();
         if request.is_empty() && interactive || matches!(request, "exit" | "quit") {
             break;

@@ -65,10 +65,9 @@ impl Progress {
                     bar.set_message(format!("waiting (model: {})", model.id));
                 }
             }
-            RunEvent::TaskStarted { id, .. } => {
+            RunEvent::TaskStarted { id, model, .. } => {
                 if let Some((_, bar)) = self.line(*id) {
-                    let model = bar.message().trim_start_matches("waiting ").to_string();
-                    bar.set_message(format!("running {model}"));
+                    bar.set_message(format!("running on {}", model.id));
                 }
             }
             RunEvent::TaskFinished { record } => {

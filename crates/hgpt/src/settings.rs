@@ -158,19 +158,30 @@ struct ExecutionSection {
 
 /// Replacement prompt templates (inline text) and demonstration files (paths,
 /// in the reference's JSON demo format).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromptsSection {
+    /// Planning system prompt (`{{task_types}}`).
     pub plan_system: Option<String>,
+    /// Planning user template (`{{context}}`, `{{input}}`).
     pub plan_user: Option<String>,
+    /// Planning demonstrations file.
     pub plan_demos: Option<PathBuf>,
+    /// Selection system prompt.
     pub select_system: Option<String>,
+    /// Selection user template (`{{input}}`, `{{task}}`, `{{candidates}}`).
     pub select_user: Option<String>,
+    /// Selection demonstrations file.
     pub select_demos: Option<PathBuf>,
+    /// Answer system prompt.
     pub answer_system: Option<String>,
+    /// Answer user template (`{{input}}`, `{{results}}`).
     pub answer_user: Option<String>,
+    /// Answer demonstrations file.
     pub answer_demos: Option<PathBuf>,
+    /// System prompt of plain-chat answers.
     pub chat_system: Option<String>,
+    /// Instruction for text tasks run on the controller (`{{task}}`, `{{instructions}}`, `{{text}}`).
     pub text_task: Option<String>,
 }
 
@@ -231,12 +242,6 @@ pub struct Settings {
     pub prompts: PromptsSection,
 }
 
-impl PartialEq for PromptsSection {
-    fn eq(&self, other: &Self) -> bool {
-        format!("{self:?}") == format!("{other:?}")
-    }
-}
-
 /// Environment lookups, injectable for tests.
 pub trait Env {
     /// A variable's value.
@@ -252,9 +257,14 @@ impl Env for ProcessEnv {
     }
 }
 
+/// The longest timeout accepted (a year): beyond it deadlines overflow.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
 fn seconds(value: f64, what: &str) -> Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .with_context(|| format!("{what} must be a positive number of seconds, got {value}"))
+    if !(value > 0.0 && value <= MAX_SECONDS) {
+        bail!("{what} must be a number of seconds above 0 and at most {MAX_SECONDS}, got {value}");
+    }
+    Ok(Duration::from_secs_f64(value))
 }
 
 impl Settings {
