@@ -428,7 +428,9 @@ impl Pipeline {
 type SharedSelection = Shared<BoxFuture<'static, Result<Selection, String>>>;
 
 /// Selections (each an LLM call after availability checks) running at once.
-const MAX_CONCURRENT_SELECTIONS: usize = 8;
+/// They start in dependency-level order, so the ones that wait for a slot
+/// belong to tasks that cannot start yet anyway.
+const MAX_CONCURRENT_SELECTIONS: usize = 16;
 
 /// Shared state of one run's execution stage.
 struct RunContext {
@@ -472,7 +474,10 @@ impl RunContext {
     /// Start selection of every task that needs one, concurrently, now.
     fn start_selections(self: &Arc<Self>, catalog: &Arc<Catalog>) {
         let mut selections = lock(&self.selections);
-        for task in &self.plan.tasks {
+        let levels = self.plan.levels();
+        let mut in_level_order: Vec<&PlanTask> = self.plan.tasks.iter().collect();
+        in_level_order.sort_by_key(|t| levels.get(&t.id).copied().unwrap_or_default());
+        for task in in_level_order {
             let Some(kind) = task.kind() else { continue };
             if kind.is_llm_capable() {
                 continue;

@@ -137,6 +137,31 @@ impl Plan {
     pub fn get(&self, id: usize) -> Option<&PlanTask> {
         self.tasks.iter().find(|t| t.id == id)
     }
+
+    /// Each task's level: 0 for tasks without dependencies, else one more
+    /// than the deepest dependency.
+    pub fn levels(&self) -> BTreeMap<usize, usize> {
+        let mut levels: BTreeMap<usize, usize> = BTreeMap::new();
+        // A validated plan is acyclic, so this settles within `len` rounds.
+        for _ in 0..=self.tasks.len() {
+            let mut changed = false;
+            for task in &self.tasks {
+                let level = task
+                    .dep
+                    .iter()
+                    .map(|d| levels.get(d).map_or(1, |l| l + 1))
+                    .max()
+                    .unwrap_or(0);
+                if levels.insert(task.id, level) != Some(level) {
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        levels
+    }
 }
 
 /// Why a plan cannot be used.
@@ -594,6 +619,17 @@ mod tests {
         );
         assert_eq!(pure_references("translate <GENERATED>-0"), None);
         assert_eq!(pure_references("plain"), None);
+    }
+
+    #[test]
+    fn levels_follow_the_longest_dependency_chain() {
+        let p = plan(
+            r#"[{"task": "text-to-speech", "id": 3, "dep": [2], "args": {"text": "<GENERATED>-2"}},
+                {"task": "text-to-image", "id": 0, "dep": [-1], "args": {"text": "x"}},
+                {"task": "image-to-text", "id": 2, "dep": [0, 1], "args": {"image": "<GENERATED>-0", "text": "<GENERATED>-1"}},
+                {"task": "text-to-image", "id": 1, "dep": [0], "args": {"text": "<GENERATED>-0"}}]"#,
+        );
+        assert_eq!(p.levels(), BTreeMap::from([(0, 0), (1, 1), (2, 2), (3, 3)]));
     }
 
     #[test]

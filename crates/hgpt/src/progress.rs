@@ -67,6 +67,7 @@ impl Progress {
             }
             RunEvent::TaskStarted { id, model, .. } => {
                 if let Some((_, bar)) = self.line(*id) {
+                    bar.reset_elapsed();
                     bar.set_message(format!("running on {}", model.id));
                 }
             }
