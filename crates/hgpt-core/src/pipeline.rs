@@ -154,18 +154,7 @@ impl Pipeline {
             )));
             messages
         };
-        let kept = trim_history(
-            history,
-            &self.tokens,
-            self.config.context_window,
-            self.config.reserve_tokens,
-            build,
-        );
-        ChatRequest {
-            messages: build(kept),
-            temperature: self.config.temperature,
-            ..ChatRequest::default()
-        }
+        self.fitted(history, build, self.config.temperature)
     }
 
     /// Stage 1 alone: ask for a plan and post-process it.
@@ -283,6 +272,27 @@ impl Pipeline {
         Ok(record)
     }
 
+    /// The request `build` makes from as much recent history as fits.
+    fn fitted(
+        &self,
+        history: &[ChatMessage],
+        build: impl Fn(&[ChatMessage]) -> Vec<ChatMessage>,
+        temperature: Option<f32>,
+    ) -> ChatRequest {
+        let kept = trim_history(
+            history,
+            &self.tokens,
+            self.config.context_window,
+            self.config.reserve_tokens,
+            &build,
+        );
+        ChatRequest {
+            messages: build(kept),
+            temperature,
+            ..ChatRequest::default()
+        }
+    }
+
     fn chat_request(&self, request: &str, history: &[ChatMessage]) -> ChatRequest {
         let build = |history: &[ChatMessage]| {
             let mut messages = vec![ChatMessage::system(self.prompts.chat_system.clone())];
@@ -290,18 +300,7 @@ impl Pipeline {
             messages.push(ChatMessage::user(request));
             messages
         };
-        let kept = trim_history(
-            history,
-            &self.tokens,
-            self.config.context_window,
-            self.config.reserve_tokens,
-            build,
-        );
-        ChatRequest {
-            messages: build(kept),
-            temperature: None,
-            ..ChatRequest::default()
-        }
+        self.fitted(history, build, None)
     }
 
     /// The response-stage request, with results cut to fit the context.
