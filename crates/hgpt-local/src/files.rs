@@ -1,0 +1,134 @@
+//! Finding a model's files in the Hugging Face cache layout
+//! (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`).
+
+use crate::error::LocalError;
+use hf_hub::{Cache, Repo};
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+
+/// Where cached models live.
+#[derive(Debug, Clone)]
+pub struct ModelCache {
+    cache: Cache,
+}
+
+impl ModelCache {
+    /// The cache the environment names (`HF_HUB_CACHE`, `HF_HOME`), as the
+    /// Python libraries find it.
+    pub fn from_env() -> Self {
+        Self {
+            cache: Cache::from_env(),
+        }
+    }
+
+    /// A cache rooted at `dir` (the `hub` folder).
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            cache: Cache::new(dir.into()),
+        }
+    }
+
+    /// The cache folder.
+    pub fn path(&self) -> &Path {
+        self.cache.path()
+    }
+
+    /// The model's files, whichever of them are present.
+    pub fn model(&self, id: &str) -> ModelFiles {
+        ModelFiles {
+            id: id.to_string(),
+            repo: self.cache.repo(Repo::model(id.to_string())),
+        }
+    }
+}
+
+/// The cached files of one model (the `main` snapshot).
+#[derive(Debug)]
+pub struct ModelFiles {
+    id: String,
+    repo: hf_hub::CacheRepo,
+}
+
+impl ModelFiles {
+    /// The model id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A file's path, if cached.
+    pub fn get(&self, name: &str) -> Option<PathBuf> {
+        self.repo.get(name).filter(|p| p.is_file())
+    }
+
+    /// Whether every file named is cached.
+    pub fn has_all(&self, names: &[&str]) -> bool {
+        names.iter().all(|n| self.get(n).is_some())
+    }
+
+    /// The paths of files that must exist, or an error naming every missing one.
+    pub fn require(&self, names: &[&str]) -> Result<Vec<PathBuf>, LocalError> {
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| self.get(n).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return Err(LocalError::MissingFiles {
+                model: self.id.clone(),
+                missing: missing.join(", "),
+            });
+        }
+        Ok(names.iter().filter_map(|n| self.get(n)).collect())
+    }
+
+    /// A cached JSON file, parsed.
+    pub fn json<T: DeserializeOwned>(&self, name: &str) -> Result<T, LocalError> {
+        let path = self.require(&[name])?.remove(0);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| self.load_error(format!("{name}: {e}")))?;
+        serde_json::from_str(&text).map_err(|e| self.load_error(format!("{name}: {e}")))
+    }
+
+    /// A cached JSON file, parsed, when present.
+    pub fn json_if_present<T: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, LocalError> {
+        match self.get(name) {
+            Some(_) => self.json(name).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A load error for this model.
+    pub fn load_error(&self, message: impl Into<String>) -> LocalError {
+        LocalError::Load {
+            model: self.id.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_files_are_all_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = dir.path().join("models--org--m/snapshots/abc");
+        std::fs::create_dir_all(&snapshot).unwrap();
+        std::fs::create_dir_all(dir.path().join("models--org--m/refs")).unwrap();
+        std::fs::write(dir.path().join("models--org--m/refs/main"), "abc").unwrap();
+        std::fs::write(snapshot.join("config.json"), "{}").unwrap();
+        let files = ModelCache::at(dir.path()).model("org/m");
+        assert!(files.get("config.json").is_some());
+        let err = files
+            .require(&["config.json", "model.safetensors", "tokenizer.json"])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "org/m is not fully in the local cache (missing: model.safetensors, tokenizer.json); fetch it with `hgpt models pull org/m`"
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! Local inference for hgpt: Hugging Face models run in-process with candle,
+//! read from the Hugging Face cache layout. CPU by default; the `cuda` and
+//! `metal` features pass through to candle.
+
+pub mod device;
+pub mod embed;
+pub mod error;
+pub mod files;
+pub mod pipeline;
+pub mod text;
+pub mod vision;
+
+pub use error::LocalError;
+pub use files::{ModelCache, ModelFiles};

