@@ -37,27 +37,46 @@ impl ModelCache {
     pub fn model(&self, id: &str) -> ModelFiles {
         ModelFiles {
             id: id.to_string(),
-            repo: self.cache.repo(Repo::model(id.to_string())),
+            source: Source::Cache(self.cache.repo(Repo::model(id.to_string()))),
         }
     }
 }
 
-/// The cached files of one model (the `main` snapshot).
+/// The files of one model: the `main` snapshot in the cache, or a plain folder.
 #[derive(Debug)]
 pub struct ModelFiles {
     id: String,
-    repo: hf_hub::CacheRepo,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    Cache(hf_hub::CacheRepo),
+    Dir(PathBuf),
 }
 
 impl ModelFiles {
+    /// A model laid out as a plain folder (`config.json`, `model.safetensors`,
+    /// ... side by side), as `save_pretrained` writes it.
+    pub fn from_dir(id: &str, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            id: id.to_string(),
+            source: Source::Dir(dir.into()),
+        }
+    }
+
     /// The model id.
     pub fn id(&self) -> &str {
         &self.id
     }
 
-    /// A file's path, if cached.
+    /// A file's path, if present.
     pub fn get(&self, name: &str) -> Option<PathBuf> {
-        self.repo.get(name).filter(|p| p.is_file())
+        let path = match &self.source {
+            Source::Cache(repo) => repo.get(name)?,
+            Source::Dir(dir) => dir.join(name),
+        };
+        path.is_file().then_some(path)
     }
 
     /// Whether every file named is cached.
