@@ -2,6 +2,7 @@
 //! read from the Hugging Face cache layout. CPU by default; the `cuda` and
 //! `metal` features pass through to candle.
 
+pub mod backend;
 pub mod device;
 pub mod embed;
 pub mod error;
@@ -10,5 +11,6 @@ pub mod pipeline;
 pub mod text;
 pub mod vision;
 
+pub use backend::{LoadedModel, LocalBackend, LocalConfig};
 pub use error::LocalError;
 pub use files::{ModelCache, ModelFiles};
