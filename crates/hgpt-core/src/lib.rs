@@ -15,3 +15,4 @@ pub mod record;
 pub mod scheduler;
 pub mod selection;
 pub mod task;
+pub mod routing;
