@@ -16,8 +16,14 @@ impl ModelCache {
     /// The cache the environment names (`HF_HUB_CACHE`, `HF_HOME`), as the
     /// Python libraries find it.
     pub fn from_env() -> Self {
-        Self {
-            cache: Cache::from_env(),
+        match hub_dir(
+            std::env::var_os("HF_HUB_CACHE"),
+            std::env::var_os("HF_HOME"),
+        ) {
+            Some(dir) => Self::at(dir),
+            None => Self {
+                cache: Cache::from_env(),
+            },
         }
     }
 
@@ -40,6 +46,18 @@ impl ModelCache {
             source: Source::Cache(self.cache.repo(Repo::model(id.to_string()))),
         }
     }
+}
+
+/// The hub folder the variables name: `HF_HUB_CACHE`, else `HF_HOME/hub`;
+/// `None` leaves the default (`~/.cache/huggingface/hub`).
+fn hub_dir(
+    hub_cache: Option<std::ffi::OsString>,
+    hf_home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    let non_empty = |v: std::ffi::OsString| (!v.is_empty()).then(|| PathBuf::from(v));
+    hub_cache
+        .and_then(non_empty)
+        .or_else(|| hf_home.and_then(non_empty).map(|home| home.join("hub")))
 }
 
 /// The files of one model: the `main` snapshot in the cache, or a plain folder.
@@ -131,6 +149,19 @@ impl ModelFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hub_cache_beats_hf_home() {
+        assert_eq!(
+            hub_dir(Some("/a".into()), Some("/b".into())),
+            Some(PathBuf::from("/a"))
+        );
+        assert_eq!(
+            hub_dir(None, Some("/b".into())),
+            Some(PathBuf::from("/b/hub"))
+        );
+        assert_eq!(hub_dir(Some("".into()), None), None);
+    }
 
     #[test]
     fn missing_files_are_all_named() {

@@ -3,12 +3,15 @@
 
 use crate::settings::{PromptsSection, Settings};
 use anyhow::{Context, Result, bail};
+use hgpt_core::backend::InferenceBackend;
 use hgpt_core::catalog::Catalog;
 use hgpt_core::pipeline::{Pipeline, PipelineConfig};
 use hgpt_core::prompt::{Prompts, parse_demos};
+use hgpt_core::routing::RoutedBackend;
 use hgpt_core::selection::SelectionConfig;
 use hgpt_hf::{HfBackend, HfConfig};
 use hgpt_llm::{OpenAiClient, OpenAiConfig};
+use hgpt_local::{LocalBackend, LocalConfig, ModelCache};
 use hgpt_media::{LocalMedia, MediaConfig};
 use std::path::Path;
 use std::sync::Arc;
@@ -65,6 +68,16 @@ pub fn prompts(section: &PromptsSection) -> Result<Prompts> {
     Ok(prompts)
 }
 
+/// The in-process runtime over the Hugging Face cache (`HF_HUB_CACHE`,
+/// `HF_HOME`).
+pub fn local_backend(settings: &Settings) -> LocalBackend {
+    LocalBackend::new(LocalConfig {
+        cache: ModelCache::from_env(),
+        memory_budget_bytes: settings.local_memory_bytes,
+        device: hgpt_local::device::best_device(),
+    })
+}
+
 /// The whole pipeline, or [`NO_LLM`] when no controller is configured.
 pub fn pipeline(settings: &Settings) -> Result<Pipeline> {
     let (Some(base_url), Some(model)) = (&settings.llm_base_url, &settings.llm_model) else {
@@ -79,7 +92,7 @@ pub fn pipeline(settings: &Settings) -> Result<Pipeline> {
         ..OpenAiConfig::default()
     })
     .context("cannot set up the LLM client")?;
-    let backend = HfBackend::new(HfConfig {
+    let remote = HfBackend::new(HfConfig {
         base_url: settings.hf_base_url.clone(),
         token: settings.hf_token.clone(),
         request_timeout: settings.hf_timeout,
@@ -89,6 +102,18 @@ pub fn pipeline(settings: &Settings) -> Result<Pipeline> {
         ..HfConfig::default()
     })
     .context("cannot set up the inference backend")?;
+    let mut local: Vec<Arc<dyn InferenceBackend>> = vec![Arc::new(local_backend(settings))];
+    if let Some(url) = &settings.local_endpoint {
+        let server = HfBackend::new(HfConfig {
+            base_url: url.clone(),
+            endpoint_label: "local".to_string(),
+            request_timeout: settings.hf_timeout,
+            ..HfConfig::default()
+        })
+        .with_context(|| format!("cannot use the local model server at {url}"))?;
+        local.push(Arc::new(server));
+    }
+    let backend = RoutedBackend::new(settings.inference_mode, local, Arc::new(remote));
     let media = LocalMedia::new(MediaConfig {
         media_root: settings.media_root.clone(),
         out_dir: settings.out_dir.clone(),

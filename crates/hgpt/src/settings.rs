@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use hgpt_core::routing::InferenceMode;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,15 @@ pub struct SettingsArgs {
     /// Most tasks running at once [default: 8].
     #[arg(long, global = true, env = "HGPT_CONCURRENCY", value_name = "N")]
     pub concurrency: Option<usize>,
+    /// Where models run: local, remote or hybrid [default: hybrid].
+    #[arg(long, global = true, env = "HGPT_INFERENCE_MODE", value_name = "MODE")]
+    pub inference_mode: Option<String>,
+    /// Base URL of an hgpt model server (`hgpt serve-models`) to use as a local tier.
+    #[arg(long, global = true, env = "HGPT_LOCAL_ENDPOINT", value_name = "URL")]
+    pub local_endpoint: Option<String>,
+    /// MiB of model weights kept loaded in-process at most [default: no limit].
+    #[arg(long, global = true, env = "HGPT_LOCAL_MEMORY_MB", value_name = "MIB")]
+    pub local_memory_mb: Option<u64>,
     /// Allow http(s) inputs on private, loopback and link-local addresses.
     #[arg(long, global = true, env = "HGPT_ALLOW_PRIVATE_URLS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub allow_private_urls: Option<bool>,
@@ -96,6 +106,16 @@ pub struct ConfigFile {
     execution: ExecutionSection,
     #[serde(default)]
     prompts: PromptsSection,
+    #[serde(default)]
+    inference: InferenceSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InferenceSection {
+    mode: Option<String>,
+    local_endpoint: Option<String>,
+    local_memory_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -240,6 +260,12 @@ pub struct Settings {
     pub fallback_models: usize,
     /// Prompt replacements.
     pub prompts: PromptsSection,
+    /// Where models run.
+    pub inference_mode: InferenceMode,
+    /// A local model server, if any.
+    pub local_endpoint: Option<String>,
+    /// In-process weight budget in bytes (0: none).
+    pub local_memory_bytes: u64,
 }
 
 /// Environment lookups, injectable for tests.
@@ -377,6 +403,19 @@ impl Settings {
                 .unwrap_or(8),
             fallback_models: file.execution.fallback_models.unwrap_or(1),
             prompts,
+            inference_mode: match args.inference_mode.clone().or(file.inference.mode.clone()) {
+                Some(mode) => mode.parse().map_err(anyhow::Error::msg)?,
+                None => InferenceMode::Hybrid,
+            },
+            local_endpoint: args
+                .local_endpoint
+                .clone()
+                .or(file.inference.local_endpoint.clone()),
+            local_memory_bytes: args
+                .local_memory_mb
+                .or(file.inference.local_memory_mb)
+                .unwrap_or(0)
+                .saturating_mul(1 << 20),
         };
         if settings.candidates == 0 {
             bail!("candidates must be at least 1");
@@ -436,6 +475,37 @@ mod tests {
         assert_eq!(s.concurrency, 2);
         assert_eq!(s.description_length, 100);
         assert_eq!(s.hf_base_url, "https://router.huggingface.co/hf-inference");
+    }
+
+    #[test]
+    fn inference_mode_from_flag_or_file() {
+        let (_dir, path) = config("[inference]\nmode = \"local\"\nlocal_memory_mb = 512\n");
+        let args = SettingsArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args, &FakeEnv(vec![])).unwrap();
+        assert_eq!(s.inference_mode, InferenceMode::Local);
+        assert_eq!(s.local_memory_bytes, 512 << 20);
+        let args = SettingsArgs {
+            config: Some(path),
+            inference_mode: Some("remote".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Settings::resolve(&args, &FakeEnv(vec![]))
+                .unwrap()
+                .inference_mode,
+            InferenceMode::Remote
+        );
+        let args = SettingsArgs {
+            inference_mode: Some("gpu".into()),
+            ..Default::default()
+        };
+        let err = Settings::resolve(&args, &FakeEnv(vec![])).unwrap_err();
+        assert!(err.to_string().contains("unknown inference mode"), "{err}");
+        let s = Settings::resolve(&SettingsArgs::default(), &FakeEnv(vec![])).unwrap();
+        assert_eq!(s.inference_mode, InferenceMode::Hybrid);
     }
 
     #[test]

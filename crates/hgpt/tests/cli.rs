@@ -419,3 +419,68 @@ async fn a_planning_failure_exits_non_zero_with_the_servers_message() {
         "{stderr}"
     );
 }
+
+/// The hub cache laid out by `scripts/fetch-minilm.sh`.
+fn test_hub() -> PathBuf {
+    let hub = std::env::var_os("HGPT_TEST_HUB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models/hub")
+        });
+    assert!(
+        hub.join("models--sentence-transformers--all-MiniLM-L6-v2")
+            .is_dir(),
+        "run `bash scripts/fetch-minilm.sh` first (scripts/test does it)"
+    );
+    hub
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_mode_answers_with_an_in_process_model() {
+    const PLAN: &str = r#"[{"task": "sentence-similarity", "id": 0, "dep": [-1],
+        "args": {"text": "A man is eating food.", "sentences": ["A man is eating a meal.", "A plane is taking off."]}}]"#;
+    let ws = Workspace::new();
+    let (llm, hf) = (controller(PLAN).await, inference_server().await);
+    let mut command = ws.command(
+        Some(&llm),
+        &hf,
+        &["run", "--json", "how similar are these sentences?"],
+    );
+    command
+        .env_remove("HGPT_CATALOG")
+        .env("HF_HUB_CACHE", test_hub())
+        .env("HGPT_INFERENCE_MODE", "local");
+    let out = output(command, "").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = json(&out);
+    let task = &record["tasks"][0];
+    assert_eq!(task["status"], "ok", "{task:#}");
+    assert_eq!(
+        task["model"]["id"],
+        "sentence-transformers/all-MiniLM-L6-v2"
+    );
+    assert_eq!(task["endpoint"], "local");
+    let scores: Vec<f64> = task["output"]["predicted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(scores.len(), 2);
+    assert!(scores[0] > 0.5 && scores[1] < 0.3, "{scores:?}");
+    assert_eq!(hf.call_count(), 0, "nothing went to the remote endpoint");
+    assert!(record["answer"].as_str().unwrap().starts_with("All done."));
+    let selections = llm
+        .calls()
+        .iter()
+        .filter(|c| c.system().starts_with("#2"))
+        .count();
+    assert_eq!(
+        selections, 0,
+        "only MiniLM is cached, so it is chosen without asking"
+    );
+}
