@@ -8,6 +8,7 @@ pub mod embed;
 pub mod error;
 pub mod files;
 pub mod pipeline;
+pub mod pull;
 pub mod text;
 pub mod vision;
 

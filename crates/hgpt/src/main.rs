@@ -62,6 +62,12 @@ enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Download a model's configs, tokenizer and safetensors weights into the
+    /// Hugging Face cache (HF_HUB_CACHE or HF_HOME; from HF_ENDPOINT).
+    Pull {
+        /// The model id, e.g. sentence-transformers/all-MiniLM-L6-v2.
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -121,6 +127,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Models {
             command: ModelsCommand::List { task, json },
         } => models_list(&settings, task.as_deref(), json),
+        Command::Models {
+            command: ModelsCommand::Pull { id },
+        } => pull(&settings, id).await,
     }
 }
 
@@ -250,5 +259,46 @@ fn models_list(settings: &Settings, task: Option<&str>, json: bool) -> Result<Ex
             entry.short_description(60)
         )?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar per downloaded file.
+struct FileProgress(indicatif::ProgressBar);
+
+impl hf_hub::api::Progress for FileProgress {
+    fn init(&mut self, size: usize, filename: &str) {
+        self.0.set_length(size as u64);
+        self.0.set_message(filename.to_string());
+    }
+    fn update(&mut self, size: usize) {
+        self.0.inc(size as u64);
+    }
+    fn finish(&mut self) {
+        self.0.finish();
+    }
+}
+
+async fn pull(settings: &Settings, id: String) -> Result<ExitCode> {
+    let cache = hgpt_local::ModelCache::from_env();
+    let token = settings.hf_token.clone();
+    let multi = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg:32!} {bar:30.cyan/blue} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let target = id.clone();
+    let snapshot = tokio::task::spawn_blocking(move || {
+        hgpt_local::pull::pull(
+            &cache,
+            &target,
+            std::env::var("HF_ENDPOINT").ok(),
+            token,
+            || FileProgress(multi.add(indicatif::ProgressBar::new(0).with_style(style.clone()))),
+        )
+    })
+    .await
+    .context("the download crashed")?
+    .with_context(|| format!("cannot pull {id}"))?;
+    eprintln!("{id} is in {}", snapshot.display());
     Ok(ExitCode::SUCCESS)
 }
