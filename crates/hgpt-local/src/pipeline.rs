@@ -58,3 +58,96 @@ pub fn supports(task: TaskKind) -> bool {
     ) || crate::text::supports(task)
         || crate::vision::supports(task)
 }
+
+/// The task a cached model does by default, from its files: a
+/// sentence-transformers layout (`modules.json`) or a bare `*Model` is
+/// feature-extraction; otherwise the head named by `config.json`'s
+/// `architectures` (`*ForSequenceClassification` -> text-classification,
+/// `*ForTokenClassification` -> token-classification, `*ForQuestionAnswering`
+/// -> question-answering, `*ForImageClassification` -> image-classification,
+/// `*ForObjectDetection` -> object-detection). `None` when the files do not tell.
+pub fn task_of(files: &ModelFiles) -> Option<TaskKind> {
+    if files.get("modules.json").is_some() {
+        return Some(TaskKind::FeatureExtraction);
+    }
+    let kind: ModelKind = files.json("config.json").ok()?;
+    kind.architectures
+        .iter()
+        .find_map(|arch| task_of_architecture(arch))
+}
+
+fn task_of_architecture(arch: &str) -> Option<TaskKind> {
+    const HEADS: &[(&str, TaskKind)] = &[
+        ("ForSequenceClassification", TaskKind::TextClassification),
+        ("ForTokenClassification", TaskKind::TokenClassification),
+        ("ForQuestionAnswering", TaskKind::QuestionAnswering),
+        ("ForImageClassification", TaskKind::ImageClassification),
+        ("ForObjectDetection", TaskKind::ObjectDetection),
+    ];
+    if let Some((_, task)) = HEADS.iter().find(|(suffix, _)| arch.ends_with(suffix)) {
+        return Some(*task);
+    }
+    let bare = arch.ends_with("Model")
+        && !arch.contains("For")
+        && !arch.contains("Head")
+        && !arch.ends_with("PreTrainedModel");
+    bare.then_some(TaskKind::FeatureExtraction)
+}
+
+#[cfg(test)]
+mod task_of_tests {
+    use super::*;
+
+    fn files_with(config: &str, extra: &[&str]) -> (tempfile::TempDir, ModelFiles) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), config).unwrap();
+        for name in extra {
+            std::fs::write(dir.path().join(name), "[]").unwrap();
+        }
+        let files = ModelFiles::from_dir("org/m", dir.path());
+        (dir, files)
+    }
+
+    #[test]
+    fn tasks_come_from_the_architecture() {
+        let cases = [
+            (
+                "BertForSequenceClassification",
+                Some(TaskKind::TextClassification),
+            ),
+            (
+                "RobertaForTokenClassification",
+                Some(TaskKind::TokenClassification),
+            ),
+            (
+                "DistilBertForQuestionAnswering",
+                Some(TaskKind::QuestionAnswering),
+            ),
+            (
+                "ViTForImageClassification",
+                Some(TaskKind::ImageClassification),
+            ),
+            ("YolosForObjectDetection", Some(TaskKind::ObjectDetection)),
+            ("BertModel", Some(TaskKind::FeatureExtraction)),
+            ("GPT2LMHeadModel", None),
+            ("BertForMaskedLM", None),
+        ];
+        for (arch, expected) in cases {
+            let (_dir, files) = files_with(&format!(r#"{{"architectures": ["{arch}"]}}"#), &[]);
+            assert_eq!(task_of(&files), expected, "{arch}");
+        }
+        let (_dir, files) = files_with("{}", &[]);
+        assert_eq!(task_of(&files), None);
+        let (_dir, files) = files_with("not json", &[]);
+        assert_eq!(task_of(&files), None);
+    }
+
+    #[test]
+    fn a_sentence_transformers_layout_is_feature_extraction() {
+        let (_dir, files) = files_with(
+            r#"{"architectures": ["BertForSequenceClassification"]}"#,
+            &["modules.json"],
+        );
+        assert_eq!(task_of(&files), Some(TaskKind::FeatureExtraction));
+    }
+}

@@ -44,6 +44,16 @@ enum Command {
     },
     /// A multi-turn chat on stdin; earlier turns are the context of later ones.
     Chat,
+    /// Serve local models over the Hugging Face inference protocol
+    /// (`POST /models/{id}`, `GET /health`, `GET /status/{id}`, `GET /models`).
+    ServeModels {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8005")]
+        bind: String,
+        /// Models to serve (repeatable); none: every cached model.
+        #[arg(long = "model", value_name = "ID")]
+        models: Vec<String>,
+    },
     /// The model catalog.
     Models {
         #[command(subcommand)]
@@ -124,6 +134,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Chat => chat(&app::pipeline(&settings)?).await,
+        Command::ServeModels { bind, models } => serve_models(&settings, &bind, models).await,
         Command::Models {
             command: ModelsCommand::List { task, json },
         } => models_list(&settings, task.as_deref(), json),
@@ -300,5 +311,22 @@ async fn pull(settings: &Settings, id: String) -> Result<ExitCode> {
     .context("the download crashed")?
     .with_context(|| format!("cannot pull {id}"))?;
     eprintln!("{id} is in {}", snapshot.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve_models(settings: &Settings, bind: &str, models: Vec<String>) -> Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind}"))?;
+    let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| bind.to_string());
+    let backend = std::sync::Arc::new(app::local_backend(settings));
+    eprintln!(
+        "serving {} from {} on http://{address} (Ctrl-C stops)",
+        if models.is_empty() { "every cached model".to_string() } else { models.join(", ") },
+        backend.cache().path().display()
+    );
+    let config = hgpt_model_server::ModelServerConfig { models, ..Default::default() };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    hgpt_model_server::serve(listener, backend, config, shutdown).await.context("the model server failed")?;
     Ok(ExitCode::SUCCESS)
 }

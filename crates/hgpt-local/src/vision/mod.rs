@@ -1,0 +1,126 @@
+//! Image classification (ViT) and object detection (YOLOS), with the
+//! preprocessing and post-processing of the transformers pipelines.
+//!
+//! - [`preprocess`]: decoding and the image processors (Pillow-exact resize).
+//! - [`vit`]: `ViTForImageClassification` and the image-classification pipeline.
+//! - [`yolos`]: `YolosForObjectDetection` and the object-detection pipeline.
+
+mod encoder;
+pub mod preprocess;
+pub mod vit;
+pub mod yolos;
+
+pub use encoder::{ImageSize, VitConfig};
+pub use preprocess::{ImageProcessor, ProcessorKind, Resample, SizeRule, decode_image};
+pub use vit::{ImageClassifier, ScoreFunction, VitForImageClassification};
+pub use yolos::{ObjectDetector, Predictions, RawDetection, YolosForObjectDetection};
+
+use crate::error::{LocalError, bad_input};
+use crate::files::ModelFiles;
+use crate::pipeline::{ModelKind, Pipeline};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use hgpt_core::backend::ResolvedArgs;
+use hgpt_core::task::TaskKind;
+use serde_json::Value;
+
+/// Whether this module serves the task.
+pub fn supports(task: TaskKind) -> bool {
+    matches!(
+        task,
+        TaskKind::ImageClassification | TaskKind::ObjectDetection
+    )
+}
+
+/// Load the pipeline for `task`: ViT checkpoints for image classification,
+/// YOLOS checkpoints for object detection.
+pub fn load(
+    task: TaskKind,
+    kind: &ModelKind,
+    files: &ModelFiles,
+    device: &Device,
+) -> Result<Box<dyn Pipeline>, LocalError> {
+    let (family, architecture) = match task {
+        TaskKind::ImageClassification => ("vit", "ViTForImageClassification"),
+        TaskKind::ObjectDetection => ("yolos", "YolosForObjectDetection"),
+        other => {
+            return Err(LocalError::Unsupported(format!(
+                "hgpt has no local vision pipeline for {other}"
+            )));
+        }
+    };
+    let fits = if kind.architectures.is_empty() {
+        kind.model_type.as_deref() == Some(family)
+    } else {
+        kind.architectures.iter().any(|a| a == architecture)
+    };
+    if !fits {
+        let what = kind
+            .architectures
+            .first()
+            .cloned()
+            .or_else(|| kind.model_type.clone())
+            .unwrap_or_else(|| "an unknown architecture".to_string());
+        return Err(LocalError::Unsupported(format!(
+            "hgpt runs {task} locally only with {architecture} checkpoints; {} is {what}",
+            files.id()
+        )));
+    }
+    Ok(match task {
+        TaskKind::ImageClassification => Box::new(ImageClassifier::load(files, device)?),
+        _ => Box::new(ObjectDetector::load(files, device)?),
+    })
+}
+
+/// Memory-map `model.safetensors` (as float32); also its size in bytes.
+fn open_weights(
+    files: &ModelFiles,
+    device: &Device,
+) -> Result<(VarBuilder<'static>, u64), LocalError> {
+    let path = files.require(&["model.safetensors"])?.remove(0);
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    // SAFETY: the file is memory-mapped read-only; model files (Hub cache
+    // blobs or fixture folders) are not modified while loaded.
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(std::slice::from_ref(&path), DType::F32, device)
+    }
+    .map_err(|e| files.load_error(format!("model.safetensors: {e}")))?;
+    Ok((vb, bytes))
+}
+
+/// The request's image bytes.
+fn image_bytes(task: TaskKind, args: &ResolvedArgs) -> Result<&[u8], LocalError> {
+    match &args.image {
+        Some(blob) if !blob.bytes.is_empty() => Ok(&blob.bytes),
+        Some(_) => Err(bad_input(task, "the image is empty (0 bytes)")),
+        None => Err(bad_input(task, "no image given")),
+    }
+}
+
+/// A numeric argument (a JSON number or a numeric string), if present.
+fn number_arg(task: TaskKind, args: &ResolvedArgs, key: &str) -> Result<Option<f64>, LocalError> {
+    let value = match args.other.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(value) => value,
+    };
+    let number = match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match number {
+        Some(n) if n.is_finite() => Ok(Some(n)),
+        _ => Err(bad_input(
+            task,
+            format!("{key} must be a number, not {value}"),
+        )),
+    }
+}
+
+/// Softmax of one row in float32 (max-subtracted, as torch).
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
+}

@@ -1,0 +1,270 @@
+//! Image classification with ViT checkpoints (`ViTForImageClassification`):
+//! the `[CLS]` token after the final LayerNorm goes through `classifier`.
+
+use super::encoder::{Encoder, PatchEmbeddings, VitConfig};
+use super::preprocess::{ImageProcessor, ProcessorKind, decode_image};
+use super::{image_bytes, number_arg, open_weights, softmax};
+use crate::error::{LocalError, bad_input};
+use crate::files::ModelFiles;
+use crate::pipeline::Pipeline;
+use candle_core::{Device, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear};
+use hgpt_core::backend::ResolvedArgs;
+use hgpt_core::output::{InferenceOutput, ScoredLabel};
+use hgpt_core::task::TaskKind;
+use image::RgbImage;
+use serde_json::Value;
+
+/// ViT's default `image_size`.
+const DEFAULT_IMAGE_SIZE: (usize, usize) = (224, 224);
+
+/// The transformers pipeline's default number of labels returned.
+pub const DEFAULT_TOP_K: usize = 5;
+
+/// The ViT classification network.
+#[derive(Debug, Clone)]
+pub struct VitForImageClassification {
+    cls_token: Tensor,
+    position_embeddings: Tensor,
+    patches: PatchEmbeddings,
+    encoder: Encoder,
+    layernorm: LayerNorm,
+    classifier: Linear,
+    grid: (usize, usize),
+    hidden: usize,
+}
+
+impl VitForImageClassification {
+    /// Build from weights named as transformers saves them (`vit.*`,
+    /// `classifier.*`); `grid` is the patch grid of the configured image size.
+    pub fn load(
+        cfg: &VitConfig,
+        grid: (usize, usize),
+        num_labels: usize,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let hidden = cfg.hidden_size;
+        let vit = vb.pp("vit");
+        let embeddings = vit.pp("embeddings");
+        Ok(Self {
+            cls_token: embeddings.get((1, 1, hidden), "cls_token")?,
+            position_embeddings: embeddings
+                .get((1, 1 + grid.0 * grid.1, hidden), "position_embeddings")?,
+            patches: PatchEmbeddings::load(cfg, embeddings.pp("patch_embeddings"))?,
+            encoder: Encoder::load(cfg, vit.pp("encoder"))?,
+            layernorm: layer_norm(hidden, cfg.layer_norm_eps, vit.pp("layernorm"))?,
+            classifier: linear(hidden, num_labels, vb.pp("classifier"))?,
+            grid,
+            hidden,
+        })
+    }
+
+    /// Logits `[batch, num_labels]` for pixel values `[batch, 3, H, W]`.
+    pub fn forward(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
+        let (batch, _, height, width) = pixel_values.dims4()?;
+        let grid = self.patches.grid(height, width);
+        if grid != self.grid {
+            candle_core::bail!(
+                "a {width}x{height} input gives a {}x{} patch grid; the model expects {}x{}",
+                grid.1,
+                grid.0,
+                self.grid.1,
+                self.grid.0
+            );
+        }
+        let patches = self.patches.forward(pixel_values)?;
+        let cls = self
+            .cls_token
+            .broadcast_as((batch, 1, self.hidden))?
+            .contiguous()?;
+        let xs = Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.position_embeddings)?;
+        let xs = self.encoder.forward_with(&xs, |_, hs| Ok(hs))?;
+        xs.narrow(1, 0, 1)?
+            .squeeze(1)?
+            .apply(&self.layernorm)?
+            .apply(&self.classifier)
+    }
+}
+
+/// How logits become scores (`function_to_apply` of the pipeline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreFunction {
+    /// Softmax over the labels (single-label models).
+    Softmax,
+    /// Independent sigmoid per label (multi-label or one-label models).
+    Sigmoid,
+    /// The raw logits.
+    Identity,
+}
+
+impl ScoreFunction {
+    /// Parse the pipeline's names: `softmax`, `sigmoid`, `none`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "softmax" => Some(Self::Softmax),
+            "sigmoid" => Some(Self::Sigmoid),
+            "none" => Some(Self::Identity),
+            _ => None,
+        }
+    }
+
+    /// Apply to one row of logits (float32, as torch does).
+    pub fn apply(self, logits: &[f32]) -> Vec<f32> {
+        match self {
+            Self::Softmax => softmax(logits),
+            Self::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+            Self::Identity => logits.to_vec(),
+        }
+    }
+}
+
+/// A loaded image-classification pipeline.
+pub struct ImageClassifier {
+    model: VitForImageClassification,
+    processor: ImageProcessor,
+    labels: Vec<String>,
+    default_function: ScoreFunction,
+    device: Device,
+    weight_bytes: u64,
+}
+
+impl ImageClassifier {
+    /// Load from a model's files (`config.json`, `preprocessor_config.json`,
+    /// `model.safetensors`).
+    pub fn load(files: &ModelFiles, device: &Device) -> Result<Self, LocalError> {
+        files.require(&[
+            "config.json",
+            "preprocessor_config.json",
+            "model.safetensors",
+        ])?;
+        let config: VitConfig = files.json("config.json")?;
+        let grid = config
+            .check(DEFAULT_IMAGE_SIZE)
+            .map_err(|e| files.load_error(format!("config.json: {e}")))?;
+        let processor = ImageProcessor::load(files, ProcessorKind::Classification)?;
+        let (h, w) = config.image_size.map_or(DEFAULT_IMAGE_SIZE, |s| s.hw());
+        if let Some((ph, pw)) = processor.fixed_output()
+            && (
+                ph as usize / config.patch_size,
+                pw as usize / config.patch_size,
+            ) != grid
+        {
+            return Err(files.load_error(format!(
+                "preprocessor_config.json makes {pw}x{ph} images but the model takes {w}x{h}"
+            )));
+        }
+        let num_labels = config.num_labels();
+        let (vb, weight_bytes) = open_weights(files, device)?;
+        let model = VitForImageClassification::load(&config, grid, num_labels, vb)
+            .map_err(|e| files.load_error(format!("model.safetensors: {e}")))?;
+        // As the transformers pipeline: sigmoid for multi-label or one-label
+        // models, softmax otherwise.
+        let default_function = if config.problem_type.as_deref()
+            == Some("multi_label_classification")
+            || num_labels == 1
+        {
+            ScoreFunction::Sigmoid
+        } else {
+            ScoreFunction::Softmax
+        };
+        Ok(Self {
+            model,
+            processor,
+            labels: config.labels(num_labels),
+            default_function,
+            device: device.clone(),
+            weight_bytes,
+        })
+    }
+
+    /// The preprocessing settings.
+    pub fn processor(&self) -> &ImageProcessor {
+        &self.processor
+    }
+
+    /// The labels by class index.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Logits per image for pixel values `[batch, 3, H, W]`.
+    pub fn logits(&self, pixel_values: &Tensor) -> Result<Vec<Vec<f32>>, LocalError> {
+        let pixel_values = pixel_values.to_device(&self.device)?;
+        Ok(self.model.forward(&pixel_values)?.to_vec2::<f32>()?)
+    }
+
+    /// Classify a decoded image: scores sorted descending, cut to `top_k`
+    /// (default 5, at most the number of labels).
+    pub fn classify(
+        &self,
+        image: &RgbImage,
+        top_k: Option<usize>,
+        function: Option<ScoreFunction>,
+    ) -> Result<Vec<ScoredLabel>, LocalError> {
+        let task = TaskKind::ImageClassification;
+        let pixel_values = self.processor.preprocess(task, image, &self.device)?;
+        let logits = self.logits(&pixel_values)?;
+        let row = logits
+            .first()
+            .ok_or_else(|| LocalError::Compute("the model returned no logits".into()))?;
+        let scores = function.unwrap_or(self.default_function).apply(row);
+        let mut labelled: Vec<ScoredLabel> = scores
+            .iter()
+            .zip(&self.labels)
+            .map(|(&score, label)| ScoredLabel {
+                label: label.clone(),
+                score: f64::from(score),
+            })
+            .collect();
+        labelled.sort_by(|a, b| b.score.total_cmp(&a.score));
+        labelled.truncate(top_k.unwrap_or(DEFAULT_TOP_K));
+        Ok(labelled)
+    }
+}
+
+impl Pipeline for ImageClassifier {
+    fn tasks(&self) -> &[TaskKind] {
+        &[TaskKind::ImageClassification]
+    }
+
+    fn run(&self, task: TaskKind, args: &ResolvedArgs) -> Result<InferenceOutput, LocalError> {
+        if task != TaskKind::ImageClassification {
+            return Err(LocalError::Unsupported(format!(
+                "an image classifier cannot do {task}"
+            )));
+        }
+        let top_k = match number_arg(task, args, "top_k")? {
+            None => None,
+            Some(k) if k >= 0.0 && k.fract() == 0.0 => Some(k as usize),
+            Some(k) => {
+                return Err(bad_input(
+                    task,
+                    format!("top_k must be a non-negative integer, not {k}"),
+                ));
+            }
+        };
+        let function = match args.other.get("function_to_apply") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(name)) => Some(ScoreFunction::parse(name).ok_or_else(|| {
+                bad_input(
+                    task,
+                    format!("function_to_apply must be softmax, sigmoid or none, not {name:?}"),
+                )
+            })?),
+            Some(other) => {
+                return Err(bad_input(
+                    task,
+                    format!("function_to_apply must be a string, not {other}"),
+                ));
+            }
+        };
+        let image = decode_image(task, image_bytes(task, args)?)?;
+        Ok(InferenceOutput::Labels(
+            self.classify(&image, top_k, function)?,
+        ))
+    }
+
+    fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+}

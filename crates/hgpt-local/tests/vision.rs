@@ -1,0 +1,588 @@
+//! Parity of the vision pipelines with Hugging Face transformers 4.57.6 on the
+//! tiny random checkpoints in `tests/fixtures/vit-imgcls` and
+//! `tests/fixtures/yolos-det` (made by `scripts/make_fixtures.py`).
+
+use candle_core::{Device, Tensor};
+use hgpt_core::backend::ResolvedArgs;
+use hgpt_core::output::{Blob, Detection, InferenceOutput, ScoredLabel};
+use hgpt_core::task::TaskKind;
+use hgpt_local::pipeline::{self, Pipeline};
+use hgpt_local::vision::yolos::post_process;
+use hgpt_local::vision::{ImageClassifier, ObjectDetector, decode_image};
+use hgpt_local::{LocalError, ModelFiles};
+use image::RgbImage;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn model_files(name: &str) -> ModelFiles {
+    ModelFiles::from_dir(&format!("hgpt-fixtures/{name}"), fixtures().join(name))
+}
+
+fn expected(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixtures().join(name).join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn cases(name: &str) -> Vec<Value> {
+    let cases = expected(name)["cases"].as_array().unwrap().clone();
+    assert!(!cases.is_empty());
+    cases
+}
+
+fn image_bytes(case: &Value) -> Vec<u8> {
+    std::fs::read(fixtures().join(case["image"].as_str().unwrap())).unwrap()
+}
+
+fn floats(value: &Value) -> Vec<f32> {
+    match value {
+        Value::Array(items) => items.iter().flat_map(floats).collect(),
+        v => vec![v.as_f64().unwrap() as f32],
+    }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn hw(value: &Value) -> (u32, u32) {
+    let v: Vec<u32> = value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap() as u32)
+        .collect();
+    (v[0], v[1])
+}
+
+/// The fixture's resized image (HWC u8) of `(height, width)`.
+fn resized_image(case: &Value, (height, width): (u32, u32)) -> RgbImage {
+    let bytes: Vec<u8> = case["resized_rgb_u8"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u8)
+        .collect();
+    RgbImage::from_raw(width, height, bytes).unwrap()
+}
+
+/// The fixture's `pixel_values` `[3, H, W]` as a `[1, 3, H, W]` tensor.
+fn pixel_tensor(case: &Value, (height, width): (u32, u32)) -> Tensor {
+    let values = floats(&case["pixel_values"]);
+    Tensor::from_vec(
+        values,
+        (1, 3, height as usize, width as usize),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn args(image: Vec<u8>, other: Value) -> ResolvedArgs {
+    ResolvedArgs {
+        image: Some(Blob::sniffed(image)),
+        other: serde_json::from_value(other).unwrap(),
+        ..ResolvedArgs::default()
+    }
+}
+
+fn run(pipeline: &dyn Pipeline, task: TaskKind, args: &ResolvedArgs) -> InferenceOutput {
+    pipeline.run(task, args).unwrap()
+}
+
+fn vit() -> ImageClassifier {
+    ImageClassifier::load(&model_files("vit-imgcls"), &Device::Cpu).unwrap()
+}
+
+fn yolos() -> ObjectDetector {
+    ObjectDetector::load(&model_files("yolos-det"), &Device::Cpu).unwrap()
+}
+
+const VIT_SIZE: (u32, u32) = (32, 32);
+
+// ---------------------------------------------------------------- ViT
+
+#[test]
+fn vit_resize_is_pil_exact() {
+    let model = vit();
+    for case in cases("vit-imgcls") {
+        let image = decode_image(TaskKind::ImageClassification, &image_bytes(&case)).unwrap();
+        assert_eq!((image.height(), image.width()), hw(&case["original_size"]));
+        let resized = model
+            .processor()
+            .resize(TaskKind::ImageClassification, &image)
+            .unwrap();
+        assert_eq!(
+            resized.as_raw(),
+            resized_image(&case, VIT_SIZE).as_raw(),
+            "{}",
+            case["image"]
+        );
+    }
+}
+
+#[test]
+fn vit_pixel_values_match() {
+    let model = vit();
+    for case in cases("vit-imgcls") {
+        let (values, size) = model
+            .processor()
+            .pixel_values(
+                TaskKind::ImageClassification,
+                &resized_image(&case, VIT_SIZE),
+            )
+            .unwrap();
+        assert_eq!(size, (32, 32));
+        let diff = max_diff(&values, &floats(&case["pixel_values"]));
+        assert!(diff <= 1e-6, "{}: {diff}", case["image"]);
+    }
+}
+
+#[test]
+fn vit_logits_match() {
+    let model = vit();
+    for case in cases("vit-imgcls") {
+        let logits = model.logits(&pixel_tensor(&case, VIT_SIZE)).unwrap();
+        let diff = max_diff(&logits[0], &floats(&case["logits"]));
+        assert!(diff < 1e-4, "{}: {diff}", case["image"]);
+    }
+}
+
+fn labels_of(output: InferenceOutput) -> Vec<ScoredLabel> {
+    match output {
+        InferenceOutput::Labels(labels) => labels,
+        other => panic!("expected labels, got {other:?}"),
+    }
+}
+
+fn assert_same_labels(got: &[ScoredLabel], want: &Value, what: &str) {
+    let want = want.as_array().unwrap();
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.label, w["label"].as_str().unwrap(), "{what}");
+        let diff = (g.score - w["score"].as_f64().unwrap()).abs();
+        assert!(diff < 1e-5, "{what}: {} vs {}", g.score, w["score"]);
+    }
+}
+
+#[test]
+fn vit_pipeline_outputs_match() {
+    let task = TaskKind::ImageClassification;
+    let pipe = pipeline::load(task, &model_files("vit-imgcls"), &Device::Cpu).unwrap();
+    assert_eq!(pipe.tasks(), &[task]);
+    for case in cases("vit-imgcls") {
+        let what = case["image"].to_string();
+        let default = labels_of(run(
+            pipe.as_ref(),
+            task,
+            &args(image_bytes(&case), json!({})),
+        ));
+        assert_same_labels(&default, &case["pipeline"], &what);
+        let top2 = labels_of(run(
+            pipe.as_ref(),
+            task,
+            &args(image_bytes(&case), json!({"top_k": 2})),
+        ));
+        assert_same_labels(&top2, &case["pipeline_top_k_2"], &what);
+    }
+}
+
+#[test]
+fn vit_top_k_and_score_function_arguments() {
+    let task = TaskKind::ImageClassification;
+    let pipe = vit();
+    let case = &cases("vit-imgcls")[0];
+    let one = labels_of(run(
+        &pipe,
+        task,
+        &args(image_bytes(case), json!({"top_k": "1"})),
+    ));
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].label, case["pipeline"][0]["label"].as_str().unwrap());
+    let raw = labels_of(run(
+        &pipe,
+        task,
+        &args(image_bytes(case), json!({"function_to_apply": "none"})),
+    ));
+    let mut logits = floats(&case["logits"]);
+    logits.sort_by(|a, b| b.total_cmp(a));
+    let got: Vec<f32> = raw.iter().map(|l| l.score as f32).collect();
+    assert!(max_diff(&got, &logits) < 1e-4);
+    for bad in [
+        json!({"top_k": -1}),
+        json!({"top_k": 1.5}),
+        json!({"top_k": "many"}),
+    ] {
+        let err = pipe
+            .run(task, &args(image_bytes(case), bad.clone()))
+            .unwrap_err();
+        assert!(matches!(err, LocalError::BadInput { .. }), "{bad}: {err}");
+    }
+    let err = pipe
+        .run(
+            task,
+            &args(image_bytes(case), json!({"function_to_apply": "tanh"})),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("function_to_apply"), "{err}");
+}
+
+// ---------------------------------------------------------------- YOLOS
+
+#[test]
+fn yolos_resize_is_pil_exact() {
+    let model = yolos();
+    for case in cases("yolos-det") {
+        let image = decode_image(TaskKind::ObjectDetection, &image_bytes(&case)).unwrap();
+        assert_eq!((image.height(), image.width()), hw(&case["original_size"]));
+        let processed = hw(&case["processed_size"]);
+        assert_eq!(
+            model
+                .processor()
+                .resized_size(image.height(), image.width()),
+            processed
+        );
+        let resized = model
+            .processor()
+            .resize(TaskKind::ObjectDetection, &image)
+            .unwrap();
+        assert_eq!(
+            resized.as_raw(),
+            resized_image(&case, processed).as_raw(),
+            "{}",
+            case["image"]
+        );
+    }
+}
+
+#[test]
+fn yolos_pixel_values_match() {
+    let model = yolos();
+    for case in cases("yolos-det") {
+        let processed = hw(&case["processed_size"]);
+        let (values, size) = model
+            .processor()
+            .pixel_values(TaskKind::ObjectDetection, &resized_image(&case, processed))
+            .unwrap();
+        assert_eq!(size, (processed.0 as usize, processed.1 as usize));
+        let diff = max_diff(&values, &floats(&case["pixel_values"]));
+        assert!(diff <= 1e-6, "{}: {diff}", case["image"]);
+    }
+}
+
+#[test]
+fn yolos_logits_and_boxes_match() {
+    let model = yolos();
+    for case in cases("yolos-det") {
+        let raw = model
+            .predict(&pixel_tensor(&case, hw(&case["processed_size"])))
+            .unwrap();
+        let (logits, boxes) = (raw.logits, raw.boxes);
+        assert_eq!(logits.len(), 10);
+        let flat = |rows: &Vec<Vec<f32>>| rows.concat();
+        let diff = max_diff(&flat(&logits), &floats(&case["logits"]));
+        assert!(diff < 1e-4, "{} logits: {diff}", case["image"]);
+        let diff = max_diff(&flat(&boxes), &floats(&case["pred_boxes"]));
+        assert!(diff < 1e-4, "{} boxes: {diff}", case["image"]);
+    }
+}
+
+#[test]
+fn yolos_post_processing_matches() {
+    let model = yolos();
+    for case in cases("yolos-det") {
+        let what = case["image"].to_string();
+        let raw = model
+            .predict(&pixel_tensor(&case, hw(&case["processed_size"])))
+            .unwrap();
+        let kept = post_process(&raw.logits, &raw.boxes, hw(&case["original_size"]), 0.0);
+        let want = &case["post_processed_threshold_0"];
+        let labels: Vec<u64> = kept.iter().map(|d| d.label as u64).collect();
+        let want_labels: Vec<u64> = want["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(labels, want_labels, "{what}");
+        let scores: Vec<f32> = kept.iter().map(|d| d.score).collect();
+        assert!(max_diff(&scores, &floats(&want["scores"])) < 1e-5, "{what}");
+        let got_boxes: Vec<f32> = kept.iter().flat_map(|d| d.bbox).collect();
+        let diff = max_diff(&got_boxes, &floats(&want["boxes"]));
+        assert!(diff < 1e-3, "{what}: boxes differ by {diff}");
+    }
+}
+
+fn detections_of(output: InferenceOutput) -> Vec<Detection> {
+    match output {
+        InferenceOutput::Detections(d) => d,
+        other => panic!("expected detections, got {other:?}"),
+    }
+}
+
+fn assert_same_detections(got: &[Detection], want: &Value, what: &str) {
+    let want = want.as_array().unwrap();
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.label, w["label"].as_str().unwrap(), "{what}");
+        assert!(
+            (g.score - w["score"].as_f64().unwrap()).abs() < 1e-5,
+            "{what}"
+        );
+        let b = &w["box"];
+        let want_box = ["xmin", "ymin", "xmax", "ymax"].map(|k| b[k].as_f64().unwrap());
+        let got_box = [g.bbox.xmin, g.bbox.ymin, g.bbox.xmax, g.bbox.ymax];
+        assert_eq!(got_box, want_box, "{what}");
+    }
+}
+
+#[test]
+fn yolos_pipeline_outputs_match_at_every_threshold() {
+    let task = TaskKind::ObjectDetection;
+    let pipe = pipeline::load(task, &model_files("yolos-det"), &Device::Cpu).unwrap();
+    assert_eq!(pipe.tasks(), &[task]);
+    for case in cases("yolos-det") {
+        let what = case["image"].to_string();
+        for (params, key) in [
+            (json!({}), "pipeline"),
+            (json!({"threshold": 0}), "pipeline_threshold_0"),
+            (json!({"threshold": 0.3}), "pipeline_threshold_0_3"),
+            (json!({"threshold": "0.3"}), "pipeline_threshold_0_3"),
+        ] {
+            let got = detections_of(run(pipe.as_ref(), task, &args(image_bytes(&case), params)));
+            assert_same_detections(&got, &case[key], &format!("{what} {key}"));
+        }
+    }
+    // The default threshold keeps nothing here, so check that it is 0.5 and strict.
+    assert_eq!(hgpt_local::vision::yolos::DEFAULT_THRESHOLD, 0.5);
+}
+
+#[test]
+fn yolos_threshold_must_be_a_number() {
+    let pipe = yolos();
+    let case = &cases("yolos-det")[0];
+    let err = pipe
+        .run(
+            TaskKind::ObjectDetection,
+            &args(image_bytes(case), json!({"threshold": [0.1]})),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, LocalError::BadInput { message, .. } if message.contains("threshold")),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------- errors
+
+#[test]
+fn undecodable_or_missing_images_are_bad_input() {
+    let classifier = vit();
+    let detector = yolos();
+    let pipes: [(&dyn Pipeline, TaskKind); 2] = [
+        (&classifier, TaskKind::ImageClassification),
+        (&detector, TaskKind::ObjectDetection),
+    ];
+    for (pipe, task) in pipes {
+        let err = pipe
+            .run(task, &args(b"definitely not an image".to_vec(), json!({})))
+            .unwrap_err();
+        match &err {
+            LocalError::BadInput { task: t, message } => {
+                assert_eq!(*t, task);
+                assert!(message.contains("cannot decode the image"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A PNG signature followed by garbage: the decoder's own error is named.
+        let mut broken = b"\x89PNG\r\n\x1a\n".to_vec();
+        broken.extend_from_slice(&[0u8; 40]);
+        let err = pipe.run(task, &args(broken, json!({}))).unwrap_err();
+        assert!(
+            matches!(&err, LocalError::BadInput { message, .. } if message.starts_with("cannot decode the image: ") && message.len() > "cannot decode the image: ".len()),
+            "{err}"
+        );
+        let err = pipe.run(task, &ResolvedArgs::default()).unwrap_err();
+        assert!(
+            matches!(&err, LocalError::BadInput { message, .. } if message == "no image given"),
+            "{err}"
+        );
+        let err = pipe.run(task, &args(Vec::new(), json!({}))).unwrap_err();
+        assert!(matches!(err, LocalError::BadInput { .. }), "{err}");
+    }
+}
+
+#[test]
+fn other_image_formats_decode() {
+    let original = decode_image(
+        TaskKind::ImageClassification,
+        &std::fs::read(fixtures().join("images/shapes_64x48.png")).unwrap(),
+    )
+    .unwrap();
+    let mut jpeg = Vec::new();
+    original
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    let decoded = decode_image(TaskKind::ImageClassification, &jpeg).unwrap();
+    assert_eq!(decoded.dimensions(), (64, 48));
+    let pipe = vit();
+    let labels = labels_of(run(
+        &pipe,
+        TaskKind::ImageClassification,
+        &args(jpeg, json!({})),
+    ));
+    assert_eq!(labels.len(), 4);
+}
+
+#[test]
+fn weight_bytes_is_the_safetensors_size() {
+    for (name, task) in [
+        ("vit-imgcls", TaskKind::ImageClassification),
+        ("yolos-det", TaskKind::ObjectDetection),
+    ] {
+        let pipe = pipeline::load(task, &model_files(name), &Device::Cpu).unwrap();
+        let size = std::fs::metadata(fixtures().join(name).join("model.safetensors"))
+            .unwrap()
+            .len();
+        assert_eq!(pipe.weight_bytes(), size);
+    }
+}
+
+/// A model folder holding copies of `from`'s files, with `config.json`
+/// edited and `model.safetensors` taken from `weights_from`.
+fn altered_model(
+    from: &str,
+    weights_from: &str,
+    edit: impl FnOnce(&mut Value),
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join(from);
+    let copy = |name: &str, src: &Path| {
+        std::fs::copy(src.join(name), dir.path().join(name)).unwrap();
+    };
+    copy("preprocessor_config.json", &src);
+    copy("model.safetensors", &fixtures().join(weights_from));
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+fn load_error(task: TaskKind, dir: &Path) -> LocalError {
+    let files = ModelFiles::from_dir("test/altered", dir);
+    match pipeline::load(task, &files, &Device::Cpu) {
+        Ok(_) => panic!("loaded a broken model"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn weights_with_unexpected_shapes_or_names_fail_to_load() {
+    // Shapes: the config says 48-wide MLPs, the weights have 37.
+    let dir = altered_model("vit-imgcls", "vit-imgcls", |c| {
+        c["intermediate_size"] = json!(48)
+    });
+    let err = load_error(TaskKind::ImageClassification, dir.path());
+    assert!(
+        matches!(&err, LocalError::Load { message, .. } if message.contains("intermediate.dense") && message.contains("shape")),
+        "{err}"
+    );
+    // Names: the head saved as `head.*` instead of `classifier.*`.
+    let dir = altered_model("vit-imgcls", "vit-imgcls", |_| {});
+    let weights = dir.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    for name in ["weight", "bias"] {
+        let t = tensors.remove(&format!("classifier.{name}")).unwrap();
+        tensors.insert(format!("head.{name}"), t);
+    }
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let err = load_error(TaskKind::ImageClassification, dir.path());
+    assert!(
+        matches!(&err, LocalError::Load { message, .. } if message.contains("classifier.weight")),
+        "{err}"
+    );
+    // Another family's weights: YOLOS tensors under the ViT config.
+    let dir = altered_model("vit-imgcls", "yolos-det", |_| {});
+    let err = load_error(TaskKind::ImageClassification, dir.path());
+    assert!(
+        matches!(&err, LocalError::Load { message, .. } if message.contains("position_embeddings")),
+        "{err}"
+    );
+    // Labels: 5 classes in the config, 3 + no-object in the weights.
+    let dir = altered_model("yolos-det", "yolos-det", |c| {
+        c["id2label"]["3"] = json!("cat");
+        c["id2label"]["4"] = json!("tree");
+    });
+    let err = load_error(TaskKind::ObjectDetection, dir.path());
+    assert!(
+        matches!(&err, LocalError::Load { message, .. } if message.contains("class_labels_classifier")),
+        "{err}"
+    );
+    // A config that cannot describe a model is a load error too, not a panic.
+    let dir = altered_model("yolos-det", "yolos-det", |c| {
+        c["num_attention_heads"] = json!(5)
+    });
+    let err = load_error(TaskKind::ObjectDetection, dir.path());
+    assert!(
+        matches!(&err, LocalError::Load { message, .. } if message.contains("num_attention_heads")),
+        "{err}"
+    );
+    // A corrupt weights file.
+    let dir = altered_model("yolos-det", "yolos-det", |_| {});
+    std::fs::write(dir.path().join("model.safetensors"), b"not safetensors").unwrap();
+    let err = load_error(TaskKind::ObjectDetection, dir.path());
+    assert!(matches!(err, LocalError::Load { .. }), "{err}");
+}
+
+#[test]
+fn wrong_architectures_and_missing_files_are_reported() {
+    let err = match pipeline::load(
+        TaskKind::ObjectDetection,
+        &model_files("vit-imgcls"),
+        &Device::Cpu,
+    ) {
+        Ok(_) => panic!("a ViT classifier loaded as a detector"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(&err, LocalError::Unsupported(m) if m.contains("YolosForObjectDetection")),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join("vit-imgcls/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let err = load_error(TaskKind::ImageClassification, dir.path());
+    assert!(
+        matches!(&err, LocalError::MissingFiles { missing, .. } if missing == "preprocessor_config.json, model.safetensors"),
+        "{err}"
+    );
+    // A processor whose output does not fit the model's position embeddings.
+    let dir = altered_model("vit-imgcls", "vit-imgcls", |_| {});
+    let processor = json!({"size": {"height": 48, "width": 48}, "resample": 2});
+    std::fs::write(
+        dir.path().join("preprocessor_config.json"),
+        processor.to_string(),
+    )
+    .unwrap();
+    let err = load_error(TaskKind::ImageClassification, dir.path());
+    assert!(
+        matches!(&err, LocalError::Load { message, .. } if message.contains("48x48") && message.contains("32x32")),
+        "{err}"
+    );
+    assert!(hgpt_local::vision::supports(TaskKind::ImageClassification));
+    assert!(hgpt_local::vision::supports(TaskKind::ObjectDetection));
+    assert!(!hgpt_local::vision::supports(TaskKind::ImageSegmentation));
+}

@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""Check hgpt's model server with the official `huggingface_hub` InferenceClient.
+
+Usage: client_check.py URL [--fixtures DIR]
+
+Every model the server lists at GET /models is called through
+`InferenceClient(base_url=URL/models/ID)` with the client method of its task, and
+what the client parses is compared with the reference outputs:
+`sentence-transformers/all-MiniLM-L6-v2` with DIR/minilm/embeddings.json, a model
+cached as `hgpt-fixtures/NAME` with DIR/NAME/expected.json (the transformers
+pipeline's output). A listed model whose task has no check here is a failure, so
+new pipelines must be added. A model the server refuses as `unsupported` (an
+architecture its pipeline does not run yet) and fixtures the server does not list
+are reported as skipped.
+
+The last line on stdout is a JSON summary:
+{"client": VERSION, "checked": {ID: [TASK, ...]}, "skipped": {ID: REASON}}.
+Exit status 0 when every check passed, 1 otherwise.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import traceback
+import urllib.request
+
+import huggingface_hub
+import numpy as np
+from huggingface_hub import InferenceClient
+from huggingface_hub.errors import HfHubHTTPError
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+FIXTURE_PREFIX = "hgpt-fixtures/"
+TOL = 1e-4
+
+
+class CheckFailed(AssertionError):
+    pass
+
+
+def check(condition, message):
+    if not condition:
+        raise CheckFailed(message)
+
+
+def close(a, b, what):
+    check(math.isclose(float(a), float(b), rel_tol=0.0, abs_tol=TOL), f"{what}: {a} != {b} (within {TOL})")
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.load(response)
+
+
+def load_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# --- per-task checks: each returns the task names it checked -------------------
+
+
+def check_feature_extraction(client, model_id, fixtures):
+    if model_id != MINILM:
+        vector = client.feature_extraction("a short sentence")
+        check(vector.dtype == np.float32 and vector.size > 0, f"{model_id}: {vector!r}")
+        scores = client.sentence_similarity("a", ["b", "c"])
+        check(len(scores) == 2, f"{model_id}: {scores!r}")
+        return ["feature-extraction", "sentence-similarity"]
+    reference = load_json(os.path.join(fixtures, "minilm", "embeddings.json"))
+    for case in reference["sentences"]:
+        vector = client.feature_extraction(case["text"])
+        check(vector.dtype == np.float32, f"dtype {vector.dtype}")
+        flat = vector.reshape(-1)
+        check(flat.shape == (len(case["embedding"]),), f"shape {vector.shape}")
+        for i, (a, b) in enumerate(zip(flat, case["embedding"])):
+            close(a, b, f"embedding of {case['text'][:30]!r}[{i}]")
+    texts = [c["text"] for c in reference["sentences"][:3]]
+    batch = client.feature_extraction(texts)
+    check(batch.shape == (3, 384), f"batch shape {batch.shape}")
+    for row, case in zip(batch, reference["sentences"][:3]):
+        for i, (a, b) in enumerate(zip(row, case["embedding"])):
+            close(a, b, f"batch embedding [{i}]")
+    first = reference["sentences"][0]
+    raw = client.feature_extraction(first["text"], normalize=False).reshape(-1)
+    for i, (a, b) in enumerate(zip(raw, first["raw_embedding"])):
+        close(a, b, f"normalize=False embedding [{i}]")
+
+    similarity = reference["sentence_similarity"]
+    scores = client.sentence_similarity(similarity["source_sentence"], similarity["sentences"])
+    check(isinstance(scores, list) and len(scores) == len(similarity["scores"]), f"scores {scores!r}")
+    for a, b in zip(scores, similarity["scores"]):
+        close(a, b, "similarity")
+    return ["feature-extraction", "sentence-similarity"]
+
+
+def same_labels(got, want, what):
+    check(isinstance(got, list), f"{what}: expected a list, got {got!r}")
+    check([g.label for g in got] == [w["label"] for w in want], f"{what}: labels {got!r} != {want!r}")
+    for g, w in zip(got, want):
+        close(g.score, w["score"], f"{what}: score of {w['label']}")
+
+
+def check_text_classification(client, model_id, expected):
+    for case in expected["cases"]:
+        what = f"{model_id} {case['text'][:30]!r}"
+        all_labels = case["pipeline_top_k_none"]
+        # Without top_k, the hosted API answers every label and the transformers
+        # pipeline only the best one: either is accepted, nothing else.
+        default = client.text_classification(case["text"])
+        check(isinstance(default, list) and len(default) in (1, len(all_labels)), f"{what}: {default!r}")
+        same_labels(default, all_labels[: len(default)], what)
+        same_labels(client.text_classification(case["text"], top_k=1), case["pipeline"], what + " top_k=1")
+        same_labels(client.text_classification(case["text"], top_k=len(all_labels)), all_labels, what + " top_k")
+    return ["text-classification"]
+
+
+def check_token_classification(client, model_id, expected):
+    for case in expected["cases"]:
+        what = f"{model_id} {case['text'][:30]!r}"
+        got = client.token_classification(case["text"])
+        want = case["pipeline"]
+        check(isinstance(got, list) and len(got) == len(want), f"{what}: {got!r} != {want!r}")
+        for g, w in zip(got, want):
+            check(
+                (g.entity_group, g.word, g.start, g.end) == (w["entity_group"], w["word"], w["start"], w["end"]),
+                f"{what}: {g!r} != {w!r}",
+            )
+            close(g.score, w["score"], f"{what}: score of {w['word']!r}")
+    return ["token-classification"]
+
+
+def same_answer(got, want, what):
+    check(not isinstance(got, list), f"{what}: expected one answer, got {got!r}")
+    check((got.answer, got.start, got.end) == (want["answer"], want["start"], want["end"]), f"{what}: {got!r} != {want!r}")
+    close(got.score, want["score"], f"{what}: score")
+
+
+def check_question_answering(client, model_id, expected):
+    for case in expected["cases"]:
+        what = f"{model_id} {case['question']!r}"
+        same_answer(client.question_answering(question=case["question"], context=case["context"]), case["pipeline"], what)
+        want = case["pipeline_top_k_3"]
+        got = client.question_answering(question=case["question"], context=case["context"], top_k=3)
+        check(isinstance(got, list) and len(got) == len(want), f"{what} top_k=3: {got!r} != {want!r}")
+        for g, w in zip(got, want):
+            same_answer(g, w, what + " top_k=3")
+    return ["question-answering"]
+
+
+def read_image(fixtures, case):
+    with open(os.path.join(fixtures, case["image"]), "rb") as f:
+        return f.read()
+
+
+def check_image_classification(client, model_id, expected, fixtures):
+    for case in expected["cases"]:
+        what = f"{model_id} {case['image']}"
+        image = read_image(fixtures, case)
+        # No parameters: the client sends the raw bytes without a Content-Type.
+        same_labels(client.image_classification(image), case["pipeline"], what)
+        # With parameters: JSON with the image as base64.
+        same_labels(client.image_classification(image, top_k=2), case["pipeline_top_k_2"], what + " top_k=2")
+    return ["image-classification"]
+
+
+def same_detections(got, want, what):
+    check(isinstance(got, list) and len(got) == len(want), f"{what}: {got!r} != {want!r}")
+    for g, w in zip(got, want):
+        box = g.box
+        coords = (box.xmin, box.ymin, box.xmax, box.ymax)
+        check(all(isinstance(c, int) for c in coords), f"{what}: box {coords} is not integers")
+        want_box = w["box"]
+        check(
+            (g.label, coords) == (w["label"], (want_box["xmin"], want_box["ymin"], want_box["xmax"], want_box["ymax"])),
+            f"{what}: {g!r} != {w!r}",
+        )
+        close(g.score, w["score"], f"{what}: score")
+
+
+def check_object_detection(client, model_id, expected, fixtures):
+    for case in expected["cases"]:
+        what = f"{model_id} {case['image']}"
+        image = read_image(fixtures, case)
+        same_detections(client.object_detection(image), case["pipeline"], what)
+        same_detections(client.object_detection(image, threshold=0.0), case["pipeline_threshold_0"], what + " threshold=0")
+        same_detections(
+            client.object_detection(image, threshold=0.3), case["pipeline_threshold_0_3"], what + " threshold=0.3"
+        )
+    return ["object-detection"]
+
+
+def run_checks(client, model, fixtures):
+    task = model["task"]
+    model_id = model["id"]
+    if task == "feature-extraction":
+        return check_feature_extraction(client, model_id, fixtures)
+    check(model_id.startswith(FIXTURE_PREFIX), f"{model_id}: no reference outputs for a {task} model that is not a fixture")
+    folder = os.path.join(fixtures, model_id[len(FIXTURE_PREFIX):])
+    expected = load_json(os.path.join(folder, "expected.json"))
+    check(expected.get("task") in (None, task), f"{model_id}: the server says {task}, the fixture {expected.get('task')}")
+    if task == "text-classification":
+        return check_text_classification(client, model_id, expected)
+    if task == "token-classification":
+        return check_token_classification(client, model_id, expected)
+    if task == "question-answering":
+        return check_question_answering(client, model_id, expected)
+    if task == "image-classification":
+        return check_image_classification(client, model_id, expected, fixtures)
+    if task == "object-detection":
+        return check_object_detection(client, model_id, expected, fixtures)
+    raise CheckFailed(f"{model_id}: the server serves {task} and this script has no check for it; add one")
+
+
+def http_error(call):
+    """The (status, JSON body) of the HfHubHTTPError a call raises."""
+    try:
+        call()
+    except HfHubHTTPError as error:
+        return error.response.status_code, json.loads(error.response.text)
+    raise CheckFailed("expected an HTTP error")
+
+
+def check_errors(url):
+    status, body = http_error(lambda: InferenceClient(base_url=f"{url}/models/org/missing").feature_extraction("x"))
+    check(status == 404 and "org/missing" in body["error"] and body["error_type"] == "not_found", f"{status} {body}")
+    minilm = InferenceClient(base_url=f"{url}/models/{MINILM}")
+    status, body = http_error(lambda: minilm.feature_extraction("   "))
+    check(status == 422 and body["error_type"] == "validation", f"{status} {body}")
+    missing = InferenceClient(base_url=f"{url}/models/org/missing", provider="hf-inference")
+    check(not missing.health_check(), "health of a missing model")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("url")
+    parser.add_argument(
+        "--fixtures",
+        default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "hgpt-local", "tests", "fixtures"),
+    )
+    args = parser.parse_args()
+    url = args.url.rstrip("/")
+    summary = {"client": huggingface_hub.__version__, "checked": {}, "skipped": {}}
+    failures = []
+
+    # health_check and get_endpoint_info need the provider named (the client
+    # refuses them with provider=None even for a URL); inference calls do not.
+    server = InferenceClient(base_url=url, provider="hf-inference")
+    check(server.health_check(), "GET /health")
+    info = server.get_endpoint_info()
+    check(info.get("router") == "hgpt-model-server", f"/info: {info}")
+
+    models = get_json(f"{url}/models")
+    for model in models:
+        model_id = model["id"]
+        client = InferenceClient(base_url=f"{url}/models/{model_id}")
+        endpoint = InferenceClient(base_url=f"{url}/models/{model_id}", provider="hf-inference")
+        try:
+            check(endpoint.health_check(), f"{model_id}: health_check")
+            check(endpoint.get_endpoint_info().get("model_id") == model_id, f"{model_id}: get_endpoint_info")
+            summary["checked"][model_id] = run_checks(client, model, args.fixtures)
+        except HfHubHTTPError as error:
+            body = {}
+            try:
+                body = json.loads(error.response.text)
+            except ValueError:
+                pass
+            if error.response.status_code == 400 and body.get("error_type") == "unsupported":
+                summary["skipped"][model_id] = body.get("error", "unsupported")
+            else:
+                failures.append(f"{model_id}: {error}")
+        except Exception:  # noqa: BLE001 - every failure is reported, then the script fails
+            failures.append(f"{model_id}: {traceback.format_exc()}")
+
+    served = {m["id"] for m in models}
+    for name in sorted(os.listdir(args.fixtures)):
+        model_id = FIXTURE_PREFIX + name
+        if os.path.isfile(os.path.join(args.fixtures, name, "config.json")) and model_id not in served:
+            summary["skipped"][model_id] = "not served (no local pipeline for its task yet)"
+
+    try:
+        check_errors(url)
+    except Exception:  # noqa: BLE001
+        failures.append(f"error answers: {traceback.format_exc()}")
+
+    for failure in failures:
+        print(f"FAIL {failure}", file=sys.stderr)
+    print(json.dumps(summary, sort_keys=True))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
