@@ -12,7 +12,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod prompt;
 pub mod record;
+pub mod routing;
 pub mod scheduler;
 pub mod selection;
 pub mod task;
-pub mod routing;

@@ -36,7 +36,9 @@ impl std::str::FromStr for InferenceMode {
             "local" => Ok(Self::Local),
             "remote" | "huggingface" => Ok(Self::Remote),
             "hybrid" => Ok(Self::Hybrid),
-            other => Err(format!("unknown inference mode {other:?} (expected local, remote or hybrid)")),
+            other => Err(format!(
+                "unknown inference mode {other:?} (expected local, remote or hybrid)"
+            )),
         }
     }
 }
@@ -57,13 +59,25 @@ enum Tier {
 
 impl RoutedBackend {
     /// Route between `local` tiers (in order of preference) and `remote`.
-    pub fn new(mode: InferenceMode, local: Vec<Arc<dyn InferenceBackend>>, remote: Arc<dyn InferenceBackend>) -> Self {
-        Self { mode, local, remote, routes: Mutex::new(HashMap::new()) }
+    pub fn new(
+        mode: InferenceMode,
+        local: Vec<Arc<dyn InferenceBackend>>,
+        remote: Arc<dyn InferenceBackend>,
+    ) -> Self {
+        Self {
+            mode,
+            local,
+            remote,
+            routes: Mutex::new(HashMap::new()),
+        }
     }
 
     fn tier(&self, tier: Tier) -> &dyn InferenceBackend {
         match tier {
-            Tier::Local(i) => self.local.get(i).map_or(self.remote.as_ref(), |b| b.as_ref()),
+            Tier::Local(i) => self
+                .local
+                .get(i)
+                .map_or(self.remote.as_ref(), |b| b.as_ref()),
             Tier::Remote => self.remote.as_ref(),
         }
     }
@@ -94,9 +108,15 @@ impl RoutedBackend {
             } else {
                 reasons.join("; ")
             };
-            return (None, Availability::Unavailable(format!("local mode: {reason}")));
+            return (
+                None,
+                Availability::Unavailable(format!("local mode: {reason}")),
+            );
         }
-        (Some(Tier::Remote), self.remote.availability(task, model).await)
+        (
+            Some(Tier::Remote),
+            self.remote.availability(task, model).await,
+        )
     }
 
     fn remember(&self, model: &str, tier: Option<Tier>) {
@@ -108,7 +128,11 @@ impl RoutedBackend {
     }
 
     fn remembered(&self, model: &str) -> Option<Tier> {
-        self.routes.lock().unwrap_or_else(PoisonError::into_inner).get(model).copied()
+        self.routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(model)
+            .copied()
     }
 }
 
@@ -117,7 +141,10 @@ impl InferenceBackend for RoutedBackend {
     fn endpoint(&self, model: &str) -> String {
         match (self.remembered(model), self.mode) {
             (Some(tier), _) => self.tier(tier).endpoint(model),
-            (None, InferenceMode::Local) => self.local.first().map_or_else(|| "local".to_string(), |b| b.endpoint(model)),
+            (None, InferenceMode::Local) => self
+                .local
+                .first()
+                .map_or_else(|| "local".to_string(), |b| b.endpoint(model)),
             (None, _) => self.remote.endpoint(model),
         }
     }
@@ -141,7 +168,10 @@ impl InferenceBackend for RoutedBackend {
                             Availability::Unavailable(reason) => reason,
                             _ => "no tier can run it".to_string(),
                         };
-                        return Err(InferenceError::Unsupported(format!("{}: {reason}", request.model)));
+                        return Err(InferenceError::Unsupported(format!(
+                            "{}: {reason}",
+                            request.model
+                        )));
                     }
                 }
             }
@@ -164,12 +194,15 @@ mod tests {
             self.0.to_string()
         }
         async fn availability(&self, _task: TaskKind, model: &str) -> Availability {
-            self.1
-                .iter()
-                .find(|(m, _)| *m == model)
-                .map_or_else(|| Availability::Unavailable(format!("{} lacks {model}", self.0)), |(_, a)| a.clone())
+            self.1.iter().find(|(m, _)| *m == model).map_or_else(
+                || Availability::Unavailable(format!("{} lacks {model}", self.0)),
+                |(_, a)| a.clone(),
+            )
         }
-        async fn infer(&self, _request: &InferenceRequest) -> Result<InferenceOutput, InferenceError> {
+        async fn infer(
+            &self,
+            _request: &InferenceRequest,
+        ) -> Result<InferenceOutput, InferenceError> {
             Ok(InferenceOutput::Text(self.0.to_string()))
         }
     }
@@ -178,14 +211,25 @@ mod tests {
         let in_process = Tier("local", vec![("cached/model", Availability::Available)]);
         let server = Tier(
             "server",
-            vec![("loaded/model", Availability::Available), ("loadable/model", Availability::Unknown)],
+            vec![
+                ("loaded/model", Availability::Available),
+                ("loadable/model", Availability::Unknown),
+            ],
         );
         let remote = Tier("huggingface", vec![]);
-        RoutedBackend::new(mode, vec![Arc::new(in_process), Arc::new(server)], Arc::new(remote))
+        RoutedBackend::new(
+            mode,
+            vec![Arc::new(in_process), Arc::new(server)],
+            Arc::new(remote),
+        )
     }
 
     async fn ran_on(router: &RoutedBackend, model: &str) -> Result<String, InferenceError> {
-        let request = InferenceRequest { task: TaskKind::ImageToText, model: model.into(), args: Default::default() };
+        let request = InferenceRequest {
+            task: TaskKind::ImageToText,
+            model: model.into(),
+            args: Default::default(),
+        };
         router.availability(request.task, model).await;
         match router.infer(&request).await? {
             InferenceOutput::Text(tier) => Ok(tier),
@@ -199,7 +243,11 @@ mod tests {
         assert_eq!(ran_on(&r, "cached/model").await.unwrap(), "local");
         assert_eq!(r.endpoint("cached/model"), "local");
         assert_eq!(ran_on(&r, "loaded/model").await.unwrap(), "server");
-        assert_eq!(ran_on(&r, "loadable/model").await.unwrap(), "huggingface", "not loaded: remote");
+        assert_eq!(
+            ran_on(&r, "loadable/model").await.unwrap(),
+            "huggingface",
+            "not loaded: remote"
+        );
         assert_eq!(ran_on(&r, "other/model").await.unwrap(), "huggingface");
         assert_eq!(r.endpoint("other/model"), "huggingface");
     }
@@ -207,12 +255,24 @@ mod tests {
     #[tokio::test]
     async fn local_mode_never_goes_remote() {
         let r = router(InferenceMode::Local);
-        assert_eq!(ran_on(&r, "loadable/model").await.unwrap(), "server", "a server that can load it");
-        let Availability::Unavailable(reason) = r.availability(TaskKind::ImageToText, "other/model").await else {
+        assert_eq!(
+            ran_on(&r, "loadable/model").await.unwrap(),
+            "server",
+            "a server that can load it"
+        );
+        let Availability::Unavailable(reason) =
+            r.availability(TaskKind::ImageToText, "other/model").await
+        else {
             panic!()
         };
-        assert!(reason.contains("local lacks other/model") && reason.contains("server lacks"), "{reason}");
-        assert!(matches!(ran_on(&r, "other/model").await, Err(InferenceError::Unsupported(_))));
+        assert!(
+            reason.contains("local lacks other/model") && reason.contains("server lacks"),
+            "{reason}"
+        );
+        assert!(matches!(
+            ran_on(&r, "other/model").await,
+            Err(InferenceError::Unsupported(_))
+        ));
     }
 
     #[tokio::test]
@@ -224,7 +284,10 @@ mod tests {
     #[test]
     fn modes_parse() {
         assert_eq!("Hybrid".parse::<InferenceMode>(), Ok(InferenceMode::Hybrid));
-        assert_eq!("huggingface".parse::<InferenceMode>(), Ok(InferenceMode::Remote));
+        assert_eq!(
+            "huggingface".parse::<InferenceMode>(),
+            Ok(InferenceMode::Remote)
+        );
         assert!("gpu".parse::<InferenceMode>().is_err());
     }
 }

@@ -21,7 +21,9 @@ const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 fn hub() -> PathBuf {
     std::env::var_os("HGPT_TEST_HUB_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models/hub"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models/hub")
+        })
 }
 
 fn rss_mb() -> f64 {
@@ -34,7 +36,9 @@ fn rss_mb() -> f64 {
 }
 
 fn rate(model: &SentenceEmbedder, batch: usize, seconds: f64) -> f64 {
-    let texts: Vec<String> = (0..batch).map(|i| SENTENCES[i % SENTENCES.len()].to_string()).collect();
+    let texts: Vec<String> = (0..batch)
+        .map(|i| SENTENCES[i % SENTENCES.len()].to_string())
+        .collect();
     let _ = model.embed(&texts, None);
     let (mut done, start) = (0usize, Instant::now());
     while start.elapsed().as_secs_f64() < seconds {
@@ -78,13 +82,21 @@ fn main() {
 
     let runtime = tokio::runtime::Runtime::new().ok();
     if let Some(runtime) = runtime {
-        let local = LocalBackend::new(LocalConfig { cache, memory_budget_bytes: 0, device: Device::Cpu });
+        let local = LocalBackend::new(LocalConfig {
+            cache,
+            memory_budget_bytes: 0,
+            device: Device::Cpu,
+        });
         let (first, second) = runtime.block_on(async {
             let t = Instant::now();
-            let _ = local.pipeline(hgpt_core::task::TaskKind::FeatureExtraction, MODEL).await;
+            let _ = local
+                .pipeline(hgpt_core::task::TaskKind::FeatureExtraction, MODEL)
+                .await;
             let first = t.elapsed();
             let t = Instant::now();
-            let _ = local.pipeline(hgpt_core::task::TaskKind::FeatureExtraction, MODEL).await;
+            let _ = local
+                .pipeline(hgpt_core::task::TaskKind::FeatureExtraction, MODEL)
+                .await;
             (first, t.elapsed())
         });
         println!(
@@ -98,7 +110,8 @@ fn main() {
         println!("(set HGPT_BENCH_PYTHON to a Python with sentence-transformers to compare)");
         return;
     };
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_sentence_transformers.py");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts/bench_sentence_transformers.py");
     let out = std::process::Command::new(python)
         .arg(script)
         .arg(&snapshot)
@@ -123,7 +136,10 @@ fn main() {
                 batch32 / py32.max(f64::MIN_POSITIVE)
             );
         }
-        Ok(out) => eprintln!("the Python benchmark failed: {}", String::from_utf8_lossy(&out.stderr)),
+        Ok(out) => eprintln!(
+            "the Python benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
         Err(e) => eprintln!("cannot run the Python benchmark: {e}"),
     }
 }

@@ -315,18 +315,32 @@ async fn pull(settings: &Settings, id: String) -> Result<ExitCode> {
 }
 
 async fn serve_models(settings: &Settings, bind: &str, models: Vec<String>) -> Result<ExitCode> {
-    let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind}"))?;
-    let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| bind.to_string());
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let address = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| bind.to_string());
     let backend = std::sync::Arc::new(app::local_backend(settings));
     eprintln!(
         "serving {} from {} on http://{address} (Ctrl-C stops)",
-        if models.is_empty() { "every cached model".to_string() } else { models.join(", ") },
+        if models.is_empty() {
+            "every cached model".to_string()
+        } else {
+            models.join(", ")
+        },
         backend.cache().path().display()
     );
-    let config = hgpt_model_server::ModelServerConfig { models, ..Default::default() };
+    let config = hgpt_model_server::ModelServerConfig {
+        models,
+        ..Default::default()
+    };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    hgpt_model_server::serve(listener, backend, config, shutdown).await.context("the model server failed")?;
+    hgpt_model_server::serve(listener, backend, config, shutdown)
+        .await
+        .context("the model server failed")?;
     Ok(ExitCode::SUCCESS)
 }

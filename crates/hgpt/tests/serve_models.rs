@@ -10,8 +10,14 @@ use std::process::{Child, Command, Stdio};
 fn test_hub() -> PathBuf {
     let hub = std::env::var_os("HGPT_TEST_HUB_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models/hub"));
-    assert!(hub.join("models--sentence-transformers--all-MiniLM-L6-v2").is_dir(), "run scripts/test");
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models/hub")
+        });
+    assert!(
+        hub.join("models--sentence-transformers--all-MiniLM-L6-v2")
+            .is_dir(),
+        "run scripts/test"
+    );
     hub
 }
 
@@ -29,14 +35,24 @@ fn start_server() -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hgpt"))
         .env_clear()
         .env("HF_HUB_CACHE", test_hub())
-        .args(["serve-models", "--bind", "127.0.0.1:0", "--model", "sentence-transformers/all-MiniLM-L6-v2"])
+        .args([
+            "serve-models",
+            "--bind",
+            "127.0.0.1:0",
+            "--model",
+            "sentence-transformers/all-MiniLM-L6-v2",
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut line = String::new();
     BufReader::new(stderr).read_line(&mut line).unwrap();
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_default().to_string();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_default()
+        .to_string();
     assert!(!url.is_empty(), "no address in {line:?}");
     Server(child, url)
 }
@@ -45,10 +61,17 @@ fn start_server() -> Server {
 async fn serves_embeddings_and_acts_as_a_local_tier() {
     let server = tokio::task::spawn_blocking(start_server).await.unwrap();
     let client = reqwest::Client::new();
-    let health = client.get(format!("{}/health", server.1)).send().await.unwrap();
+    let health = client
+        .get(format!("{}/health", server.1))
+        .send()
+        .await
+        .unwrap();
     assert!(health.status().is_success());
     let status: serde_json::Value = client
-        .get(format!("{}/status/sentence-transformers/all-MiniLM-L6-v2", server.1))
+        .get(format!(
+            "{}/status/sentence-transformers/all-MiniLM-L6-v2",
+            server.1
+        ))
         .send()
         .await
         .unwrap()
@@ -57,7 +80,10 @@ async fn serves_embeddings_and_acts_as_a_local_tier() {
         .unwrap();
     assert_eq!(status["loaded"], false);
     let embedding: serde_json::Value = client
-        .post(format!("{}/models/sentence-transformers/all-MiniLM-L6-v2", server.1))
+        .post(format!(
+            "{}/models/sentence-transformers/all-MiniLM-L6-v2",
+            server.1
+        ))
         .json(&serde_json::json!({"inputs": "hello world"}))
         .send()
         .await
@@ -71,7 +97,11 @@ async fn serves_embeddings_and_acts_as_a_local_tier() {
     const PLAN: &str = r#"[{"task": "sentence-similarity", "id": 0, "dep": [-1],
         "args": {"text": "A man is eating food.", "sentences": ["A man is eating a meal.", "A plane is taking off."]}}]"#;
     let llm = FakeLlm::from_fn(|call| {
-        LlmReply::text(if call.system().starts_with("#1") { PLAN } else { "answered" })
+        LlmReply::text(if call.system().starts_with("#1") {
+            PLAN
+        } else {
+            "answered"
+        })
     })
     .await;
     let remote = FakeHf::with_models(Vec::<(String, hgpt_core::task::TaskKind)>::new()).await;
@@ -85,12 +115,24 @@ async fn serves_embeddings_and_acts_as_a_local_tier() {
         .env("HF_HUB_CACHE", empty_cache.path())
         .env("HGPT_OUT_DIR", empty_cache.path().join("out"))
         .args(["run", "--json", "compare"]);
-    let out = tokio::task::spawn_blocking(move || run.output().unwrap()).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tokio::task::spawn_blocking(move || run.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let task = &record["tasks"][0];
     assert_eq!(task["status"], "ok", "{task:#}");
-    assert_eq!(task["model"]["id"], "sentence-transformers/all-MiniLM-L6-v2");
-    assert_eq!(task["endpoint"], "local", "the loaded model on the server counts as local");
+    assert_eq!(
+        task["model"]["id"],
+        "sentence-transformers/all-MiniLM-L6-v2"
+    );
+    assert_eq!(
+        task["endpoint"], "local",
+        "the loaded model on the server counts as local"
+    );
     assert_eq!(remote.inference_calls().len(), 0, "nothing went remote");
 }
