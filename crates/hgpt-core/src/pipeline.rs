@@ -549,18 +549,24 @@ impl RunContext {
             });
         }
         let config = &self.config.selection;
-        let candidates = selection::candidates(catalog, self.backend.as_ref(), kind, config).await;
+        let found = selection::candidates(catalog, self.backend.as_ref(), kind, config).await;
         selection::choose(
             self.llm.as_ref(),
             &self.prompts.select,
             &self.request,
             kind,
             args,
-            candidates,
+            found.usable,
             config,
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e {
+            selection::SelectionError::NoModel { task, .. } => selection::SelectionError::NoModel {
+                task,
+                reason: found.first_refusal,
+            }
+            .to_string(),
+        })
     }
 
     fn base_record(task: &PlanTask) -> TaskRecord {

@@ -46,8 +46,22 @@ pub struct Selection {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SelectionError {
     /// No candidate is available.
-    #[error("no available model for {0}")]
-    NoModel(TaskKind),
+    #[error("no available model for {task}{}", reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    NoModel {
+        /// The task type.
+        task: TaskKind,
+        /// Why the best-ranked model was refused, when one was considered.
+        reason: Option<String>,
+    },
+}
+
+/// The usable candidates of a task, and why the best-ranked refused one was refused.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Candidates {
+    /// Usable models, best first.
+    pub usable: Vec<Candidate>,
+    /// `"id: reason"` of the best-ranked model that was not usable.
+    pub first_refusal: Option<String>,
 }
 
 /// Settings of selection.
@@ -78,7 +92,7 @@ pub async fn candidates(
     backend: &dyn InferenceBackend,
     task: TaskKind,
     config: &SelectionConfig,
-) -> Vec<Candidate> {
+) -> Candidates {
     let entries: Vec<&CatalogEntry> = catalog
         .ranked(&crate::task::TaskName::Known(task))
         .into_iter()
@@ -86,7 +100,14 @@ pub async fn candidates(
         .collect();
     let checks = entries.iter().map(|e| backend.availability(task, &e.id));
     let results = join_all(checks).await;
-    entries
+    let first_refusal = entries
+        .iter()
+        .zip(&results)
+        .find_map(|(entry, availability)| match availability {
+            Availability::Unavailable(reason) => Some(format!("{}: {reason}", entry.id)),
+            _ => None,
+        });
+    let usable = entries
         .into_iter()
         .zip(results)
         .filter(|(_, availability)| availability.is_usable())
@@ -96,7 +117,11 @@ pub async fn candidates(
             entry: entry.clone(),
             availability,
         })
-        .collect()
+        .collect();
+    Candidates {
+        usable,
+        first_refusal,
+    }
 }
 
 /// One line per candidate for the selection prompt.
@@ -274,7 +299,7 @@ pub async fn choose(
     config: &SelectionConfig,
 ) -> Result<Selection, SelectionError> {
     if candidates.is_empty() {
-        return Err(SelectionError::NoModel(task));
+        return Err(SelectionError::NoModel { task, reason: None });
     }
     let choice = if candidates.len() == 1 {
         ModelChoice {
@@ -298,7 +323,7 @@ pub async fn choose(
                 reason: format!("the selection call failed ({e}); using the top-ranked candidate"),
             }),
         }
-        .ok_or(SelectionError::NoModel(task))?
+        .ok_or(SelectionError::NoModel { task, reason: None })?
     };
     let position = candidates
         .iter()

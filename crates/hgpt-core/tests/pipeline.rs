@@ -246,7 +246,8 @@ async fn no_available_model_fails_the_task_and_one_candidate_needs_no_llm_call()
     assert_eq!(record.tasks[0].status, TaskStatus::Failed);
     assert_eq!(
         record.tasks[0].error.as_deref(),
-        Some("no available model for object-detection")
+        Some("no available model for object-detection (det/a: marked unavailable)"),
+        "the error says why the best model was refused"
     );
     assert_eq!(record.tasks[1].status, TaskStatus::Ok);
     assert_eq!(record.tasks[1].model.as_ref().unwrap().id, "cls/only");

@@ -110,7 +110,7 @@ impl LocalBackend {
             Ok(())
         } else {
             Err(format!(
-                "{model} is not in the local cache ({})",
+                "not in the local cache ({}); fetch it with `hgpt models pull {model}`",
                 self.config.cache.path().display()
             ))
         }

@@ -484,3 +484,38 @@ async fn local_mode_answers_with_an_in_process_model() {
         "only MiniLM is cached, so it is chosen without asking"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_mode_says_how_to_fetch_a_missing_model() {
+    const PLAN: &str =
+        r#"[{"task": "object-detection", "id": 0, "dep": [-1], "args": {"image": "/a.jpg"}}]"#;
+    let ws = Workspace::new();
+    let (llm, hf) = (controller(PLAN).await, inference_server().await);
+    let empty_cache = tempfile::tempdir().unwrap();
+    let mut command = ws.command(
+        Some(&llm),
+        &hf,
+        &["run", "--json", "count the zebras in /a.jpg"],
+    );
+    command
+        .env_remove("HGPT_CATALOG")
+        .env("HF_HUB_CACHE", empty_cache.path())
+        .env("HGPT_INFERENCE_MODE", "local");
+    let out = output(command, "").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = json(&out);
+    let error = record["tasks"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.starts_with("no available model for object-detection")
+            && error.contains("hgpt models pull facebook/detr-resnet-50"),
+        "{error}"
+    );
+    assert_eq!(hf.call_count(), 0);
+}
