@@ -7,4 +7,5 @@
 pub mod hf;
 pub mod hub;
 pub mod inproc;
+pub mod models;
 pub mod openai;

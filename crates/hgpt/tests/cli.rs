@@ -3,6 +3,7 @@
 
 use hgpt_core::task::TaskKind;
 use hgpt_testkit::hf::{FakeHf, sample_png};
+use hgpt_testkit::models::test_hub;
 use hgpt_testkit::openai::{FakeLlm, LlmCall, LlmReply};
 use serde_json::Value;
 use std::io::Write;
@@ -418,21 +419,6 @@ async fn a_planning_failure_exits_non_zero_with_the_servers_message() {
         stderr.contains("planning failed") && stderr.contains("invalid api key"),
         "{stderr}"
     );
-}
-
-/// The hub cache laid out by `scripts/fetch-minilm.sh`.
-fn test_hub() -> PathBuf {
-    let hub = std::env::var_os("HGPT_TEST_HUB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models/hub")
-        });
-    assert!(
-        hub.join("models--sentence-transformers--all-MiniLM-L6-v2")
-            .is_dir(),
-        "run `bash scripts/fetch-minilm.sh` first (scripts/test does it)"
-    );
-    hub
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,21 +2,10 @@
 
 use bytes::Bytes;
 use hgpt_testkit::hub::{COMMIT, FakeHub};
+use hgpt_testkit::models::minilm_snapshot;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
-
-fn minilm_snapshot() -> PathBuf {
-    let hub = std::env::var_os("HGPT_TEST_HUB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models/hub")
-        });
-    let repo = hub.join("models--sentence-transformers--all-MiniLM-L6-v2");
-    let commit = std::fs::read_to_string(repo.join("refs/main"))
-        .expect("run `bash scripts/fetch-minilm.sh` first (scripts/test does it)");
-    repo.join("snapshots").join(commit.trim())
-}
 
 fn read(path: PathBuf) -> Bytes {
     Bytes::from(std::fs::read(path).unwrap())

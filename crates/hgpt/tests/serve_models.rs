@@ -2,24 +2,10 @@
 //! model server in hybrid mode.
 
 use hgpt_testkit::hf::FakeHf;
+use hgpt_testkit::models::test_hub;
 use hgpt_testkit::openai::{FakeLlm, LlmReply};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-
-fn test_hub() -> PathBuf {
-    let hub = std::env::var_os("HGPT_TEST_HUB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models/hub")
-        });
-    assert!(
-        hub.join("models--sentence-transformers--all-MiniLM-L6-v2")
-            .is_dir(),
-        "run scripts/test"
-    );
-    hub
-}
 
 /// A running `hgpt serve-models`, killed on drop.
 struct Server(Child, String);
