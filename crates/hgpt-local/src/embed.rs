@@ -6,18 +6,19 @@
 //! `1_Pooling/config.json` (CLS, mean, max or mean-sqrt-len pooling) and
 //! `sentence_bert_config.json` (`max_seq_length`).
 
+use crate::bert::{Bert, Sequence};
 use crate::error::{LocalError, bad_input};
 use crate::files::ModelFiles;
 use crate::pipeline::Pipeline;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
 use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::output::InferenceOutput;
 use hgpt_core::task::TaskKind;
 use serde::Deserialize;
 use serde_json::Value;
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
 /// How token vectors become one sentence vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,11 +63,10 @@ const BATCH: usize = 32;
 
 /// A loaded sentence-embedding model.
 pub struct SentenceEmbedder {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
     pooling: Pooling,
     normalize: bool,
-    device: Device,
     weight_bytes: u64,
 }
 
@@ -103,13 +103,12 @@ impl SentenceEmbedder {
             VarBuilder::from_mmaped_safetensors(std::slice::from_ref(weights), DType::F32, device)
         }
         .map_err(|e| files.load_error(format!("model.safetensors: {e}")))?;
-        let model = BertModel::load(vb, &config).map_err(|e| files.load_error(e.to_string()))?;
+        let model = Bert::load(vb, &config).map_err(|e| files.load_error(e.to_string()))?;
         Ok(Self {
             model,
             tokenizer,
             pooling,
             normalize,
-            device: device.clone(),
             weight_bytes,
         })
     }
@@ -148,19 +147,21 @@ impl SentenceEmbedder {
     }
 
     fn embed_batch(&self, texts: &[String], normalize: bool) -> Result<Vec<Vec<f32>>, LocalError> {
+        // No padding: the encoder packs the texts' tokens.
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| LocalError::Compute(format!("tokenizer: {e}")))?;
-        let rows = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> Result<Tensor, LocalError> {
-            let data: Vec<Vec<u32>> = encodings.iter().map(|e| f(e).to_vec()).collect();
-            Ok(Tensor::new(data, &self.device)?)
-        };
-        let ids = rows(&|e| e.get_ids())?;
-        let type_ids = rows(&|e| e.get_type_ids())?;
-        let mask = rows(&|e| e.get_attention_mask())?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
-        let pooled = pool(&hidden, &mask, self.pooling)?;
+        let batch: Vec<Sequence> = encodings
+            .iter()
+            .map(|e| Sequence {
+                ids: e.get_ids(),
+                type_ids: e.get_type_ids(),
+            })
+            .collect();
+        let hidden = self.model.forward(&batch)?;
+        let lengths: Vec<usize> = batch.iter().map(|s| s.ids.len()).collect();
+        let pooled = pool_packed(&hidden, &lengths, self.pooling)?;
         let pooled = if normalize {
             l2_normalize(&pooled)?
         } else {
@@ -177,28 +178,7 @@ fn load_tokenizer(
 ) -> Result<Tokenizer, LocalError> {
     let mut tokenizer =
         Tokenizer::from_file(path).map_err(|e| files.load_error(format!("tokenizer.json: {e}")))?;
-    let padding = match tokenizer.get_padding() {
-        Some(existing) => PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..existing.clone()
-        },
-        None => {
-            let pad_id = tokenizer
-                .token_to_id("[PAD]")
-                .or_else(|| tokenizer.token_to_id("<pad>"))
-                .unwrap_or(0);
-            let pad_token = tokenizer
-                .id_to_token(pad_id)
-                .unwrap_or_else(|| "[PAD]".to_string());
-            PaddingParams {
-                strategy: PaddingStrategy::BatchLongest,
-                pad_id,
-                pad_token,
-                ..PaddingParams::default()
-            }
-        }
-    };
-    tokenizer.with_padding(Some(padding));
+    tokenizer.with_padding(None);
     tokenizer
         .with_truncation(Some(TruncationParams {
             max_length,
@@ -209,8 +189,10 @@ fn load_tokenizer(
 }
 
 /// Pool `[batch, seq, hidden]` token vectors into `[batch, hidden]`, counting
-/// only tokens whose mask is 1.
-pub fn pool(hidden: &Tensor, mask: &Tensor, pooling: Pooling) -> candle_core::Result<Tensor> {
+/// only tokens whose mask is 1: padded pooling as `sentence-transformers`
+/// does it, the reference for [`pool_packed`].
+#[cfg(test)]
+fn pool(hidden: &Tensor, mask: &Tensor, pooling: Pooling) -> candle_core::Result<Tensor> {
     let mask = mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
     match pooling {
         Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1),
@@ -229,6 +211,44 @@ pub fn pool(hidden: &Tensor, mask: &Tensor, pooling: Pooling) -> candle_core::Re
             let penalty = ((mask.ones_like()? - &mask)? * -1e9)?;
             hidden.broadcast_add(&penalty)?.max(1)
         }
+    }
+}
+
+/// Pool packed token vectors (`[total tokens, hidden]`, the texts' tokens
+/// one text after another, `lengths` tokens each) into `[texts, hidden]`.
+/// A text without tokens gets a zero vector.
+fn pool_packed(
+    hidden: &Tensor,
+    lengths: &[usize],
+    pooling: Pooling,
+) -> candle_core::Result<Tensor> {
+    let width = hidden.dim(1)?;
+    let mut rows = Vec::with_capacity(lengths.len());
+    let mut divisors = Vec::with_capacity(lengths.len());
+    let mut start = 0;
+    for &len in lengths {
+        let tokens = hidden.narrow(0, start, len)?;
+        start += len;
+        let row = match pooling {
+            _ if len == 0 => Tensor::zeros((1, width), hidden.dtype(), hidden.device())?,
+            Pooling::Cls => tokens.narrow(0, 0, 1)?,
+            Pooling::Mean | Pooling::MeanSqrtLen => tokens.sum_keepdim(0)?,
+            Pooling::Max => tokens.max_keepdim(0)?,
+        };
+        rows.push(row);
+        divisors.push(match pooling {
+            Pooling::Mean => len.max(1) as f32,
+            Pooling::MeanSqrtLen => (len.max(1) as f32).sqrt(),
+            Pooling::Cls | Pooling::Max => 1.0,
+        });
+    }
+    let pooled = Tensor::cat(&rows, 0)?;
+    match pooling {
+        Pooling::Mean | Pooling::MeanSqrtLen => {
+            let divisors = Tensor::from_vec(divisors, (lengths.len(), 1), hidden.device())?;
+            pooled.broadcast_div(&divisors.to_dtype(hidden.dtype())?)
+        }
+        Pooling::Cls | Pooling::Max => Ok(pooled),
     }
 }
 
@@ -345,6 +365,43 @@ mod tests {
         assert_eq!(get(Pooling::Max), vec![vec![3., 4.]]);
         let sqrt = get(Pooling::MeanSqrtLen);
         assert!((sqrt[0][0] - 4.0 / 2f32.sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn packed_pooling_matches_padded_pooling() {
+        // Two texts of 3 and 1 tokens, hidden size 2.
+        let packed =
+            Tensor::new(&[[1f32, -2.], [3., 4.], [5., 0.], [7., 8.]], &Device::Cpu).unwrap();
+        let padded = Tensor::new(
+            &[
+                [[1f32, -2.], [3., 4.], [5., 0.]],
+                [[7., 8.], [9., 9.], [9., 9.]],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mask = Tensor::new(&[[1u32, 1, 1], [1, 0, 0]], &Device::Cpu).unwrap();
+        for pooling in [
+            Pooling::Cls,
+            Pooling::Mean,
+            Pooling::Max,
+            Pooling::MeanSqrtLen,
+        ] {
+            let got = pool_packed(&packed, &[3, 1], pooling).unwrap();
+            let want = pool(&padded, &mask, pooling).unwrap();
+            assert_eq!(
+                got.to_vec2::<f32>().unwrap(),
+                want.to_vec2::<f32>().unwrap(),
+                "{pooling:?}"
+            );
+        }
+        // A text without tokens pools to zeros, wherever it is.
+        let got = pool_packed(&packed, &[0, 3, 1, 0], Pooling::Mean).unwrap();
+        let got = got.to_vec2::<f32>().unwrap();
+        assert_eq!(got[0], vec![0., 0.]);
+        assert_eq!(got[1], vec![3., 2. / 3.]);
+        assert_eq!(got[2], vec![7., 8.]);
+        assert_eq!(got[3], vec![0., 0.]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! `metal` features pass through to candle.
 
 pub mod backend;
+mod bert;
 pub mod device;
 pub mod embed;
 pub mod error;
