@@ -107,6 +107,15 @@ impl LocalMedia {
         &self.roots.out_dir
     }
 
+    /// The canonical path of the existing file `reference` names inside the
+    /// media root or the output directory, under the same rules as plan
+    /// references (`/a.jpg` and `a.jpg` are `<media_root>/a.jpg`, then
+    /// `<out_dir>/a.jpg`; nothing outside the two roots, symlinks included;
+    /// no file over the size limit). Blocking.
+    pub fn resolve_file(&self, reference: &str) -> Result<PathBuf, MediaError> {
+        self.roots.resolve(reference, self.max_file_bytes)
+    }
+
     async fn load_url(
         &self,
         reference: &str,

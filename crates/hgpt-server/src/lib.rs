@@ -1,0 +1,239 @@
+//! `hgpt serve`: hgpt over HTTP.
+//!
+//! - The reference system's API (`POST /hugginggpt`, `/tasks`, `/results`),
+//!   so its clients work unchanged; CORS is on.
+//! - The OpenAI chat API (`POST /v1/chat/completions`, streaming or not, and
+//!   `GET /v1/models`; the model is `hugginggpt`).
+//! - A runs API: `POST /v1/runs` answers at once with an id; the run's
+//!   events stream from `GET /v1/runs/{id}/events` (server-sent events that
+//!   a late or reconnecting client replays from `Last-Event-ID`).
+//! - File upload (`POST /v1/files`) and serving (`GET /files/{path}`),
+//!   confined to the media root and the output directory.
+//! - `GET /healthz`, `GET /metrics` (Prometheus), and the web interface at `/`.
+//!
+//! Every run goes through [`runs::Runs`]: a bounded number run, a bounded
+//! queue waits, and everything is written to the [`hgpt_store::Store`], so
+//! a restarted server still shows every run (those cut off are marked
+//! interrupted). Errors are JSON in the OpenAI shape.
+
+#![warn(missing_docs)]
+
+mod api;
+mod conversation;
+mod error;
+mod files;
+mod metrics;
+mod runs;
+mod ui;
+
+pub use runs::RunLimits;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use error::ApiError;
+use hgpt_core::pipeline::Pipeline;
+use hgpt_media::{LocalMedia, MediaConfig};
+use hgpt_store::Store;
+use std::future::Future;
+use std::sync::Arc;
+use tower_http::cors::{Any, CorsLayer};
+
+/// The model name the OpenAI API answers to.
+pub const MODEL_NAME: &str = "hugginggpt";
+
+/// The header that carries a run's id on synchronous routes.
+pub const RUN_ID_HEADER: &str = "x-hgpt-run-id";
+
+/// Settings of the server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Concurrency, queue and shutdown limits of runs.
+    pub limits: RunLimits,
+    /// When set, every API and file route needs this bearer token.
+    pub api_token: Option<String>,
+    /// Largest JSON request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest uploaded file, in bytes.
+    pub max_upload_bytes: usize,
+    /// Where uploads are stored and files are served from (the pipeline's
+    /// media settings).
+    pub media: MediaConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            limits: RunLimits::default(),
+            api_token: None,
+            max_body_bytes: 4 << 20,
+            max_upload_bytes: 25 << 20,
+            media: MediaConfig::default(),
+        }
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Listening or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The media folders are unusable.
+    #[error("media folders: {0}")]
+    Media(#[from] hgpt_core::backend::MediaError),
+    /// The run store failed.
+    #[error("run store: {0}")]
+    Store(#[from] hgpt_store::StoreError),
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub runs: Arc<runs::Runs>,
+    pub media: Arc<LocalMedia>,
+    pub config: Arc<ServerConfig>,
+}
+
+/// Serve on `listener` until `shutdown` completes; then refuse new runs,
+/// interrupt queued ones, let running ones finish within the grace period
+/// (or mark them interrupted) and return once every run is in the store.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    pipeline: Arc<Pipeline>,
+    store: Store,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let media = Arc::new(LocalMedia::new(config.media.clone())?);
+    let runs = runs::Runs::new(pipeline, store, config.limits)?;
+    let state = AppState {
+        runs: runs.clone(),
+        media,
+        config: Arc::new(config),
+    };
+    let signal_runs = runs.clone();
+    let signal = async move {
+        shutdown.await;
+        signal_runs.begin_shutdown();
+    };
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(signal)
+        .await?;
+    runs.shut_down().await;
+    Ok(())
+}
+
+/// Every route, with auth, CORS and body limits.
+fn router(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    let upload_limit = state.config.max_upload_bytes;
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(Any)
+        .expose_headers([HeaderName::from_static(RUN_ID_HEADER)]);
+    let uploads = Router::new()
+        .route("/v1/files", axum::routing::post(files::upload))
+        .layer(DefaultBodyLimit::max(upload_limit.saturating_add(64 << 10)));
+    api::routes()
+        .layer(DefaultBodyLimit::max(body_limit))
+        .merge(uploads)
+        .route("/files/{*path}", axum::routing::get(files::serve_file))
+        .merge(ui::routes())
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(cors)
+        .with_state(state)
+}
+
+/// Routes open without a token: the web interface's files and the health
+/// check (the interface asks for the token itself).
+fn is_public(path: &str) -> bool {
+    path == "/" || path == "/healthz" || path.starts_with("/assets/")
+}
+
+/// Compare without stopping at the first difference.
+fn same_token(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token a request carries: `Authorization: Bearer`, else `access_token`
+/// in the query.
+fn request_token(request: &Request) -> Option<String> {
+    if let Some(value) = request.headers().get(header::AUTHORIZATION)
+        && let Ok(value) = value.to_str()
+        && let Some(token) = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+    {
+        return Some(token.trim().to_string());
+    }
+    let query = request.uri().query()?;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == "access_token").then(|| percent_decode(value))
+    })
+}
+
+/// Decode `%XX` escapes and `+` of a query value.
+pub(crate) fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = state.config.api_token.as_deref() else {
+        return next.run(request).await;
+    };
+    if request.method() == Method::OPTIONS || is_public(request.uri().path()) {
+        return next.run(request).await;
+    }
+    match request_token(&request) {
+        Some(token) if same_token(&token, expected) => next.run(request).await,
+        _ => ApiError::unauthorized().into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same_token("abc", "abc"));
+        assert!(!same_token("abd", "abc"));
+        assert!(!same_token("ab", "abc"));
+        assert!(!same_token("", "abc"));
+    }
+
+    #[test]
+    fn query_values_are_decoded() {
+        assert_eq!(percent_decode("a%2Fb+c"), "a/b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}
