@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Make the Python virtual environment that tests use as a real client of the
-# model server: the official `huggingface_hub` InferenceClient from PyPI,
-# pinned below (numpy because InferenceClient.feature_extraction returns numpy
-# arrays).
+# Make the Python virtual environment that tests use as real clients: the
+# official `huggingface_hub` InferenceClient (of the model server) and the
+# official `openai` client (of `hgpt serve`), from PyPI, pinned below (numpy
+# because InferenceClient.feature_extraction returns numpy arrays).
 #
 # Usage:  bash scripts/python-test-env.sh [VENV_DIR]
 #   VENV_DIR   default: $HGPT_TEST_VENV, else <repo>/target/test-venv
@@ -18,6 +18,7 @@ set -euo pipefail
 PINS=(
   "huggingface_hub==2.4.0"
   "numpy==2.4.6"
+  "openai==3.52.0"
 )
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,7 +30,7 @@ WANT="$(printf '%s\n' "${PINS[@]}")"
 log() { echo "python-test-env: $*" >&2; }
 
 if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] &&
-  "$VENV/bin/python" -c "import huggingface_hub, numpy" 2>/dev/null; then
+  "$VENV/bin/python" -c "import huggingface_hub, numpy, openai" 2>/dev/null; then
   log "already present: $VENV"
   echo "$VENV/bin/python"
   exit 0
@@ -49,7 +50,7 @@ else
   "$PYTHON" -m venv --without-pip "$VENV" 1>&2
   "$PYTHON" -m pip --python "$VENV/bin/python" "${PIP_ARGS[@]}" 1>&2
 fi
-"$VENV/bin/python" -c "import huggingface_hub, numpy" ||
+"$VENV/bin/python" -c "import huggingface_hub, numpy, openai" ||
   { log "the packages do not import in $VENV"; exit 1; }
 printf '%s' "$WANT" >"$STAMP"
 log "ready: $VENV"

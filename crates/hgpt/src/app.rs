@@ -78,6 +78,18 @@ pub fn local_backend(settings: &Settings) -> LocalBackend {
     })
 }
 
+/// Where inputs are read from and outputs written.
+pub fn media_config(settings: &Settings) -> MediaConfig {
+    MediaConfig {
+        media_root: settings.media_root.clone(),
+        out_dir: settings.out_dir.clone(),
+        allow_private_urls: settings.allow_private_urls,
+        max_download_bytes: settings.max_download_bytes,
+        download_timeout: Duration::from_secs(30),
+        ..MediaConfig::default()
+    }
+}
+
 /// The whole pipeline, or [`NO_LLM`] when no controller is configured.
 pub fn pipeline(settings: &Settings) -> Result<Pipeline> {
     let (Some(base_url), Some(model)) = (&settings.llm_base_url, &settings.llm_model) else {
@@ -114,15 +126,8 @@ pub fn pipeline(settings: &Settings) -> Result<Pipeline> {
         local.push(Arc::new(server));
     }
     let backend = RoutedBackend::new(settings.inference_mode, local, Arc::new(remote));
-    let media = LocalMedia::new(MediaConfig {
-        media_root: settings.media_root.clone(),
-        out_dir: settings.out_dir.clone(),
-        allow_private_urls: settings.allow_private_urls,
-        max_download_bytes: settings.max_download_bytes,
-        download_timeout: Duration::from_secs(30),
-        ..MediaConfig::default()
-    })
-    .context("cannot set up the media folders")?;
+    let media =
+        LocalMedia::new(media_config(settings)).context("cannot set up the media folders")?;
     let context_window = settings
         .llm_context
         .or_else(|| hgpt_llm::context_window(model))

@@ -3,6 +3,7 @@
 
 mod app;
 mod progress;
+mod runs;
 mod settings;
 
 use anyhow::{Context, Result};
@@ -44,6 +45,19 @@ enum Command {
     },
     /// A multi-turn chat on stdin; earlier turns are the context of later ones.
     Chat,
+    /// Serve hgpt over HTTP: the reference's API (/hugginggpt, /tasks,
+    /// /results), the OpenAI chat API, the runs API with live events, and
+    /// the web interface at /. Runs are kept in the store in --data-dir.
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:8004, or [server] bind in hgpt.toml].
+        #[arg(long, env = "HGPT_BIND")]
+        bind: Option<String>,
+    },
+    /// Runs kept by `hgpt serve` in its store (--data-dir).
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
     /// Serve local models over the Hugging Face inference protocol
     /// (`POST /models/{id}`, `GET /health`, `GET /status/{id}`, `GET /models`).
     ServeModels {
@@ -58,6 +72,30 @@ enum Command {
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// The most recent runs, newest first.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Continue after this cursor (printed under a full page).
+        #[arg(long)]
+        before: Option<String>,
+        /// Print JSON (`{"data": [...], "next": cursor}`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run as JSON: its state and the `hgpt run --json` record.
+    Show {
+        /// The run id.
+        id: String,
+        /// Include the run's events.
+        #[arg(long)]
+        events: bool,
     },
 }
 
@@ -134,6 +172,18 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Chat => chat(&app::pipeline(&settings)?).await,
+        Command::Serve { bind } => serve(&settings, bind).await,
+        Command::Runs {
+            command:
+                RunsCommand::List {
+                    limit,
+                    before,
+                    json,
+                },
+        } => runs::list(&settings, limit, before.as_deref(), json),
+        Command::Runs {
+            command: RunsCommand::Show { id, events },
+        } => runs::show(&settings, &id, events),
         Command::ServeModels { bind, models } => serve_models(&settings, &bind, models).await,
         Command::Models {
             command: ModelsCommand::List { task, json },
@@ -342,5 +392,69 @@ async fn serve_models(settings: &Settings, bind: &str, models: Vec<String>) -> R
     hgpt_model_server::serve(listener, backend, config, shutdown)
         .await
         .context("the model server failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn serve(settings: &Settings, bind: Option<String>) -> Result<ExitCode> {
+    let bind = bind
+        .or_else(|| settings.server_bind.clone())
+        .unwrap_or_else(|| "127.0.0.1:8004".to_string());
+    let pipeline = std::sync::Arc::new(app::pipeline(settings)?);
+    let store = hgpt_store::Store::open(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot open the run store in {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let address = listener.local_addr().context("no local address")?;
+    if settings.api_token.is_none() && !address.ip().is_loopback() {
+        eprintln!(
+            "warning: listening on {address} without an API token; anyone who can reach it can \
+             run requests (set HGPT_API_TOKEN)"
+        );
+    }
+    eprintln!("hgpt serve: listening on http://{address}");
+    eprintln!(
+        "runs are stored in {}; Ctrl-C stops (running runs get {} s to finish)",
+        store.path().map_or_else(
+            || settings.data_dir.display().to_string(),
+            |p| p.display().to_string()
+        ),
+        settings.shutdown_grace.as_secs()
+    );
+    let config = hgpt_server::ServerConfig {
+        limits: hgpt_server::RunLimits {
+            max_running: settings.max_runs,
+            max_queued: settings.max_queued,
+            shutdown_grace: settings.shutdown_grace,
+        },
+        api_token: settings.api_token.clone(),
+        max_upload_bytes: settings.max_upload_bytes,
+        media: app::media_config(settings),
+        ..hgpt_server::ServerConfig::default()
+    };
+    hgpt_server::serve(listener, pipeline, store, config, shutdown_signal())
+        .await
+        .context("the server failed")?;
+    eprintln!("hgpt serve: stopped; every run is in the store");
     Ok(ExitCode::SUCCESS)
 }

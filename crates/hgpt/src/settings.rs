@@ -83,6 +83,24 @@ pub struct SettingsArgs {
     /// MiB of model weights kept loaded in-process at most [default: no limit].
     #[arg(long, global = true, env = "HGPT_LOCAL_MEMORY_MB", value_name = "MIB")]
     pub local_memory_mb: Option<u64>,
+    /// Where `hgpt serve` keeps its run store [default: the platform's data directory, e.g. ~/.local/share/hgpt].
+    #[arg(long, global = true, env = "HGPT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Bearer token every API and file route of `hgpt serve` then requires.
+    #[arg(
+        long,
+        global = true,
+        env = "HGPT_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub api_token: Option<String>,
+    /// Runs `hgpt serve` executes at once [default: 4].
+    #[arg(long, global = true, env = "HGPT_MAX_RUNS", value_name = "N")]
+    pub max_runs: Option<usize>,
+    /// Runs `hgpt serve` keeps waiting beyond those; more get 429 [default: 64].
+    #[arg(long, global = true, env = "HGPT_MAX_QUEUED", value_name = "N")]
+    pub max_queued: Option<usize>,
     /// Allow http(s) inputs on private, loopback and link-local addresses.
     #[arg(long, global = true, env = "HGPT_ALLOW_PRIVATE_URLS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub allow_private_urls: Option<bool>,
@@ -108,6 +126,20 @@ pub struct ConfigFile {
     prompts: PromptsSection,
     #[serde(default)]
     inference: InferenceSection,
+    #[serde(default)]
+    server: ServerSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    bind: Option<String>,
+    data_dir: Option<PathBuf>,
+    api_token: Option<String>,
+    max_runs: Option<usize>,
+    max_queued: Option<usize>,
+    max_upload_mb: Option<u64>,
+    shutdown_grace_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -266,6 +298,39 @@ pub struct Settings {
     pub local_endpoint: Option<String>,
     /// In-process weight budget in bytes (0: none).
     pub local_memory_bytes: u64,
+    /// `hgpt serve`'s address from the config file, if set.
+    pub server_bind: Option<String>,
+    /// The run store's directory.
+    pub data_dir: PathBuf,
+    /// The API token `hgpt serve` requires, if any.
+    pub api_token: Option<String>,
+    /// Runs executing at once.
+    pub max_runs: usize,
+    /// Runs waiting beyond those.
+    pub max_queued: usize,
+    /// Largest upload in bytes.
+    pub max_upload_bytes: usize,
+    /// How long shutdown lets running runs finish.
+    pub shutdown_grace: Duration,
+}
+
+/// The platform's directory for hgpt's data: `$XDG_DATA_HOME/hgpt` or
+/// `~/.local/share/hgpt` on Linux and BSD, `~/Library/Application
+/// Support/hgpt` on macOS, `%APPDATA%\hgpt` on Windows; `./hgpt-data` when
+/// none of those is known.
+fn default_data_dir(env: &dyn Env) -> PathBuf {
+    let home = env.var("HOME").map(PathBuf::from);
+    let base = if cfg!(windows) {
+        env.var("APPDATA").map(PathBuf::from)
+    } else if cfg!(target_os = "macos") {
+        home.map(|h| h.join("Library").join("Application Support"))
+    } else {
+        env.var("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| home.map(|h| h.join(".local").join("share")))
+    };
+    base.map_or_else(|| PathBuf::from("hgpt-data"), |b| b.join("hgpt"))
 }
 
 /// Environment lookups, injectable for tests.
@@ -416,12 +481,39 @@ impl Settings {
                 .or(file.inference.local_memory_mb)
                 .unwrap_or(0)
                 .saturating_mul(1 << 20),
+            server_bind: file.server.bind.clone(),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.server.data_dir.clone().map(relative))
+                .unwrap_or_else(|| default_data_dir(env)),
+            api_token: args
+                .api_token
+                .clone()
+                .or(file.server.api_token.clone())
+                .filter(|t| !t.trim().is_empty()),
+            max_runs: args.max_runs.or(file.server.max_runs).unwrap_or(4),
+            max_queued: args.max_queued.or(file.server.max_queued).unwrap_or(64),
+            max_upload_bytes: usize::try_from(
+                file.server
+                    .max_upload_mb
+                    .unwrap_or(25)
+                    .saturating_mul(1 << 20),
+            )
+            .unwrap_or(usize::MAX),
+            shutdown_grace: seconds(
+                file.server.shutdown_grace_secs.unwrap_or(30.0),
+                "server.shutdown_grace_secs",
+            )?,
         };
         if settings.candidates == 0 {
             bail!("candidates must be at least 1");
         }
         if settings.concurrency == 0 {
             bail!("concurrency must be at least 1");
+        }
+        if settings.max_runs == 0 {
+            bail!("max runs must be at least 1");
         }
         Ok(settings)
     }
@@ -549,6 +641,49 @@ mod tests {
             s.catalog_files,
             vec![PathBuf::from("x.jsonl"), PathBuf::from("y.jsonl")]
         );
+    }
+
+    #[test]
+    fn server_settings_from_flags_file_and_platform() {
+        let (dir, path) = config(
+            "[server]\nbind = \"0.0.0.0:9000\"\ndata_dir = \"runs\"\napi_token = \"t0k\"\nmax_runs = 2\nmax_upload_mb = 1\n",
+        );
+        let args = SettingsArgs {
+            config: Some(path),
+            max_queued: Some(7),
+            ..SettingsArgs::default()
+        };
+        let settings = Settings::resolve(&args, &FakeEnv(vec![])).unwrap();
+        assert_eq!(settings.server_bind.as_deref(), Some("0.0.0.0:9000"));
+        assert_eq!(settings.data_dir, dir.path().join("runs"));
+        assert_eq!(settings.api_token.as_deref(), Some("t0k"));
+        assert_eq!((settings.max_runs, settings.max_queued), (2, 7));
+        assert_eq!(settings.max_upload_bytes, 1 << 20);
+
+        let defaults = Settings::resolve(
+            &SettingsArgs::default(),
+            &FakeEnv(vec![("HOME", "/home/u"), ("XDG_DATA_HOME", "/xdg")]),
+        )
+        .unwrap();
+        if cfg!(target_os = "linux") {
+            assert_eq!(defaults.data_dir, PathBuf::from("/xdg/hgpt"));
+            let home_only = Settings::resolve(
+                &SettingsArgs::default(),
+                &FakeEnv(vec![("HOME", "/home/u")]),
+            )
+            .unwrap();
+            assert_eq!(
+                home_only.data_dir,
+                PathBuf::from("/home/u/.local/share/hgpt")
+            );
+        }
+        assert_eq!((defaults.max_runs, defaults.max_queued), (4, 64));
+        assert_eq!(defaults.api_token, None);
+        let zero = SettingsArgs {
+            max_runs: Some(0),
+            ..SettingsArgs::default()
+        };
+        assert!(Settings::resolve(&zero, &FakeEnv(vec![])).is_err());
     }
 
     #[test]
