@@ -95,6 +95,7 @@ function askToken() {
   tokenPrompt = new Promise((resolve) => {
     const dialog = $('#token-dialog');
     const input = $('#token-input');
+    $('#token-refused').hidden = !app.token; // a stored token was just refused
     input.value = app.token;
     dialog.returnValue = '';
     dialog.addEventListener('close', () => {
@@ -242,6 +243,8 @@ async function send() {
   }
   app.history = messages;
   const view = newRunView(created.id, bubble, true);
+  upsertRun({ id: created.id, state: created.state || 'queued', request: content, created_at_ms: Date.now() }, true);
+  for (const empty of document.querySelectorAll('#runs .empty-runs')) empty.remove();
   showRun(view);
   applyRunState(view, created.state || 'queued');
   attachEvents(view);
@@ -424,6 +427,8 @@ function applyRunState(view, runState) {
   if (!runState) return;
   view.state = runState;
   if (app.run === view) renderRunHead(view);
+  const listed = document.querySelector(`#runs li[data-run-id="${CSS.escape(view.id)}"]`);
+  if (listed) upsertRun({ id: view.id, state: runState, request: listed.querySelector('.run-request').title, created_at_ms: Number(listed.getAttribute('data-created')) }, false);
   if (!TERMINAL.has(runState)) {
     setStatus(view.bubble, runState === 'queued' ? 'Queued…' : progressText(view));
     return;
@@ -453,7 +458,10 @@ function endRun(view) {
     app.busy = false;
     updateSendButton();
   }
-  if (app.run === view) renderRunHead(view);
+  if (app.run === view) {
+    renderRunHead(view);
+    if (!view.tasks.size) drawGraph(view);
+  }
   refreshRuns();
   scrollChat();
 }
@@ -801,6 +809,7 @@ function upsertRun(run, prepend) {
     if (prepend) list.prepend(item); else list.append(item);
   }
   item.setAttribute('data-state', run.state);
+  item.setAttribute('data-created', run.created_at_ms || 0);
   const request = item.querySelector('.run-request');
   request.textContent = run.request || '(empty request)';
   request.title = run.request || '';

@@ -336,6 +336,9 @@ async fn openai_chat_completions_answer_and_stream() {
 
     let models: Value = server.get("/v1/models").await.json().await.unwrap();
     assert_eq!(models["data"][0]["id"], "hugginggpt");
+    let model: Value = server.get("/v1/models/hugginggpt").await.json().await.unwrap();
+    assert_eq!(model["object"], "model");
+    assert_eq!(server.get("/v1/models/gpt-4").await.status(), 404);
 
     let response = server
         .post(
