@@ -336,7 +336,12 @@ async fn openai_chat_completions_answer_and_stream() {
 
     let models: Value = server.get("/v1/models").await.json().await.unwrap();
     assert_eq!(models["data"][0]["id"], "hugginggpt");
-    let model: Value = server.get("/v1/models/hugginggpt").await.json().await.unwrap();
+    let model: Value = server
+        .get("/v1/models/hugginggpt")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(model["object"], "model");
     assert_eq!(server.get("/v1/models/gpt-4").await.status(), 404);
 
