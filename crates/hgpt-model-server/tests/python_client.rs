@@ -7,25 +7,10 @@ mod common;
 use common::{Hub, MINILM, Server, fixture_folders, fixture_id, fixtures_dir};
 use hgpt_local::{ModelFiles, pipeline};
 use hgpt_model_server::ModelServerConfig;
+use hgpt_testkit::venv_python;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;
-
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("HGPT_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv")
-        });
-    let python = venv.join("bin/python");
-    assert!(
-        python.is_file(),
-        "no Python test environment at {}: run scripts/test, or `bash scripts/python-test-env.sh` \
-         once, to install the huggingface_hub client this test drives",
-        venv.display()
-    );
-    python
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_inference_client_reads_every_served_pipeline() {

@@ -187,6 +187,23 @@ async fn events(server: &TestServer, id: &str, last_event_id: Option<u64>) -> Ve
     parse_sse(&response.text().await.unwrap())
 }
 
+/// A run's event stream read until `needle` appears, then dropped (the run
+/// goes on).
+async fn events_until(server: &TestServer, id: &str, needle: &str) -> String {
+    let mut response = server
+        .client
+        .get(server.at(&format!("/v1/runs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while !text.contains(needle) {
+        let chunk = response.chunk().await.unwrap().unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    text
+}
+
 fn error_message(body: &Value) -> &str {
     body["error"]["message"].as_str().unwrap_or_default()
 }
@@ -502,19 +519,7 @@ async fn a_client_reconnecting_mid_run_misses_nothing() {
     .await;
     let id = create_run(&server, "describe /a.jpg").await;
     // Read the first events, then drop the connection mid-run.
-    let mut response = server
-        .client
-        .get(server.at(&format!("/v1/runs/{id}/events")))
-        .send()
-        .await
-        .unwrap();
-    let mut text = String::new();
-    while !text.contains("event: task_started") {
-        let chunk = response.chunk().await.unwrap().unwrap();
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-    drop(response);
-    let seen = parse_sse(&text);
+    let seen = parse_sse(&events_until(&server, &id, "event: task_started").await);
     let last = seen.iter().filter_map(|e| e.id).max().unwrap();
     let rest = events(&server, &id, Some(last)).await;
     assert_eq!(rest[0].id, Some(last + 1));
@@ -829,18 +834,7 @@ async fn runs_survive_a_restart_and_cut_off_runs_are_marked_interrupted() {
     )
     .await;
     let cut = create_run(&server, "describe /a.jpg").await;
-    let mut stream = server
-        .client
-        .get(server.at(&format!("/v1/runs/{cut}/events")))
-        .send()
-        .await
-        .unwrap();
-    let mut text = String::new();
-    while !text.contains("event: task_started") {
-        let chunk = stream.chunk().await.unwrap().unwrap();
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-    drop(stream);
+    events_until(&server, &cut, "event: task_started").await;
     server.stop().await;
 
     // A run left running by a crash.

@@ -44,14 +44,9 @@ async fn main() {
         let text = if system.starts_with("#1") {
             PLAN.to_string()
         } else if system.starts_with("#2") {
-            let id = call
-                .last_user()
-                .lines()
-                .find_map(|l| l.strip_prefix("- "))
-                .and_then(|l| l.split(" | ").next());
             format!(
                 "{{\"id\": \"{}\", \"reason\": \"the first candidate\"}}",
-                id.unwrap_or_default()
+                call.first_candidate()
             )
         } else if system.starts_with("#4") {
             let files: Vec<&str> = call

@@ -112,11 +112,7 @@ pub fn first_candidate_choice(request: &ChatRequest) -> String {
         .last()
         .map(|m| m.content.as_str())
         .unwrap_or_default();
-    let id = last
-        .lines()
-        .find_map(|l| l.strip_prefix("- "))
-        .and_then(|l| l.split(" | ").next())
-        .unwrap_or("none");
+    let id = crate::first_listed_candidate(last).unwrap_or("none");
     format!("{{\"id\": \"{id}\", \"reason\": \"first listed\"}}")
 }
 

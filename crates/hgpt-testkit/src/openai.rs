@@ -92,6 +92,12 @@ impl LlmCall {
             .map_or("", |m| m.content.as_str())
     }
 
+    /// The id of the first candidate the last user message lists (the
+    /// selection prompt), or `"none"`.
+    pub fn first_candidate(&self) -> &str {
+        crate::first_listed_candidate(self.last_user()).unwrap_or("none")
+    }
+
     /// Whether any message contains `needle`.
     pub fn contains(&self, needle: &str) -> bool {
         self.messages.iter().any(|m| m.content.contains(needle))

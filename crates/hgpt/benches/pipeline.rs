@@ -146,14 +146,10 @@ async fn end_to_end(llm_latency: Duration, task_latency: Duration, runs: usize) 
         let text = if system.starts_with("#1") {
             plan.clone()
         } else if system.starts_with("#2") {
-            let id = call
-                .last_user()
-                .lines()
-                .find_map(|l| l.strip_prefix("- "))
-                .and_then(|l| l.split(" | ").next())
-                .unwrap_or_default()
-                .to_string();
-            format!("{{\"id\": \"{id}\", \"reason\": \"first\"}}")
+            format!(
+                "{{\"id\": \"{}\", \"reason\": \"first\"}}",
+                call.first_candidate()
+            )
         } else {
             "done".to_string()
         };

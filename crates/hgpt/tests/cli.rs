@@ -80,13 +80,10 @@ async fn output(mut command: Command, stdin: &str) -> Output {
 
 /// The selection answer naming the first candidate in the prompt.
 fn first_candidate(call: &LlmCall) -> String {
-    let id = call
-        .last_user()
-        .lines()
-        .find_map(|l| l.strip_prefix("- "))
-        .and_then(|l| l.split(" | ").next())
-        .unwrap_or("none");
-    format!("Let me think. {{\"id\": \"{id}\", \"reason\": \"best fit\"}}")
+    format!(
+        "Let me think. {{\"id\": \"{}\", \"reason\": \"best fit\"}}",
+        call.first_candidate()
+    )
 }
 
 /// A controller that plans `plan`, picks the first candidate and answers with

@@ -5,6 +5,7 @@
 use hgpt_core::task::TaskKind;
 use hgpt_testkit::hf::{FakeHf, sample_png};
 use hgpt_testkit::openai::{FakeLlm, LlmReply};
+use hgpt_testkit::venv_python;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -28,14 +29,7 @@ async fn fakes() -> (FakeLlm, FakeHf) {
         LlmReply::text(if system.starts_with("#1") {
             PLAN.to_string()
         } else if system.starts_with("#2") {
-            let id = call
-                .last_user()
-                .lines()
-                .find_map(|l| l.strip_prefix("- "))
-                .and_then(|l| l.split(" | ").next())
-                .unwrap_or("none")
-                .to_string();
-            json!({"id": id, "reason": "first"}).to_string()
+            json!({"id": call.first_candidate(), "reason": "first"}).to_string()
         } else {
             ANSWER.to_string()
         })
@@ -118,22 +112,6 @@ fn serve(mut command: Command) -> Served {
         child: Some(child),
         url,
     }
-}
-
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("HGPT_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv")
-        });
-    let python = venv.join("bin/python");
-    assert!(
-        python.is_file(),
-        "no Python test environment at {}: run scripts/test, or `bash scripts/python-test-env.sh` \
-         once, to install the openai client this test drives",
-        venv.display()
-    );
-    python
 }
 
 #[tokio::test(flavor = "multi_thread")]
