@@ -425,11 +425,14 @@ async fn cancel_run(
 
 async fn healthz(State(state): State<AppState>) -> Json<Value> {
     let (queued, running) = state.runs.load();
+    let store_failures = state.runs.store_failures();
     Json(json!({
-        "status": "ok",
+        // Degraded: runs still run, but some of what they did was not stored.
+        "status": if store_failures == 0 { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "queued": queued,
         "running": running,
+        "store_write_failures": store_failures,
     }))
 }
 
@@ -439,6 +442,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let text = state.runs.metrics.render(&Gauges {
         queued,
         running,
+        store_failures: state.runs.store_failures(),
         stored: stored
             .into_iter()
             .map(|(s, n)| (s.as_str().to_string(), n))

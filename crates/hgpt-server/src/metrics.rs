@@ -70,6 +70,8 @@ pub(crate) struct Gauges {
     pub running: usize,
     /// Runs in the store, by state.
     pub stored: Vec<(String, u64)>,
+    /// Store writes that failed.
+    pub store_failures: u64,
 }
 
 impl Metrics {
@@ -176,6 +178,15 @@ impl Metrics {
             }
         }
         out.push_str(
+            "# HELP hgpt_store_write_failures_total Run store writes that failed.\n\
+             # TYPE hgpt_store_write_failures_total counter\n",
+        );
+        let _ = writeln!(
+            out,
+            "hgpt_store_write_failures_total {}",
+            gauges.store_failures
+        );
+        out.push_str(
             "# HELP hgpt_llm_failures_total Runs whose controller LLM call failed.\n\
              # TYPE hgpt_llm_failures_total counter\n",
         );
@@ -232,6 +243,7 @@ mod tests {
             queued: 2,
             running: 1,
             stored: vec![("succeeded".into(), 7)],
+            store_failures: 3,
         });
         for line in [
             "hgpt_runs{state=\"queued\"} 2",
@@ -242,6 +254,7 @@ mod tests {
             "hgpt_runs_rejected_total 1",
             "hgpt_task_failures_total{endpoint=\"huggingface\"} 1",
             "hgpt_llm_failures_total 0",
+            "hgpt_store_write_failures_total 3",
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line}:\n{out}");
         }

@@ -84,6 +84,8 @@ struct LiveState {
     started_at_ms: Option<u64>,
     events: Vec<StoredEvent>,
     outcome: Option<Outcome>,
+    /// Whether the outcome has been written to the store.
+    stored: bool,
 }
 
 /// A run the server holds in memory while it is queued or running.
@@ -92,7 +94,8 @@ pub(crate) struct LiveRun {
     pub created_at_ms: u64,
     pub conversation: Conversation,
     inner: Mutex<LiveState>,
-    /// The number of events so far, for subscribers to wait on.
+    /// The number of events so far, for subscribers to wait on (also
+    /// touched when the ended run is stored).
     changed: watch::Sender<usize>,
     cancel: CancellationToken,
 }
@@ -116,12 +119,15 @@ impl LiveRun {
         self.changed.subscribe()
     }
 
-    /// The outcome once the run has ended.
+    /// The outcome once the run has ended and is in the store.
     pub(crate) async fn finished(&self) -> Outcome {
         let mut changes = self.subscribe();
         loop {
-            if let Some(outcome) = lock(&self.inner).outcome.clone() {
-                return outcome;
+            {
+                let inner = lock(&self.inner);
+                if let (Some(outcome), true) = (&inner.outcome, inner.stored) {
+                    return outcome.clone();
+                }
             }
             if changes.changed().await.is_err() {
                 // The sender lives in `self`, so this cannot happen while
@@ -182,12 +188,19 @@ enum Write {
 
 /// The handle of the writer thread.
 #[derive(Clone)]
-struct StoreWriter(mpsc::UnboundedSender<Write>);
+struct StoreWriter {
+    sender: mpsc::UnboundedSender<Write>,
+    /// Writes the store refused (a full disk, a broken file): counted so
+    /// that `/healthz` and `/metrics` show it.
+    failures: Arc<AtomicU64>,
+}
 
 impl StoreWriter {
     /// Start the thread. It ends when every handle is dropped.
     fn start(store: Store) -> Result<Self, std::io::Error> {
         let (sender, mut receiver) = mpsc::unbounded_channel::<Write>();
+        let failures = Arc::new(AtomicU64::new(0));
+        let counted = failures.clone();
         std::thread::Builder::new()
             .name("hgpt-store-writer".into())
             .spawn(move || {
@@ -200,26 +213,29 @@ impl StoreWriter {
                             Err(_) => break,
                         }
                     }
-                    apply(&store, std::mem::take(&mut batch));
+                    apply(&store, std::mem::take(&mut batch), &counted);
                 }
             })?;
-        Ok(Self(sender))
+        Ok(Self { sender, failures })
     }
 
     fn send(&self, write: Write) {
-        if self.0.send(write).is_err() {
+        if self.sender.send(write).is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!("the run store writer has stopped; a write was lost");
         }
     }
 }
 
-/// Apply a batch of writes in order, events of one run grouped.
-fn apply(store: &Store, batch: Vec<Write>) {
+/// Apply a batch of writes in order, events of one run grouped; failures
+/// are logged and counted in `failures`.
+fn apply(store: &Store, batch: Vec<Write>, failures: &AtomicU64) {
     let mut pending: Option<(String, Vec<StoredEvent>)> = None;
     let flush = |pending: &mut Option<(String, Vec<StoredEvent>)>| {
         if let Some((id, events)) = pending.take()
             && let Err(e) = store.append_events(&id, &events)
         {
+            failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(run = %id, "cannot store {} events: {e}", events.len());
         }
     };
@@ -245,6 +261,7 @@ fn apply(store: &Store, batch: Vec<Write>) {
                     Write::Event(..) => Ok(()),
                 };
                 if let Err(e) = result {
+                    failures.fetch_add(1, Ordering::Relaxed);
                     tracing::error!("run store write failed: {e}");
                 }
             }
@@ -338,6 +355,11 @@ impl Runs {
         (admitted.saturating_sub(running), running)
     }
 
+    /// Store writes that failed since the server started.
+    pub(crate) fn store_failures(&self) -> u64 {
+        self.writer.failures.load(Ordering::Relaxed)
+    }
+
     /// A run still in memory.
     pub(crate) fn live(&self, id: &str) -> Option<Arc<LiveRun>> {
         lock(&self.live).get(id).cloned()
@@ -384,6 +406,7 @@ impl Runs {
                 started_at_ms: None,
                 events: Vec::new(),
                 outcome: None,
+                stored: false,
             }),
             changed,
             cancel: CancellationToken::new(),
@@ -550,6 +573,9 @@ impl Runs {
         self.writer
             .send(Write::Finish(run.id.clone(), finish, done));
         let _ = stored.await;
+        lock(&run.inner).stored = true;
+        // Wake those waiting in `finished` (the event count is unchanged).
+        run.changed.send_modify(|_| {});
         lock(&self.live).remove(&run.id);
     }
 

@@ -897,3 +897,32 @@ async fn runs_survive_a_restart_and_cut_off_runs_are_marked_interrupted() {
     assert!(rest["next"].is_null());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_failing_store_degrades_health_but_runs_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Setup::default()).await;
+    let health: Value = server.get("/healthz").await.json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+
+    // Break the store under the server's feet.
+    let db = dir.path().join("data").join(hgpt_store::DB_FILE_NAME);
+    let connection = rusqlite::Connection::open(&db).unwrap();
+    connection.execute_batch("DROP TABLE events;").unwrap();
+    drop(connection);
+
+    let response = server
+        .post("/hugginggpt", messages("describe /a.jpg"))
+        .await;
+    assert_eq!(response.status(), 200);
+    let health: Value = server.get("/healthz").await.json().await.unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(health["store_write_failures"].as_u64().unwrap() >= 1);
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    let failures = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hgpt_store_write_failures_total "))
+        .unwrap();
+    assert_ne!(failures, "0");
+    server.stop().await;
+}
