@@ -1,12 +1,12 @@
 //! The JSON routes: the reference's, OpenAI's, the runs API and operations.
 
 use crate::conversation::{self, Conversation};
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiPath};
 use crate::metrics::Gauges;
-use crate::runs::{LiveRun, Outcome, now_ms};
+use crate::runs::{CancelOnDrop, LiveRun, Outcome, now_ms};
 use crate::{AppState, MODEL_NAME, RUN_ID_HEADER};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -61,6 +61,8 @@ async fn run_to_end(
     conversation: Conversation,
 ) -> Result<(Arc<LiveRun>, Outcome), ApiError> {
     let run = state.runs.start(conversation)?;
+    // A client that goes away (a timeout, "stop generating") cancels it.
+    let _cancel = CancelOnDrop(run.clone());
     let outcome = run.finished().await;
     Ok((run, outcome))
 }
@@ -97,6 +99,8 @@ async fn hugginggpt(State(state): State<AppState>, body: JsonBody) -> Result<Res
 
 async fn tasks(State(state): State<AppState>, body: JsonBody) -> Result<Json<Value>, ApiError> {
     let conversation = body_conversation(body, false)?;
+    // Planning calls the controller like a run does, so it takes a slot too.
+    let _slot = state.runs.planning_slot().await?;
     let outcome = state
         .runs
         .pipeline()
@@ -134,7 +138,7 @@ async fn models() -> Json<Value> {
     Json(json!({"object": "list", "data": [model_object()]}))
 }
 
-async fn model(Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn model(ApiPath(id): ApiPath<String>) -> Result<Json<Value>, ApiError> {
     if id == MODEL_NAME {
         Ok(Json(model_object()))
     } else {
@@ -227,10 +231,11 @@ fn completion_chunks(
         None,
         Some(json!({"run_id": id})),
     );
-    let follower = run.clone();
+    // The stream owns the run: dropped early (the client left), it cancels it.
+    let follower = Arc::new(CancelOnDrop(run.clone()));
     let body = follow(run, 0).filter_map(move |event| {
         let id = id.clone();
-        let run = follower.clone();
+        let run = follower.0.clone();
         async move {
             let data = &event.data;
             match data.get("type").and_then(Value::as_str)? {
@@ -246,6 +251,14 @@ fn completion_chunks(
                     Some(chunk(&id, created, json!({"content": text}), None, None))
                 }
                 "state" => {
+                    let terminal = data
+                        .get("state")
+                        .and_then(Value::as_str)
+                        .and_then(|s| s.parse::<RunState>().ok())
+                        .is_some_and(RunState::is_terminal);
+                    if !terminal {
+                        return None;
+                    }
                     let outcome = run.outcome()?;
                     match (&outcome.record, outcome.state) {
                         (Some(record), RunState::Succeeded) => Some(chunk(
@@ -306,7 +319,7 @@ async fn list_runs(
 
 async fn show_run(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(run) = state.runs.live(&id) {
         return Ok(Json(json!(run.row())));
@@ -356,11 +369,14 @@ fn sse_event(event: &StoredEvent) -> Event {
 
 async fn run_events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let after = match (headers.get("last-event-id"), query.get("after")) {
+    let last_event_id = headers
+        .get("last-event-id")
+        .filter(|value| !value.as_bytes().trim_ascii().is_empty());
+    let after = match (last_event_id, query.get("after")) {
         (Some(value), _) => value
             .to_str()
             .ok()
@@ -398,7 +414,7 @@ async fn run_events(
 
 async fn cancel_run(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(run) = state.runs.cancel(&id) {
         let already_ended = run.outcome().is_some();

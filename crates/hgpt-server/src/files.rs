@@ -2,19 +2,20 @@
 //! outputs), both confined to the media root and the output directory.
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiPath};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::multipart::MultipartError;
-use axum::extract::{Multipart, Path, State};
+use axum::extract::{Multipart, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hgpt_core::backend::MediaStore;
 use hgpt_core::output::{Blob, sniff_mime};
 use hgpt_core::task::ResourceKind;
+use hgpt_media::LocalMedia;
 use serde_json::json;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tokio_util::io::ReaderStream;
 
 /// The kind of resource a sniffed media type is, for the types uploads take.
@@ -43,6 +44,13 @@ pub(crate) async fn upload(
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let limit = state.config.max_upload_bytes;
+    // Each upload is held in memory while it arrives: a few at a time.
+    let _receiving = state
+        .uploads
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::shutting_down())?;
     let mut multipart = multipart.map_err(|e| {
         ApiError::invalid(format!(
             "the body must be multipart/form-data with a `file` field: {}",
@@ -103,35 +111,49 @@ pub(crate) async fn upload(
         .into_response())
 }
 
-/// The media type to serve a file as: sniffed from its first bytes, text
-/// for `.txt`, else opaque bytes.
-fn served_type(path: &std::path::Path, head: &[u8]) -> &'static str {
-    if let Some(mime) = sniff_mime(head) {
-        return mime;
-    }
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("txt") => "text/plain; charset=utf-8",
-        Some("json") => "application/json",
-        _ => "application/octet-stream",
-    }
+/// The media type to serve a file as, when its content is an image, audio
+/// or video format: nothing else is served (the media root may be a folder
+/// with configuration, keys or code in it).
+fn served_type(head: &[u8]) -> Option<&'static str> {
+    sniff_mime(head).filter(|mime| upload_kind(mime).is_some())
 }
 
-/// Serve a file from the media root or the output directory. `path` is a
-/// name relative to them, or an absolute path inside them without its
-/// leading `/`. Anything else is 404, whatever the reason.
+/// Whether a path names something hidden (a component starting with `.`).
+fn is_hidden(path: &Path) -> bool {
+    path.components()
+        .any(|part| part.as_os_str().to_string_lossy().starts_with('.'))
+}
+
+/// Whether `path` (canonical, inside one of the roots) is hidden below the
+/// root it is in; the roots themselves may sit anywhere (`~/.local/...`).
+fn hidden_below_root(media: &LocalMedia, path: &Path) -> bool {
+    [media.media_root(), media.out_dir()]
+        .into_iter()
+        .filter_map(|root| path.strip_prefix(root).ok())
+        .min_by_key(|rest| rest.components().count())
+        .is_none_or(is_hidden)
+}
+
+/// Serve an image, audio or video file from the media root or the output
+/// directory. `path` is a name relative to them, or an absolute path inside
+/// them without its leading `/`. Anything else (hidden files, other types,
+/// paths outside) is 404, whatever the reason.
 pub(crate) async fn serve_file(
     State(state): State<AppState>,
-    Path(path): Path<String>,
+    ApiPath(path): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let media = state.media.clone();
     let reference = format!("/{}", path.trim_start_matches('/'));
     let found = tokio::task::spawn_blocking(move || {
         let path = media.resolve_file(&reference).ok()?;
+        if hidden_below_root(&media, &path) {
+            return None;
+        }
         let mut head = [0u8; 16];
         let mut file = std::fs::File::open(&path).ok()?;
         let read = file.read(&mut head).ok()?;
         let size = file.metadata().ok()?.len();
-        Some((path.clone(), served_type(&path, &head[..read]), size))
+        Some((path.clone(), served_type(&head[..read])?, size))
     })
     .await
     .map_err(|e| ApiError::internal(format!("file lookup failed: {e}")))?;
@@ -173,16 +195,17 @@ mod tests {
     }
 
     #[test]
-    fn served_types_come_from_content_first() {
-        let png = b"\x89PNG\r\n\x1a\n0000";
-        assert_eq!(served_type("x.txt".as_ref(), png), "image/png");
-        assert_eq!(
-            served_type("x.txt".as_ref(), b"hello"),
-            "text/plain; charset=utf-8"
-        );
-        assert_eq!(
-            served_type("x.html".as_ref(), b"<script>"),
-            "application/octet-stream"
-        );
+    fn only_media_content_is_served() {
+        assert_eq!(served_type(b"\x89PNG\r\n\x1a\n0000"), Some("image/png"));
+        assert_eq!(served_type(b"RIFF\0\0\0\0WAVEfmt "), Some("audio/wav"));
+        assert_eq!(served_type(b"api_key = \"sk-...\""), None);
+        assert_eq!(served_type(b"<script>"), None);
+    }
+
+    #[test]
+    fn hidden_paths_are_recognised() {
+        assert!(is_hidden(Path::new(".env")));
+        assert!(is_hidden(Path::new("a/.git/config")));
+        assert!(!is_hidden(Path::new("srv/hgpt-out/image-1.png")));
     }
 }

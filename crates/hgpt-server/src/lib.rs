@@ -30,7 +30,7 @@ pub use runs::RunLimits;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderName, Method, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use error::ApiError;
@@ -39,7 +39,9 @@ use hgpt_media::{LocalMedia, MediaConfig};
 use hgpt_store::Store;
 use std::future::Future;
 use std::sync::Arc;
-use tower_http::cors::{Any, CorsLayer};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 /// The model name the OpenAI API answers to.
 pub const MODEL_NAME: &str = "hugginggpt";
@@ -61,6 +63,11 @@ pub struct ServerConfig {
     /// Where uploads are stored and files are served from (the pipeline's
     /// media settings).
     pub media: MediaConfig,
+    /// Origins whose pages may call the API (CORS): exact origins such as
+    /// `http://localhost:9999`, or `*` for any. Empty: any origin when a
+    /// token is set (a page needs the token anyway), else only pages served
+    /// from loopback addresses.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +78,7 @@ impl Default for ServerConfig {
             max_body_bytes: 4 << 20,
             max_upload_bytes: 25 << 20,
             media: MediaConfig::default(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -87,6 +95,11 @@ pub enum ServerError {
     /// The run store failed.
     #[error("run store: {0}")]
     Store(#[from] hgpt_store::StoreError),
+    /// Another server holds the data directory.
+    #[error(
+        "another hgpt serve is using the run store in {0}; stop it or give this one another data directory"
+    )]
+    Locked(String),
 }
 
 /// What the handlers share.
@@ -95,6 +108,39 @@ pub(crate) struct AppState {
     pub runs: Arc<runs::Runs>,
     pub media: Arc<LocalMedia>,
     pub config: Arc<ServerConfig>,
+    /// Uploads being received at once (each is held in memory).
+    pub uploads: Arc<Semaphore>,
+    /// Whether requests must name the server by a loopback host name (a
+    /// loopback bind without a token: the defence against DNS rebinding).
+    pub loopback_hosts_only: bool,
+}
+
+/// How long connections may stay open after the grace period of a shutdown.
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(5);
+
+/// Uploads received at once.
+const CONCURRENT_UPLOADS: usize = 4;
+
+/// Hold the data directory's lock file for as long as the server runs, so
+/// that two servers never share one store (the second would mark the
+/// first's live runs interrupted).
+fn lock_data_dir(store: &Store) -> Result<Option<std::fs::File>, ServerError> {
+    let Some(dir) = store.path().and_then(|p| p.parent()) else {
+        return Ok(None);
+    };
+    let path = dir.join("hgpt.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(ServerError::Locked(dir.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    }
 }
 
 /// Serve on `listener` until `shutdown` completes; then refuse new runs,
@@ -107,21 +153,41 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let _lock = lock_data_dir(&store)?;
     let media = Arc::new(LocalMedia::new(config.media.clone())?);
     let runs = runs::Runs::new(pipeline, store, config.limits)?;
+    let loopback_hosts_only =
+        config.api_token.is_none() && listener.local_addr()?.ip().is_loopback();
+    let grace = config.limits.shutdown_grace;
     let state = AppState {
         runs: runs.clone(),
         media,
         config: Arc::new(config),
+        uploads: Arc::new(Semaphore::new(CONCURRENT_UPLOADS)),
+        loopback_hosts_only,
     };
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     let signal_runs = runs.clone();
     let signal = async move {
         shutdown.await;
         signal_runs.begin_shutdown();
+        let _ = stopping.send(());
     };
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(signal)
-        .await?;
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
+    // Runs end within the grace period, and with them their event streams
+    // and waiting requests; a client that still holds a connection open
+    // (a half-sent request) is not waited for much longer.
+    let deadline = async move {
+        if stopped.await.is_ok() {
+            tokio::time::sleep(grace + SHUTDOWN_LINGER).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = server => served?,
+        () = deadline => tracing::warn!("connections still open after the shutdown grace period were closed"),
+    }
     runs.shut_down().await;
     Ok(())
 }
@@ -131,7 +197,7 @@ fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
     let upload_limit = state.config.max_upload_bytes;
     let cors = CorsLayer::new()
-        .allow_origin(Any)
+        .allow_origin(cors_origins(&state.config))
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers(Any)
         .expose_headers([HeaderName::from_static(RUN_ID_HEADER)]);
@@ -144,9 +210,78 @@ fn router(state: AppState) -> Router {
         .route("/files/{*path}", axum::routing::get(files::serve_file))
         .merge(ui::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .layer(cors)
         .with_state(state)
+}
+
+/// Whether `origin` (`scheme://host[:port]`) is a page served from this
+/// machine's loopback addresses.
+fn is_loopback_origin(origin: &[u8]) -> bool {
+    let Ok(origin) = std::str::from_utf8(origin) else {
+        return false;
+    };
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https") && is_loopback_host(rest)
+}
+
+/// Whether a `host[:port]` names a loopback address.
+fn is_loopback_host(host_and_port: &str) -> bool {
+    let host = match host_and_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_and_port.split(':').next().unwrap_or_default(),
+    };
+    let host = host.to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The CORS origins of the settings (see [`ServerConfig::cors_origins`]).
+fn cors_origins(config: &ServerConfig) -> AllowOrigin {
+    if config.cors_origins.iter().any(|o| o == "*")
+        || (config.cors_origins.is_empty() && config.api_token.is_some())
+    {
+        return AllowOrigin::any();
+    }
+    if config.cors_origins.is_empty() {
+        return AllowOrigin::predicate(|origin: &HeaderValue, _| {
+            is_loopback_origin(origin.as_bytes())
+        });
+    }
+    AllowOrigin::list(
+        config
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+    )
+}
+
+/// On a loopback bind without a token, refuse requests that name the
+/// server by anything but a loopback host: a web page that rebinds its own
+/// domain to 127.0.0.1 would otherwise reach the API as same-origin.
+async fn check_host(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.loopback_hosts_only {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()));
+        if !host.is_some_and(is_loopback_host) {
+            return ApiError::forbidden(
+                "this server answers only requests addressed to localhost (set HGPT_API_TOKEN \
+                 to serve it under other names)",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// Routes open without a token: the web interface's files and the health
@@ -228,6 +363,30 @@ mod tests {
         assert!(!same_token("abd", "abc"));
         assert!(!same_token("ab", "abc"));
         assert!(!same_token("", "abc"));
+    }
+
+    #[test]
+    fn loopback_origins_and_hosts() {
+        for origin in [
+            "http://localhost:9999",
+            "http://127.0.0.1:8004",
+            "https://[::1]:3000",
+            "http://app.localhost",
+        ] {
+            assert!(is_loopback_origin(origin.as_bytes()), "{origin}");
+        }
+        for origin in [
+            "http://evil.example",
+            "http://127.0.0.1.evil.example",
+            "http://localhost.evil.example:80",
+            "null",
+            "file://",
+        ] {
+            assert!(!is_loopback_origin(origin.as_bytes()), "{origin}");
+        }
+        assert!(is_loopback_host("127.0.0.1:8004"));
+        assert!(is_loopback_host("LOCALHOST"));
+        assert!(!is_loopback_host("rebound.example:8004"));
     }
 
     #[test]

@@ -13,16 +13,18 @@
 use crate::conversation::Conversation;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use futures::FutureExt as _;
 use hgpt_core::pipeline::Pipeline;
 use hgpt_core::record::{RunEvent, RunRecord, TaskStatus};
 use hgpt_store::{NewRun, RunFinish, RunRow, RunState, Store, StoredEvent};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -178,6 +180,32 @@ impl LiveRun {
     }
 }
 
+/// Cancels a run when dropped before the run ended: held by a request that
+/// waits for a run, so that a client that leaves stops it.
+pub(crate) struct CancelOnDrop(pub Arc<LiveRun>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.0.outcome().is_none() {
+            self.0.cancel.cancel();
+        }
+    }
+}
+
+/// A running slot held by a planning request (`POST /tasks`), released on
+/// drop.
+pub(crate) struct PlanningSlot {
+    runs: Arc<Runs>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for PlanningSlot {
+    fn drop(&mut self) {
+        self.runs.running.fetch_sub(1, Ordering::SeqCst);
+        self.runs.admitted.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A store operation, done in order on the writer thread.
 enum Write {
     Insert(NewRun),
@@ -305,22 +333,18 @@ impl Runs {
         store: Store,
         limits: RunLimits,
     ) -> Result<Arc<Self>, crate::ServerError> {
-        let interrupted = store.mark_interrupted(now_ms(), INTERRUPTED)?;
+        // Runs the last server left unfinished end with a terminal state
+        // event, like every run's log.
+        let interrupted = store.mark_interrupted(
+            now_ms(),
+            INTERRUPTED,
+            Some(&json!({"type": "state", "state": "interrupted", "error": INTERRUPTED})),
+        )?;
         if !interrupted.is_empty() {
             tracing::warn!(
                 "{} runs left unfinished by the last server were marked interrupted",
                 interrupted.len()
             );
-        }
-        // Their event logs end with the terminal state, like every run's.
-        for id in &interrupted {
-            let seq = store.events(id, 0)?.last().map_or(0, |e| e.seq) + 1;
-            let event = StoredEvent {
-                seq,
-                at_ms: now_ms(),
-                data: json!({"type": "state", "state": "interrupted", "error": INTERRUPTED}),
-            };
-            store.append_events(id, &[event])?;
         }
         let writer = StoreWriter::start(store.clone())?;
         Ok(Arc::new(Self {
@@ -365,11 +389,9 @@ impl Runs {
         lock(&self.live).get(id).cloned()
     }
 
-    /// Admit a run and start it (it waits for a slot in the queue).
-    pub(crate) fn start(
-        self: &Arc<Self>,
-        conversation: Conversation,
-    ) -> Result<Arc<LiveRun>, ApiError> {
+    /// Count one more queued or running piece of work, or refuse it with
+    /// 429 when the queue is full (503 while shutting down).
+    fn admit(&self) -> Result<(), ApiError> {
         if self.shutdown.is_cancelled() {
             return Err(ApiError::shutting_down());
         }
@@ -395,6 +417,33 @@ impl Runs {
                 retry_after,
             ));
         }
+        Ok(())
+    }
+
+    /// A running slot for a planning request, after those queued before it.
+    pub(crate) async fn planning_slot(self: &Arc<Self>) -> Result<PlanningSlot, ApiError> {
+        self.admit()?;
+        let slot = tokio::select! {
+            slot = self.slots.clone().acquire_owned() => slot.ok(),
+            () = self.shutdown.cancelled() => None,
+        };
+        let Some(slot) = slot else {
+            self.admitted.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::shutting_down());
+        };
+        self.running.fetch_add(1, Ordering::SeqCst);
+        Ok(PlanningSlot {
+            runs: self.clone(),
+            _slot: slot,
+        })
+    }
+
+    /// Admit a run and start it (it waits for a slot in the queue).
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        conversation: Conversation,
+    ) -> Result<Arc<LiveRun>, ApiError> {
+        self.admit()?;
         let created_at_ms = now_ms();
         let (changed, _) = watch::channel(0);
         let run = Arc::new(LiveRun {
@@ -476,7 +525,20 @@ impl Runs {
         let grace = self.limits.shutdown_grace;
         let shutdown = self.shutdown.clone();
         let outcome = tokio::select! {
-            outcome = self.execute(&run) => outcome,
+            outcome = AssertUnwindSafe(self.execute(&run)).catch_unwind() => {
+                outcome.unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "no message".to_string());
+                    tracing::error!(run = %run.id, "the run panicked: {message}");
+                    Outcome::without_record(
+                        RunState::Failed,
+                        format!("internal error: the run panicked ({message})"),
+                    )
+                })
+            }
             _ = run.cancel.cancelled() => Outcome::without_record(
                 RunState::Cancelled, "cancelled while running"),
             _ = async move {

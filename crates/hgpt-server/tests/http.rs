@@ -30,6 +30,8 @@ struct Setup {
     task_latency: Duration,
     max_upload_bytes: usize,
     max_body_bytes: usize,
+    /// Makes the fake backend panic instead of answering.
+    panicking_backend: bool,
 }
 
 impl Default for Setup {
@@ -40,6 +42,7 @@ impl Default for Setup {
             task_latency: Duration::ZERO,
             max_upload_bytes: 1 << 20,
             max_body_bytes: 64 << 10,
+            panicking_backend: false,
         }
     }
 }
@@ -94,9 +97,14 @@ async fn start(root: &Path, setup: Setup) -> TestServer {
         out_dir,
         ..MediaConfig::default()
     };
+    let backend = if setup.panicking_backend {
+        FakeBackend::with_responder(setup.task_latency, |_| panic!("the fake backend broke"))
+    } else {
+        FakeBackend::new(setup.task_latency)
+    };
     let pipeline = Pipeline::new(
         Arc::new(ScriptedLlm::with_plan(PLAN)),
-        Arc::new(FakeBackend::new(setup.task_latency)),
+        Arc::new(backend),
         Arc::new(LocalMedia::new(media.clone()).unwrap()),
         Arc::new(Catalog::builtin().unwrap()),
         Arc::new(Prompts::default()),
@@ -111,6 +119,7 @@ async fn start(root: &Path, setup: Setup) -> TestServer {
         max_body_bytes: setup.max_body_bytes,
         max_upload_bytes: setup.max_upload_bytes,
         media,
+        cors_origins: Vec::new(),
     };
     let (shutdown, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(serve(
@@ -253,18 +262,29 @@ async fn reference_routes_answer_in_the_reference_shapes() {
     assert!(results["1"]["inference result"]["generated image"].is_string());
     assert!(results["1"]["choose model result"]["id"].is_string());
 
-    // CORS is on, so the reference's web client can call these routes.
-    let preflight = server
-        .client
-        .request(reqwest::Method::OPTIONS, server.at("/hugginggpt"))
-        .header("Origin", "http://localhost:9999")
-        .header("Access-Control-Request-Method", "POST")
-        .header("Access-Control-Request-Headers", "content-type")
-        .send()
-        .await
-        .unwrap();
-    assert!(preflight.status().is_success());
-    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    // CORS is on, so the reference's web client (served from this machine)
+    // can call these routes; without a token, pages from elsewhere cannot.
+    let preflight = |origin: &'static str| {
+        server
+            .client
+            .request(reqwest::Method::OPTIONS, server.at("/hugginggpt"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "content-type")
+            .send()
+    };
+    let local = preflight("http://localhost:9999").await.unwrap();
+    assert!(local.status().is_success());
+    assert_eq!(
+        local.headers()["access-control-allow-origin"],
+        "http://localhost:9999"
+    );
+    let foreign = preflight("http://evil.example").await.unwrap();
+    assert!(
+        !foreign
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
     server.stop().await;
 }
 
@@ -321,6 +341,25 @@ async fn bad_requests_get_json_errors() {
             "cursor",
         ),
         (server.client.get(server.at("/nope")), 404, "no such route"),
+        (server.client.put(server.at("/v1/runs")), 405, "method"),
+        (
+            server.client.get(server.at("/v1/runs/x/cancel")),
+            405,
+            "method",
+        ),
+        (
+            server.client.get(server.at("/v1/runs/%ff")),
+            400,
+            "bad path",
+        ),
+        (
+            server
+                .client
+                .get(server.at("/v1/runs"))
+                .header("Host", "rebound.example"),
+            403,
+            "localhost",
+        ),
         (
             server
                 .client
@@ -725,14 +764,21 @@ async fn files_upload_by_content_and_serve_inside_the_roots() {
     let not_multipart = server.post("/v1/files", json!({})).await;
     assert_eq!(not_multipart.status(), 400);
 
-    // Inputs by name; nothing outside the roots.
+    // Inputs by name; only media; nothing hidden or outside the roots.
     assert_eq!(server.get("/files/a.jpg").await.status(), 200);
     std::fs::write(dir.path().join("secret.txt"), "no").unwrap();
+    let media = dir.path().join("media");
+    std::fs::write(media.join("hgpt.toml"), "api_key = \"sk-secret\"").unwrap();
+    std::fs::write(media.join(".env"), "TOKEN=1").unwrap();
+    std::fs::write(media.join(".hidden.png"), sample_png()).unwrap();
     for outside in [
         "/files/../secret.txt",
         "/files/%2e%2e/secret.txt",
         "/files/etc/passwd",
         "/files/missing.png",
+        "/files/hgpt.toml",
+        "/files/.env",
+        "/files/.hidden.png",
     ] {
         assert_eq!(server.get(outside).await.status(), 404, "{outside}");
     }
@@ -925,4 +971,174 @@ async fn a_failing_store_degrades_health_but_runs_go_on() {
         .unwrap();
     assert_ne!(failures, "0");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_last_event_id_replays_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Setup::default()).await;
+    let id = create_run(&server, "describe /a.jpg").await;
+    let all = events(&server, &id, None).await;
+    let response = server
+        .client
+        .get(server.at(&format!("/v1/runs/{id}/events")))
+        .header("Last-Event-ID", "")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(parse_sse(&response.text().await.unwrap()).len(), all.len());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_leaving_a_streamed_completion_cancels_its_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        dir.path(),
+        Setup {
+            task_latency: Duration::from_secs(60),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let mut response = server
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "hugginggpt", "stream": true, "messages": [{"role": "user", "content": "describe /a.jpg"}]}),
+        )
+        .await;
+    let id = response.headers()["x-hgpt-run-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    response.chunk().await.unwrap().unwrap();
+    drop(response);
+    // The run ends cancelled (it would otherwise wait a minute on the model).
+    let stream = events(&server, &id, None).await;
+    assert!(
+        stream.last().unwrap().data.contains("\"cancelled\""),
+        "{:?}",
+        stream.last()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn planning_requests_share_the_run_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        dir.path(),
+        Setup {
+            task_latency: Duration::from_secs(60),
+            limits: RunLimits {
+                max_running: 1,
+                max_queued: 0,
+                shutdown_grace: Duration::ZERO,
+            },
+            ..Setup::default()
+        },
+    )
+    .await;
+    let busy = create_run(&server, "one").await;
+    let refused = server.post("/tasks", messages("describe /a.jpg")).await;
+    assert_eq!(refused.status(), 429);
+    server
+        .post(&format!("/v1/runs/{busy}/cancel"), json!({}))
+        .await;
+    let planned = server.post("/tasks", messages("describe /a.jpg")).await;
+    assert_eq!(planned.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_backend_fails_the_run_not_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        dir.path(),
+        Setup {
+            panicking_backend: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let id = create_run(&server, "describe /a.jpg").await;
+    let stream = events(&server, &id, None).await;
+    let last: Value = serde_json::from_str(&stream.last().unwrap().data).unwrap();
+    assert_eq!(last["type"], "state");
+    assert!(
+        ["failed", "succeeded"].contains(&last["state"].as_str().unwrap()),
+        "{last}"
+    );
+    let health: Value = server.get("/healthz").await.json().await.unwrap();
+    assert_eq!(
+        (health["running"].as_u64(), health["queued"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let again = server.post("/v1/runs", messages("describe /a.jpg")).await;
+    assert_eq!(again.status(), 202);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_data_directory_serves_one_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Setup::default()).await;
+    // Answering, so it holds its data directory.
+    assert_eq!(server.get("/healthz").await.status(), 200);
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pipeline = Pipeline::new(
+        Arc::new(ScriptedLlm::with_plan(PLAN)),
+        Arc::new(FakeBackend::new(Duration::ZERO)),
+        Arc::new(hgpt_testkit::inproc::MemoryMedia::default()),
+        Arc::new(Catalog::builtin().unwrap()),
+        Arc::new(Prompts::default()),
+        PipelineConfig::default(),
+    );
+    let second = serve(
+        listener,
+        Arc::new(pipeline),
+        store,
+        ServerConfig {
+            media: MediaConfig {
+                media_root: dir.path().join("media"),
+                out_dir: dir.path().join("out"),
+                ..MediaConfig::default()
+            },
+            ..ServerConfig::default()
+        },
+        std::future::ready(()),
+    )
+    .await;
+    let error = second.unwrap_err().to_string();
+    assert!(error.contains("another hgpt serve"), "{error}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_half_sent_request_does_not_hold_up_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        dir.path(),
+        Setup {
+            limits: RunLimits {
+                shutdown_grace: Duration::ZERO,
+                ..RunLimits::default()
+            },
+            ..Setup::default()
+        },
+    )
+    .await;
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stalled
+        .write_all(b"POST /v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"req")
+        .await
+        .unwrap();
+    // Make sure the server is reading it before stopping.
+    assert_eq!(server.get("/healthz").await.status(), 200);
+    server.stop().await;
+    drop(stalled);
 }

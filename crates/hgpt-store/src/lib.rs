@@ -580,8 +580,15 @@ impl Store {
     }
 
     /// Marks every queued or running run interrupted (`error = reason`, `finished_at_ms = now_ms`)
-    /// and returns their ids, oldest first. Terminal runs are left alone.
-    pub fn mark_interrupted(&self, now_ms: u64, reason: &str) -> Result<Vec<String>, StoreError> {
+    /// and returns their ids, oldest first. Terminal runs are left alone. With `final_event`,
+    /// each of them also gets that event after its last one (at `now_ms`), in the same
+    /// transaction, so no run is ever interrupted without it.
+    pub fn mark_interrupted(
+        &self,
+        now_ms: u64,
+        reason: &str,
+        final_event: Option<&Value>,
+    ) -> Result<Vec<String>, StoreError> {
         let now = to_i64("now_ms", now_ms)?;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -602,6 +609,20 @@ impl Store {
             now,
             reason
         ])?;
+        if let Some(event) = final_event {
+            let data = serde_json::to_string(event).map_err(|source| StoreError::Json {
+                run_id: String::new(),
+                column: "events.data",
+                source,
+            })?;
+            let mut append = tx.prepare_cached(
+                "INSERT INTO events (run_id, seq, at_ms, data) \
+                 SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3 FROM events WHERE run_id = ?1",
+            )?;
+            for id in &ids {
+                append.execute(params![id, now, data])?;
+            }
+        }
         tx.commit()?;
         Ok(ids)
     }

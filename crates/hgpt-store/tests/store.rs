@@ -157,7 +157,10 @@ fn round_trip_of_every_method() {
         ]
     );
 
-    assert_eq!(store.mark_interrupted(400, "shutdown").unwrap(), vec!["r2"]);
+    assert_eq!(
+        store.mark_interrupted(400, "shutdown", None).unwrap(),
+        vec!["r2"]
+    );
 }
 
 #[test]
@@ -427,7 +430,20 @@ fn mark_interrupted_only_touches_live_runs() {
     let done_before = store.run("done").unwrap().unwrap();
     let failed_before = store.run("failed").unwrap().unwrap();
 
-    let ids = store.mark_interrupted(100, "server restarted").unwrap();
+    let final_event = json!({"type": "state", "state": "interrupted"});
+    store
+        .append_events(
+            "running",
+            &[StoredEvent {
+                seq: 1,
+                at_ms: 3,
+                data: json!({"type": "state", "state": "running"}),
+            }],
+        )
+        .unwrap();
+    let ids = store
+        .mark_interrupted(100, "server restarted", Some(&final_event))
+        .unwrap();
     assert_eq!(ids, ["queued", "running"]);
     for id in ["queued", "running"] {
         let row = store.run(id).unwrap().unwrap();
@@ -442,7 +458,22 @@ fn mark_interrupted_only_touches_live_runs() {
     assert_eq!(store.run("done").unwrap().unwrap(), done_before);
     assert_eq!(store.run("failed").unwrap().unwrap(), failed_before);
     // Nothing left to interrupt.
-    assert!(store.mark_interrupted(200, "again").unwrap().is_empty());
+    // Each interrupted run ends with the final event, numbered after its last.
+    let queued_events = store.events("queued", 0).unwrap();
+    assert_eq!(queued_events.len(), 1);
+    assert_eq!((queued_events[0].seq, queued_events[0].at_ms), (1, 100));
+    assert_eq!(queued_events[0].data, final_event);
+    let running_events = store.events("running", 0).unwrap();
+    assert_eq!(running_events.len(), 2);
+    assert_eq!(running_events[1].seq, 2);
+    assert_eq!(running_events[1].data, final_event);
+    assert!(store.events("done", 0).unwrap().is_empty());
+    assert!(
+        store
+            .mark_interrupted(200, "again", Some(&final_event))
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         store.run("queued").unwrap().unwrap().finished_at_ms,
         Some(100)

@@ -450,6 +450,7 @@ async fn serve(settings: &Settings, bind: Option<String>) -> Result<ExitCode> {
         api_token: settings.api_token.clone(),
         max_upload_bytes: settings.max_upload_bytes,
         media: app::media_config(settings),
+        cors_origins: settings.cors_origins.clone(),
         ..hgpt_server::ServerConfig::default()
     };
     hgpt_server::serve(listener, pipeline, store, config, shutdown_signal())

@@ -101,6 +101,9 @@ pub struct SettingsArgs {
     /// Runs `hgpt serve` keeps waiting beyond those; more get 429 [default: 64].
     #[arg(long, global = true, env = "HGPT_MAX_QUEUED", value_name = "N")]
     pub max_queued: Option<usize>,
+    /// Origins whose web pages may call `hgpt serve` (CORS), separated by ',': exact origins or '*' [default: any with a token, else pages served from loopback].
+    #[arg(long, global = true, env = "HGPT_CORS_ORIGINS", value_name = "ORIGINS")]
+    pub cors_origins: Option<String>,
     /// Allow http(s) inputs on private, loopback and link-local addresses.
     #[arg(long, global = true, env = "HGPT_ALLOW_PRIVATE_URLS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub allow_private_urls: Option<bool>,
@@ -140,6 +143,8 @@ struct ServerSection {
     max_queued: Option<usize>,
     max_upload_mb: Option<u64>,
     shutdown_grace_secs: Option<f64>,
+    #[serde(default)]
+    cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -312,6 +317,8 @@ pub struct Settings {
     pub max_upload_bytes: usize,
     /// How long shutdown lets running runs finish.
     pub shutdown_grace: Duration,
+    /// Origins allowed to call the server from web pages (empty: the default).
+    pub cors_origins: Vec<String>,
 }
 
 /// The platform's directory for hgpt's data: `$XDG_DATA_HOME/hgpt` or
@@ -505,6 +512,15 @@ impl Settings {
                 file.server.shutdown_grace_secs.unwrap_or(30.0),
                 "server.shutdown_grace_secs",
             )?,
+            cors_origins: match &args.cors_origins {
+                Some(list) => list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                None => file.server.cors_origins.clone(),
+            },
         };
         if settings.candidates == 0 {
             bail!("candidates must be at least 1");
@@ -651,6 +667,7 @@ mod tests {
         let args = SettingsArgs {
             config: Some(path),
             max_queued: Some(7),
+            cors_origins: Some("http://localhost:9999, https://chat.example.com".into()),
             ..SettingsArgs::default()
         };
         let settings = Settings::resolve(&args, &FakeEnv(vec![])).unwrap();
@@ -659,6 +676,10 @@ mod tests {
         assert_eq!(settings.api_token.as_deref(), Some("t0k"));
         assert_eq!((settings.max_runs, settings.max_queued), (2, 7));
         assert_eq!(settings.max_upload_bytes, 1 << 20);
+        assert_eq!(
+            settings.cors_origins,
+            ["http://localhost:9999", "https://chat.example.com"]
+        );
 
         let defaults = Settings::resolve(
             &SettingsArgs::default(),
