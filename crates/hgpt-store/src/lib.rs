@@ -14,8 +14,9 @@
 //! the schema version lives in `PRAGMA user_version` and migrations run in one transaction.
 //! A file written by a newer version of this crate is refused ([`StoreError::SchemaTooNew`]).
 //!
-//! The API is blocking: a [`Store`] is a cheap, cloneable handle around one connection behind
-//! a mutex. Async callers should use `tokio::task::spawn_blocking`. Records and events are
+//! The API is blocking: a [`Store`] is a cheap, cloneable handle around a writing connection and
+//! (for a file) a read-only one, each behind a mutex, so reads and writes never wait for each
+//! other (WAL). Async callers should use `tokio::task::spawn_blocking`. Records and events are
 //! plain [`serde_json::Value`]s so this crate does not depend on the pipeline's types.
 
 use std::fmt;
@@ -307,6 +308,10 @@ pub struct Store {
 
 struct Inner {
     conn: Mutex<Connection>,
+    /// A second, read-only connection for a file store, so that reads (a
+    /// long event replay) never wait for writes, nor writes for reads (WAL
+    /// lets them run at once). An in-memory store reads through `conn`.
+    reader: Option<Mutex<Connection>>,
     path: Option<PathBuf>,
 }
 
@@ -344,9 +349,19 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
+        let reader = match &path {
+            Some(path) => {
+                let reader = Connection::open(path)?;
+                reader.busy_timeout(BUSY_TIMEOUT)?;
+                reader.pragma_update(None, "query_only", "ON")?;
+                Some(Mutex::new(reader))
+            }
+            None => None,
+        };
         Ok(Store {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
+                reader,
                 path,
             }),
         })
@@ -362,6 +377,16 @@ impl Store {
         // on drop), so the connection is still usable.
         self.inner
             .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The connection for reads: the read-only one of a file store.
+    fn read_conn(&self) -> MutexGuard<'_, Connection> {
+        self.inner
+            .reader
+            .as_ref()
+            .unwrap_or(&self.inner.conn)
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -481,7 +506,7 @@ impl Store {
 
     /// The run with this id, or `None`.
     pub fn run(&self, id: &str) -> Result<Option<RunRow>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read_conn();
         let raw = conn
             .prepare_cached(
                 "SELECT id, state, created_at_ms, started_at_ms, finished_at_ms, request, error,
@@ -523,7 +548,7 @@ impl Store {
         // Stored seqs fit i64, so anything larger selects nothing, like i64::MAX.
         let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
         let raw: Vec<(i64, i64, String)> = {
-            let conn = self.conn();
+            let conn = self.read_conn();
             current_state(&conn, id)?;
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, at_ms, data FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
@@ -553,7 +578,7 @@ impl Store {
             None => i64::MAX,
         };
         let raw: Vec<(i64, RawSummary)> = {
-            let conn = self.conn();
+            let conn = self.read_conn();
             let mut stmt = conn.prepare_cached(
                 "SELECT id, state, created_at_ms, started_at_ms, finished_at_ms, request, error, pk
                  FROM runs WHERE pk < ?1 ORDER BY pk DESC LIMIT ?2",
@@ -630,7 +655,7 @@ impl Store {
     /// The number of runs in each state, every state listed once in [`RunState::ALL`] order.
     pub fn count_by_state(&self) -> Result<Vec<(RunState, u64)>, StoreError> {
         let counts: Vec<(String, i64)> = {
-            let conn = self.conn();
+            let conn = self.read_conn();
             let mut stmt =
                 conn.prepare_cached("SELECT state, COUNT(*) FROM runs GROUP BY state")?;
             stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
