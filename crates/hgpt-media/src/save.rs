@@ -36,35 +36,72 @@ fn io_error(reference: &Path, err: &io::Error) -> MediaError {
 }
 
 /// Write `blob` to `out_dir` as `{kind}-{unix_millis}-{tag}.{ext}` without
-/// ever replacing an existing file; the content is written to a hidden
-/// temporary file first and renamed over the reserved name.
+/// ever replacing an existing file or showing a partly written one: the
+/// content goes to a hidden temporary file, which is then hard-linked under
+/// its final name (a link never replaces anything) and unlinked. Where the
+/// file system has no hard links, the final name is reserved empty and the
+/// temporary file renamed over it.
 pub(crate) fn save(out_dir: &Path, kind: ResourceKind, blob: &Blob) -> Result<PathBuf, MediaError> {
     let ext = save_extension(kind, blob);
-    for _ in 0..ATTEMPTS {
+    let temp = out_dir.join(format!(".{kind}-{}.part", unique_tag()));
+    if let Err(e) = write_new(&temp, &blob.bytes) {
+        let _ = fs::remove_file(&temp);
+        return Err(io_error(&temp, &e));
+    }
+    let published = publish(out_dir, &temp, &|| {
         let millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let name = format!("{kind}-{millis}-{}.{ext}", unique_tag());
-        let path = out_dir.join(&name);
-        // Reserve the name: creation fails if anything already has it.
+        format!("{kind}-{millis}-{}.{ext}", unique_tag())
+    });
+    // Linked (or renamed) or not, the temporary name goes.
+    let _ = fs::remove_file(&temp);
+    published
+}
+
+/// Give the written file `temp` a fresh name from `name`, never replacing
+/// an existing file.
+fn publish(out_dir: &Path, temp: &Path, name: &dyn Fn() -> String) -> Result<PathBuf, MediaError> {
+    for _ in 0..ATTEMPTS {
+        let path = out_dir.join(name());
+        match fs::hard_link(temp, &path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            // No hard links here (some network and FAT file systems).
+            Err(_) => return reserve_and_rename(out_dir, temp, name),
+        }
+    }
+    Err(no_free_name(out_dir))
+}
+
+/// [`publish`] without hard links: reserve the name with an empty file,
+/// then rename the written file over it.
+fn reserve_and_rename(
+    out_dir: &Path,
+    temp: &Path,
+    name: &dyn Fn() -> String,
+) -> Result<PathBuf, MediaError> {
+    for _ in 0..ATTEMPTS {
+        let path = out_dir.join(name());
         match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(io_error(&path, &e)),
         }
-        let temp = out_dir.join(format!(".{name}.part"));
-        let written = write_new(&temp, &blob.bytes).and_then(|()| fs::rename(&temp, &path));
-        if let Err(e) = written {
-            let _ = fs::remove_file(&temp);
+        if let Err(e) = fs::rename(temp, &path) {
             let _ = fs::remove_file(&path);
             return Err(io_error(&path, &e));
         }
         return Ok(path);
     }
-    Err(MediaError::Io {
+    Err(no_free_name(out_dir))
+}
+
+fn no_free_name(out_dir: &Path) -> MediaError {
+    MediaError::Io {
         reference: out_dir.display().to_string(),
         message: format!("no free file name after {ATTEMPTS} attempts"),
-    })
+    }
 }
 
 fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -76,6 +113,29 @@ fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn taken_names_are_skipped_and_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("taken.png"), b"old").unwrap();
+        let temp = dir.path().join(".x.part");
+        std::fs::write(&temp, b"new").unwrap();
+        let names = std::cell::RefCell::new(vec!["free.png", "taken.png"]);
+        let next = || names.borrow_mut().pop().unwrap_or("none").to_string();
+        for publish in [publish, reserve_and_rename] {
+            *names.borrow_mut() = vec!["free.png", "taken.png"];
+            let _ = std::fs::remove_file(dir.path().join("free.png"));
+            std::fs::write(&temp, b"new").unwrap();
+            let path = publish(dir.path(), &temp, &next).unwrap();
+            assert_eq!(path, dir.path().join("free.png"));
+            assert_eq!(std::fs::read(&path).unwrap(), b"new");
+            assert_eq!(std::fs::read(dir.path().join("taken.png")).unwrap(), b"old");
+        }
+        // Every name taken: an error, nothing replaced.
+        let taken = || "taken.png".to_string();
+        assert!(publish(dir.path(), &temp, &taken).is_err());
+        assert_eq!(std::fs::read(dir.path().join("taken.png")).unwrap(), b"old");
+    }
 
     #[test]
     fn tags_differ() {
