@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// token is set (a page needs the token anyway), else only pages served
     /// from loopback addresses.
     pub cors_origins: Vec<String>,
+    /// Ended runs older than this are deleted from the store (checked at
+    /// start and every hour); `None` keeps every run.
+    pub keep_runs_for: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +82,7 @@ impl Default for ServerConfig {
             max_upload_bytes: 25 << 20,
             media: MediaConfig::default(),
             cors_origins: Vec::new(),
+            keep_runs_for: None,
         }
     }
 }
@@ -156,6 +160,9 @@ pub async fn serve(
     let _lock = lock_data_dir(&store)?;
     let media = Arc::new(LocalMedia::new(config.media.clone())?);
     let runs = runs::Runs::new(pipeline, store, config.limits)?;
+    if let Some(keep) = config.keep_runs_for {
+        tokio::spawn(retention(runs.clone(), keep));
+    }
     let loopback_hosts_only =
         config.api_token.is_none() && listener.local_addr()?.ip().is_loopback();
     let grace = config.limits.shutdown_grace;
@@ -190,6 +197,31 @@ pub async fn serve(
     }
     runs.shut_down().await;
     Ok(())
+}
+
+/// How often old runs are looked for.
+const RETENTION_PERIOD: Duration = Duration::from_secs(3600);
+
+/// Delete ended runs older than `keep`, now and every [`RETENTION_PERIOD`],
+/// until the server stops.
+async fn retention(runs: Arc<runs::Runs>, keep: Duration) {
+    let stopping = runs.stopping();
+    loop {
+        let store = runs.store().clone();
+        let cutoff = runs::now_ms().saturating_sub(keep.as_millis() as u64);
+        match tokio::task::spawn_blocking(move || store.prune(Some(cutoff), None)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(deleted)) => {
+                tracing::info!("deleted {deleted} runs older than the retention period")
+            }
+            Ok(Err(e)) => tracing::error!("cannot delete old runs: {e}"),
+            Err(e) => tracing::error!("the retention task failed: {e}"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RETENTION_PERIOD) => {}
+            () = stopping.cancelled() => return,
+        }
+    }
 }
 
 /// Every route, with auth, CORS and body limits.

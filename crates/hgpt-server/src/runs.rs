@@ -649,6 +649,11 @@ impl Runs {
         self.tracker.wait().await;
     }
 
+    /// Cancelled when the server begins to shut down.
+    pub(crate) fn stopping(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// Begin shutting down without waiting (new runs are refused).
     pub(crate) fn begin_shutdown(&self) {
         self.shutdown.cancel();

@@ -32,6 +32,7 @@ struct Setup {
     max_body_bytes: usize,
     /// Makes the fake backend panic instead of answering.
     panicking_backend: bool,
+    keep_runs_for: Option<Duration>,
 }
 
 impl Default for Setup {
@@ -43,6 +44,7 @@ impl Default for Setup {
             max_upload_bytes: 1 << 20,
             max_body_bytes: 64 << 10,
             panicking_backend: false,
+            keep_runs_for: None,
         }
     }
 }
@@ -120,6 +122,7 @@ async fn start(root: &Path, setup: Setup) -> TestServer {
         max_upload_bytes: setup.max_upload_bytes,
         media,
         cors_origins: Vec::new(),
+        keep_runs_for: setup.keep_runs_for,
     };
     let (shutdown, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(serve(
@@ -1141,4 +1144,43 @@ async fn a_half_sent_request_does_not_hold_up_shutdown() {
     assert_eq!(server.get("/healthz").await.status(), 200);
     server.stop().await;
     drop(stalled);
+}
+
+#[tokio::test]
+async fn runs_past_the_retention_period_are_deleted_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Setup::default()).await;
+    let old = create_run(&server, "describe /a.jpg").await;
+    events(&server, &old, None).await;
+    server.stop().await;
+
+    // Finished a few ms ago: older than a 1 ms retention period, so gone once
+    // the retention pass at start has run (in the background: poll for it).
+    let server = start(
+        dir.path(),
+        Setup {
+            keep_runs_for: Some(Duration::from_millis(1)),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let mut gone = false;
+    for _ in 0..200 {
+        if server.get(&format!("/v1/runs/{old}")).await.status() == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(gone, "the old run was not deleted");
+    server.stop().await;
+
+    // Without a retention period runs stay.
+    let server = start(dir.path(), Setup::default()).await;
+    let kept = create_run(&server, "describe /a.jpg").await;
+    events(&server, &kept, None).await;
+    server.stop().await;
+    let server = start(dir.path(), Setup::default()).await;
+    assert_eq!(server.get(&format!("/v1/runs/{kept}")).await.status(), 200);
+    server.stop().await;
 }

@@ -652,6 +652,50 @@ impl Store {
         Ok(ids)
     }
 
+    /// Deletes ended runs (never queued or running ones) with their events: those that
+    /// finished before `finished_before_ms`, and those beyond the newest `keep_latest` runs.
+    /// With neither, nothing is deleted. Returns how many runs were deleted.
+    pub fn prune(
+        &self,
+        finished_before_ms: Option<u64>,
+        keep_latest: Option<usize>,
+    ) -> Result<u64, StoreError> {
+        let before = finished_before_ms
+            .map(|ms| to_i64("finished_before_ms", ms))
+            .transpose()?;
+        let keep = keep_latest
+            .map(|n| to_i64("keep_latest", n as u64))
+            .transpose()?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut deleted = 0;
+        if let Some(before) = before {
+            deleted += tx
+                .prepare_cached(
+                    "DELETE FROM runs WHERE state NOT IN (?1, ?2) AND finished_at_ms < ?3",
+                )?
+                .execute(params![
+                    RunState::Queued.as_str(),
+                    RunState::Running.as_str(),
+                    before
+                ])?;
+        }
+        if let Some(keep) = keep {
+            deleted += tx
+                .prepare_cached(
+                    "DELETE FROM runs WHERE state NOT IN (?1, ?2) AND pk NOT IN \
+                     (SELECT pk FROM runs ORDER BY pk DESC LIMIT ?3)",
+                )?
+                .execute(params![
+                    RunState::Queued.as_str(),
+                    RunState::Running.as_str(),
+                    keep
+                ])?;
+        }
+        tx.commit()?;
+        Ok(deleted as u64)
+    }
+
     /// The number of runs in each state, every state listed once in [`RunState::ALL`] order.
     pub fn count_by_state(&self) -> Result<Vec<(RunState, u64)>, StoreError> {
         let counts: Vec<(String, i64)> = {

@@ -712,3 +712,49 @@ fn concurrent_use_from_threads() {
     assert!(counts.contains(&(RunState::Succeeded, 100)));
     assert!(counts.contains(&(RunState::Queued, 10)));
 }
+
+#[test]
+fn prune_deletes_old_and_surplus_ended_runs_with_their_events() {
+    let store = Store::open_in_memory().unwrap();
+    // r0..r5 created in order; r0..r3 finished at 10, 20, 30, 40; r4 running, r5 queued.
+    for i in 0..6u64 {
+        let id = format!("r{i}");
+        store.insert_run(&new_run(&id, i)).unwrap();
+        store
+            .append_events(&id, &[ev(1, json!({"type": "state"}))])
+            .unwrap();
+        if i < 5 {
+            store.set_running(&id, i).unwrap();
+        }
+        if i < 4 {
+            store
+                .finish_run(
+                    &id,
+                    &RunFinish {
+                        state: RunState::Succeeded,
+                        finished_at_ms: (i + 1) * 10,
+                        record: None,
+                        error: None,
+                    },
+                )
+                .unwrap();
+        }
+    }
+    assert_eq!(store.prune(None, None).unwrap(), 0);
+    // Finished before 25: r0 and r1.
+    assert_eq!(store.prune(Some(25), None).unwrap(), 2);
+    assert!(store.run("r0").unwrap().is_none());
+    assert!(store.events("r1", 0).is_err());
+    // Keep the newest 2 (r5, r4: both live), so r2 and r3 go; live runs stay whatever.
+    assert_eq!(store.prune(None, Some(2)).unwrap(), 2);
+    assert_eq!(store.prune(None, Some(0)).unwrap(), 0);
+    let left: Vec<String> = store
+        .list_runs(10, None)
+        .unwrap()
+        .runs
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, ["r5", "r4"]);
+    assert_eq!(store.events("r4", 0).unwrap().len(), 1);
+}

@@ -89,6 +89,16 @@ enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Delete ended runs (with their events) from the store.
+    #[command(group = clap::ArgGroup::new("which").required(true).multiple(true))]
+    Prune {
+        /// Those that ended more than this many days ago.
+        #[arg(long, value_name = "DAYS", group = "which")]
+        older_than: Option<f64>,
+        /// All but the newest N runs.
+        #[arg(long, value_name = "N", group = "which")]
+        keep: Option<usize>,
+    },
     /// One run as JSON: its state and the `hgpt run --json` record.
     Show {
         /// The run id.
@@ -184,6 +194,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Runs {
             command: RunsCommand::Show { id, events },
         } => runs::show(&settings, &id, events),
+        Command::Runs {
+            command: RunsCommand::Prune { older_than, keep },
+        } => runs::prune(&settings, older_than, keep),
         Command::ServeModels { bind, models } => serve_models(&settings, &bind, models).await,
         Command::Models {
             command: ModelsCommand::List { task, json },
@@ -451,6 +464,7 @@ async fn serve(settings: &Settings, bind: Option<String>) -> Result<ExitCode> {
         max_upload_bytes: settings.max_upload_bytes,
         media: app::media_config(settings),
         cors_origins: settings.cors_origins.clone(),
+        keep_runs_for: settings.keep_runs_for,
         ..hgpt_server::ServerConfig::default()
     };
     hgpt_server::serve(listener, pipeline, store, config, shutdown_signal())

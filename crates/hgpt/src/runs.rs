@@ -108,6 +108,39 @@ pub fn list(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Delete ended runs that ended more than `older_than_days` ago, and all
+/// but the newest `keep`.
+pub fn prune(
+    settings: &Settings,
+    older_than_days: Option<f64>,
+    keep: Option<usize>,
+) -> Result<ExitCode> {
+    let before = match older_than_days {
+        Some(days) if !(days >= 0.0 && days.is_finite()) => {
+            bail!("--older-than must be a number of days, 0 or more, got {days}")
+        }
+        Some(days) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            Some(now.saturating_sub((days * 86_400_000.0) as u64))
+        }
+        None => None,
+    };
+    let Some(store) = open(settings)? else {
+        eprintln!("no runs yet (no store in {})", settings.data_dir.display());
+        return Ok(ExitCode::SUCCESS);
+    };
+    let deleted = store.prune(before, keep)?;
+    eprintln!(
+        "deleted {deleted} run{} from {}",
+        if deleted == 1 { "" } else { "s" },
+        settings.data_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Print one run (and its events) as JSON.
 pub fn show(settings: &Settings, id: &str, events: bool) -> Result<ExitCode> {
     let Some(store) = open(settings)? else {

@@ -101,6 +101,9 @@ pub struct SettingsArgs {
     /// Runs `hgpt serve` keeps waiting beyond those; more get 429 [default: 64].
     #[arg(long, global = true, env = "HGPT_MAX_QUEUED", value_name = "N")]
     pub max_queued: Option<usize>,
+    /// Days `hgpt serve` keeps ended runs in its store [default: forever].
+    #[arg(long, global = true, env = "HGPT_KEEP_DAYS", value_name = "DAYS")]
+    pub keep_days: Option<f64>,
     /// Origins whose web pages may call `hgpt serve` (CORS), separated by ',': exact origins or '*' [default: any with a token, else pages served from loopback].
     #[arg(long, global = true, env = "HGPT_CORS_ORIGINS", value_name = "ORIGINS")]
     pub cors_origins: Option<String>,
@@ -145,6 +148,7 @@ struct ServerSection {
     shutdown_grace_secs: Option<f64>,
     #[serde(default)]
     cors_origins: Vec<String>,
+    keep_days: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -319,6 +323,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Origins allowed to call the server from web pages (empty: the default).
     pub cors_origins: Vec<String>,
+    /// How long ended runs are kept; `None`: forever.
+    pub keep_runs_for: Option<Duration>,
 }
 
 /// The platform's directory for hgpt's data: `$XDG_DATA_HOME/hgpt` or
@@ -521,6 +527,11 @@ impl Settings {
                     .collect(),
                 None => file.server.cors_origins.clone(),
             },
+            keep_runs_for: args
+                .keep_days
+                .or(file.server.keep_days)
+                .map(|days| seconds(days * 86_400.0, "keep days"))
+                .transpose()?,
         };
         if settings.candidates == 0 {
             bail!("candidates must be at least 1");
@@ -667,6 +678,7 @@ mod tests {
         let args = SettingsArgs {
             config: Some(path),
             max_queued: Some(7),
+            keep_days: Some(0.5),
             cors_origins: Some("http://localhost:9999, https://chat.example.com".into()),
             ..SettingsArgs::default()
         };
@@ -676,6 +688,7 @@ mod tests {
         assert_eq!(settings.api_token.as_deref(), Some("t0k"));
         assert_eq!((settings.max_runs, settings.max_queued), (2, 7));
         assert_eq!(settings.max_upload_bytes, 1 << 20);
+        assert_eq!(settings.keep_runs_for, Some(Duration::from_secs(43_200)));
         assert_eq!(
             settings.cors_origins,
             ["http://localhost:9999", "https://chat.example.com"]

@@ -222,6 +222,24 @@ async fn serve_answers_clients_stops_gracefully_and_keeps_its_runs() {
         "{table}"
     );
 
+    let pruned = hgpt(dir.path(), None)
+        .args(["runs", "prune", "--keep", "1"])
+        .output()
+        .unwrap();
+    assert!(pruned.status.success());
+    assert!(String::from_utf8_lossy(&pruned.stderr).contains("deleted 2 runs"));
+    let list = hgpt(dir.path(), None)
+        .args(["runs", "list", "--json"])
+        .output()
+        .unwrap();
+    let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    let nothing_said = hgpt(dir.path(), None)
+        .args(["runs", "prune"])
+        .output()
+        .unwrap();
+    assert!(!nothing_said.status.success());
+
     let missing = hgpt(dir.path(), None)
         .args(["runs", "show", "run_nope"])
         .output()
