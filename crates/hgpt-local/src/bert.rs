@@ -225,8 +225,8 @@ fn cpu_f32<'a>(
     storage: &'a Storage,
     layout: &Layout,
 ) -> candle_core::Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => Ok(&data[start..end]),
+    match storage {
+        Storage::Cpu(cpu) => op_f32(what, cpu, layout),
         _ => candle_core::bail!("{what}: a contiguous f32 CPU tensor was expected"),
     }
 }

@@ -18,9 +18,10 @@ pub enum ScoreFunction {
 }
 
 impl ScoreFunction {
-    /// Parse the pipeline's `function_to_apply` names.
+    /// Parse the pipeline's `function_to_apply` names: `softmax`,
+    /// `sigmoid`, `none`.
     pub fn parse(name: &str) -> Option<Self> {
-        match name.to_ascii_lowercase().as_str() {
+        match name.trim().to_ascii_lowercase().as_str() {
             "softmax" => Some(Self::Softmax),
             "sigmoid" => Some(Self::Sigmoid),
             "none" => Some(Self::Identity),

@@ -10,9 +10,10 @@ pub mod preprocess;
 pub mod vit;
 pub mod yolos;
 
+pub use crate::text::postprocess::ScoreFunction;
 pub use encoder::{ImageSize, VitConfig};
 pub use preprocess::{ImageProcessor, ProcessorKind, Resample, SizeRule, decode_image};
-pub use vit::{ImageClassifier, ScoreFunction, VitForImageClassification};
+pub use vit::{ImageClassifier, VitForImageClassification};
 pub use yolos::{ObjectDetector, Predictions, RawDetection, YolosForObjectDetection};
 
 use crate::error::{LocalError, bad_input};
@@ -115,12 +116,4 @@ fn number_arg(task: TaskKind, args: &ResolvedArgs, key: &str) -> Result<Option<f
             format!("{key} must be a number, not {value}"),
         )),
     }
-}
-
-/// Softmax of one row in float32 (max-subtracted, as torch).
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.iter().map(|e| e / sum).collect()
 }

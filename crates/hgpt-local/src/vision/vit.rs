@@ -3,10 +3,11 @@
 
 use super::encoder::{Encoder, PatchEmbeddings, VitConfig};
 use super::preprocess::{ImageProcessor, ProcessorKind, decode_image};
-use super::{image_bytes, number_arg, open_weights, softmax};
+use super::{image_bytes, number_arg, open_weights};
 use crate::error::{LocalError, bad_input};
 use crate::files::ModelFiles;
 use crate::pipeline::Pipeline;
+use crate::text::postprocess::ScoreFunction;
 use candle_core::{Device, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear};
 use hgpt_core::backend::ResolvedArgs;
@@ -83,38 +84,6 @@ impl VitForImageClassification {
             .squeeze(1)?
             .apply(&self.layernorm)?
             .apply(&self.classifier)
-    }
-}
-
-/// How logits become scores (`function_to_apply` of the pipeline).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScoreFunction {
-    /// Softmax over the labels (single-label models).
-    Softmax,
-    /// Independent sigmoid per label (multi-label or one-label models).
-    Sigmoid,
-    /// The raw logits.
-    Identity,
-}
-
-impl ScoreFunction {
-    /// Parse the pipeline's names: `softmax`, `sigmoid`, `none`.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "softmax" => Some(Self::Softmax),
-            "sigmoid" => Some(Self::Sigmoid),
-            "none" => Some(Self::Identity),
-            _ => None,
-        }
-    }
-
-    /// Apply to one row of logits (float32, as torch does).
-    pub fn apply(self, logits: &[f32]) -> Vec<f32> {
-        match self {
-            Self::Softmax => softmax(logits),
-            Self::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
-            Self::Identity => logits.to_vec(),
-        }
     }
 }
 

@@ -8,10 +8,11 @@
 
 use super::encoder::{Encoder, PatchEmbeddings, VitConfig};
 use super::preprocess::{ImageProcessor, ProcessorKind, decode_image};
-use super::{image_bytes, number_arg, open_weights, softmax};
+use super::{image_bytes, number_arg, open_weights};
 use crate::error::LocalError;
 use crate::files::ModelFiles;
 use crate::pipeline::Pipeline;
+use crate::text::postprocess::softmax;
 use candle_core::{Device, Tensor};
 use candle_nn::{LayerNorm, Linear, Module, VarBuilder, layer_norm, linear};
 use hgpt_core::backend::ResolvedArgs;

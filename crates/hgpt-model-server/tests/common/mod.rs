@@ -13,17 +13,7 @@ use std::sync::Arc;
 pub const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
 /// The snapshot that `scripts/fetch-minilm.sh` lays out.
-pub fn minilm_snapshot() -> PathBuf {
-    let hub = std::env::var_os("HGPT_TEST_HUB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models/hub")
-        });
-    let repo = hub.join("models--sentence-transformers--all-MiniLM-L6-v2");
-    let commit = std::fs::read_to_string(repo.join("refs/main"))
-        .expect("run `bash scripts/fetch-minilm.sh` first (scripts/test does it)");
-    repo.join("snapshots").join(commit.trim())
-}
+pub use hgpt_testkit::models::minilm_snapshot;
 
 /// hgpt-local's parity fixtures (tiny checkpoints with `expected.json`).
 pub fn fixtures_dir() -> PathBuf {
