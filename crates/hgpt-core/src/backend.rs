@@ -3,6 +3,7 @@
 //! crates (`hgpt-llm`, `hgpt-hf`, `hgpt-media`, local backends) and in tests.
 
 use crate::output::{Blob, Detection, InferenceOutput, Segment};
+use crate::shape::OutputShape;
 use crate::task::{ResourceKind, TaskKind};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -65,6 +66,9 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     /// Token id -> bias, passed through to servers that support it.
     pub logit_bias: BTreeMap<String, f32>,
+    /// The shape the answer must take: enforced token by token by the embedded
+    /// controller, sent as `response_format` to servers that support it.
+    pub shape: Option<OutputShape>,
 }
 
 /// Why a call to the controller LLM failed.
@@ -90,6 +94,9 @@ pub enum LlmError {
     /// The call took too long.
     #[error("the LLM call timed out after {0:?}")]
     Timeout(Duration),
+    /// The embedded controller failed (model file, context window, grammar).
+    #[error("the embedded controller failed: {0}")]
+    Embedded(String),
 }
 
 /// A stream of text deltas from the LLM.

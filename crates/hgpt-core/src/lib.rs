@@ -15,4 +15,5 @@ pub mod record;
 pub mod routing;
 pub mod scheduler;
 pub mod selection;
+pub mod shape;
 pub mod task;

@@ -20,6 +20,7 @@ use crate::record::{
 };
 use crate::scheduler::{Node, NodeOutcome, run_graph};
 use crate::selection::{self, Selection, SelectionConfig};
+use crate::shape::{OutputShape, PlanShape};
 use crate::task::{TaskKind, TaskName};
 use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -138,9 +139,9 @@ impl Pipeline {
     /// The planning request: system prompt, demonstrations, then the request
     /// with the chat history that fits the context window.
     pub fn plan_request(&self, request: &str, history: &[ChatMessage]) -> ChatRequest {
-        let task_types = TaskKind::ALL
+        let kinds = self.plannable_tasks();
+        let task_types = kinds
             .iter()
-            .filter(|k| k.controlnet_model().is_none())
             .map(|k| k.as_str())
             .collect::<Vec<_>>()
             .join(", ");
@@ -154,7 +155,22 @@ impl Pipeline {
             )));
             messages
         };
-        self.fitted(history, build, self.config.temperature)
+        ChatRequest {
+            shape: Some(OutputShape::Plan(PlanShape::new(kinds))),
+            ..self.fitted(history, build, self.config.temperature)
+        }
+    }
+
+    /// The task types the planner may use: those the catalog has a model for,
+    /// and the text tasks the controller does itself (ControlNet steps are
+    /// never offered: no backend runs them).
+    pub fn plannable_tasks(&self) -> Vec<TaskKind> {
+        TaskKind::ALL
+            .iter()
+            .copied()
+            .filter(|k| k.controlnet_model().is_none())
+            .filter(|k| k.is_llm_capable() || !self.catalog.ranked(&TaskName::Known(*k)).is_empty())
+            .collect()
     }
 
     /// Stage 1 alone: ask for a plan and post-process it.

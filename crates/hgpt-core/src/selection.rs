@@ -13,6 +13,7 @@ use crate::catalog::{Catalog, CatalogEntry};
 use crate::lenient_json;
 use crate::prompt::{StagePrompt, render};
 use crate::record::ModelChoice;
+use crate::shape::{ChoiceShape, OutputShape};
 use crate::task::TaskKind;
 use futures::future::join_all;
 use regex::Regex;
@@ -177,6 +178,9 @@ pub fn selection_request(
     ChatRequest {
         messages,
         temperature: Some(0.0),
+        shape: Some(OutputShape::Choice(ChoiceShape::new(
+            candidates.iter().map(|c| c.entry.id.clone()).collect(),
+        ))),
         ..ChatRequest::default()
     }
 }

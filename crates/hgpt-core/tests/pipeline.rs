@@ -636,3 +636,46 @@ async fn the_concurrency_cap_counts_running_tasks_only() {
     assert!(record.tasks.iter().all(|t| t.status == TaskStatus::Ok));
     assert_eq!(backend.peak_concurrency(), 1);
 }
+
+#[tokio::test]
+async fn planning_and_selection_requests_carry_their_shapes() {
+    use hgpt_core::shape::OutputShape;
+    let llm = Arc::new(ScriptedLlm::with_plan(DESCRIBE_COUNT_SPEAK));
+    let p = pipeline(
+        llm.clone(),
+        Arc::new(FakeBackend::new(Duration::ZERO)),
+        PipelineConfig::default(),
+    );
+    // Only task types the catalog has a model for, and the controller's own text tasks.
+    let kinds = p.plannable_tasks();
+    for kind in [
+        TaskKind::ObjectDetection,
+        TaskKind::ImageToText,
+        TaskKind::TextToSpeech,
+        TaskKind::Summarization,
+    ] {
+        assert!(kinds.contains(&kind), "{kind:?} missing from {kinds:?}");
+    }
+    assert!(!kinds.contains(&TaskKind::DepthEstimation));
+    assert!(!kinds.contains(&TaskKind::CannyControl));
+    let request = p.plan_request("describe /a.jpg", &[]);
+    match &request.shape {
+        Some(OutputShape::Plan(shape)) => assert_eq!(shape.tasks, kinds),
+        other => panic!("planning request shape {other:?}"),
+    }
+    assert!(request.messages[0].content.contains("object-detection"));
+    assert!(!request.messages[0].content.contains("depth-estimation"));
+    let _ = run(&p, "describe /a.jpg").await;
+    let choices: Vec<_> = llm
+        .calls()
+        .into_iter()
+        .filter(|c| stage_of(c) == Stage::Select)
+        .collect();
+    assert!(!choices.is_empty());
+    for call in choices {
+        match &call.shape {
+            Some(OutputShape::Choice(shape)) => assert_eq!(shape.ids.len(), 2, "{:?}", shape.ids),
+            other => panic!("selection request shape {other:?}"),
+        }
+    }
+}

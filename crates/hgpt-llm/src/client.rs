@@ -6,12 +6,15 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use hgpt_core::backend::{ChatMessage, ChatModel, ChatRequest, LlmError, TextStream};
+use hgpt_core::shape::OutputShape;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Response, StatusCode, Url};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::{Instant, timeout_at};
 
@@ -87,6 +90,35 @@ pub struct OpenAiClient {
     endpoint: Url,
     headers: HeaderMap,
     http: reqwest::Client,
+    /// Set once the server has rejected `response_format`: it is not sent again.
+    no_response_format: Arc<AtomicBool>,
+}
+
+/// The `response_format` asking for an answer of this shape (OpenAI
+/// structured outputs; also understood by vLLM and llama.cpp's server).
+pub fn response_format(shape: &OutputShape) -> serde_json::Value {
+    serde_json::json!({
+        "type": "json_schema",
+        "json_schema": {
+            "name": shape.name(),
+            "strict": true,
+            "schema": shape.json_schema(),
+        },
+    })
+}
+
+/// Whether a refusal is about the request's `response_format` (a server
+/// that does not support structured outputs), not about the request itself.
+fn rejects_response_format(error: &LlmError) -> bool {
+    match error {
+        LlmError::Status { status, message } => {
+            matches!(status, 400 | 415 | 422 | 501)
+                && ["response_format", "json_schema", "structured", "grammar"]
+                    .iter()
+                    .any(|word| message.to_ascii_lowercase().contains(word))
+        }
+        _ => false,
+    }
 }
 
 /// The JSON body of a chat completion request.
@@ -100,6 +132,9 @@ struct RequestBody<'a> {
     max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     logit_bias: &'a BTreeMap<String, f32>,
+    /// Structured outputs: `{"type": "json_schema", "json_schema": {...}}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<serde_json::Value>,
     stream: bool,
 }
 
@@ -164,6 +199,7 @@ impl OpenAiClient {
             endpoint,
             headers,
             http,
+            no_response_format: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -179,12 +215,37 @@ impl OpenAiClient {
 
     /// Sends the request, retrying what is worth retrying.
     async fn exchange(&self, request: &ChatRequest, stream: bool) -> Result<Reply, LlmError> {
+        let format = request
+            .shape
+            .as_ref()
+            .filter(|_| !self.no_response_format.load(Ordering::Relaxed))
+            .map(response_format);
+        let shaped = format.is_some();
+        match self.exchange_with(request, stream, format).await {
+            Err(error) if shaped && rejects_response_format(&error) => {
+                tracing::warn!(
+                    "the LLM server rejects response_format ({error}); asking without it from now on"
+                );
+                self.no_response_format.store(true, Ordering::Relaxed);
+                self.exchange_with(request, stream, None).await
+            }
+            other => other,
+        }
+    }
+
+    async fn exchange_with(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+        response_format: Option<serde_json::Value>,
+    ) -> Result<Reply, LlmError> {
         let body = RequestBody {
             model: &self.config.model,
             messages: &request.messages,
             temperature: request.temperature,
             max_tokens: request.max_tokens,
             logit_bias: &request.logit_bias,
+            response_format,
             stream,
         };
         let body = Bytes::from(

@@ -473,3 +473,72 @@ async fn fake_routes_on_the_conversation() {
     assert_eq!(calls.len(), 3);
     assert!(calls[0].received_at <= calls[1].received_at);
 }
+
+fn shaped(user: &str) -> ChatRequest {
+    ChatRequest {
+        shape: Some(hgpt_core::shape::OutputShape::Choice(
+            hgpt_core::shape::ChoiceShape::new(vec!["a/x".into(), "b/y".into()]),
+        )),
+        ..request(user)
+    }
+}
+
+#[tokio::test]
+async fn shaped_requests_ask_for_structured_outputs() {
+    let llm = FakeLlm::scripted(vec![LlmReply::text(r#"{"id": "a/x", "reason": "r"}"#)]).await;
+    guarded(client(&llm).complete(shaped("pick")))
+        .await
+        .unwrap();
+    let body = &llm.calls()[0].body;
+    assert_eq!(body["response_format"]["type"], "json_schema");
+    assert_eq!(
+        body["response_format"]["json_schema"]["name"],
+        "model_choice"
+    );
+    assert_eq!(
+        body["response_format"]["json_schema"]["schema"]["properties"]["id"]["enum"],
+        serde_json::json!(["a/x", "b/y"])
+    );
+    // Free-text requests carry no format.
+    let llm = FakeLlm::scripted(vec![LlmReply::text("hello")]).await;
+    guarded(client(&llm).complete(request("hi"))).await.unwrap();
+    assert!(llm.calls()[0].body.get("response_format").is_none());
+}
+
+#[tokio::test]
+async fn a_server_that_rejects_structured_outputs_is_asked_again_without_and_remembered() {
+    let llm = FakeLlm::scripted(vec![
+        LlmReply::error(400, "response_format is not supported by this server"),
+        LlmReply::text(r#"{"id": "b/y", "reason": "r"}"#),
+        LlmReply::text(r#"{"id": "a/x", "reason": "r"}"#),
+    ])
+    .await;
+    let client = client(&llm);
+    let first = guarded(client.complete(shaped("pick"))).await.unwrap();
+    assert!(first.contains("b/y"));
+    let second = guarded(client.complete(shaped("pick again")))
+        .await
+        .unwrap();
+    assert!(second.contains("a/x"));
+    let calls = llm.calls();
+    assert_eq!(calls.len(), 3);
+    assert!(calls[0].body.get("response_format").is_some());
+    assert!(calls[1].body.get("response_format").is_none());
+    assert!(
+        calls[2].body.get("response_format").is_none(),
+        "the refusal is remembered"
+    );
+}
+
+#[tokio::test]
+async fn other_refusals_are_not_retried_without_the_format() {
+    let llm = FakeLlm::scripted(vec![LlmReply::error(400, "messages must not be empty")]).await;
+    let err = guarded(client(&llm).complete(shaped("pick")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LlmError::Status { status: 400, .. }),
+        "{err:?}"
+    );
+    assert_eq!(llm.calls().len(), 1);
+}

@@ -2,7 +2,11 @@
 //! backend, the media store, the catalog and the prompts.
 
 use crate::settings::{PromptsSection, Settings};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use hgpt_controller::{
+    ControllerSettings, EmbeddedController, Engine, EngineOptions, HubAccess, ModelSpec, Sampling,
+};
+use hgpt_core::backend::ChatModel;
 use hgpt_core::backend::InferenceBackend;
 use hgpt_core::catalog::Catalog;
 use hgpt_core::pipeline::{Pipeline, PipelineConfig};
@@ -16,15 +20,6 @@ use hgpt_media::{LocalMedia, MediaConfig};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Shown when no controller LLM is configured.
-pub const NO_LLM: &str = "hgpt needs an LLM as its controller, and none is configured. \
-Point it at any OpenAI-compatible server by setting HGPT_LLM_BASE_URL (for example \
-http://127.0.0.1:8000/v1 for a local vLLM, llama.cpp or Ollama server, or https://api.openai.com/v1) \
-and HGPT_LLM_MODEL (for example gpt-4o-mini), plus HGPT_LLM_API_KEY (or OPENAI_API_KEY) if the \
-server needs a key; the same settings can go in hgpt.toml under [llm] (base_url, model, api_key) \
-or be passed as --llm-base-url, --llm-model and --llm-api-key. Setting only OPENAI_API_KEY uses \
-OpenAI with gpt-4o-mini.";
 
 /// The catalog the settings name: the given files, or the built-in one.
 pub fn catalog(settings: &Settings) -> Result<Catalog> {
@@ -90,20 +85,106 @@ pub fn media_config(settings: &Settings) -> MediaConfig {
     }
 }
 
-/// The whole pipeline, or [`NO_LLM`] when no controller is configured.
-pub fn pipeline(settings: &Settings) -> Result<Pipeline> {
-    let (Some(base_url), Some(model)) = (&settings.llm_base_url, &settings.llm_model) else {
-        bail!(NO_LLM);
+/// A progress bar per downloaded file, drawn on stderr.
+pub struct FileProgress(indicatif::ProgressBar);
+
+impl FileProgress {
+    /// A bar under `multi`.
+    pub fn new(multi: &indicatif::MultiProgress) -> Self {
+        let style = indicatif::ProgressStyle::with_template(
+            "{msg:32!} {bar:30.cyan/blue} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        Self(multi.add(indicatif::ProgressBar::new(0).with_style(style)))
+    }
+}
+
+impl hf_hub::api::Progress for FileProgress {
+    fn init(&mut self, size: usize, filename: &str) {
+        self.0.set_length(size as u64);
+        self.0.set_message(filename.to_string());
+    }
+    fn update(&mut self, size: usize) {
+        self.0.inc(size as u64);
+    }
+    fn finish(&mut self) {
+        self.0.finish();
+    }
+}
+
+/// Where the Hub is and how to reach it, from the settings and environment.
+pub fn hub_access(settings: &Settings) -> HubAccess {
+    HubAccess {
+        cache_dir: ModelCache::from_env().path().to_path_buf(),
+        endpoint: std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()),
+        token: settings.hf_token.clone(),
+        offline: settings.offline,
+    }
+}
+
+/// The controller: the configured OpenAI-compatible server, or else the
+/// embedded model (downloaded on first use unless offline). Returns it with
+/// its context window.
+pub async fn controller(settings: &Settings) -> Result<(Arc<dyn ChatModel>, usize)> {
+    if let (Some(base_url), Some(model)) = (&settings.llm_base_url, &settings.llm_model) {
+        let llm = OpenAiClient::new(OpenAiConfig {
+            base_url: base_url.clone(),
+            api_key: settings.llm_api_key.clone(),
+            model: model.clone(),
+            request_timeout: settings.llm_timeout,
+            max_retries: settings.llm_max_retries,
+            ..OpenAiConfig::default()
+        })
+        .context("cannot set up the LLM client")?;
+        let context = settings
+            .llm_context
+            .or_else(|| hgpt_llm::context_window(model))
+            .unwrap_or(8192);
+        return Ok((Arc::new(llm), context));
+    }
+    let name = settings
+        .llm_local
+        .clone()
+        .unwrap_or_else(|| hgpt_controller::DEFAULT_MODEL.to_string());
+    let spec = ModelSpec::parse(&name).map_err(anyhow::Error::msg)?;
+    let access = hub_access(settings);
+    let options = EngineOptions {
+        context: settings.llm_context.unwrap_or(4096),
+        cache_dir: settings.llm_prompt_cache_dir.clone(),
+        tokenizer: settings.llm_tokenizer.clone(),
     };
-    let llm = OpenAiClient::new(OpenAiConfig {
-        base_url: base_url.clone(),
-        api_key: settings.llm_api_key.clone(),
-        model: model.clone(),
-        request_timeout: settings.llm_timeout,
-        max_retries: settings.llm_max_retries,
-        ..OpenAiConfig::default()
+    let device = hgpt_local::device::best_device();
+    let engine = tokio::task::spawn_blocking(move || -> Result<Engine> {
+        let multi = indicatif::MultiProgress::new();
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let path = hgpt_controller::source::resolve(&spec, &access, FileProgress::new(&multi))
+            .map_err(anyhow::Error::msg)?;
+        Engine::load(&path, &device, &options)
+            .with_context(|| format!("cannot load the controller model {}", path.display()))
     })
-    .context("cannot set up the LLM client")?;
+    .await
+    .context("loading the controller model crashed")??;
+    let controller = EmbeddedController::new(
+        engine,
+        ControllerSettings {
+            sampling: Sampling {
+                temperature: settings.llm_temperature.unwrap_or(0.0),
+                top_p: settings.llm_top_p,
+                seed: settings.llm_seed,
+                repeat_penalty: settings.llm_repeat_penalty,
+            },
+            max_tokens: settings.llm_max_tokens,
+        },
+    );
+    let context = controller.context_window();
+    Ok((Arc::new(controller), context))
+}
+
+/// The whole pipeline.
+pub async fn pipeline(settings: &Settings) -> Result<Pipeline> {
+    let (llm, context_window) = controller(settings).await?;
     let remote = HfBackend::new(HfConfig {
         base_url: settings.hf_base_url.clone(),
         token: settings.hf_token.clone(),
@@ -128,10 +209,6 @@ pub fn pipeline(settings: &Settings) -> Result<Pipeline> {
     let backend = RoutedBackend::new(settings.inference_mode, local, Arc::new(remote));
     let media =
         LocalMedia::new(media_config(settings)).context("cannot set up the media folders")?;
-    let context_window = settings
-        .llm_context
-        .or_else(|| hgpt_llm::context_window(model))
-        .unwrap_or(8192);
     let config = PipelineConfig {
         selection: SelectionConfig {
             considered: settings.considered.max(settings.candidates),
@@ -147,7 +224,7 @@ pub fn pipeline(settings: &Settings) -> Result<Pipeline> {
         ..PipelineConfig::default()
     };
     Ok(Pipeline::new(
-        Arc::new(llm),
+        llm,
         Arc::new(backend),
         Arc::new(media),
         Arc::new(catalog(settings)?),

@@ -6,7 +6,7 @@ mod progress;
 mod runs;
 mod settings;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use hgpt_core::backend::ChatMessage;
 use hgpt_core::pipeline::Pipeline;
@@ -157,7 +157,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let settings = Settings::resolve(&cli.settings, &ProcessEnv)?;
     match cli.command {
         Command::Run { request, json } => {
-            let pipeline = app::pipeline(&settings)?;
+            let pipeline = app::pipeline(&settings).await?;
             let record = run_once(&pipeline, &request, &[], !json).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&record)?);
@@ -165,7 +165,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(exit_code(&record))
         }
         Command::Plan { request } => {
-            let pipeline = app::pipeline(&settings)?;
+            let pipeline = app::pipeline(&settings).await?;
             let outcome = pipeline.plan(&request, &[]).await?;
             match outcome.plan {
                 Ok(plan) => {
@@ -181,7 +181,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Chat => chat(&app::pipeline(&settings)?).await,
+        Command::Chat => chat(&app::pipeline(&settings).await?).await,
         Command::Serve { bind } => serve(&settings, bind).await,
         Command::Runs {
             command:
@@ -336,30 +336,25 @@ fn models_list(settings: &Settings, task: Option<&str>, json: bool) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-/// A progress bar per downloaded file.
-struct FileProgress(indicatif::ProgressBar);
-
-impl hf_hub::api::Progress for FileProgress {
-    fn init(&mut self, size: usize, filename: &str) {
-        self.0.set_length(size as u64);
-        self.0.set_message(filename.to_string());
-    }
-    fn update(&mut self, size: usize) {
-        self.0.inc(size as u64);
-    }
-    fn finish(&mut self) {
-        self.0.finish();
-    }
-}
-
 async fn pull(settings: &Settings, id: String) -> Result<ExitCode> {
+    let multi = indicatif::MultiProgress::new();
+    if is_gguf_repo(&id) {
+        let spec = hgpt_controller::ModelSpec::parse(&id).map_err(anyhow::Error::msg)?;
+        let hgpt_controller::ModelSpec::Hub { repo, pick } = spec else {
+            bail!("{id} is a file, not a Hub repository");
+        };
+        let access = app::hub_access(settings);
+        let path = tokio::task::spawn_blocking(move || {
+            hgpt_controller::source::download(&repo, &pick, &access, app::FileProgress::new(&multi))
+        })
+        .await
+        .context("the download crashed")?
+        .with_context(|| format!("cannot pull {id}"))?;
+        eprintln!("{id} is in {}", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let cache = hgpt_local::ModelCache::from_env();
     let token = settings.hf_token.clone();
-    let multi = indicatif::MultiProgress::new();
-    let style = indicatif::ProgressStyle::with_template(
-        "{msg:32!} {bar:30.cyan/blue} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {eta}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     let target = id.clone();
     let snapshot = tokio::task::spawn_blocking(move || {
         hgpt_local::pull::pull(
@@ -367,7 +362,7 @@ async fn pull(settings: &Settings, id: String) -> Result<ExitCode> {
             &target,
             std::env::var("HF_ENDPOINT").ok(),
             token,
-            || FileProgress(multi.add(indicatif::ProgressBar::new(0).with_style(style.clone()))),
+            || app::FileProgress::new(&multi),
         )
     })
     .await
@@ -375,6 +370,12 @@ async fn pull(settings: &Settings, id: String) -> Result<ExitCode> {
     .with_context(|| format!("cannot pull {id}"))?;
     eprintln!("{id} is in {}", snapshot.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `hgpt models pull` should fetch one GGUF file (a repository whose
+/// name says GGUF, or an id with a `:quantization` or `:file.gguf`).
+fn is_gguf_repo(id: &str) -> bool {
+    id.contains(':') || id.to_ascii_lowercase().contains("gguf")
 }
 
 async fn serve_models(settings: &Settings, bind: &str, models: Vec<String>) -> Result<ExitCode> {
@@ -428,7 +429,7 @@ async fn serve(settings: &Settings, bind: Option<String>) -> Result<ExitCode> {
     let bind = bind
         .or_else(|| settings.server_bind.clone())
         .unwrap_or_else(|| "127.0.0.1:8004".to_string());
-    let pipeline = std::sync::Arc::new(app::pipeline(settings)?);
+    let pipeline = std::sync::Arc::new(app::pipeline(settings).await?);
     let store = hgpt_store::Store::open(&settings.data_dir).with_context(|| {
         format!(
             "cannot open the run store in {}",

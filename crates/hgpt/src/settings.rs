@@ -30,9 +30,15 @@ pub struct SettingsArgs {
     /// Controller model name, e.g. gpt-4o-mini.
     #[arg(long, global = true, env = "HGPT_LLM_MODEL", value_name = "NAME")]
     pub llm_model: Option<String>,
-    /// Context window of the controller model in tokens [default: known per model, else 8192].
+    /// Context window of the controller model in tokens [default: known per model, else 8192; 4096 for the embedded controller].
     #[arg(long, global = true, env = "HGPT_LLM_CONTEXT", value_name = "TOKENS")]
     pub llm_context: Option<usize>,
+    /// The embedded controller's model, used when no LLM server is configured: a .gguf file, or a Hub repo with an optional quantization or file (org/name, org/name:q4_k_m, org/name:file.gguf) [default: Qwen/Qwen2.5-1.5B-Instruct-GGUF:q4_k_m].
+    #[arg(long, global = true, env = "HGPT_LLM_LOCAL", value_name = "MODEL")]
+    pub llm_local: Option<String>,
+    /// Never download anything (models, the controller); also HF_HUB_OFFLINE=1.
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub offline: Option<bool>,
     /// Base URL of the Hugging Face inference protocol; requests go to {base}/models/{id}.
     #[arg(long, global = true, env = "HGPT_HF_BASE_URL", value_name = "URL")]
     pub hf_base_url: Option<String>,
@@ -167,6 +173,14 @@ struct LlmSection {
     model: Option<String>,
     context_window: Option<usize>,
     temperature: Option<f32>,
+    local: Option<String>,
+    tokenizer: Option<PathBuf>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    repeat_penalty: Option<f32>,
+    max_tokens: Option<usize>,
+    prompt_cache_dir: Option<PathBuf>,
+    prompt_cache: Option<bool>,
     timeout_secs: Option<f64>,
     max_retries: Option<u32>,
 }
@@ -261,6 +275,23 @@ pub struct Settings {
     pub llm_temperature: Option<f32>,
     /// LLM call timeout.
     pub llm_timeout: Duration,
+    /// The embedded controller's model (`None`: the default), used when no
+    /// server is configured.
+    pub llm_local: Option<String>,
+    /// A tokenizer.json for the embedded model.
+    pub llm_tokenizer: Option<PathBuf>,
+    /// Nucleus sampling of the embedded controller.
+    pub llm_top_p: f32,
+    /// Sampling seed of the embedded controller.
+    pub llm_seed: u64,
+    /// Repeat penalty of the embedded controller (1: none).
+    pub llm_repeat_penalty: f32,
+    /// Token cap of one embedded generation.
+    pub llm_max_tokens: usize,
+    /// Where the embedded controller saves prefilled prompts (`None`: memory only).
+    pub llm_prompt_cache_dir: Option<PathBuf>,
+    /// Never download.
+    pub offline: bool,
     /// LLM retries.
     pub llm_max_retries: u32,
     /// Inference base URL.
@@ -346,6 +377,24 @@ fn default_data_dir(env: &dyn Env) -> PathBuf {
     base.map_or_else(|| PathBuf::from("hgpt-data"), |b| b.join("hgpt"))
 }
 
+/// The platform's cache directory for hgpt: `$XDG_CACHE_HOME/hgpt` or
+/// `~/.cache/hgpt` (`~/Library/Caches/hgpt` on macOS, `%LOCALAPPDATA%\hgpt`
+/// on Windows); `./hgpt-cache` when none of those is known.
+fn default_cache_dir(env: &dyn Env) -> PathBuf {
+    let home = env.var("HOME").map(PathBuf::from);
+    let base = if cfg!(windows) {
+        env.var("LOCALAPPDATA").map(PathBuf::from)
+    } else if cfg!(target_os = "macos") {
+        home.map(|h| h.join("Library").join("Caches"))
+    } else {
+        env.var("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| home.map(|h| h.join(".cache")))
+    };
+    base.map_or_else(|| PathBuf::from("hgpt-cache"), |b| b.join("hgpt"))
+}
+
 /// Environment lookups, injectable for tests.
 pub trait Env {
     /// A variable's value.
@@ -420,6 +469,27 @@ impl Settings {
             llm_context: args.llm_context.or(file.llm.context_window),
             llm_temperature: file.llm.temperature.or(Some(0.0)),
             llm_timeout: seconds(file.llm.timeout_secs.unwrap_or(120.0), "llm.timeout_secs")?,
+            llm_local: args.llm_local.clone().or(file.llm.local.clone()),
+            llm_tokenizer: file.llm.tokenizer.clone().map(relative),
+            llm_top_p: file.llm.top_p.unwrap_or(1.0),
+            llm_seed: file.llm.seed.unwrap_or(299_792_458),
+            llm_repeat_penalty: file.llm.repeat_penalty.unwrap_or(1.0),
+            llm_max_tokens: file.llm.max_tokens.unwrap_or(1024),
+            llm_prompt_cache_dir: match file.llm.prompt_cache {
+                Some(false) => None,
+                _ => Some(
+                    file.llm
+                        .prompt_cache_dir
+                        .clone()
+                        .map(relative)
+                        .unwrap_or_else(|| default_cache_dir(env).join("prompt-cache")),
+                ),
+            },
+            offline: args.offline.unwrap_or_else(|| {
+                env.var("HF_HUB_OFFLINE").is_some_and(|v| {
+                    !matches!(v.to_ascii_lowercase().as_str(), "0" | "false" | "no")
+                })
+            }),
             llm_max_retries: file.llm.max_retries.unwrap_or(3),
             hf_base_url: args
                 .hf_base_url

@@ -241,14 +241,21 @@ async fn run_streams_the_answer_to_stdout() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn without_an_llm_it_says_what_to_set() {
+async fn without_an_llm_offline_it_says_what_to_pull() {
     let ws = Workspace::new();
     let hf = inference_server().await;
-    let out = output(ws.command(None, &hf, &["run", "hello"]), "").await;
+    let empty_cache = tempfile::tempdir().unwrap();
+    let mut command = ws.command(None, &hf, &["run", "hello"]);
+    command
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", empty_cache.path());
+    let out = output(command, "").await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("HGPT_LLM_BASE_URL") && stderr.contains("HGPT_LLM_MODEL"),
+        stderr.contains("hgpt models pull Qwen/Qwen2.5-1.5B-Instruct-GGUF")
+            && stderr.contains("--llm-local")
+            && stderr.contains("offline"),
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"));
