@@ -149,17 +149,6 @@ impl Vocab {
         };
         tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
         tokenizer.with_decoder(Some(ByteLevelDecoder::new(false, true, true)));
-        let special: Vec<AddedToken> = tokens
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| {
-                types
-                    .get(*i)
-                    .is_some_and(|t| *t == TOKEN_TYPE_CONTROL || *t == TOKEN_TYPE_USER_DEFINED)
-            })
-            .map(|(_, t)| AddedToken::from(t.to_string(), true))
-            .collect();
-        tokenizer.add_special_tokens(&special);
         let specials: Vec<bool> = (0..tokens.len())
             .map(|i| {
                 types
@@ -167,6 +156,13 @@ impl Vocab {
                     .is_some_and(|t| *t == TOKEN_TYPE_CONTROL || *t == TOKEN_TYPE_USER_DEFINED)
             })
             .collect();
+        let special: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&specials)
+            .filter(|(_, special)| **special)
+            .map(|(t, _)| AddedToken::from(t.to_string(), true))
+            .collect();
+        tokenizer.add_special_tokens(&special);
         let token_text: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
         let token_bytes = byte_level_bytes(&token_text, &specials);
         Ok(Self::assemble(tokenizer, token_text, token_bytes, gguf))
