@@ -2,7 +2,7 @@
 //! loaded model is shared by every run of the process; requests queue for it
 //! and run on a blocking thread, streaming text back as it is produced.
 
-use crate::engine::{Engine, GenerateRequest, Generation, Sampling};
+use crate::engine::{Engine, GenerateRequest, Generation, Sampling, StopCause};
 use crate::error::ControllerError;
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -110,6 +110,7 @@ impl ChatModel for EmbeddedController {
 
     async fn complete(&self, request: ChatRequest) -> Result<String, LlmError> {
         let request = self.generate_request(request);
+        let (shaped, max_tokens) = (request.shape.is_some(), request.max_tokens);
         let generation = self.run(request, |_| true).await.map_err(llm_error)?;
         tracing::debug!(
             prompt = generation.prompt_tokens,
@@ -119,6 +120,13 @@ impl ChatModel for EmbeddedController {
             ms = generation.total.as_millis() as u64,
             "embedded completion"
         );
+        if shaped && generation.stop == StopCause::Length {
+            // Half a plan is not a plan: say so instead of letting it be read.
+            return Err(LlmError::Unfinished {
+                text: generation.text,
+                max_tokens,
+            });
+        }
         Ok(generation.text)
     }
 

@@ -257,7 +257,16 @@ impl Engine {
     ) -> Result<Generation> {
         let started = Instant::now();
         let (tokens, stable) = self.prompt_tokens(&request.messages)?;
-        let reserve = request.max_tokens.min(self.model.context() / 4).max(1);
+        // A choice always gets room to finish; a plan stops at the limit.
+        let max_tokens = match request
+            .shape
+            .as_ref()
+            .and_then(OutputShape::max_output_tokens)
+        {
+            Some(bound) => request.max_tokens.max(bound),
+            None => request.max_tokens,
+        };
+        let reserve = max_tokens.min(self.model.context() / 4).max(1);
         if tokens.len() + reserve > self.model.context() {
             return Err(ControllerError::ContextTooLong {
                 prompt: tokens.len(),
@@ -292,7 +301,7 @@ impl Engine {
         let mut mask_time = Duration::ZERO;
         let mut first_token = None;
         let mut stop = StopCause::Length;
-        'decode: while generated.len() < request.max_tokens {
+        'decode: while generated.len() < max_tokens {
             let mut next: Vec<u32> = Vec::new();
             if let Some(m) = matcher.as_mut() {
                 let t = Instant::now();
@@ -343,7 +352,7 @@ impl Engine {
                 stop = StopCause::Finished;
                 break;
             }
-            if generated.len() >= request.max_tokens {
+            if generated.len() >= max_tokens {
                 break;
             }
             if cache.len() + next.len() > self.model.context() {

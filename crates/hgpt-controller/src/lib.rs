@@ -4,6 +4,9 @@
 //!   damaged ones.
 //! - [`model`]: one decoder for the llama, qwen2, qwen3, phi3 and gemma3
 //!   families on candle's quantized matmuls, with a separate [`model::KvCache`].
+//! - [`attention`]: attention over the KV cache as one CPU operation.
+//! - [`qmatmul`]: the quantized products, with hgpt's own CPU kernel for
+//!   Q4_1 (candle's is scalar).
 //! - [`tokenizer`]: the vocabulary from the GGUF file or a `tokenizer.json`.
 //! - [`template`]: the model's own chat template.
 //! - [`engine`]: generation with llguidance token masks, so that plans and
@@ -12,12 +15,14 @@
 //! - [`source`]: which file to run, from a path or the Hub.
 //! - [`controller`]: [`EmbeddedController`], the [`hgpt_core::backend::ChatModel`].
 
+pub mod attention;
 pub mod controller;
 pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod model;
 pub mod prompt_cache;
+pub mod qmatmul;
 pub mod source;
 pub mod template;
 pub mod tokenizer;

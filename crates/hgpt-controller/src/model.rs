@@ -6,10 +6,12 @@
 //! prefilled prompt prefix can be copied instead of recomputed, and a cache
 //! can be written to disk and read back.
 
+use crate::attention::Attend;
 use crate::error::{ControllerError, Result};
 use crate::gguf::GgufFile;
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{D, DType, Device, Module, Tensor};
+use crate::qmatmul::QWeight;
+use candle_core::quantized::QTensor;
+use candle_core::{D, DType, Device, Tensor};
 use std::sync::Arc;
 
 /// How the rotary embedding pairs dimensions (llama.cpp's rope types).
@@ -56,7 +58,7 @@ pub struct Config {
 /// A projection: quantized weight and optional bias.
 #[derive(Debug, Clone)]
 struct Linear {
-    weight: QMatMul,
+    weight: QWeight,
     bias: Option<Tensor>,
 }
 
@@ -115,7 +117,7 @@ pub struct Model {
     embedding_scale: Option<f64>,
     layers: Vec<Layer>,
     final_norm: Tensor,
-    lm_head: QMatMul,
+    lm_head: QWeight,
     ropes: Vec<RopeTable>,
     rope_style: RopeStyle,
     activation: Activation,
@@ -196,7 +198,7 @@ impl Loader<'_> {
         }
         let bias = self.optional_vector(&format!("{name}.bias"), rows)?;
         Ok(Linear {
-            weight: QMatMul::from_arc(weight)?,
+            weight: QWeight::new(weight)?,
             bias,
         })
     }
@@ -275,8 +277,8 @@ impl Model {
         };
         let embedding = loader.qtensor("token_embd.weight")?;
         let lm_head = match loader.optional_qtensor("output.weight")? {
-            Some(t) => QMatMul::from_arc(t)?,
-            None => QMatMul::from_arc(embedding.clone())?,
+            Some(t) => QWeight::new(t)?,
+            None => QWeight::new(embedding.clone())?,
         };
         let final_norm = loader.vector("output_norm.weight", hidden)?;
         // Llama 3.x and Phi-3 long-context files carry per-frequency factors.
@@ -584,6 +586,14 @@ impl Model {
         let q = self.rotate(&q, table, start)?;
         let k = self.rotate(&k, table, start)?;
         let (keys, values) = cache.append(index, &k, &v, start)?;
+        if self.device.is_cpu() {
+            let attend = Attend {
+                start,
+                window: layer.window,
+                scale: self.query_scale as f32,
+            };
+            return layer.output.forward(&attend.apply(&q, &keys, &values)?);
+        }
         let total = start + seq;
         let group = c.heads / c.kv_heads;
         // Query heads that share a key/value head are stacked as rows, so GQA

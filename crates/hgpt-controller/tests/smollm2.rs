@@ -7,7 +7,7 @@ use hgpt_controller::prompt_cache::CacheHit;
 use hgpt_controller::{
     ControllerSettings, EmbeddedController, Engine, EngineOptions, GenerateRequest, Sampling,
 };
-use hgpt_core::backend::{ChatMessage, ChatModel, ChatRequest};
+use hgpt_core::backend::{ChatMessage, ChatModel, ChatRequest, LlmError};
 use hgpt_core::catalog::Catalog;
 use hgpt_core::pipeline::{Pipeline, PipelineConfig};
 use hgpt_core::plan::parse_and_postprocess;
@@ -59,47 +59,21 @@ fn pipeline(llm: Arc<EmbeddedController>) -> Pipeline {
     )
 }
 
-/// Varied requests: single tasks, chains, fan-outs, and ones that need no task.
-const REQUESTS: &[&str] = &[
-    "describe /a.jpg and read the description aloud",
-    "how many zebras are in /zoo.jpg?",
-    "what does the recording /memo.wav say?",
-    "translate 'Guten Morgen, wie geht es dir?' into English",
-    "summarize this: The city council met on Monday and voted to expand the bike lane network by 40 kilometres over the next five years.",
-    "hello, how are you today?",
-    "what is the capital of France?",
-    "draw a picture of a red fox in the snow",
-    "generate an image of a lighthouse at sunset and then describe it",
-    "classify the sentiment of 'I absolutely loved this film'",
-    "which people and places are mentioned in 'Marie Curie moved from Warsaw to Paris'?",
-    "segment the objects in /street.png",
-    "estimate the depth of /room.jpg",
-    "what is the person in /portrait.jpg holding?",
-    "transcribe /call.mp3 and summarize it",
-    "read aloud: the meeting starts at nine",
-    "how similar are 'a cat sits on the mat' and 'a kitten rests on a rug'?",
-    "is 'the product broke after two days' a complaint or praise? labels: complaint, praise",
-    "detect the objects in /a.jpg and /b.jpg",
-    "caption /x.png, then translate the caption into French",
-    "classify the image /dog.jpg",
-    "make /photo.jpg look like a watercolor painting",
-    "tell me a joke",
-    "what was my last question?",
-    "write a haiku about autumn",
-    "generate a video of waves crashing on a beach",
-    "find the answer to 'who wrote it?' in: Hamlet was written by William Shakespeare.",
-    "transcribe /a.wav, translate it into German and read the translation aloud",
-    "describe /cat.jpg, count the cats in it and tell me what color they are",
-    "thanks, that's all",
-    "classify the sound in /bird.wav",
-    "answer the question in /invoice.png: what is the total?",
-];
+/// Varied requests: single tasks, chains, fan-outs, and ones that need no
+/// task (shared with the controller benchmark).
+fn requests() -> Vec<&'static str> {
+    include_str!("plan_requests.txt")
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_constrained_plan_parses_and_validates() {
     let pipeline = pipeline(shared());
+    let requests = requests();
     let mut failures = Vec::new();
-    for request in REQUESTS {
+    for request in &requests {
         let outcome = pipeline.plan(request, &[]).await.unwrap();
         match &outcome.plan {
             Ok(plan) if plan.warnings.is_empty() => {}
@@ -110,12 +84,12 @@ async fn every_constrained_plan_parses_and_validates() {
             Err(e) => failures.push(format!("{request}: {e}: {}", outcome.raw)),
         }
     }
-    assert!(REQUESTS.len() >= 30);
+    assert!(requests.len() >= 30);
     assert!(
         failures.is_empty(),
         "{} of {} plans unusable:\n{}",
         failures.len(),
-        REQUESTS.len(),
+        requests.len(),
         failures.join("\n")
     );
 }
@@ -205,6 +179,20 @@ async fn selection_names_a_listed_candidate() {
     );
     assert!(value["reason"].is_string());
     let _ = parse_choice; // the pipeline reads it the same way (see hgpt-core)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_cut_off_by_the_token_limit_is_reported_unfinished() {
+    let llm = shared();
+    let mut request = pipeline(llm.clone()).plan_request("describe /a.jpg", &[]);
+    request.max_tokens = Some(6);
+    match llm.complete(request).await {
+        Err(LlmError::Unfinished { text, max_tokens }) => {
+            assert_eq!(max_tokens, 6);
+            assert!(text.starts_with('['), "{text}");
+        }
+        other => panic!("expected an unfinished plan, got {other:?}"),
+    }
 }
 
 #[test]

@@ -97,6 +97,15 @@ pub enum LlmError {
     /// The embedded controller failed (model file, context window, grammar).
     #[error("the embedded controller failed: {0}")]
     Embedded(String),
+    /// A shaped answer (a plan) reached the token limit before it was
+    /// complete; `text` is what was written.
+    #[error("the answer reached the {max_tokens}-token limit before it was complete")]
+    Unfinished {
+        /// The text so far.
+        text: String,
+        /// The limit.
+        max_tokens: usize,
+    },
 }
 
 /// A stream of text deltas from the LLM.
@@ -122,14 +131,30 @@ pub enum Availability {
     Unavailable(String),
     /// The backend cannot tell; treated as available.
     Unknown,
+    /// Not here yet: the backend downloads it on first use (the text says
+    /// what and within which limit).
+    Pullable(String),
 }
 
 impl Availability {
-    /// Whether selection may pick the model (`Unknown` counts as available).
+    /// Whether selection may pick the model (`Unknown` and `Pullable` count
+    /// as available).
     pub fn is_usable(&self) -> bool {
         !matches!(self, Self::Unavailable(_))
     }
 }
+
+/// How far a model download has got, over all of its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownloadProgress {
+    /// Bytes downloaded so far.
+    pub done_bytes: u64,
+    /// Bytes to download in all.
+    pub total_bytes: u64,
+}
+
+/// Receives [`DownloadProgress`] while a backend prepares a model.
+pub type ProgressFn<'a> = &'a (dyn Fn(DownloadProgress) + Send + Sync);
 
 /// Arguments of a task after `<GENERATED>` references and paths are resolved.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -249,9 +274,26 @@ pub trait InferenceBackend: Send + Sync {
     /// Where a model would run, as shown to the LLM during selection
     /// (e.g. `"huggingface"` or `"local"`).
     fn endpoint(&self, model: &str) -> String;
+    /// Whether this backend has any way to run the task type (a local
+    /// runtime has pipelines for some types only). Planning offers only the
+    /// types the backend runs.
+    fn runs_task(&self, _task: TaskKind) -> bool {
+        true
+    }
     /// Whether the model can be served now. Backends that cannot tell answer
     /// [`Availability::Unknown`].
     async fn availability(&self, task: TaskKind, model: &str) -> Availability;
+    /// Make the model ready to run (download it when it is
+    /// [`Availability::Pullable`]), reporting download progress. Called
+    /// before [`Self::infer`]; backends with nothing to prepare keep the default.
+    async fn prepare(
+        &self,
+        _task: TaskKind,
+        _model: &str,
+        _progress: ProgressFn<'_>,
+    ) -> Result<(), InferenceError> {
+        Ok(())
+    }
     /// Run one task on one model.
     async fn infer(&self, request: &InferenceRequest) -> Result<InferenceOutput, InferenceError>;
 }

@@ -8,8 +8,8 @@
 //! always runs and says what failed.
 
 use crate::backend::{
-    ChatMessage, ChatModel, ChatRequest, InferenceBackend, InferenceError, InferenceRequest,
-    LlmError, MediaStore, ResolvedArgs,
+    ChatMessage, ChatModel, ChatRequest, DownloadProgress, InferenceBackend, InferenceError,
+    InferenceRequest, LlmError, MediaStore, ResolvedArgs,
 };
 use crate::catalog::Catalog;
 use crate::execute::{Finished, into_task_output, output_text, resolve_args, truncate_chars};
@@ -131,6 +131,11 @@ impl Pipeline {
         }
     }
 
+    /// The controller LLM's name (`embedded:FILE` for the embedded one).
+    pub fn controller_name(&self) -> &str {
+        self.llm.model_name()
+    }
+
     /// The catalog in use.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
@@ -161,15 +166,20 @@ impl Pipeline {
         }
     }
 
-    /// The task types the planner may use: those the catalog has a model for,
-    /// and the text tasks the controller does itself (ControlNet steps are
-    /// never offered: no backend runs them).
+    /// The task types the planner may use: the text tasks the controller
+    /// does itself, and those the catalog has a model for and the backend
+    /// can run (in local mode, only types with a local pipeline). ControlNet
+    /// steps are never offered: no backend runs them.
     pub fn plannable_tasks(&self) -> Vec<TaskKind> {
         TaskKind::ALL
             .iter()
             .copied()
             .filter(|k| k.controlnet_model().is_none())
-            .filter(|k| k.is_llm_capable() || !self.catalog.ranked(&TaskName::Known(*k)).is_empty())
+            .filter(|k| {
+                k.is_llm_capable()
+                    || (self.backend.runs_task(*k)
+                        && !self.catalog.ranked(&TaskName::Known(*k)).is_empty())
+            })
             .collect()
     }
 
@@ -180,12 +190,16 @@ impl Pipeline {
         history: &[ChatMessage],
     ) -> Result<PlanOutcome, PipelineError> {
         let started = Instant::now();
-        let raw = self
-            .llm
-            .complete(self.plan_request(request, history))
-            .await
-            .map_err(PipelineError::Planning)?;
-        let plan = parse_and_postprocess(&raw);
+        let (raw, plan) = match self.llm.complete(self.plan_request(request, history)).await {
+            Ok(raw) => {
+                let plan = parse_and_postprocess(&raw);
+                (raw, plan)
+            }
+            Err(LlmError::Unfinished { text, max_tokens }) => {
+                (text, Err(PlanError::Unfinished(max_tokens)))
+            }
+            Err(e) => return Err(PipelineError::Planning(e)),
+        };
         Ok(PlanOutcome {
             raw,
             plan,
@@ -746,16 +760,22 @@ impl RunContext {
                 model: choice.id.clone(),
                 args: args.clone(),
             };
-            let outcome =
-                match tokio::time::timeout(self.config.task_timeout, self.backend.infer(&request))
-                    .await
+            // A download is not part of the task's time limit.
+            let outcome = match self.prepare(record.id, kind, &choice.id).await {
+                Err(error) => Err(error),
+                Ok(()) => match tokio::time::timeout(
+                    self.config.task_timeout,
+                    self.backend.infer(&request),
+                )
+                .await
                 {
                     Ok(result) => result,
                     Err(_) => Err(InferenceError::Timeout {
                         model: choice.id.clone(),
                         after: self.config.task_timeout,
                     }),
-                };
+                },
+            };
             match outcome {
                 Ok(output) => {
                     if !failures.is_empty() {
@@ -785,6 +805,30 @@ impl RunContext {
             }
         }
         Err(failures.join("; then "))
+    }
+
+    /// Let the backend make the model ready (download it), reporting the
+    /// download as [`RunEvent::ModelDownload`] events at most every 200 ms.
+    async fn prepare(&self, id: usize, kind: TaskKind, model: &str) -> Result<(), InferenceError> {
+        let sink = self.events.clone();
+        let last_sent: Mutex<Option<Instant>> = Mutex::new(None);
+        let model_id = model.to_string();
+        let progress = move |p: DownloadProgress| {
+            let Some(sink) = &sink else { return };
+            let mut last = lock(&last_sent);
+            let done = p.done_bytes >= p.total_bytes;
+            if !done && last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+                return;
+            }
+            *last = Some(Instant::now());
+            let _ = sink.send(RunEvent::ModelDownload {
+                id,
+                model: model_id.clone(),
+                done_bytes: p.done_bytes,
+                total_bytes: p.total_bytes,
+            });
+        };
+        self.backend.prepare(kind, model, &progress).await
     }
 
     /// Text tasks the controller LLM can do, run with a short instruction.

@@ -192,6 +192,9 @@ pub enum PlanError {
     /// The tasks' references form a cycle.
     #[error("tasks {0:?} depend on each other in a cycle")]
     Cycle(Vec<usize>),
+    /// The planner reached its token limit before the plan was complete.
+    #[error("the plan did not finish within the {0}-token limit")]
+    Unfinished(usize),
 }
 
 /// Read the planner's raw answer into plan items (JSON objects).

@@ -237,6 +237,18 @@ pub enum RunEvent {
         /// Where that model runs.
         endpoint: String,
     },
+    /// A task's model is being downloaded before it runs (several times
+    /// a second while it lasts, and once at the end).
+    ModelDownload {
+        /// Task id.
+        id: usize,
+        /// The model.
+        model: String,
+        /// Bytes downloaded so far.
+        done_bytes: u64,
+        /// Bytes to download in all.
+        total_bytes: u64,
+    },
     /// A task ended (ok, failed or skipped).
     TaskFinished {
         /// Its record.

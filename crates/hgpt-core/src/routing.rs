@@ -3,11 +3,14 @@
 //! [`RoutedBackend`] puts local tiers (the in-process runtime, local model
 //! servers) in front of a remote backend. In hybrid mode a model runs on the
 //! first local tier that says it is available (cached, or loaded on a model
-//! server) and remotely otherwise; local mode never goes remote; remote mode
-//! never runs locally. The endpoint shown to the LLM during selection is the
+//! server) and remotely otherwise, or downloaded to a local tier when the
+//! remote backend does not serve it; local mode never goes remote; remote
+//! mode never runs locally. The endpoint shown to the LLM during selection is the
 //! tier the model would run on, so the selection prompt can prefer local ones.
 
-use crate::backend::{Availability, InferenceBackend, InferenceError, InferenceRequest};
+use crate::backend::{
+    Availability, InferenceBackend, InferenceError, InferenceRequest, ProgressFn,
+};
 use crate::output::InferenceOutput;
 use crate::task::TaskKind;
 use async_trait::async_trait;
@@ -83,26 +86,37 @@ impl RoutedBackend {
     }
 
     /// Decide where a model runs, and what that tier says about it.
+    ///
+    /// A local tier that has the model wins. Otherwise local mode takes the
+    /// first local tier that can get it (load it, or download it on first
+    /// use); hybrid mode runs it remotely unless the remote backend says it
+    /// cannot (no token, not served), in which case a local tier that can
+    /// download it does.
     async fn route(&self, task: TaskKind, model: &str) -> (Option<Tier>, Availability) {
         let mut reasons = Vec::new();
+        let mut fallback = None;
         if self.mode != InferenceMode::Remote {
             for (i, backend) in self.local.iter().enumerate() {
-                let availability = backend.availability(task, model).await;
-                let takes_it = match self.mode {
-                    // A local tier that cannot tell is still worth trying when
-                    // there is nowhere else to go.
-                    InferenceMode::Local => availability.is_usable(),
-                    _ => availability == Availability::Available,
-                };
-                if takes_it {
-                    return (Some(Tier::Local(i)), availability);
-                }
-                if let Availability::Unavailable(reason) = availability {
-                    reasons.push(reason);
+                match backend.availability(task, model).await {
+                    Availability::Available => {
+                        return (Some(Tier::Local(i)), Availability::Available);
+                    }
+                    Availability::Unavailable(reason) => reasons.push(reason),
+                    // Loadable by a model server, or downloadable: not yet here.
+                    Availability::Unknown if self.mode == InferenceMode::Local => {
+                        fallback.get_or_insert((Tier::Local(i), Availability::Unknown));
+                    }
+                    Availability::Unknown => {}
+                    pullable @ Availability::Pullable(_) => {
+                        fallback.get_or_insert((Tier::Local(i), pullable));
+                    }
                 }
             }
         }
         if self.mode == InferenceMode::Local {
+            if let Some((tier, availability)) = fallback {
+                return (Some(tier), availability);
+            }
             let reason = if reasons.is_empty() {
                 "no local runtime is configured".to_string()
             } else {
@@ -113,10 +127,11 @@ impl RoutedBackend {
                 Availability::Unavailable(format!("local mode: {reason}")),
             );
         }
-        (
-            Some(Tier::Remote),
-            self.remote.availability(task, model).await,
-        )
+        let remote = self.remote.availability(task, model).await;
+        match (fallback, &remote) {
+            (Some((tier, pullable)), Availability::Unavailable(_)) => (Some(tier), pullable),
+            _ => (Some(Tier::Remote), remote),
+        }
     }
 
     fn remember(&self, model: &str, tier: Option<Tier>) {
@@ -125,6 +140,22 @@ impl RoutedBackend {
             Some(tier) => routes.insert(model.to_string(), tier),
             None => routes.remove(model),
         };
+    }
+
+    /// The tier chosen for a model (routing it now if selection did not).
+    async fn tier_for(&self, task: TaskKind, model: &str) -> Result<Tier, InferenceError> {
+        if let Some(tier) = self.remembered(model) {
+            return Ok(tier);
+        }
+        let (tier, availability) = self.route(task, model).await;
+        self.remember(model, tier);
+        tier.ok_or_else(|| {
+            let reason = match availability {
+                Availability::Unavailable(reason) => reason,
+                _ => "no tier can run it".to_string(),
+            };
+            InferenceError::Unsupported(format!("{model}: {reason}"))
+        })
     }
 
     fn remembered(&self, model: &str) -> Option<Tier> {
@@ -149,33 +180,33 @@ impl InferenceBackend for RoutedBackend {
         }
     }
 
+    fn runs_task(&self, task: TaskKind) -> bool {
+        let local = self.local.iter().any(|b| b.runs_task(task));
+        match self.mode {
+            InferenceMode::Local => local,
+            InferenceMode::Remote => self.remote.runs_task(task),
+            InferenceMode::Hybrid => local || self.remote.runs_task(task),
+        }
+    }
+
     async fn availability(&self, task: TaskKind, model: &str) -> Availability {
         let (tier, availability) = self.route(task, model).await;
         self.remember(model, tier);
         availability
     }
 
+    async fn prepare(
+        &self,
+        task: TaskKind,
+        model: &str,
+        progress: ProgressFn<'_>,
+    ) -> Result<(), InferenceError> {
+        let tier = self.tier_for(task, model).await?;
+        self.tier(tier).prepare(task, model, progress).await
+    }
+
     async fn infer(&self, request: &InferenceRequest) -> Result<InferenceOutput, InferenceError> {
-        let tier = match self.remembered(&request.model) {
-            Some(tier) => tier,
-            None => {
-                let (tier, availability) = self.route(request.task, &request.model).await;
-                self.remember(&request.model, tier);
-                match tier {
-                    Some(tier) => tier,
-                    None => {
-                        let reason = match availability {
-                            Availability::Unavailable(reason) => reason,
-                            _ => "no tier can run it".to_string(),
-                        };
-                        return Err(InferenceError::Unsupported(format!(
-                            "{}: {reason}",
-                            request.model
-                        )));
-                    }
-                }
-            }
-        };
+        let tier = self.tier_for(request.task, &request.model).await?;
         self.tier(tier).infer(request).await
     }
 }
@@ -276,9 +307,79 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn uncached_models_are_pulled_when_not_served_remotely() {
+        let pull = || Availability::Pullable("downloads on first use".into());
+        let routed = |mode| {
+            let in_process = Tier(
+                "local",
+                vec![("served/model", pull()), ("unserved/model", pull())],
+            );
+            // Models the remote tier does not list are unavailable there.
+            let remote = Tier(
+                "huggingface",
+                vec![("served/model", Availability::Available)],
+            );
+            RoutedBackend::new(mode, vec![Arc::new(in_process)], Arc::new(remote))
+        };
+        let hybrid = routed(InferenceMode::Hybrid);
+        assert_eq!(
+            ran_on(&hybrid, "served/model").await.unwrap(),
+            "huggingface"
+        );
+        assert_eq!(
+            hybrid
+                .availability(TaskKind::ImageToText, "unserved/model")
+                .await,
+            pull()
+        );
+        assert_eq!(ran_on(&hybrid, "unserved/model").await.unwrap(), "local");
+        let local = routed(InferenceMode::Local);
+        assert_eq!(ran_on(&local, "served/model").await.unwrap(), "local");
+    }
+
+    #[tokio::test]
     async fn remote_mode_never_runs_locally() {
         let r = router(InferenceMode::Remote);
         assert_eq!(ran_on(&r, "cached/model").await.unwrap(), "huggingface");
+    }
+
+    /// A local runtime with a pipeline for image captioning only.
+    struct CaptionsOnly;
+
+    #[async_trait]
+    impl InferenceBackend for CaptionsOnly {
+        fn endpoint(&self, _model: &str) -> String {
+            "local".into()
+        }
+        fn runs_task(&self, task: TaskKind) -> bool {
+            task == TaskKind::ImageToText
+        }
+        async fn availability(&self, _task: TaskKind, _model: &str) -> Availability {
+            Availability::Available
+        }
+        async fn infer(
+            &self,
+            _request: &InferenceRequest,
+        ) -> Result<InferenceOutput, InferenceError> {
+            Ok(InferenceOutput::Text("caption".into()))
+        }
+    }
+
+    #[test]
+    fn local_mode_runs_only_the_task_types_of_its_local_tiers() {
+        let routed = |mode| {
+            RoutedBackend::new(
+                mode,
+                vec![Arc::new(CaptionsOnly)],
+                Arc::new(Tier("huggingface", vec![])),
+            )
+        };
+        let local = routed(InferenceMode::Local);
+        assert!(local.runs_task(TaskKind::ImageToText));
+        assert!(!local.runs_task(TaskKind::TextToImage));
+        for mode in [InferenceMode::Hybrid, InferenceMode::Remote] {
+            assert!(routed(mode).runs_task(TaskKind::TextToImage), "{mode:?}");
+        }
     }
 
     #[test]

@@ -87,7 +87,9 @@ impl Default for SelectionConfig {
 }
 
 /// The usable candidates for a task: the top `considered` catalog entries,
-/// checked concurrently, in rank order, cut to `candidates`.
+/// checked concurrently, in rank order, cut to `candidates`. Models that
+/// would have to be downloaded first are offered only when no model can run
+/// without a download.
 pub async fn candidates(
     catalog: &Catalog,
     backend: &dyn InferenceBackend,
@@ -108,10 +110,18 @@ pub async fn candidates(
             Availability::Unavailable(reason) => Some(format!("{}: {reason}", entry.id)),
             _ => None,
         });
+    let ready = |a: &Availability| a.is_usable() && !matches!(a, Availability::Pullable(_));
+    let any_ready = results.iter().any(ready);
     let usable = entries
         .into_iter()
         .zip(results)
-        .filter(|(_, availability)| availability.is_usable())
+        .filter(|(_, availability)| {
+            if any_ready {
+                ready(availability)
+            } else {
+                availability.is_usable()
+            }
+        })
         .take(config.candidates)
         .map(|(entry, availability)| Candidate {
             endpoint: backend.endpoint(&entry.id),
@@ -365,6 +375,58 @@ mod tests {
             candidate("facebook/detr-resnet-50"),
             candidate("hustvl/yolos-tiny"),
         ]
+    }
+
+    /// A backend with a fixed availability per model.
+    struct Availabilities(Vec<(&'static str, Availability)>);
+
+    #[async_trait::async_trait]
+    impl InferenceBackend for Availabilities {
+        fn endpoint(&self, _model: &str) -> String {
+            "local".into()
+        }
+        async fn availability(&self, _task: TaskKind, model: &str) -> Availability {
+            self.0
+                .iter()
+                .find(|(m, _)| *m == model)
+                .map_or(Availability::Unknown, |(_, a)| a.clone())
+        }
+        async fn infer(
+            &self,
+            _request: &crate::backend::InferenceRequest,
+        ) -> Result<crate::output::InferenceOutput, crate::backend::InferenceError> {
+            Err(crate::backend::InferenceError::Unsupported("not here".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn models_to_download_are_offered_only_when_nothing_is_ready() {
+        let catalog = Catalog::from_jsonl(
+            r#"{"id": "big/a", "task": "object-detection", "downloads": 100}
+{"id": "cached/b", "task": "object-detection", "downloads": 10}
+{"id": "big/c", "task": "object-detection", "downloads": 1}"#,
+            "test",
+        )
+        .unwrap();
+        let pull = || Availability::Pullable("download".into());
+        let ids = |found: &Candidates| -> Vec<String> {
+            found.usable.iter().map(|c| c.entry.id.clone()).collect()
+        };
+        let config = SelectionConfig::default();
+        let some_cached = Availabilities(vec![
+            ("big/a", pull()),
+            ("cached/b", Availability::Available),
+            ("big/c", pull()),
+        ]);
+        let found = candidates(&catalog, &some_cached, TaskKind::ObjectDetection, &config).await;
+        assert_eq!(ids(&found), ["cached/b"]);
+        let none_cached = Availabilities(vec![
+            ("big/a", pull()),
+            ("cached/b", Availability::Unavailable("gone".into())),
+            ("big/c", pull()),
+        ]);
+        let found = candidates(&catalog, &none_cached, TaskKind::ObjectDetection, &config).await;
+        assert_eq!(ids(&found), ["big/a", "big/c"]);
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl ChoiceShape {
     pub fn new(ids: Vec<String>) -> Self {
         Self {
             ids,
-            max_reason_chars: 300,
+            max_reason_chars: 200,
         }
     }
 }
@@ -115,6 +115,20 @@ impl OutputShape {
         match self {
             Self::Plan(_) => "plan",
             Self::Choice(_) => "model_choice",
+        }
+    }
+
+    /// The most tokens any output of this shape can take, where that bound
+    /// is small enough to always allow: a choice (each byte one token at
+    /// worst, a reason character at most four bytes). `None` for a plan,
+    /// whose bound is far beyond any useful limit.
+    pub fn max_output_tokens(&self) -> Option<usize> {
+        match self {
+            Self::Plan(_) => None,
+            Self::Choice(shape) => {
+                let longest_id = shape.ids.iter().map(|id| json_literal(id).len()).max();
+                Some(32 + longest_id.unwrap_or(0) + 4 * shape.max_reason_chars)
+            }
         }
     }
 
@@ -318,5 +332,26 @@ mod tests {
         );
         let choice = OutputShape::Choice(ChoiceShape::new(vec!["x/y".into()])).json_schema();
         assert_eq!(choice["properties"]["id"]["enum"], json!(["x/y"]));
+    }
+
+    #[test]
+    fn the_longest_choice_fits_its_token_bound() {
+        let ids = vec![
+            "a/b".to_string(),
+            "org/a-much-longer-model-name".to_string(),
+        ];
+        let shape = ChoiceShape::new(ids);
+        // Every byte a token: the longest id, and a reason of four-byte characters.
+        let longest = format!(
+            r#"{{"id": "org/a-much-longer-model-name", "reason": "{}"}}"#,
+            "😀".repeat(shape.max_reason_chars)
+        );
+        let bound = OutputShape::Choice(shape).max_output_tokens().unwrap();
+        assert!(longest.len() <= bound, "{} > {bound}", longest.len());
+        assert!(bound < 1000);
+        assert_eq!(
+            OutputShape::Plan(PlanShape::new(vec![])).max_output_tokens(),
+            None
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Data checks for the built-in model catalog and planning demonstrations.
 
+use hgpt_core::shape::plan_arg_keys;
 use hgpt_core::task::{ResourceKind, TaskKind};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -249,11 +250,12 @@ fn demo_plans_are_valid() {
                 let value = value
                     .as_str()
                     .unwrap_or_else(|| panic!("arg {key} is not a string in {content}"));
-                let resource = ResourceKind::from_arg_name(key);
+                // The keys the plan grammar allows for this task type.
                 assert!(
-                    resource.is_some() || key == "context",
-                    "unexpected arg {key:?} in {content}"
+                    plan_arg_keys(kind).contains(&key.as_str()),
+                    "unexpected arg {key:?} for {kind:?} in {content}"
                 );
+                let resource = ResourceKind::from_arg_name(key);
                 for k in references(value) {
                     assert!(
                         dep.contains(&k),

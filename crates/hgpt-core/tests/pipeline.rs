@@ -291,6 +291,36 @@ async fn selection_answer_outside_the_candidates_uses_the_top_one() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_plan_cut_off_at_the_token_limit_is_answered_as_chat_saying_so() {
+    let llm = Arc::new(ScriptedLlm::new(|request| match stage_of(request) {
+        Stage::Plan => Err(LlmError::Unfinished {
+            text:
+                r#"[{"task": "image-to-text", "id": 0, "dep": [-1], "args": {"image": "/a.jpg an"#
+                    .into(),
+            max_tokens: 64,
+        }),
+        _ => Ok("chat answer".into()),
+    }));
+    let backend = Arc::new(FakeBackend::new(Duration::ZERO));
+    let p = pipeline(llm, backend.clone(), PipelineConfig::default());
+    let record = p.run("describe /a.jpg", &[], None).await.unwrap();
+    assert_eq!(record.mode, RunMode::Chat);
+    let reason = record.fallback_reason.unwrap_or_default();
+    assert!(
+        reason.contains("did not finish within the 64-token limit"),
+        "{reason}"
+    );
+    assert!(
+        record
+            .plan_raw
+            .unwrap_or_default()
+            .starts_with("[{\"task\"")
+    );
+    assert_eq!(record.answer, "chat answer");
+    assert!(backend.calls().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
 async fn chat_fallbacks() {
     for (plan, reason_part) in [
         ("[]", "no task"),

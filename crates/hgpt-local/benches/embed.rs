@@ -86,6 +86,7 @@ fn main() {
             cache,
             memory_budget_bytes: 0,
             device: Device::Cpu,
+            pull: None,
         });
         let (first, second) = runtime.block_on(async {
             let t = Instant::now();

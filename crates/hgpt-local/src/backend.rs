@@ -10,7 +10,9 @@ use crate::files::ModelCache;
 use crate::pipeline::{self, Pipeline};
 use async_trait::async_trait;
 use candle_core::Device;
-use hgpt_core::backend::{Availability, InferenceBackend, InferenceError, InferenceRequest};
+use hgpt_core::backend::{
+    Availability, InferenceBackend, InferenceError, InferenceRequest, ProgressFn,
+};
 use hgpt_core::output::InferenceOutput;
 use hgpt_core::task::TaskKind;
 use std::collections::HashMap;
@@ -27,6 +29,9 @@ pub struct LocalConfig {
     pub memory_budget_bytes: u64,
     /// Where tensors live.
     pub device: Device,
+    /// Downloading models that are not cached on first use (`None`: never,
+    /// e.g. offline).
+    pub pull: Option<AutoPull>,
 }
 
 impl Default for LocalConfig {
@@ -35,8 +40,20 @@ impl Default for LocalConfig {
             cache: ModelCache::from_env(),
             memory_budget_bytes: 0,
             device: crate::device::best_device(),
+            pull: None,
         }
     }
+}
+
+/// How models missing from the cache are downloaded on first use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoPull {
+    /// The largest download of one model, in bytes.
+    pub max_bytes: u64,
+    /// The Hub endpoint, when not huggingface.co (`HF_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// The Hub token, for gated models.
+    pub token: Option<String>,
 }
 
 /// The pipeline a request needs: one per model and task family.
@@ -75,6 +92,8 @@ pub struct LoadedModel {
 pub struct LocalBackend {
     config: LocalConfig,
     slots: Mutex<HashMap<Key, Slot>>,
+    /// One lock per model being downloaded, so a model downloads once.
+    pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     clock: AtomicU64,
 }
 
@@ -88,6 +107,7 @@ impl LocalBackend {
         Self {
             config,
             slots: Mutex::new(HashMap::new()),
+            pulls: Mutex::new(HashMap::new()),
             clock: AtomicU64::new(0),
         }
     }
@@ -102,11 +122,7 @@ impl LocalBackend {
         if !pipeline::supports(task) {
             return Err(format!("hgpt has no local pipeline for {task}"));
         }
-        if self.is_loaded(model) {
-            return Ok(());
-        }
-        let files = self.config.cache.model(model);
-        if files.has_all(&["config.json", "model.safetensors"]) {
+        if self.is_cached(model) {
             Ok(())
         } else {
             Err(format!(
@@ -114,6 +130,62 @@ impl LocalBackend {
                 self.config.cache.path().display()
             ))
         }
+    }
+
+    fn is_cached(&self, model: &str) -> bool {
+        self.is_loaded(model)
+            || self
+                .config
+                .cache
+                .model(model)
+                .has_all(&["config.json", "model.safetensors"])
+    }
+
+    /// Download the model into the cache unless it is there (once, however
+    /// many tasks ask at the same time), within the download limit.
+    pub async fn pull_if_missing(
+        &self,
+        model: &str,
+        progress: ProgressFn<'_>,
+    ) -> Result<(), LocalError> {
+        if self.is_cached(model) {
+            return Ok(());
+        }
+        let Some(pull) = self.config.pull.clone() else {
+            return Ok(());
+        };
+        let gate = lock(&self.pulls)
+            .entry(model.to_string())
+            .or_default()
+            .clone();
+        let _turn = gate.lock().await;
+        if self.is_cached(model) {
+            return Ok(());
+        }
+        let (cache, id) = (self.config.cache.clone(), model.to_string());
+        let (sender, mut updates) = tokio::sync::mpsc::unbounded_channel();
+        let download = tokio::task::spawn_blocking(move || {
+            crate::pull::pull_within(
+                &cache,
+                &id,
+                pull.endpoint,
+                pull.token,
+                pull.max_bytes,
+                &mut |p| {
+                    let _ = sender.send(p);
+                },
+            )
+        });
+        while let Some(update) = updates.recv().await {
+            progress(update);
+        }
+        let outcome = download.await;
+        lock(&self.pulls).remove(model);
+        outcome
+            .map_err(|e| LocalError::Compute(format!("the download crashed: {e}")))?
+            .map(|snapshot| {
+                tracing::info!("downloaded {model} into {}", snapshot.display());
+            })
     }
 
     /// Whether any pipeline of the model is loaded.
@@ -232,8 +304,9 @@ impl LocalBackend {
         }
     }
 
-    /// Run a request, loading the model first if needed.
+    /// Run a request, downloading and loading the model first if needed.
     pub async fn run(&self, request: &InferenceRequest) -> Result<InferenceOutput, LocalError> {
+        self.pull_if_missing(&request.model, &|_| {}).await?;
         let entry = self.loaded_entry(request.task, &request.model).await?;
         let _turn = entry
             .queue
@@ -251,9 +324,9 @@ impl LocalBackend {
 fn to_inference_error(model: &str, error: LocalError) -> InferenceError {
     match error {
         LocalError::BadInput { task, message } => InferenceError::BadInput { task, message },
-        LocalError::MissingFiles { .. } | LocalError::Unsupported(_) => {
-            InferenceError::Unsupported(error.to_string())
-        }
+        LocalError::MissingFiles { .. }
+        | LocalError::TooLarge { .. }
+        | LocalError::Unsupported(_) => InferenceError::Unsupported(error.to_string()),
         LocalError::Load { .. } | LocalError::Compute(_) => InferenceError::Server {
             model: model.to_string(),
             status: 500,
@@ -268,11 +341,30 @@ impl InferenceBackend for LocalBackend {
         "local".to_string()
     }
 
+    fn runs_task(&self, task: TaskKind) -> bool {
+        pipeline::supports(task)
+    }
+
     async fn availability(&self, task: TaskKind, model: &str) -> Availability {
-        match self.can_serve(task, model) {
-            Ok(()) => Availability::Available,
-            Err(reason) => Availability::Unavailable(reason),
+        match (self.can_serve(task, model), &self.config.pull) {
+            (Ok(()), _) => Availability::Available,
+            (Err(_), Some(pull)) if pipeline::supports(task) => Availability::Pullable(format!(
+                "not cached; downloaded on first use if under {} MiB",
+                pull.max_bytes / (1 << 20)
+            )),
+            (Err(reason), _) => Availability::Unavailable(reason),
         }
+    }
+
+    async fn prepare(
+        &self,
+        _task: TaskKind,
+        model: &str,
+        progress: ProgressFn<'_>,
+    ) -> Result<(), InferenceError> {
+        self.pull_if_missing(model, progress)
+            .await
+            .map_err(|e| to_inference_error(model, e))
     }
 
     async fn infer(&self, request: &InferenceRequest) -> Result<InferenceOutput, InferenceError> {

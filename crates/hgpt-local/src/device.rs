@@ -15,3 +15,22 @@ pub fn best_device() -> Device {
     }
     Device::Cpu
 }
+
+/// Fix the CPU thread count candle uses, once, at its own default.
+///
+/// Without `RAYON_NUM_THREADS`, candle works out the number of physical
+/// cores again on every f32 matrix product, which on Linux means reading
+/// `/proc/cpuinfo` (about 0.2 ms, more than a small product itself). Setting
+/// the variable to that same number up front keeps the behaviour and drops
+/// the cost. A value the user set is kept.
+///
+/// # Safety
+/// Changes the process environment: call it before any other thread exists
+/// (first thing in `main`).
+pub unsafe fn pin_cpu_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = candle_core::utils::get_num_threads();
+        // SAFETY: the caller guarantees no other thread reads the environment.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    }
+}

@@ -15,6 +15,20 @@ pub enum LocalError {
         /// The missing files, comma-separated.
         missing: String,
     },
+    /// Downloading the model would exceed the download limit.
+    #[error(
+        "{model} is {} MiB to download, more than the limit of {} MiB; fetch it with `hgpt models pull {model}` or raise the limit (`--model-download-limit-mb`)",
+        bytes.div_ceil(1 << 20),
+        limit / (1 << 20)
+    )]
+    TooLarge {
+        /// The model id.
+        model: String,
+        /// Bytes of its files.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The model's architecture or task is not one hgpt runs locally.
     #[error("{0}")]
     Unsupported(String),

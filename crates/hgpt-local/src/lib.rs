@@ -13,6 +13,6 @@ pub mod pull;
 pub mod text;
 pub mod vision;
 
-pub use backend::{LoadedModel, LocalBackend, LocalConfig};
+pub use backend::{AutoPull, LoadedModel, LocalBackend, LocalConfig};
 pub use error::LocalError;
 pub use files::{ModelCache, ModelFiles};

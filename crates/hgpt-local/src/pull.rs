@@ -5,8 +5,9 @@
 use crate::error::LocalError;
 use crate::files::ModelCache;
 use hf_hub::api::Progress;
-use hf_hub::api::sync::ApiBuilder;
-use std::path::PathBuf;
+use hf_hub::api::sync::{Api, ApiBuilder, ApiError, ApiRepo};
+use hgpt_core::backend::DownloadProgress;
+use std::path::{Path, PathBuf};
 
 /// Tokenizer and vocabulary files worth fetching besides JSON.
 const TOKENIZER_FILES: &[&str] = &[
@@ -49,19 +50,14 @@ pub fn files_to_pull(id: &str, listing: &[String]) -> Result<Vec<String>, LocalE
     Ok(files)
 }
 
-/// Download what `id` needs into `cache`, reporting each file's progress
-/// through a fresh `progress()`; returns the snapshot folder.
-pub fn pull<P: Progress>(
+/// The repository of `id` on the Hub and the files of it hgpt needs.
+fn open_repo(
     cache: &ModelCache,
     id: &str,
     endpoint: Option<String>,
     token: Option<String>,
-    mut progress: impl FnMut() -> P,
-) -> Result<PathBuf, LocalError> {
-    let failed = |e: hf_hub::api::sync::ApiError| LocalError::Load {
-        model: id.to_string(),
-        message: e.to_string(),
-    };
+) -> Result<(Api, ApiRepo, Vec<String>), LocalError> {
+    let failed = |e: ApiError| hub_error(id, e);
     let mut builder = ApiBuilder::from_env()
         .with_cache_dir(cache.path().to_path_buf())
         .with_progress(false);
@@ -75,20 +71,111 @@ pub fn pull<P: Progress>(
     let repo = api.model(id.to_string());
     let info = repo.info().map_err(failed)?;
     let listing: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
+    let files = files_to_pull(id, &listing)?;
+    Ok((api, repo, files))
+}
+
+fn hub_error(id: &str, error: ApiError) -> LocalError {
+    LocalError::Load {
+        model: id.to_string(),
+        message: error.to_string(),
+    }
+}
+
+/// The snapshot folder that holds `file`, downloaded to `path`.
+fn snapshot_of(path: &Path, file: &str) -> PathBuf {
+    let depth = file.matches('/').count() + 1;
+    path.ancestors()
+        .nth(depth)
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Download what `id` needs into `cache`, reporting each file's progress
+/// through a fresh `progress()`; returns the snapshot folder.
+pub fn pull<P: Progress>(
+    cache: &ModelCache,
+    id: &str,
+    endpoint: Option<String>,
+    token: Option<String>,
+    mut progress: impl FnMut() -> P,
+) -> Result<PathBuf, LocalError> {
+    let (_, repo, files) = open_repo(cache, id, endpoint, token)?;
     let mut snapshot = None;
-    for file in files_to_pull(id, &listing)? {
+    for file in files {
         let path = repo
             .download_with_progress(&file, progress())
-            .map_err(failed)?;
-        snapshot.get_or_insert_with(|| {
-            let depth = file.matches('/').count() + 1;
-            path.ancestors()
-                .nth(depth)
-                .map(PathBuf::from)
-                .unwrap_or_default()
-        });
+            .map_err(|e| hub_error(id, e))?;
+        snapshot.get_or_insert_with(|| snapshot_of(&path, &file));
     }
     Ok(snapshot.unwrap_or_default())
+}
+
+/// [`pull`], refused before anything is written when the files add up to
+/// more than `max_bytes`; `on_progress` gets the bytes done over all files.
+pub fn pull_within(
+    cache: &ModelCache,
+    id: &str,
+    endpoint: Option<String>,
+    token: Option<String>,
+    max_bytes: u64,
+    on_progress: &mut dyn FnMut(DownloadProgress),
+) -> Result<PathBuf, LocalError> {
+    let (api, repo, files) = open_repo(cache, id, endpoint, token)?;
+    let mut total = 0u64;
+    for file in &files {
+        let metadata = api
+            .metadata(&repo.url(file))
+            .map_err(|e| hub_error(id, e))?;
+        total += metadata.size() as u64;
+    }
+    if total > max_bytes {
+        return Err(LocalError::TooLarge {
+            model: id.to_string(),
+            bytes: total,
+            limit: max_bytes,
+        });
+    }
+    let mut counter = Counter {
+        done: 0,
+        total,
+        on_progress,
+    };
+    (counter.on_progress)(DownloadProgress {
+        done_bytes: 0,
+        total_bytes: total,
+    });
+    let mut snapshot = None;
+    for file in files {
+        let path = repo
+            .download_with_progress(&file, &mut counter)
+            .map_err(|e| hub_error(id, e))?;
+        snapshot.get_or_insert_with(|| snapshot_of(&path, &file));
+    }
+    (counter.on_progress)(DownloadProgress {
+        done_bytes: total,
+        total_bytes: total,
+    });
+    Ok(snapshot.unwrap_or_default())
+}
+
+/// Adds up the bytes of every file of one download.
+struct Counter<'a> {
+    done: u64,
+    total: u64,
+    on_progress: &'a mut dyn FnMut(DownloadProgress),
+}
+
+impl Progress for &mut Counter<'_> {
+    fn init(&mut self, _size: usize, _filename: &str) {}
+    fn update(&mut self, size: usize) {
+        self.done = (self.done + size as u64).min(self.total);
+        (self.on_progress)(DownloadProgress {
+            done_bytes: self.done,
+            total_bytes: self.total,
+        });
+    }
+    fn finish(&mut self) {}
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ fn backend(cache: &Path, budget: u64) -> LocalBackend {
         cache: ModelCache::at(cache),
         memory_budget_bytes: budget,
         device: candle_core::Device::Cpu,
+        pull: None,
     })
 }
 

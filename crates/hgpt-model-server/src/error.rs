@@ -61,7 +61,9 @@ impl From<LocalError> for ApiError {
             LocalError::BadInput { .. } => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", message)
             }
-            LocalError::MissingFiles { .. } => Self::not_found(message),
+            LocalError::MissingFiles { .. } | LocalError::TooLarge { .. } => {
+                Self::not_found(message)
+            }
             LocalError::Unsupported(_) => Self::unsupported(message),
             LocalError::Load { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "load_error", message)

@@ -395,6 +395,13 @@ function handleEvent(view, type, data) {
       updateTask(view, data.id, { state: 'running', model: data.model, endpoint: data.endpoint });
       setStatus(view.bubble, progressText(view));
       break;
+    case 'model_download': {
+      const mib = (bytes) => (Number(bytes) / 1048576).toFixed(0);
+      setStatus(view.bubble, data.done_bytes < data.total_bytes
+        ? `Downloading ${data.model}: ${mib(data.done_bytes)} of ${mib(data.total_bytes)} MiB…`
+        : progressText(view));
+      break;
+    }
     case 'task_finished':
       if (data.record) applyTaskRecord(view, data.record);
       setStatus(view.bubble, progressText(view));

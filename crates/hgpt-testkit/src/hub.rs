@@ -69,6 +69,28 @@ impl FakeHub {
     }
 }
 
+/// The id of the MiniLM test model.
+pub const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// The files hgpt needs of the MiniLM test model, read from
+/// [`crate::models::minilm_snapshot`], to serve as [`MINILM`].
+pub fn minilm_files() -> BTreeMap<String, Bytes> {
+    let snapshot = crate::models::minilm_snapshot();
+    [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "modules.json",
+        "1_Pooling/config.json",
+    ]
+    .into_iter()
+    .map(|name| match std::fs::read(snapshot.join(name)) {
+        Ok(data) => (name.to_string(), Bytes::from(data)),
+        Err(e) => panic!("cannot read {name} of the MiniLM test model: {e}"),
+    })
+    .collect()
+}
+
 impl Drop for FakeHub {
     fn drop(&mut self) {
         self.task.abort();

@@ -15,7 +15,7 @@ use hgpt_core::routing::RoutedBackend;
 use hgpt_core::selection::SelectionConfig;
 use hgpt_hf::{HfBackend, HfConfig};
 use hgpt_llm::{OpenAiClient, OpenAiConfig};
-use hgpt_local::{LocalBackend, LocalConfig, ModelCache};
+use hgpt_local::{AutoPull, LocalBackend, LocalConfig, ModelCache};
 use hgpt_media::{LocalMedia, MediaConfig};
 use std::path::Path;
 use std::sync::Arc;
@@ -64,12 +64,20 @@ pub fn prompts(section: &PromptsSection) -> Result<Prompts> {
 }
 
 /// The in-process runtime over the Hugging Face cache (`HF_HUB_CACHE`,
-/// `HF_HOME`).
-pub fn local_backend(settings: &Settings) -> LocalBackend {
+/// `HF_HOME`); with `pull_missing`, models not cached are downloaded on first
+/// use within the download limit (never offline).
+pub fn local_backend(settings: &Settings, pull_missing: bool) -> LocalBackend {
+    let allowed = pull_missing && !settings.offline && settings.model_download_limit_bytes > 0;
+    let pull = allowed.then(|| AutoPull {
+        max_bytes: settings.model_download_limit_bytes,
+        endpoint: std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()),
+        token: settings.hf_token.clone(),
+    });
     LocalBackend::new(LocalConfig {
         cache: ModelCache::from_env(),
         memory_budget_bytes: settings.local_memory_bytes,
         device: hgpt_local::device::best_device(),
+        pull,
     })
 }
 
@@ -160,9 +168,22 @@ pub async fn controller(settings: &Settings) -> Result<(Arc<dyn ChatModel>, usiz
             multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
         let path = hgpt_controller::source::resolve(&spec, &access, FileProgress::new(&multi))
-            .map_err(anyhow::Error::msg)?;
-        Engine::load(&path, &device, &options)
-            .with_context(|| format!("cannot load the controller model {}", path.display()))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}; or use an OpenAI-compatible server instead with \
+                     --llm-base-url/HGPT_LLM_BASE_URL and --llm-model/HGPT_LLM_MODEL"
+                )
+            })?;
+        let started = std::time::Instant::now();
+        let engine = Engine::load(&path, &device, &options)
+            .with_context(|| format!("cannot load the controller model {}", path.display()))?;
+        tracing::info!(
+            model = %path.display(),
+            weights_mib = engine.model().weight_bytes() >> 20,
+            ms = started.elapsed().as_millis() as u64,
+            "loaded the embedded controller"
+        );
+        Ok(engine)
     })
     .await
     .context("loading the controller model crashed")??;
@@ -195,7 +216,7 @@ pub async fn pipeline(settings: &Settings) -> Result<Pipeline> {
         ..HfConfig::default()
     })
     .context("cannot set up the inference backend")?;
-    let mut local: Vec<Arc<dyn InferenceBackend>> = vec![Arc::new(local_backend(settings))];
+    let mut local: Vec<Arc<dyn InferenceBackend>> = vec![Arc::new(local_backend(settings, true))];
     if let Some(url) = &settings.local_endpoint {
         let server = HfBackend::new(HfConfig {
             base_url: url.clone(),

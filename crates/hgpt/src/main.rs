@@ -129,6 +129,8 @@ enum ModelsCommand {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before the runtime or any thread starts.
+    unsafe { hgpt_local::device::pin_cpu_threads() };
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -231,8 +233,22 @@ async fn run_once(
         let mut progress = show_progress.then(progress::Progress::new);
         let mut stdout = std::io::stdout();
         while let Some(event) = events.recv().await {
-            if let Some(progress) = progress.as_mut() {
-                progress.on_event(&event);
+            match (progress.as_mut(), &event) {
+                (Some(progress), _) => progress.on_event(&event),
+                // No terminal: one line per download, for logs.
+                (
+                    None,
+                    RunEvent::ModelDownload {
+                        id,
+                        model,
+                        done_bytes: 0,
+                        total_bytes,
+                    },
+                ) => eprintln!(
+                    "task #{id}: downloading {model} ({} MiB) into the model cache",
+                    total_bytes.div_ceil(1 << 20)
+                ),
+                (None, _) => {}
             }
             if let (true, RunEvent::AnswerDelta { text }) = (stream_answer, &event) {
                 let _ = stdout.write_all(text.as_bytes());
@@ -386,7 +402,8 @@ async fn serve_models(settings: &Settings, bind: &str, models: Vec<String>) -> R
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| bind.to_string());
-    let backend = std::sync::Arc::new(app::local_backend(settings));
+    // The model server serves what is cached; `hgpt models pull` adds to it.
+    let backend = std::sync::Arc::new(app::local_backend(settings, false));
     eprintln!(
         "serving {} from {} on http://{address} (Ctrl-C stops)",
         if models.is_empty() {
@@ -447,6 +464,7 @@ async fn serve(settings: &Settings, bind: Option<String>) -> Result<ExitCode> {
         );
     }
     eprintln!("hgpt serve: listening on http://{address}");
+    eprintln!("hgpt serve: controller {}", pipeline.controller_name());
     eprintln!(
         "runs are stored in {}; Ctrl-C stops (running runs get {} s to finish)",
         store.path().map_or_else(

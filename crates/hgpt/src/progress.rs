@@ -71,6 +71,25 @@ impl Progress {
                     bar.set_message(format!("running on {}", model.id));
                 }
             }
+            RunEvent::ModelDownload {
+                id,
+                model,
+                done_bytes,
+                total_bytes,
+            } => {
+                if let Some((_, bar)) = self.line(*id) {
+                    let mib = |bytes: &u64| bytes / (1 << 20);
+                    bar.set_message(if done_bytes < total_bytes {
+                        format!(
+                            "downloading {model}: {} of {} MiB",
+                            mib(done_bytes),
+                            mib(total_bytes)
+                        )
+                    } else {
+                        format!("running on {model}")
+                    });
+                }
+            }
             RunEvent::TaskFinished { record } => {
                 if let Some((_, bar)) = self.line(record.id) {
                     let done = match record.status {

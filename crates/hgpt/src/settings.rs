@@ -89,6 +89,14 @@ pub struct SettingsArgs {
     /// MiB of model weights kept loaded in-process at most [default: no limit].
     #[arg(long, global = true, env = "HGPT_LOCAL_MEMORY_MB", value_name = "MIB")]
     pub local_memory_mb: Option<u64>,
+    /// MiB a model may take to download on first use in local or hybrid mode; 0 never downloads [default: 2048].
+    #[arg(
+        long,
+        global = true,
+        env = "HGPT_MODEL_DOWNLOAD_LIMIT_MB",
+        value_name = "MIB"
+    )]
+    pub model_download_limit_mb: Option<u64>,
     /// Where `hgpt serve` keeps its run store [default: the platform's data directory, e.g. ~/.local/share/hgpt].
     #[arg(long, global = true, env = "HGPT_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -163,6 +171,7 @@ struct InferenceSection {
     mode: Option<String>,
     local_endpoint: Option<String>,
     local_memory_mb: Option<u64>,
+    model_download_limit_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -338,6 +347,8 @@ pub struct Settings {
     pub local_endpoint: Option<String>,
     /// In-process weight budget in bytes (0: none).
     pub local_memory_bytes: u64,
+    /// Largest download of a model on first use, in bytes (0: never download).
+    pub model_download_limit_bytes: u64,
     /// `hgpt serve`'s address from the config file, if set.
     pub server_bind: Option<String>,
     /// The run store's directory.
@@ -564,6 +575,11 @@ impl Settings {
                 .or(file.inference.local_memory_mb)
                 .unwrap_or(0)
                 .saturating_mul(1 << 20),
+            model_download_limit_bytes: args
+                .model_download_limit_mb
+                .or(file.inference.model_download_limit_mb)
+                .unwrap_or(2048)
+                .saturating_mul(1 << 20),
             server_bind: file.server.bind.clone(),
             data_dir: args
                 .data_dir
@@ -668,7 +684,9 @@ mod tests {
 
     #[test]
     fn inference_mode_from_flag_or_file() {
-        let (_dir, path) = config("[inference]\nmode = \"local\"\nlocal_memory_mb = 512\n");
+        let (_dir, path) = config(
+            "[inference]\nmode = \"local\"\nlocal_memory_mb = 512\nmodel_download_limit_mb = 64\n",
+        );
         let args = SettingsArgs {
             config: Some(path.clone()),
             ..Default::default()
@@ -676,6 +694,7 @@ mod tests {
         let s = Settings::resolve(&args, &FakeEnv(vec![])).unwrap();
         assert_eq!(s.inference_mode, InferenceMode::Local);
         assert_eq!(s.local_memory_bytes, 512 << 20);
+        assert_eq!(s.model_download_limit_bytes, 64 << 20);
         let args = SettingsArgs {
             config: Some(path),
             inference_mode: Some("remote".into()),

@@ -3,9 +3,11 @@
 
 use hgpt_core::task::TaskKind;
 use hgpt_testkit::hf::{FakeHf, sample_png};
+use hgpt_testkit::hub::{COMMIT, FakeHub, MINILM, minilm_files};
 use hgpt_testkit::models::test_hub;
 use hgpt_testkit::openai::{FakeLlm, LlmCall, LlmReply};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -44,6 +46,9 @@ impl Workspace {
             .env_clear()
             .current_dir(self.dir.path())
             .env("HGPT_HF_BASE_URL", hf.url())
+            // Downloads, if any, stay on loopback (and fail) unless a test
+            // starts a fake Hub.
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
             .env("HGPT_CATALOG", self.dir.path().join("catalog.jsonl"))
             .env("HGPT_MEDIA_ROOT", self.dir.path().join("media"))
             .env("HGPT_OUT_DIR", self.out_dir())
@@ -255,6 +260,7 @@ async fn without_an_llm_offline_it_says_what_to_pull() {
     assert!(
         stderr.contains("hgpt models pull Qwen/Qwen2.5-1.5B-Instruct-GGUF")
             && stderr.contains("--llm-local")
+            && stderr.contains("HGPT_LLM_BASE_URL")
             && stderr.contains("offline"),
         "{stderr}"
     );
@@ -476,7 +482,7 @@ async fn local_mode_answers_with_an_in_process_model() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn local_mode_says_how_to_fetch_a_missing_model() {
+async fn local_mode_offline_says_how_to_fetch_a_missing_model() {
     const PLAN: &str =
         r#"[{"task": "object-detection", "id": 0, "dep": [-1], "args": {"image": "/a.jpg"}}]"#;
     let ws = Workspace::new();
@@ -490,6 +496,7 @@ async fn local_mode_says_how_to_fetch_a_missing_model() {
     command
         .env_remove("HGPT_CATALOG")
         .env("HF_HUB_CACHE", empty_cache.path())
+        .env("HF_HUB_OFFLINE", "1")
         .env("HGPT_INFERENCE_MODE", "local");
     let out = output(command, "").await;
     assert!(
@@ -508,4 +515,82 @@ async fn local_mode_says_how_to_fetch_a_missing_model() {
         "{error}"
     );
     assert_eq!(hf.call_count(), 0);
+}
+
+const SIMILARITY_PLAN: &str = r#"[{"task": "sentence-similarity", "id": 0, "dep": [-1],
+    "args": {"text": "A man is eating food.", "sentences": ["A man is eating a meal.", "A plane is taking off."]}}]"#;
+
+/// `hgpt run --json` in local mode over an empty cache, with MiniLM on a
+/// fake Hub; returns the output, the cache and the Hub.
+async fn run_with_a_fake_hub(download_limit_mb: &str) -> (Output, tempfile::TempDir, FakeHub) {
+    let ws = Workspace::new();
+    let (llm, hf) = (controller(SIMILARITY_PLAN).await, inference_server().await);
+    let hub = FakeHub::start(BTreeMap::from([(MINILM.to_string(), minilm_files())])).await;
+    let cache = tempfile::tempdir().unwrap();
+    let mut command = ws.command(
+        Some(&llm),
+        &hf,
+        &["run", "--json", "how similar are these sentences?"],
+    );
+    command
+        .env_remove("HGPT_CATALOG")
+        .env("HF_ENDPOINT", hub.url())
+        .env("HF_HUB_CACHE", cache.path())
+        .env("HGPT_MODEL_DOWNLOAD_LIMIT_MB", download_limit_mb)
+        .env("HGPT_INFERENCE_MODE", "local");
+    let out = output(command, "").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(hf.call_count(), 0, "nothing went to the remote endpoint");
+    (out, cache, hub)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_mode_downloads_a_missing_model_on_first_use() {
+    let (out, cache, _hub) = run_with_a_fake_hub("2048").await;
+    let record = json(&out);
+    let task = &record["tasks"][0];
+    assert_eq!(task["status"], "ok", "{task:#}");
+    assert_eq!(task["model"]["id"], MINILM);
+    assert_eq!(task["endpoint"], "local");
+    let scores = task["output"]["predicted"].as_array().unwrap();
+    assert!(scores[0].as_f64().unwrap() > 0.5, "{scores:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("task #0: downloading {MINILM} (")),
+        "{stderr}"
+    );
+    let snapshot = cache
+        .path()
+        .join("models--sentence-transformers--all-MiniLM-L6-v2/snapshots")
+        .join(COMMIT);
+    assert!(snapshot.join("model.safetensors").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_beyond_the_limit_fails_saying_what_to_pull() {
+    let (out, cache, hub) = run_with_a_fake_hub("1").await;
+    let record = json(&out);
+    let error = record["tasks"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("more than the limit of 1 MiB")
+            && error.contains(&format!("hgpt models pull {MINILM}")),
+        "{error}"
+    );
+    assert!(
+        !cache
+            .path()
+            .join("models--sentence-transformers--all-MiniLM-L6-v2/snapshots")
+            .exists(),
+        "nothing was written"
+    );
+    assert!(
+        hub.requests()
+            .iter()
+            .any(|p| p.contains("model.safetensors")),
+        "the size was asked for"
+    );
 }

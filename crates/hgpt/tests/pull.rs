@@ -1,29 +1,15 @@
 //! `hgpt models pull` against a loopback fake Hub.
 
 use bytes::Bytes;
-use hgpt_testkit::hub::{COMMIT, FakeHub};
+use hgpt_testkit::hub::{COMMIT, FakeHub, minilm_files};
 use hgpt_testkit::models::minilm_snapshot;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
-
-fn read(path: PathBuf) -> Bytes {
-    Bytes::from(std::fs::read(path).unwrap())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pull_fetches_only_what_hgpt_needs_into_the_cache() {
     let snapshot = minilm_snapshot();
-    let mut files = BTreeMap::new();
-    for name in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "modules.json",
-        "1_Pooling/config.json",
-    ] {
-        files.insert(name.to_string(), read(snapshot.join(name)));
-    }
+    let mut files = minilm_files();
     files.insert(
         "pytorch_model.bin".to_string(),
         Bytes::from_static(b"not wanted"),
@@ -74,6 +60,7 @@ async fn pull_fetches_only_what_hgpt_needs_into_the_cache() {
         cache: hgpt_local::ModelCache::at(cache.path()),
         memory_budget_bytes: 0,
         device: candle_core::Device::Cpu,
+        pull: None,
     });
     local
         .can_serve(hgpt_core::task::TaskKind::FeatureExtraction, id)

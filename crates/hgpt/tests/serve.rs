@@ -59,6 +59,8 @@ fn hgpt(dir: &Path, llm: Option<(&FakeLlm, &FakeHf)>) -> Command {
         .env_clear()
         .current_dir(dir)
         .env("HGPT_CATALOG", dir.join("catalog.jsonl"))
+        // Downloads, if any, stay on loopback (and fail).
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
         .env("HGPT_MEDIA_ROOT", dir.join("media"))
         .env("HGPT_OUT_DIR", dir.join("out"))
         .env("HGPT_DATA_DIR", dir.join("data"));
@@ -251,9 +253,19 @@ async fn serve_answers_clients_stops_gracefully_and_keeps_its_runs() {
 #[test]
 fn serve_without_an_llm_explains_and_runs_list_is_empty_without_a_store() {
     let dir = workspace();
-    let out = hgpt(dir.path(), None).arg("serve").output().unwrap();
+    let empty_cache = tempfile::tempdir().unwrap();
+    let out = hgpt(dir.path(), None)
+        .arg("serve")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", empty_cache.path())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("HGPT_LLM_BASE_URL"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("hgpt models pull") && stderr.contains("HGPT_LLM_BASE_URL"),
+        "{stderr}"
+    );
 
     let list = hgpt(dir.path(), None)
         .args(["runs", "list", "--json"])

@@ -99,6 +99,7 @@ async fn serves_embeddings_and_acts_as_a_local_tier() {
         .env("HGPT_HF_BASE_URL", remote.url())
         .env("HGPT_LOCAL_ENDPOINT", &server.1)
         .env("HF_HUB_CACHE", empty_cache.path())
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
         .env("HGPT_OUT_DIR", empty_cache.path().join("out"))
         .args(["run", "--json", "compare"]);
     let out = tokio::task::spawn_blocking(move || run.output().unwrap())
