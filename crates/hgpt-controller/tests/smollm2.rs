@@ -20,6 +20,11 @@ use hgpt_testkit::models::smollm2_gguf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+/// Held by each test for its whole run: the tests are CPU-bound, and two
+/// engines computing at once on a small machine only slow each other down
+/// (candle's thread pool spins while it waits).
+static CPU: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn options(cache_dir: Option<std::path::PathBuf>) -> EngineOptions {
     EngineOptions {
         context: 4096,
@@ -70,6 +75,7 @@ fn requests() -> Vec<&'static str> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_constrained_plan_parses_and_validates() {
+    let _cpu = CPU.lock().await;
     let pipeline = pipeline(shared());
     let requests = requests();
     let mut failures = Vec::new();
@@ -96,6 +102,7 @@ async fn every_constrained_plan_parses_and_validates() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sampled_plans_and_choices_are_valid_too() {
+    let _cpu = CPU.lock().await;
     // Sampling at temperature 1 explores shapes greedy decoding never
     // reaches; the grammar must hold for every one of them.
     let llm = shared();
@@ -160,6 +167,7 @@ async fn sampled_plans_and_choices_are_valid_too() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn selection_names_a_listed_candidate() {
+    let _cpu = CPU.lock().await;
     let llm = shared();
     let request = ChatRequest {
         messages: vec![ChatMessage::user(
@@ -183,6 +191,7 @@ async fn selection_names_a_listed_candidate() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plan_cut_off_by_the_token_limit_is_reported_unfinished() {
+    let _cpu = CPU.lock().await;
     let llm = shared();
     let mut request = pipeline(llm.clone()).plan_request("describe /a.jpg", &[]);
     request.max_tokens = Some(6);
@@ -197,6 +206,7 @@ async fn a_plan_cut_off_by_the_token_limit_is_reported_unfinished() {
 
 #[test]
 fn the_stable_prefix_is_reused_from_memory_and_from_disk() {
+    let _cpu = CPU.blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     let load = || {
         Engine::load(
@@ -256,6 +266,7 @@ fn the_stable_prefix_is_reused_from_memory_and_from_disk() {
 
 #[test]
 fn a_prompt_longer_than_the_context_is_refused() {
+    let _cpu = CPU.blocking_lock();
     let small = Engine::load(
         &smollm2_gguf(),
         &Device::Cpu,
@@ -284,6 +295,7 @@ fn a_prompt_longer_than_the_context_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn answers_stream_and_a_dropped_stream_stops_generation() {
+    let _cpu = CPU.lock().await;
     use futures::StreamExt;
     let llm = shared();
     let request = ChatRequest {

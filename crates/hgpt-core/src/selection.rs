@@ -395,7 +395,9 @@ mod tests {
             &self,
             _request: &crate::backend::InferenceRequest,
         ) -> Result<crate::output::InferenceOutput, crate::backend::InferenceError> {
-            Err(crate::backend::InferenceError::Unsupported("not here".into()))
+            Err(crate::backend::InferenceError::Unsupported(
+                "not here".into(),
+            ))
         }
     }
 

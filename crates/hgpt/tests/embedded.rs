@@ -11,6 +11,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+/// Held by each test for its whole run: both run the 135M model, and two
+/// processes computing at once on a small machine only slow each other down.
+static CPU: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const REQUEST: &str =
     "how similar is the sentence 'A man is eating food.' to 'A man is eating a meal.'?";
 
@@ -87,6 +91,7 @@ fn check_similarity(record: &Value) {
 
 #[test]
 fn run_json_goes_through_all_four_stages_in_process() {
+    let _cpu = CPU.blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("media")).unwrap();
     let run = || {
@@ -167,6 +172,7 @@ fn serve(mut command: Command) -> Served {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_shares_one_loaded_controller_across_eight_concurrent_runs() {
+    let _cpu = CPU.lock().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("media")).unwrap();
     let served = serve(hgpt(dir.path()));
