@@ -10,8 +10,9 @@ use crate::attention::Attend;
 use crate::error::{ControllerError, Result};
 use crate::gguf::GgufFile;
 use crate::qmatmul::QWeight;
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{D, DType, Device, Tensor};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// How the rotary embedding pairs dimensions (llama.cpp's rope types).
@@ -186,8 +187,13 @@ impl Loader<'_> {
         }
     }
 
-    /// A weight matrix `[rows, cols]` (outermost first), checked.
-    fn linear(&mut self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
+    /// A weight matrix `[rows, cols]` (outermost first) and its bias, checked.
+    fn weight_and_bias(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Arc<QTensor>, Option<Tensor>)> {
         let weight = self.qtensor(&format!("{name}.weight"))?;
         let dims = weight.shape().dims().to_vec();
         if dims != [rows, cols] {
@@ -197,11 +203,63 @@ impl Loader<'_> {
             ));
         }
         let bias = self.optional_vector(&format!("{name}.bias"), rows)?;
+        Ok((weight, bias))
+    }
+
+    fn linear(&mut self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
+        let (weight, bias) = self.weight_and_bias(name, rows, cols)?;
         Ok(Linear {
             weight: QWeight::new(weight)?,
             bias,
         })
     }
+
+    /// Projections of the same input (`(name, rows)`, each `[rows, cols]`),
+    /// stacked into one `[Σ rows, cols]` matrix when they share a type and
+    /// all or none have a bias: one product (and one quantization of the
+    /// input) instead of several. Otherwise each on its own, in order.
+    fn stacked(&mut self, parts: &[(String, usize)], cols: usize) -> Result<Stacked> {
+        let mut loaded = Vec::with_capacity(parts.len());
+        for (name, rows) in parts {
+            loaded.push(self.weight_and_bias(name, *rows, cols)?);
+        }
+        let dtype = loaded[0].0.dtype();
+        let biased = loaded.iter().filter(|(_, b)| b.is_some()).count();
+        if loaded.iter().any(|(w, _)| w.dtype() != dtype) || (biased != 0 && biased != loaded.len())
+        {
+            return loaded
+                .into_iter()
+                .map(|(weight, bias)| {
+                    Ok(Linear {
+                        weight: QWeight::new(weight)?,
+                        bias,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Stacked::Apart);
+        }
+        let mut bytes = Vec::new();
+        for (weight, _) in &loaded {
+            bytes.extend_from_slice(&weight.data()?);
+        }
+        let rows: usize = parts.iter().map(|(_, rows)| rows).sum();
+        let storage = QStorage::from_data(Cow::Owned(bytes), self.device, dtype)?;
+        let weight = Arc::new(QTensor::new(storage, (rows, cols))?);
+        let biases: Vec<&Tensor> = loaded.iter().filter_map(|(_, b)| b.as_ref()).collect();
+        let bias = (!biases.is_empty())
+            .then(|| Tensor::cat(&biases, 0))
+            .transpose()?;
+        Ok(Stacked::Together(Linear {
+            weight: QWeight::new(weight)?,
+            bias,
+        }))
+    }
+}
+
+/// What [`Loader::stacked`] made of several projections.
+enum Stacked {
+    Together(Linear),
+    Apart(Vec<Linear>),
 }
 
 impl Model {
@@ -316,16 +374,31 @@ impl Model {
                     hidden,
                 )?)
             } else {
-                Attention::Separate {
-                    q: loader.linear(&format!("{p}.attn_q"), q_width, hidden)?,
-                    k: loader.linear(&format!("{p}.attn_k"), kv_width, hidden)?,
-                    v: loader.linear(&format!("{p}.attn_v"), kv_width, hidden)?,
+                let parts = [
+                    (format!("{p}.attn_q"), q_width),
+                    (format!("{p}.attn_k"), kv_width),
+                    (format!("{p}.attn_v"), kv_width),
+                ];
+                match loader.stacked(&parts, hidden)? {
+                    Stacked::Together(qkv) => Attention::Fused(qkv),
+                    Stacked::Apart(apart) => match <[Linear; 3]>::try_from(apart) {
+                        Ok([q, k, v]) => Attention::Separate { q, k, v },
+                        Err(_) => {
+                            return Err(corrupt(loader.gguf, "attention: 3 projections".into()));
+                        }
+                    },
                 }
             };
             let feed_forward = if loader.gguf.has_tensor(&format!("{p}.ffn_gate.weight")) {
-                FeedForward::Separate {
-                    gate: loader.linear(&format!("{p}.ffn_gate"), ffn, hidden)?,
-                    up: loader.linear(&format!("{p}.ffn_up"), ffn, hidden)?,
+                let parts = [(format!("{p}.ffn_gate"), ffn), (format!("{p}.ffn_up"), ffn)];
+                match loader.stacked(&parts, hidden)? {
+                    Stacked::Together(gate_up) => FeedForward::Fused(gate_up),
+                    Stacked::Apart(apart) => match <[Linear; 2]>::try_from(apart) {
+                        Ok([gate, up]) => FeedForward::Separate { gate, up },
+                        Err(_) => {
+                            return Err(corrupt(loader.gguf, "feed-forward: 2 projections".into()));
+                        }
+                    },
                 }
             } else {
                 FeedForward::Fused(loader.linear(&format!("{p}.ffn_up"), 2 * ffn, hidden)?)

@@ -136,12 +136,14 @@ impl CustomOp1 for Q4_1Matrix {
         let x = &all[start..end];
         let m = x.len() / self.cols;
         let blocks = self.cols / BLOCK;
+        let kernel = Kernel::detect();
         let mut acts = vec![Q8_1::ZERO; m * blocks];
-        for (a, xs) in acts.iter_mut().zip(x.chunks_exact(BLOCK)) {
-            *a = Q8_1::quantize(xs);
+        let (chunks, _) = x.as_chunks::<BLOCK>();
+        for (a, xs) in acts.iter_mut().zip(chunks) {
+            *a = kernel.quantize(xs);
         }
         let mut out = vec![0f32; m * self.rows];
-        self.multiply(&acts, m, &mut out);
+        self.multiply(kernel, &acts, m, &mut out);
         let mut shape = dims.to_vec();
         if let Some(last) = shape.last_mut() {
             *last = self.rows;
@@ -153,35 +155,69 @@ impl CustomOp1 for Q4_1Matrix {
 impl Q4_1Matrix {
     /// `out[r * rows + c] = acts_row_r · weight_row_c` for all `m` rows,
     /// the weight rows split across candle's CPU thread pool.
-    fn multiply(&self, acts: &[Q8_1], m: usize, out: &mut [f32]) {
-        let blocks = self.cols / BLOCK;
+    fn multiply(&self, kernel: Kernel, acts: &[Q8_1], m: usize, out: &mut [f32]) {
         let n = self.rows;
         let out_ptr = SharedOut(out.as_mut_ptr());
-        let kernel = Kernel::detect();
         candle_core::utils::barrier_pool().execute_chunked(n, |cols| {
-            let out_ptr = &out_ptr;
-            for c in cols {
-                let w = self.row(c);
-                let mut r = 0;
-                while r + ROW_GROUP <= m {
-                    let rows: [&[Q8_1]; ROW_GROUP] =
-                        std::array::from_fn(|i| &acts[(r + i) * blocks..(r + i + 1) * blocks]);
-                    let dots = kernel.dot(w, rows);
-                    for (i, d) in dots.into_iter().enumerate() {
-                        // SAFETY: each (row, column) is written by exactly one
-                        // work item and lies inside `out` (m * n values).
-                        unsafe { out_ptr.write((r + i) * n + c, d) };
-                    }
-                    r += ROW_GROUP;
-                }
-                while r < m {
-                    let [d] = kernel.dot(w, [&acts[r * blocks..(r + 1) * blocks]]);
-                    // SAFETY: as above.
-                    unsafe { out_ptr.write(r * n + c, d) };
-                    r += 1;
-                }
+            let part = Part {
+                matrix: self,
+                cols,
+                acts,
+                m,
+                out: &out_ptr,
+            };
+            match kernel {
+                Kernel::Portable => part.run(dot_portable::<ROW_GROUP>, |w, a| {
+                    let [d] = dot_portable(w, [a]);
+                    d
+                }),
+                // SAFETY: `detect` checked that the CPU has AVX2, FMA and F16C.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => unsafe { avx2::run(&part) },
             }
         });
+    }
+}
+
+/// The products of some weight rows (`cols`) with all `m` activation rows.
+struct Part<'a> {
+    matrix: &'a Q4_1Matrix,
+    cols: std::ops::Range<usize>,
+    acts: &'a [Q8_1],
+    m: usize,
+    out: &'a SharedOut,
+}
+
+impl Part<'_> {
+    /// Work through the part with these block products (inlined into the
+    /// caller, so a vector kernel's caller compiles the loop with it).
+    #[inline(always)]
+    fn run(
+        &self,
+        group: impl Fn(&[u8], [&[Q8_1]; ROW_GROUP]) -> [f32; ROW_GROUP],
+        one: impl Fn(&[u8], &[Q8_1]) -> f32,
+    ) {
+        let blocks = self.matrix.cols / BLOCK;
+        let n = self.matrix.rows;
+        let act_row = |r: usize| &self.acts[r * blocks..(r + 1) * blocks];
+        for c in self.cols.clone() {
+            let w = self.matrix.row(c);
+            let mut r = 0;
+            while r + ROW_GROUP <= self.m {
+                let dots = group(w, std::array::from_fn(|i| act_row(r + i)));
+                for (i, d) in dots.into_iter().enumerate() {
+                    // SAFETY: each (row, column) is written by exactly one
+                    // work item and lies inside `out` (m * n values).
+                    unsafe { self.out.write((r + i) * n + c, d) };
+                }
+                r += ROW_GROUP;
+            }
+            while r < self.m {
+                // SAFETY: as above.
+                unsafe { self.out.write(r * n + c, one(w, act_row(r))) };
+                r += 1;
+            }
+        }
     }
 }
 
@@ -219,7 +255,18 @@ impl Kernel {
         Self::Portable
     }
 
+    /// Quantize 32 activations to a Q8_1 block.
+    fn quantize(self, xs: &[f32; BLOCK]) -> Q8_1 {
+        match self {
+            Self::Portable => Q8_1::quantize(xs),
+            // SAFETY: `detect` checked that the CPU has AVX2, FMA and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => unsafe { avx2::quantize(xs) },
+        }
+    }
+
     /// One Q4_1 weight row against `R` rows of Q8_1 activations.
+    #[cfg(test)]
     fn dot<const R: usize>(self, w: &[u8], acts: [&[Q8_1]; R]) -> [f32; R] {
         match self {
             Self::Portable => dot_portable(w, acts),
@@ -251,14 +298,34 @@ fn dot_portable<const R: usize>(w: &[u8], acts: [&[Q8_1]; R]) -> [f32; R] {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Q4_1_BYTES, Q8_1};
+    use super::{Part, Q4_1_BYTES, Q8_1};
     use std::arch::x86_64::*;
+
+    /// [`Part::run`] with the vector block products, compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn run(part: &Part<'_>) {
+        // SAFETY (both closures): the caller's CPU contract; activation rows
+        // have as many blocks as weight rows.
+        part.run(
+            |w, acts| unsafe { dot(w, acts) },
+            |w, act| unsafe { dot_one(w, act) },
+        );
+    }
 
     /// # Safety
     /// The CPU supports AVX2, FMA and F16C; every activation row has at
     /// least as many blocks as `w`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot<const R: usize>(w: &[u8], acts: [&[Q8_1]; R]) -> [f32; R] {
+        if R == 1 {
+            let mut out = [0f32; R];
+            // SAFETY: as for this function.
+            out[0] = unsafe { dot_one(w, acts[0]) };
+            return out;
+        }
         let low = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); R];
@@ -303,6 +370,125 @@ mod avx2 {
             out[r] = _mm_cvtss_f32(one) + mins[r];
         }
         out
+    }
+
+    /// The 32 products of one block as eight f32 lanes, with the scale
+    /// product and the minimum's term.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn block_products(block: *const u8, act: &Q8_1) -> (__m256, f32, f32) {
+        // SAFETY: `block` points at a 20-byte Q4_1 block (the caller's
+        // contract); `qs` is 32 bytes.
+        unsafe {
+            let scales = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
+                block as *const i32,
+            )));
+            let nibbles = _mm_loadu_si128(block.add(4) as *const __m128i);
+            let q = _mm256_and_si256(
+                _mm256_set_m128i(_mm_srli_epi16(nibbles, 4), nibbles),
+                _mm256_set1_epi8(0x0F),
+            );
+            let qa = _mm256_loadu_si256(act.qs.as_ptr() as *const __m256i);
+            let quads = _mm256_madd_epi16(_mm256_maddubs_epi16(q, qa), _mm256_set1_epi16(1));
+            (
+                _mm256_cvtepi32_ps(quads),
+                _mm_cvtss_f32(scales) * act.d,
+                _mm_cvtss_f32(_mm_movehdup_ps(scales)) * act.s,
+            )
+        }
+    }
+
+    /// One weight row against one activation row (decoding): two blocks per
+    /// step into two accumulators, so consecutive blocks do not wait on each
+    /// other's additions.
+    ///
+    /// # Safety
+    /// As for [`dot`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_one(w: &[u8], act: &[Q8_1]) -> f32 {
+        let blocks = w.len() / Q4_1_BYTES;
+        if act.len() < blocks {
+            return f32::NAN;
+        }
+        let block = |b: usize| {
+            // SAFETY: `b < blocks`, so the block is inside `w`.
+            block_products(unsafe { w.as_ptr().add(b * Q4_1_BYTES) }, &act[b])
+        };
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut mins0, mut mins1) = (0f32, 0f32);
+        let mut b = 0;
+        while b + 2 <= blocks {
+            let (p0, s0, m0) = block(b);
+            let (p1, s1, m1) = block(b + 1);
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s0), p0, acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(s1), p1, acc1);
+            mins0 += m0;
+            mins1 += m1;
+            b += 2;
+        }
+        if b < blocks {
+            let (p, s, m) = block(b);
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s), p, acc0);
+            mins0 += m;
+        }
+        hsum(_mm256_add_ps(acc0, acc1)) + mins0 + mins1
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum(v: __m256) -> f32 {
+        let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hmax(v: __m256) -> f32 {
+        let half = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pair = _mm_max_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_max_ss(pair, _mm_movehdup_ps(pair)))
+    }
+
+    /// [`Q8_1::quantize`] with vectors, bit for bit.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn quantize(xs: &[f32; 32]) -> Q8_1 {
+        let p = xs.as_ptr();
+        // SAFETY: 32 floats, read as four vectors of eight.
+        let v = [0, 8, 16, 24].map(|i| unsafe { _mm256_loadu_ps(p.add(i)) });
+        let sign = _mm256_set1_ps(-0.0);
+        let abs = v.map(|x| _mm256_andnot_ps(sign, x));
+        let amax = hmax(_mm256_max_ps(
+            _mm256_max_ps(abs[0], abs[1]),
+            _mm256_max_ps(abs[2], abs[3]),
+        ));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if amax == 0.0 { 0.0 } else { 127.0 / amax });
+        let r = v.map(|x| {
+            _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+                x, id,
+            ))
+        });
+        let sum = hsum(_mm256_add_ps(
+            _mm256_add_ps(r[0], r[1]),
+            _mm256_add_ps(r[2], r[3]),
+        ));
+        let i = r.map(|x| _mm256_cvtps_epi32(x));
+        // Packing works per 128-bit lane; the permutation restores the order.
+        let packed = _mm256_packs_epi16(
+            _mm256_packs_epi32(i[0], i[1]),
+            _mm256_packs_epi32(i[2], i[3]),
+        );
+        let ordered =
+            _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let mut qs = [0i8; 32];
+        // SAFETY: `qs` is 32 bytes.
+        unsafe { _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, ordered) };
+        Q8_1 {
+            d: half::f16::from_f32(d).to_f32(),
+            s: half::f16::from_f32(d * sum).to_f32(),
+            qs,
+        }
     }
 }
 
@@ -378,14 +564,27 @@ mod tests {
             QWeight::Q4_1(m) => m,
             QWeight::Candle(_) => unreachable!("Q4_1 on the CPU"),
         };
-        let acts: Vec<Q8_1> = values(512, 11).chunks(BLOCK).map(Q8_1::quantize).collect();
-        for row in 0..3 {
-            let [fast] = kernel.dot(matrix.row(row), [&acts]);
-            let [slow] = dot_portable(matrix.row(row), [&acts]);
-            assert!(
-                (fast - slow).abs() <= 1e-4 * slow.abs().max(1.0),
-                "{fast} vs {slow}"
+        let xs = values(512, 11);
+        let acts: Vec<Q8_1> = xs.chunks(BLOCK).map(Q8_1::quantize).collect();
+        let (chunks, _) = xs.as_chunks::<BLOCK>();
+        for (chunk, expected) in chunks.iter().zip(&acts) {
+            let got = kernel.quantize(chunk);
+            assert_eq!(
+                (got.d, got.s, got.qs),
+                (expected.d, expected.s, expected.qs)
             );
+        }
+        // Exact ties round to even in both.
+        let mut ties = [0f32; BLOCK];
+        ties[..4].copy_from_slice(&[127.0, -0.5, 1.5, 2.5]);
+        assert_eq!(kernel.quantize(&ties).qs, Q8_1::quantize(&ties).qs);
+        for row in 0..3 {
+            let [slow] = dot_portable(matrix.row(row), [&acts]);
+            let [fast] = kernel.dot(matrix.row(row), [&acts]);
+            let close = |f: f32| (f - slow).abs() <= 1e-4 * slow.abs().max(1.0);
+            assert!(close(fast), "{fast} vs {slow}");
+            let four = kernel.dot(matrix.row(row), [&acts[..]; 4]);
+            assert!(four.into_iter().all(close), "{four:?} vs {slow}");
         }
     }
 

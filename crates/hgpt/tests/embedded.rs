@@ -170,6 +170,10 @@ fn serve(mut command: Command) -> Served {
     Served { child, url, log }
 }
 
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_shares_one_loaded_controller_across_eight_concurrent_runs() {
     let _cpu = CPU.lock().await;
@@ -189,15 +193,12 @@ async fn serve_shares_one_loaded_controller_across_eight_concurrent_runs() {
     ];
     let mut ids = Vec::new();
     for request in requests {
-        let created: Value = client
-            .post(format!("{}/v1/runs", served.url))
-            .json(&json!({ "request": request }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let created = json_of(
+            client
+                .post(format!("{}/v1/runs", served.url))
+                .json(&json!({ "request": request })),
+        )
+        .await;
         ids.push(created["id"].as_str().expect("run id").to_string());
     }
     // All eight were accepted before any finished; now wait for each.
@@ -211,14 +212,7 @@ async fn serve_shares_one_loaded_controller_across_eight_concurrent_runs() {
         assert!(events.contains("event: finished"), "{id}: {events}");
     }
     for id in &ids {
-        let run: Value = client
-            .get(format!("{}/v1/runs/{id}", served.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let run = json_of(client.get(format!("{}/v1/runs/{id}", served.url))).await;
         assert_eq!(run["state"], "succeeded", "{run:#}");
         assert!(
             !run["record"]["answer"]
