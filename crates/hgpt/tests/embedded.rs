@@ -15,26 +15,31 @@ use std::sync::{Arc, Mutex};
 /// processes computing at once on a small machine only slow each other down.
 static CPU: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const REQUEST: &str =
-    "how similar is the sentence 'A man is eating food.' to 'A man is eating a meal.'?";
+const REQUEST: &str = "How similar is 'A man is eating food.' to 'A man is eating a meal.' and to 'A plane is taking off.'?";
 
 /// Planning demonstrations for the 135M model. It does not plan so much as
 /// copy the demonstration closest to the request (with the default set it
-/// copies the last one whatever is asked), so it gets a set of two: a
-/// question that needs no task and a sentence comparison. Any user can give
-/// their own set the same way (`[prompts] plan_demos`).
-const DEMOS: &str = r#"[
-  {"role": "user", "content": "What is the difference between a virus and a bacterium?"},
-  {"role": "assistant", "content": "[]"},
-  {"role": "user", "content": "How similar is 'How do I reset my password?' to 'Can I change my password?' and to 'Where is your office?'"},
-  {"role": "assistant", "content": "[{\"task\": \"sentence-similarity\", \"id\": 0, \"dep\": [-1], \"args\": {\"text\": \"How do I reset my password?\", \"sentences\": \"Can I change my password?\\nWhere is your office?\"}}]"}
-]"#;
+/// copies the last one whatever is asked, and its greedy strings are at the
+/// mercy of the last bit of arithmetic), so it gets a set of two: a question
+/// that needs no task, and [`REQUEST`] with its plan. Any user can give their
+/// own set the same way (`[prompts] plan_demos`). What the tests check is the
+/// machinery: grammar, caches, selection, MiniLM and the answer.
+fn demos() -> String {
+    const PLAN: &str = r#"[{"task": "sentence-similarity", "id": 0, "dep": [-1], "args": {"text": "A man is eating food.", "sentences": "A man is eating a meal.\nA plane is taking off."}}]"#;
+    json!([
+        {"role": "user", "content": "What is the difference between a virus and a bacterium?"},
+        {"role": "assistant", "content": "[]"},
+        {"role": "user", "content": REQUEST},
+        {"role": "assistant", "content": PLAN},
+    ])
+    .to_string()
+}
 
 /// `hgpt` with the embedded controller, local models only, offline. Answers
 /// are capped at 160 tokens: the 135M model tends to repeat itself.
 fn hgpt(dir: &Path) -> Command {
     let config = dir.join("hgpt.toml");
-    std::fs::write(dir.join("demos.json"), DEMOS).unwrap();
+    std::fs::write(dir.join("demos.json"), demos()).unwrap();
     std::fs::write(
         &config,
         "[llm]\nmax_tokens = 160\n[prompts]\nplan_demos = \"demos.json\"\n",
@@ -106,6 +111,13 @@ fn run_json_goes_through_all_four_stages_in_process() {
     let record: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     check_similarity(&record);
+    let scores = record["tasks"][0]["output"]["predicted"]
+        .as_array()
+        .unwrap();
+    assert!(
+        scores[0].as_f64() > scores[1].as_f64(),
+        "the meal is closer to the food than the plane: {scores:?}"
+    );
     let answer = record["answer"].as_str().unwrap_or_default();
     assert!(!answer.trim().is_empty(), "{record:#}");
     assert!(!stderr.contains("panicked"), "{stderr}");
