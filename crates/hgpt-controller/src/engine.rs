@@ -120,6 +120,8 @@ pub struct Engine {
     vocab: Vocab,
     template: ChatTemplate,
     stop_tokens: Vec<u32>,
+    /// Per token id: its text is only closing characters (`"`, `}`, `]`).
+    closing: Vec<bool>,
     factory: Arc<ParserFactory>,
     prefixes: PrefixCache,
     name: String,
@@ -186,6 +188,14 @@ impl Engine {
         let mut factory =
             ParserFactory::new_simple(&env).map_err(|e| ControllerError::Grammar(e.to_string()))?;
         factory.quiet();
+        let closing = (0..vocab.len() as u32)
+            .map(|id| {
+                let bytes = vocab.text_bytes(id);
+                !vocab.is_special(id)
+                    && !bytes.is_empty()
+                    && bytes.iter().all(|b| matches!(b, b'"' | b'}' | b']'))
+            })
+            .collect();
         let identity = ModelIdentity::of(path, model.context());
         let name = path
             .file_name()
@@ -196,6 +206,7 @@ impl Engine {
             vocab,
             template,
             stop_tokens,
+            closing,
             factory: Arc::new(factory),
             prefixes: PrefixCache::new(identity, options.cache_dir.clone()),
             name,
@@ -267,6 +278,11 @@ impl Engine {
             None => request.max_tokens,
         };
         let reserve = max_tokens.min(self.model.context() / 4).max(1);
+        // Shapes without a small bound (plans) are closed near the limit.
+        let closable = request
+            .shape
+            .as_ref()
+            .is_some_and(|s| s.max_output_tokens().is_none());
         if tokens.len() + reserve > self.model.context() {
             return Err(ControllerError::ContextTooLong {
                 prompt: tokens.len(),
@@ -314,8 +330,19 @@ impl Engine {
                         .compute_mask()
                         .map_err(|e| ControllerError::Grammar(e.to_string()))?;
                     let mut values = logits.to_vec1::<f32>()?;
+                    // Near the limit a plan is closed rather than cut off:
+                    // wherever the grammar allows closing characters, only
+                    // they may follow.
+                    let closing = closable
+                        && max_tokens - generated.len() <= CLOSING_RESERVE
+                        && self
+                            .closing
+                            .iter()
+                            .enumerate()
+                            .any(|(id, c)| *c && mask.is_allowed(id as u32));
                     for (id, v) in values.iter_mut().enumerate() {
-                        if !mask.is_allowed(id as u32) {
+                        let closes = self.closing.get(id).copied().unwrap_or(false);
+                        if !mask.is_allowed(id as u32) || (closing && !closes) {
                             *v = f32::NEG_INFINITY;
                         }
                     }
@@ -398,6 +425,10 @@ impl Engine {
         Ok(out)
     }
 }
+
+/// Tokens before the limit at which a plan starts closing: enough for the
+/// structure a plan can be in the middle of (a key, a reference, brackets).
+const CLOSING_RESERVE: usize = 48;
 
 /// The model's end-of-turn tokens: `tokenizer.ggml.eos_token_id`,
 /// `tokenizer.ggml.eot_token_id`, and the end markers its vocabulary has.

@@ -190,17 +190,30 @@ async fn selection_names_a_listed_candidate() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_plan_cut_off_by_the_token_limit_is_reported_unfinished() {
+async fn a_plan_is_closed_near_the_token_limit_or_reported_unfinished() {
     let _cpu = CPU.lock().await;
     let llm = shared();
-    let mut request = pipeline(llm.clone()).plan_request("describe /a.jpg", &[]);
-    request.max_tokens = Some(6);
-    match llm.complete(request).await {
+    let request = |max_tokens| {
+        let mut request = pipeline(llm.clone()).plan_request("describe /a.jpg", &[]);
+        request.max_tokens = Some(max_tokens);
+        request
+    };
+    // Too few tokens to close: what was written, and why it stopped.
+    match llm.complete(request(1)).await {
         Err(LlmError::Unfinished { text, max_tokens }) => {
-            assert_eq!(max_tokens, 6);
+            assert_eq!(max_tokens, 1);
             assert!(text.starts_with('['), "{text}");
         }
         other => panic!("expected an unfinished plan, got {other:?}"),
+    }
+    // Enough to close: a complete plan within the limit, whatever the model
+    // was in the middle of.
+    for max_tokens in [20, 40, 60] {
+        let plan = llm.complete(request(max_tokens)).await.unwrap();
+        assert!(
+            matches!(parse_and_postprocess(&plan), Ok(p) if p.warnings.is_empty()),
+            "{max_tokens}: {plan}"
+        );
     }
 }
 
