@@ -8,6 +8,7 @@
 //! applied by skipping keys instead of adding `-inf`. Other devices keep the
 //! tensor-op path.
 
+use crate::cpu::SharedOut;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 /// The attention of `seq` new queries placed after `start` cached positions.
@@ -104,7 +105,7 @@ impl CustomOp3 for Attend {
         let group = heads / kv_heads;
         let width = heads * dim;
         let mut out = vec![0f32; seq * width];
-        let out_ptr = SharedOut(out.as_mut_ptr());
+        let out_ptr = SharedOut::new(&mut out);
         let work = Work {
             op: self,
             q,
@@ -234,6 +235,7 @@ impl VectorOps {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Ops, Work};
+    use crate::cpu::x86::hsum;
     use std::arch::x86_64::*;
 
     /// # Safety
@@ -262,13 +264,6 @@ mod avx2 {
             // SAFETY: only reachable through `run`.
             unsafe { exp_shifted(xs, max) }
         }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
-        let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
-        _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -385,20 +380,6 @@ mod avx2 {
             tail += *x;
         }
         hsum(sum) + tail
-    }
-}
-
-/// The output buffer, written from several threads at disjoint ranges.
-struct SharedOut(*mut f32);
-
-// SAFETY: only used for writes to ranges no two work items share.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// # Safety
-    /// `at..at + values.len()` is inside the buffer and written by no other thread.
-    unsafe fn write(&self, at: usize, values: &[f32]) {
-        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(at), values.len()) };
     }
 }
 

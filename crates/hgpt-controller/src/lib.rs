@@ -17,6 +17,7 @@
 
 pub mod attention;
 pub mod controller;
+mod cpu;
 pub mod engine;
 pub mod error;
 pub mod gguf;

@@ -10,6 +10,7 @@
 //! `d_w * d_a * Σ q_w·q_a + m_w * s_a`, summed in f32, with AVX2/FMA/F16C
 //! when the CPU has them and a portable loop otherwise.
 
+use crate::cpu::SharedOut;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 use half::f16;
@@ -157,7 +158,7 @@ impl Q4_1Matrix {
     /// the weight rows split across candle's CPU thread pool.
     fn multiply(&self, kernel: Kernel, acts: &[Q8_1], m: usize, out: &mut [f32]) {
         let n = self.rows;
-        let out_ptr = SharedOut(out.as_mut_ptr());
+        let out_ptr = SharedOut::new(out);
         candle_core::utils::barrier_pool().execute_chunked(n, |cols| {
             let part = Part {
                 matrix: self,
@@ -208,30 +209,16 @@ impl Part<'_> {
                 for (i, d) in dots.into_iter().enumerate() {
                     // SAFETY: each (row, column) is written by exactly one
                     // work item and lies inside `out` (m * n values).
-                    unsafe { self.out.write((r + i) * n + c, d) };
+                    unsafe { self.out.write((r + i) * n + c, &[d]) };
                 }
                 r += ROW_GROUP;
             }
             while r < self.m {
                 // SAFETY: as above.
-                unsafe { self.out.write(r * n + c, one(w, act_row(r))) };
+                unsafe { self.out.write(r * n + c, &[one(w, act_row(r))]) };
                 r += 1;
             }
         }
-    }
-}
-
-/// The output buffer, written from several threads at disjoint indices.
-struct SharedOut(*mut f32);
-
-// SAFETY: the pointer is only used for writes at indices no two work items share.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// # Safety
-    /// `index` is inside the buffer and written by no other thread.
-    unsafe fn write(&self, index: usize, value: f32) {
-        unsafe { *self.0.add(index) = value };
     }
 }
 
@@ -299,6 +286,7 @@ fn dot_portable<const R: usize>(w: &[u8], acts: [&[Q8_1]; R]) -> [f32; R] {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Part, Q4_1_BYTES, Q8_1};
+    use crate::cpu::x86::hsum;
     use std::arch::x86_64::*;
 
     /// [`Part::run`] with the vector block products, compiled for AVX2.
@@ -356,24 +344,7 @@ mod avx2 {
                 }
             }
         }
-        let mut out = [0f32; R];
-        for r in 0..R {
-            let half = _mm_add_ps(
-                _mm256_castps256_ps128(acc[r]),
-                _mm256_extractf128_ps(acc[r], 1),
-            );
-            let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
-            let one = _mm_add_ss(pair, _mm_movehdup_ps(pair));
-            out[r] = _mm_cvtss_f32(one) + mins[r];
-        }
-        out
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum(v: __m256) -> f32 {
-        let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
-        _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+        std::array::from_fn(|r| hsum(acc[r]) + mins[r])
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
