@@ -80,17 +80,7 @@ mkdir -p "$WHEEL_DIR"
 WHEEL_DIR="$(cd "$WHEEL_DIR" && pwd)"
 WHEEL="$WHEEL_DIR/$WHEEL_FILE"
 
-wheel_ok() {
-  [[ -f "$WHEEL" ]] || return 1
-  "$PYTHON" - "$WHEEL" "$WHEEL_SHA256" <<'PY'
-import hashlib, sys
-h = hashlib.sha256()
-with open(sys.argv[1], "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-sys.exit(0 if h.hexdigest() == sys.argv[2] else 1)
-PY
-}
+wheel_ok() { "$PYTHON" "$ROOT/scripts/sha256_is.py" "$WHEEL" "$WHEEL_SHA256"; }
 
 if [[ -f "$WHEEL" ]] && ! wheel_ok; then
   log "cached $WHEEL has the wrong sha256; downloading it again"

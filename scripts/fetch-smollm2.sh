@@ -38,17 +38,7 @@ GGUF_DIR="${1:-${HGPT_TEST_GGUF_DIR:-$ROOT/target/test-models/gguf}}"
 log() { echo "fetch-smollm2: $*" >&2; }
 
 # sha256_is FILE HEX: exit status 0 when FILE exists and hashes to HEX.
-sha256_is() {
-  [[ -f "$1" ]] || return 1
-  "$PYTHON" - "$1" "$2" <<'PY'
-import hashlib, sys
-h = hashlib.sha256()
-with open(sys.argv[1], "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-sys.exit(0 if h.hexdigest() == sys.argv[2] else 1)
-PY
-}
+sha256_is() { "$PYTHON" "$ROOT/scripts/sha256_is.py" "$1" "$2"; }
 
 mkdir -p "$GGUF_DIR"
 GGUF_DIR="$(cd "$GGUF_DIR" && pwd)"

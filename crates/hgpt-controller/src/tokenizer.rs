@@ -339,43 +339,50 @@ fn special_bytes(text: &str) -> Vec<u8> {
     bytes
 }
 
-fn byte_level_bytes(tokens: &[String], specials: &[bool]) -> Vec<Vec<u8>> {
-    let chars = byte_level_chars();
+/// The bytes of every token: special tokens behind the grammar's marker,
+/// the others through `plain`.
+fn token_bytes(
+    tokens: &[String],
+    specials: &[bool],
+    plain: impl Fn(&str) -> Vec<u8>,
+) -> Vec<Vec<u8>> {
     tokens
         .iter()
         .enumerate()
         .map(|(i, text)| {
             if specials.get(i).copied().unwrap_or(false) {
-                return special_bytes(text);
+                special_bytes(text)
+            } else {
+                plain(text)
             }
-            text.chars()
-                .map(|c| chars.get(&c).copied())
-                .collect::<Option<Vec<u8>>>()
-                // Added plain-text tokens are written as they read.
-                .unwrap_or_else(|| text.as_bytes().to_vec())
         })
         .collect()
 }
 
+/// gpt2-style vocabularies: each character stands for one byte.
+fn byte_level_bytes(tokens: &[String], specials: &[bool]) -> Vec<Vec<u8>> {
+    let chars = byte_level_chars();
+    token_bytes(tokens, specials, |text| {
+        text.chars()
+            .map(|c| chars.get(&c).copied())
+            .collect::<Option<Vec<u8>>>()
+            // Added plain-text tokens are written as they read.
+            .unwrap_or_else(|| text.as_bytes().to_vec())
+    })
+}
+
 /// SentencePiece-style vocabularies: `▁` is a space, `<0xAB>` a raw byte.
 fn metaspace_bytes(tokens: &[String], specials: &[bool]) -> Vec<Vec<u8>> {
-    tokens
-        .iter()
-        .enumerate()
-        .map(|(i, text)| {
-            if specials.get(i).copied().unwrap_or(false) {
-                return special_bytes(text);
-            }
-            if text.len() == 6
-                && text.starts_with("<0x")
-                && text.ends_with('>')
-                && let Ok(byte) = u8::from_str_radix(&text[3..5], 16)
-            {
-                return vec![byte];
-            }
-            text.replace('\u{2581}', " ").into_bytes()
-        })
-        .collect()
+    token_bytes(tokens, specials, |text| {
+        if text.len() == 6
+            && text.starts_with("<0x")
+            && text.ends_with('>')
+            && let Ok(byte) = u8::from_str_radix(&text[3..5], 16)
+        {
+            return vec![byte];
+        }
+        text.replace('\u{2581}', " ").into_bytes()
+    })
 }
 
 #[cfg(test)]

@@ -104,6 +104,40 @@ fn check_greedy(
     }
 }
 
+/// Tolerances of one comparison with llama.cpp.
+struct Limits {
+    /// Largest rms/std of the logit difference.
+    rel: f32,
+    /// Largest absolute logit difference.
+    max: f32,
+}
+
+/// Compare `ours` with llama.cpp's logits for `prompt` (its `ids`, `greedy`
+/// and `greedy_margins`), then the teacher-forced greedy tokens, counting as
+/// ties the steps whose margin is below `tie(max difference)`. Returns our
+/// logits.
+fn check_prompt(
+    engine: &Engine,
+    prompt: &Value,
+    reference: &[f32],
+    limits: Limits,
+    tie: impl Fn(f32) -> f32,
+    what: &str,
+) -> Vec<f32> {
+    let tokens = ids(&prompt["ids"]);
+    let ours = engine.logits(&tokens).unwrap();
+    let (max, rel) = compare(&ours, reference);
+    eprintln!("{what}: max |diff| {max:.4}, rms/std {rel:.4}");
+    assert!(
+        rel < limits.rel && max < limits.max,
+        "{what}: max {max}, rms/std {rel}"
+    );
+    let greedy = ids(&prompt["greedy"]);
+    let margins = floats(&prompt["greedy_margins"]);
+    check_greedy(engine, &tokens, &greedy, &margins, tie(max), what);
+    ours
+}
+
 #[test]
 fn smollm2_tokenizes_like_llama_cpp() {
     let engine = load(&smollm2_gguf());
@@ -123,31 +157,24 @@ fn smollm2_logits_and_greedy_tokens_match_llama_cpp() {
     let engine = load(&smollm2_gguf());
     let fixture = json("smollm2.json");
     for (n, prompt) in fixture["prompts"].as_array().unwrap().iter().enumerate() {
-        let tokens = ids(&prompt["ids"]);
         let bytes =
             std::fs::read(fixtures().join(prompt["logits_file"].as_str().unwrap())).unwrap();
         let reference: Vec<f32> = bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let ours = engine.logits(&tokens).unwrap();
-        let (max, rel) = compare(&ours, &reference);
-        eprintln!("smollm2 prompt {n}: max |diff| {max:.4}, rms/std {rel:.4}");
-        assert_eq!(argmax(&ours), argmax(&reference), "prompt {n}");
-        assert!(
-            rel < 0.25 && max < 2.5,
-            "prompt {n}: max {max}, rms/std {rel}"
-        );
-        let greedy = ids(&prompt["greedy"]);
-        let margins = floats(&prompt["greedy_margins"]);
-        check_greedy(
+        let ours = check_prompt(
             &engine,
-            &tokens,
-            &greedy,
-            &margins,
-            max,
+            prompt,
+            &reference,
+            Limits {
+                rel: 0.25,
+                max: 2.5,
+            },
+            |max| max,
             &format!("smollm2 prompt {n}"),
         );
+        assert_eq!(argmax(&ours), argmax(&reference), "prompt {n}");
     }
 }
 
@@ -158,23 +185,12 @@ fn every_family_and_quantization_matches_llama_cpp() {
         let file = model["file"].as_str().unwrap();
         let engine = load(&fixtures().join(file));
         for (n, prompt) in model["prompts"].as_array().unwrap().iter().enumerate() {
-            let tokens = ids(&prompt["ids"]);
-            let reference = floats(&prompt["logits"]);
-            let ours = engine.logits(&tokens).unwrap();
-            let (max, rel) = compare(&ours, &reference);
-            eprintln!("{file} prompt {n}: max |diff| {max:.4}, rms/std {rel:.4}");
-            assert!(
-                rel < 0.1 && max < 0.3,
-                "{file} prompt {n}: max {max}, rms/std {rel}"
-            );
-            let greedy = ids(&prompt["greedy"]);
-            let margins = floats(&prompt["greedy_margins"]);
-            check_greedy(
+            let _ = check_prompt(
                 &engine,
-                &tokens,
-                &greedy,
-                &margins,
-                2.0 * max.max(0.05),
+                prompt,
+                &floats(&prompt["logits"]),
+                Limits { rel: 0.1, max: 0.3 },
+                |max| 2.0 * max.max(0.05),
                 &format!("{file} prompt {n}"),
             );
         }
