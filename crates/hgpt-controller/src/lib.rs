@@ -5,8 +5,8 @@
 //! - [`model`]: one decoder for the llama, qwen2, qwen3, phi3 and gemma3
 //!   families on candle's quantized matmuls, with a separate [`model::KvCache`].
 //! - [`attention`]: attention over the KV cache as one CPU operation.
-//! - [`qmatmul`]: the quantized products, with hgpt's own CPU kernel for
-//!   Q4_1 (candle's is scalar).
+//! - [`qmatmul`]: the quantized products, with hgpt's own CPU kernels for
+//!   Q4_1 and Q8_0 on weights repacked eight rows at a time.
 //! - [`tokenizer`]: the vocabulary from the GGUF file or a `tokenizer.json`.
 //! - [`template`]: the model's own chat template.
 //! - [`engine`]: generation with llguidance token masks, so that plans and

@@ -114,7 +114,8 @@ struct RopeTable {
 pub struct Model {
     config: Config,
     device: Device,
-    embedding: Arc<QTensor>,
+    /// The token table; the same matrix as `lm_head` when the model ties them.
+    embedding: QWeight,
     embedding_scale: Option<f64>,
     layers: Vec<Layer>,
     final_norm: Tensor,
@@ -333,10 +334,10 @@ impl Model {
             device,
             bytes: 0,
         };
-        let embedding = loader.qtensor("token_embd.weight")?;
+        let embedding = QWeight::new(loader.qtensor("token_embd.weight")?)?;
         let lm_head = match loader.optional_qtensor("output.weight")? {
             Some(t) => QWeight::new(t)?,
-            None => QWeight::new(embedding.clone())?,
+            None => embedding.clone(),
         };
         let final_norm = loader.vector("output_norm.weight", hidden)?;
         // Llama 3.x and Phi-3 long-context files carry per-frequency factors.
