@@ -168,6 +168,30 @@ impl GgufFile {
         }
     }
 
+    /// A boolean metadata value.
+    pub fn boolean(&self, key: &str) -> Option<bool> {
+        match self.value(key)? {
+            gguf_file::Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// An array of floats.
+    pub fn floats(&self, key: &str) -> Option<Vec<f32>> {
+        use gguf_file::Value as V;
+        match self.value(key)? {
+            V::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    V::F32(v) => Some(*v),
+                    V::F64(v) => Some(*v as f32),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        }
+    }
+
     /// A required unsigned value, as `usize`.
     pub fn required(&self, key: &str) -> Result<usize> {
         self.unsigned(key)

@@ -1,6 +1,6 @@
 //! The model's tokenizer: built from the GGUF metadata for `gpt2` byte-level
-//! BPE vocabularies (llama 3, SmolLM2, Qwen, ...), or read from a
-//! `tokenizer.json`; plus the byte string of every token, which constrained
+//! BPE vocabularies (llama 3, SmolLM2, Qwen, ...) and `llama` SentencePiece
+//! ones (Phi-3, Gemma, Llama 2), or read from a `tokenizer.json`; plus the byte string of every token, which constrained
 //! decoding and streaming need.
 
 use crate::error::{ControllerError, Result};
@@ -10,16 +10,21 @@ use std::path::Path;
 use std::sync::Arc;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{
+    AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
+};
 use toktrie::{TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 
 /// GGUF token types (`tokenizer.ggml.token_type`).
+const TOKEN_TYPE_UNKNOWN: i64 = 2;
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+const TOKEN_TYPE_BYTE: i64 = 6;
 
 /// llama.cpp's pre-tokenizer regexes, by `tokenizer.ggml.pre`.
 const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -67,88 +72,18 @@ fn tok_err(e: impl std::fmt::Display) -> ControllerError {
 }
 
 impl Vocab {
-    /// The tokenizer a GGUF file describes (`tokenizer.ggml.model = "gpt2"`).
-    /// Other vocabularies (SentencePiece `llama`) need a `tokenizer.json`.
+    /// The tokenizer a GGUF file describes: a `gpt2` byte-level BPE or a
+    /// `llama` SentencePiece vocabulary. Others need a `tokenizer.json`.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let model = gguf
             .string("tokenizer.ggml.model")
             .ok_or_else(|| tok_err("the GGUF file has no tokenizer.ggml.model entry"))?;
-        if model != "gpt2" {
-            return Err(tok_err(format!(
-                "the GGUF file's vocabulary is of type {model:?}, which hgpt builds only from \
-                 a tokenizer.json: put the base model's tokenizer.json next to the .gguf file \
-                 or name it with [llm] tokenizer"
-            )));
-        }
         let tokens = gguf
             .strings("tokenizer.ggml.tokens")
             .ok_or_else(|| tok_err("the GGUF file has no tokenizer.ggml.tokens list"))?;
-        let merges = gguf
-            .strings("tokenizer.ggml.merges")
-            .ok_or_else(|| tok_err("the GGUF file has no tokenizer.ggml.merges list"))?;
         let types = gguf
             .integers("tokenizer.ggml.token_type")
             .unwrap_or_default();
-        let pre = gguf.string("tokenizer.ggml.pre").unwrap_or("default");
-        if !SUPPORTED_PRE.contains(&pre) {
-            return Err(tok_err(format!(
-                "the GGUF vocabulary uses the {pre:?} pre-tokenizer, which hgpt does not know; \
-                 known: {} (a tokenizer.json next to the file works for any)",
-                SUPPORTED_PRE.join(", ")
-            )));
-        }
-        let vocab: tokenizers::models::bpe::Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.to_string(), i as u32))
-            .collect();
-        let merges: Vec<(String, String)> = merges
-            .iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| tok_err(format!("malformed merge {m:?}")))
-            })
-            .collect::<Result<_>>()?;
-        let llama3 = matches!(
-            pre,
-            "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "falcon3"
-        );
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .ignore_merges(llama3)
-            .build()
-            .map_err(tok_err)?;
-        let mut tokenizer = Tokenizer::new(bpe);
-        let split = |regex: &str| -> Result<PreTokenizerWrapper> {
-            Ok(Split::new(
-                SplitPattern::Regex(regex.to_string()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(tok_err)?
-            .into())
-        };
-        let pre_tokenizer: PreTokenizerWrapper = match pre {
-            _ if llama3 => Sequence::new(vec![
-                split(LLAMA3_SPLIT)?,
-                ByteLevel::new(false, false, false).into(),
-            ])
-            .into(),
-            "qwen2" | "deepseek-r1-qwen" => Sequence::new(vec![
-                split(QWEN2_SPLIT)?,
-                ByteLevel::new(false, false, false).into(),
-            ])
-            .into(),
-            "smollm" => Sequence::new(vec![
-                Digits::new(true).into(),
-                ByteLevel::new(false, true, true).into(),
-            ])
-            .into(),
-            _ => ByteLevel::new(false, true, true).into(),
-        };
-        tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
-        tokenizer.with_decoder(Some(ByteLevelDecoder::new(false, true, true)));
         let specials: Vec<bool> = (0..tokens.len())
             .map(|i| {
                 types
@@ -156,6 +91,25 @@ impl Vocab {
                     .is_some_and(|t| *t == TOKEN_TYPE_CONTROL || *t == TOKEN_TYPE_USER_DEFINED)
             })
             .collect();
+        let token_text: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+        let (mut tokenizer, token_bytes) = match model {
+            "gpt2" => (
+                byte_level_bpe(gguf, &tokens)?,
+                byte_level_bytes(&token_text, &specials),
+            ),
+            "llama" => (
+                sentencepiece_bpe(gguf, &tokens, &types)?,
+                metaspace_bytes(&token_text, &specials),
+            ),
+            other => {
+                return Err(tok_err(format!(
+                    "the GGUF file's vocabulary is of type {other:?}; hgpt builds gpt2 \
+                     (byte-level BPE) and llama (SentencePiece) vocabularies from GGUF, and \
+                     any other from a tokenizer.json: put the base model's tokenizer.json \
+                     next to the .gguf file or name it with [llm] tokenizer"
+                )));
+            }
+        };
         let special: Vec<AddedToken> = tokens
             .iter()
             .zip(&specials)
@@ -163,8 +117,6 @@ impl Vocab {
             .map(|(t, _)| AddedToken::from(t.to_string(), true))
             .collect();
         tokenizer.add_special_tokens(&special);
-        let token_text: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
-        let token_bytes = byte_level_bytes(&token_text, &specials);
         Ok(Self::assemble(tokenizer, token_text, token_bytes, gguf))
     }
 
@@ -287,6 +239,143 @@ impl Vocab {
             vocab: self.clone(),
         })
     }
+}
+
+/// A `gpt2` vocabulary: byte-level BPE from the GGUF merges, with the
+/// pre-tokenizer `tokenizer.ggml.pre` names.
+fn byte_level_bpe(gguf: &GgufFile, tokens: &[&str]) -> Result<Tokenizer> {
+    let merges = gguf
+        .strings("tokenizer.ggml.merges")
+        .ok_or_else(|| tok_err("the GGUF file has no tokenizer.ggml.merges list"))?;
+    let pre = gguf.string("tokenizer.ggml.pre").unwrap_or("default");
+    if !SUPPORTED_PRE.contains(&pre) {
+        return Err(tok_err(format!(
+            "the GGUF vocabulary uses the {pre:?} pre-tokenizer, which hgpt does not know; \
+             known: {} (a tokenizer.json next to the file works for any)",
+            SUPPORTED_PRE.join(", ")
+        )));
+    }
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
+    let merges: Vec<(String, String)> = merges
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| tok_err(format!("malformed merge {m:?}")))
+        })
+        .collect::<Result<_>>()?;
+    let llama3 = matches!(
+        pre,
+        "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "falcon3"
+    );
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(llama3)
+        .build()
+        .map_err(tok_err)?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let split = |regex: &str| -> Result<PreTokenizerWrapper> {
+        Ok(Split::new(
+            SplitPattern::Regex(regex.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tok_err)?
+        .into())
+    };
+    let pre_tokenizer: PreTokenizerWrapper = match pre {
+        _ if llama3 => Sequence::new(vec![
+            split(LLAMA3_SPLIT)?,
+            ByteLevel::new(false, false, false).into(),
+        ])
+        .into(),
+        "qwen2" | "deepseek-r1-qwen" => Sequence::new(vec![
+            split(QWEN2_SPLIT)?,
+            ByteLevel::new(false, false, false).into(),
+        ])
+        .into(),
+        "smollm" => Sequence::new(vec![
+            Digits::new(true).into(),
+            ByteLevel::new(false, true, true).into(),
+        ])
+        .into(),
+        _ => ByteLevel::new(false, true, true).into(),
+    };
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+    tokenizer.with_decoder(Some(ByteLevelDecoder::new(false, true, true)));
+    Ok(tokenizer)
+}
+
+/// A `llama` (SentencePiece) vocabulary, tokenized as llama.cpp does: spaces
+/// become `▁`, a `▁` is put before the text and after each special token
+/// unless `tokenizer.ggml.add_space_prefix` is false, then adjacent pieces
+/// merge while their union is a token, highest score first, and characters
+/// no token covers fall back to `<0xAB>` byte tokens. As a BPE that is every
+/// split of a token into two tokens, ranked by the whole token's score.
+fn sentencepiece_bpe(gguf: &GgufFile, tokens: &[&str], types: &[i64]) -> Result<Tokenizer> {
+    let scores = gguf
+        .floats("tokenizer.ggml.scores")
+        .ok_or_else(|| tok_err("the GGUF SentencePiece vocabulary has no tokenizer.ggml.scores"))?;
+    if scores.len() != tokens.len() {
+        return Err(tok_err(format!(
+            "the GGUF vocabulary has {} tokens but {} scores",
+            tokens.len(),
+            scores.len()
+        )));
+    }
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
+    // Control, unknown, user-defined and byte tokens are never merged into.
+    let mergeable = |id: usize| {
+        !types.get(id).is_some_and(|t| {
+            matches!(
+                *t,
+                TOKEN_TYPE_UNKNOWN | TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED | TOKEN_TYPE_BYTE
+            )
+        })
+    };
+    let mut ranked: Vec<(usize, &str, &str)> = Vec::new();
+    for (id, token) in tokens.iter().enumerate().filter(|(id, _)| mergeable(*id)) {
+        for (at, _) in token.char_indices().skip(1) {
+            let (left, right) = token.split_at(at);
+            if vocab.contains_key(left) && vocab.contains_key(right) {
+                ranked.push((id, left, right));
+            }
+        }
+    }
+    ranked.sort_by(|a, b| scores[b.0].total_cmp(&scores[a.0]).then(a.0.cmp(&b.0)));
+    let merges = ranked
+        .into_iter()
+        .map(|(_, left, right)| (left.to_string(), right.to_string()))
+        .collect();
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
+    if let Some(unk) = gguf
+        .unsigned("tokenizer.ggml.unknown_token_id")
+        .and_then(|id| tokens.get(usize::try_from(id).ok()?))
+    {
+        builder = builder.unk_token(unk.to_string());
+    }
+    let mut tokenizer = Tokenizer::new(builder.build().map_err(tok_err)?);
+    let spaces = Replace::new(" ", "\u{2581}").map_err(tok_err)?;
+    let normalizer: NormalizerWrapper = if gguf.boolean("tokenizer.ggml.add_space_prefix")
+        != Some(false)
+    {
+        NormalizerSequence::new(vec![Prepend::new("\u{2581}".into()).into(), spaces.into()]).into()
+    } else {
+        spaces.into()
+    };
+    tokenizer.with_normalizer(Some(normalizer));
+    Ok(tokenizer)
 }
 
 /// [`TokenizerEnv`] over a [`Vocab`].

@@ -113,3 +113,36 @@ fn a_model_without_its_tensors_names_the_missing_one() {
     let err = load(&path);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_sentencepiece_vocabulary_without_matching_scores_is_refused() {
+    use candle_core::quantized::gguf_file::{Value, write};
+    use hgpt_controller::gguf::GgufFile;
+    use hgpt_controller::tokenizer::Vocab;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Value::Array(
+        ["<unk>", "\u{2581}", "a", "\u{2581}a"]
+            .iter()
+            .map(|t| Value::String(t.to_string()))
+            .collect(),
+    );
+    let model = Value::String("llama".into());
+    let scores = Value::Array(vec![Value::F32(0.0), Value::F32(-1.0)]);
+    for (name, with_scores) in [("no-scores.gguf", false), ("short-scores.gguf", true)] {
+        let path = dir.path().join(name);
+        let mut metadata = vec![
+            ("tokenizer.ggml.model", &model),
+            ("tokenizer.ggml.tokens", &tokens),
+        ];
+        if with_scores {
+            metadata.push(("tokenizer.ggml.scores", &scores));
+        }
+        let mut file = std::fs::File::create(&path).unwrap();
+        write(&mut file, &metadata, &[]).unwrap();
+        drop(file);
+        let err = Vocab::from_gguf(&GgufFile::open(&path).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scores"), "{name}: {err}");
+    }
+}

@@ -15,6 +15,8 @@
 //! implementations).
 
 use candle_core::Device;
+use hgpt_controller::gguf::GgufFile;
+use hgpt_controller::tokenizer::Vocab;
 use hgpt_controller::{Engine, EngineOptions};
 use hgpt_testkit::models::smollm2_gguf;
 use serde_json::Value;
@@ -192,6 +194,28 @@ fn every_family_and_quantization_matches_llama_cpp() {
                 Limits { rel: 0.1, max: 0.3 },
                 |max| 2.0 * max.max(0.05),
                 &format!("{file} prompt {n}"),
+            );
+        }
+    }
+}
+
+/// SentencePiece (`llama`) vocabularies, with and without the space prefix,
+/// tokenize as llama.cpp does (`tests/fixtures/spm`, made by
+/// `scripts/make_spm_fixture.py`).
+#[test]
+fn sentencepiece_vocabularies_tokenize_like_llama_cpp() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spm");
+    let fixture: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("spm.json")).unwrap()).unwrap();
+    for (file, expected) in fixture["files"].as_object().unwrap() {
+        let gguf = GgufFile::open(&dir.join(file)).unwrap();
+        let vocab = Vocab::from_gguf(&gguf).unwrap();
+        for case in expected["cases"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            assert_eq!(
+                vocab.encode(text).unwrap(),
+                ids(&case["ids"]),
+                "{file}: {text:?}"
             );
         }
     }
