@@ -31,6 +31,161 @@ pub struct ModelKind {
     pub architectures: Vec<String>,
 }
 
+/// How a family's checkpoints name their task head (`config.json`
+/// `architectures`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// Exactly this class (`ViTForImageClassification`).
+    Class(&'static str),
+    /// Any class ending so (`BertForSequenceClassification` for
+    /// `ForSequenceClassification`).
+    Suffix(&'static str),
+    /// A bare encoder (`BertModel`); checkpoints of the family with any head
+    /// load for it too.
+    Bare,
+}
+
+impl Head {
+    fn matches(self, architecture: &str) -> bool {
+        match self {
+            Self::Class(class) => architecture == class,
+            Self::Suffix(suffix) => architecture.ends_with(suffix),
+            Self::Bare => {
+                architecture.ends_with("Model")
+                    && !architecture.contains("For")
+                    && !architecture.contains("Head")
+                    && !architecture.ends_with("PreTrainedModel")
+            }
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Self::Class(class) => class.to_string(),
+            Self::Suffix(suffix) => format!("*{suffix}"),
+            Self::Bare => "*Model".to_string(),
+        }
+    }
+}
+
+/// Loads a checkpoint of a family for one of its tasks.
+pub type Loader = fn(TaskKind, &ModelFiles, &Device) -> Result<Box<dyn Pipeline>, LocalError>;
+
+/// A model family hgpt runs locally: which checkpoints it takes, which task
+/// each head serves, and how to load one.
+pub struct Family {
+    /// How messages name it.
+    pub name: &'static str,
+    /// The `config.json` `model_type`s of its checkpoints.
+    pub model_types: &'static [&'static str],
+    /// Its heads and the task each serves (a head may serve several).
+    pub heads: &'static [(Head, TaskKind)],
+    /// Loads a checkpoint.
+    pub load: Loader,
+}
+
+impl std::fmt::Debug for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Family")
+            .field("name", &self.name)
+            .field("model_types", &self.model_types)
+            .field("heads", &self.heads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Family {
+    /// Whether some head of the family serves the task.
+    pub fn serves(&self, task: TaskKind) -> bool {
+        self.heads.iter().any(|(_, t)| *t == task)
+    }
+
+    /// Whether this checkpoint is of the family and has a head for `task`
+    /// (a checkpoint with no `architectures` is taken by its `model_type`).
+    fn accepts(&self, kind: &ModelKind, task: TaskKind) -> bool {
+        if let Some(model_type) = &kind.model_type
+            && !self.model_types.contains(&model_type.as_str())
+        {
+            return false;
+        }
+        let heads = || self.heads.iter().filter(move |(_, t)| *t == task);
+        if kind.architectures.is_empty() {
+            return kind.model_type.is_some() && heads().next().is_some();
+        }
+        heads().any(|(head, _)| {
+            (*head == Head::Bare && kind.model_type.is_some())
+                || kind.architectures.iter().any(|a| head.matches(a))
+        })
+    }
+}
+
+/// Every family hgpt runs locally. A new family is its module plus one line
+/// here.
+pub static FAMILIES: &[Family] = &[
+    Family {
+        name: "BERT sentence embedding",
+        model_types: &["bert"],
+        heads: &[
+            (Head::Bare, TaskKind::FeatureExtraction),
+            (Head::Bare, TaskKind::SentenceSimilarity),
+        ],
+        load: |_, files, device| {
+            Ok(Box::new(crate::embed::SentenceEmbedder::load(
+                files, device,
+            )?))
+        },
+    },
+    Family {
+        name: "BERT, DistilBERT, RoBERTa and XLM-R",
+        model_types: &["bert", "distilbert", "roberta", "xlm-roberta"],
+        heads: &[
+            (
+                Head::Suffix("ForSequenceClassification"),
+                TaskKind::TextClassification,
+            ),
+            (
+                Head::Suffix("ForTokenClassification"),
+                TaskKind::TokenClassification,
+            ),
+            (
+                Head::Suffix("ForQuestionAnswering"),
+                TaskKind::QuestionAnswering,
+            ),
+        ],
+        load: |task, files, device| {
+            Ok(Box::new(crate::text::TextPipeline::load(
+                task, files, device,
+            )?))
+        },
+    },
+    Family {
+        name: "ViT",
+        model_types: &["vit"],
+        heads: &[(
+            Head::Class("ViTForImageClassification"),
+            TaskKind::ImageClassification,
+        )],
+        load: |_, files, device| {
+            Ok(Box::new(crate::vision::ImageClassifier::load(
+                files, device,
+            )?))
+        },
+    },
+    Family {
+        name: "YOLOS",
+        model_types: &["yolos"],
+        heads: &[(
+            Head::Class("YolosForObjectDetection"),
+            TaskKind::ObjectDetection,
+        )],
+        load: |_, files, device| {
+            Ok(Box::new(crate::vision::ObjectDetector::load(
+                files, device,
+            )?))
+        },
+    },
+];
+
 /// Load the pipeline serving `task` for a cached model.
 pub fn load(
     task: TaskKind,
@@ -38,64 +193,80 @@ pub fn load(
     device: &Device,
 ) -> Result<Box<dyn Pipeline>, LocalError> {
     let kind: ModelKind = files.json("config.json")?;
-    match task {
-        TaskKind::FeatureExtraction | TaskKind::SentenceSimilarity => Ok(Box::new(
-            crate::embed::SentenceEmbedder::load(files, device)?,
-        )),
-        task if crate::text::supports(task) => crate::text::load(task, &kind, files, device),
-        task if crate::vision::supports(task) => crate::vision::load(task, &kind, files, device),
-        task => Err(LocalError::Unsupported(format!(
-            "hgpt has no local pipeline for {task}"
-        ))),
+    let family = FAMILIES
+        .iter()
+        .find(|f| f.accepts(&kind, task))
+        .ok_or_else(|| unsupported(task, files.id(), &kind))?;
+    (family.load)(task, files, device)
+}
+
+/// Why no family runs this checkpoint for `task`: what runs it, and what the
+/// checkpoint is.
+fn unsupported(task: TaskKind, id: &str, kind: &ModelKind) -> LocalError {
+    let serving: Vec<String> = FAMILIES
+        .iter()
+        .filter(|f| f.serves(task))
+        .map(|f| {
+            let heads: Vec<String> = f
+                .heads
+                .iter()
+                .filter(|(_, t)| *t == task)
+                .map(|(h, _)| h.describe())
+                .collect();
+            format!("{} checkpoints ({})", f.name, heads.join(", "))
+        })
+        .collect();
+    if serving.is_empty() {
+        return LocalError::Unsupported(format!("hgpt has no local pipeline for {task}"));
     }
+    let what = match (&kind.model_type, kind.architectures.is_empty()) {
+        (None, true) => "config.json names neither model_type nor architectures".to_string(),
+        (Some(m), true) => format!("a {m:?} model"),
+        (None, false) => kind.architectures.join(", "),
+        (Some(m), false) => format!("a {m:?} model ({})", kind.architectures.join(", ")),
+    };
+    LocalError::Unsupported(format!(
+        "hgpt runs {task} locally with {}; {id} is {what}",
+        serving.join(" or ")
+    ))
 }
 
 /// Whether hgpt has a local pipeline for this task type.
 pub fn supports(task: TaskKind) -> bool {
-    matches!(
-        task,
-        TaskKind::FeatureExtraction | TaskKind::SentenceSimilarity
-    ) || crate::text::supports(task)
-        || crate::vision::supports(task)
+    FAMILIES.iter().any(|f| f.serves(task))
 }
 
 /// The task a cached model does by default, from its files: a
-/// sentence-transformers layout (`modules.json`) or a bare `*Model` is
-/// feature-extraction; otherwise the head named by `config.json`'s
-/// `architectures` (`*ForSequenceClassification` -> text-classification,
-/// `*ForTokenClassification` -> token-classification, `*ForQuestionAnswering`
-/// -> question-answering, `*ForImageClassification` -> image-classification,
-/// `*ForObjectDetection` -> object-detection). `None` when the files do not tell.
+/// sentence-transformers layout (`modules.json`) is feature-extraction;
+/// otherwise the task of the first family head its `config.json` names
+/// (exact classes first, then suffixes like `*ForSequenceClassification`,
+/// then bare encoders). `None` when no family takes it.
 pub fn task_of(files: &ModelFiles) -> Option<TaskKind> {
     if files.get("modules.json").is_some() {
         return Some(TaskKind::FeatureExtraction);
     }
     let kind: ModelKind = files.json("config.json").ok()?;
-    kind.architectures
+    let of_type = |f: &&Family| {
+        kind.model_type
+            .as_deref()
+            .is_none_or(|m| f.model_types.contains(&m))
+    };
+    let rank = |head: Head| match head {
+        Head::Class(_) => 0,
+        Head::Suffix(_) => 1,
+        Head::Bare => 2,
+    };
+    FAMILIES
         .iter()
-        .find_map(|arch| task_of_architecture(arch))
-}
-
-fn task_of_architecture(arch: &str) -> Option<TaskKind> {
-    const HEADS: &[(&str, TaskKind)] = &[
-        ("ForSequenceClassification", TaskKind::TextClassification),
-        ("ForTokenClassification", TaskKind::TokenClassification),
-        ("ForQuestionAnswering", TaskKind::QuestionAnswering),
-        ("ForImageClassification", TaskKind::ImageClassification),
-        ("ForObjectDetection", TaskKind::ObjectDetection),
-    ];
-    if let Some((_, task)) = HEADS.iter().find(|(suffix, _)| arch.ends_with(suffix)) {
-        return Some(*task);
-    }
-    let bare = arch.ends_with("Model")
-        && !arch.contains("For")
-        && !arch.contains("Head")
-        && !arch.ends_with("PreTrainedModel");
-    bare.then_some(TaskKind::FeatureExtraction)
+        .filter(of_type)
+        .flat_map(|f| f.heads.iter())
+        .filter(|(head, _)| kind.architectures.iter().any(|a| head.matches(a)))
+        .min_by_key(|(head, _)| rank(*head))
+        .map(|(_, task)| *task)
 }
 
 #[cfg(test)]
-mod task_of_tests {
+mod tests {
     use super::*;
 
     fn files_with(config: &str, extra: &[&str]) -> (tempfile::TempDir, ModelFiles) {
@@ -140,6 +311,62 @@ mod task_of_tests {
         assert_eq!(task_of(&files), None);
         let (_dir, files) = files_with("not json", &[]);
         assert_eq!(task_of(&files), None);
+    }
+
+    #[test]
+    fn other_families_heads_are_not_taken_for_these_tasks() {
+        // A question-answering head of a family without a text pipeline is
+        // not text question answering; composite models are not encoders.
+        let cases = [
+            (
+                r#"{"model_type": "blip", "architectures": ["BlipForQuestionAnswering"]}"#,
+                None,
+            ),
+            (
+                r#"{"model_type": "clip", "architectures": ["CLIPModel"]}"#,
+                None,
+            ),
+            (
+                r#"{"model_type": "vision-encoder-decoder", "architectures": ["VisionEncoderDecoderModel"]}"#,
+                None,
+            ),
+            (
+                r#"{"model_type": "distilbert", "architectures": ["DistilBertForQuestionAnswering"]}"#,
+                Some(TaskKind::QuestionAnswering),
+            ),
+            (
+                r#"{"model_type": "bert", "architectures": ["BertModel"]}"#,
+                Some(TaskKind::FeatureExtraction),
+            ),
+        ];
+        for (config, expected) in cases {
+            let (_dir, files) = files_with(config, &[]);
+            assert_eq!(task_of(&files), expected, "{config}");
+        }
+        let (_dir, files) = files_with(cases[0].0, &[]);
+        let err = load(TaskKind::QuestionAnswering, &files, &Device::Cpu)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, LocalError::Unsupported(m) if m.contains("*ForQuestionAnswering") && m.contains("\"blip\"")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_task_a_family_serves_is_supported_and_others_are_not() {
+        for family in FAMILIES {
+            assert!(!family.model_types.is_empty(), "{family:?}");
+            for (_, task) in family.heads {
+                assert!(supports(*task), "{family:?}");
+            }
+        }
+        assert!(!supports(TaskKind::TextToSpeech));
+        let (_dir, files) = files_with(r#"{"model_type": "bert"}"#, &[]);
+        let err = load(TaskKind::TextToSpeech, &files, &Device::Cpu)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("no local pipeline"), "{err}");
     }
 
     #[test]

@@ -582,7 +582,6 @@ fn wrong_architectures_and_missing_files_are_reported() {
         matches!(&err, LocalError::Load { message, .. } if message.contains("48x48") && message.contains("32x32")),
         "{err}"
     );
-    assert!(hgpt_local::vision::supports(TaskKind::ImageClassification));
-    assert!(hgpt_local::vision::supports(TaskKind::ObjectDetection));
-    assert!(!hgpt_local::vision::supports(TaskKind::ImageSegmentation));
+    assert!(pipeline::supports(TaskKind::ImageClassification));
+    assert!(pipeline::supports(TaskKind::ObjectDetection));
 }

@@ -15,7 +15,7 @@ pub use postprocess::ScoreFunction;
 
 use crate::error::{LocalError, bad_input};
 use crate::files::ModelFiles;
-use crate::pipeline::{ModelKind, Pipeline};
+use crate::pipeline::Pipeline;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use encoder::{Encoder, TextConfig};
@@ -30,28 +30,6 @@ use std::borrow::Cow;
 use tokenizers::{
     Decoder, Encoding, PostProcessor, Tokenizer, TruncationParams, TruncationStrategy,
 };
-
-/// Whether this module serves the task.
-pub fn supports(task: TaskKind) -> bool {
-    matches!(
-        task,
-        TaskKind::TextClassification | TaskKind::TokenClassification | TaskKind::QuestionAnswering
-    )
-}
-
-/// Load the pipeline for `task`.
-pub fn load(
-    task: TaskKind,
-    kind: &ModelKind,
-    files: &ModelFiles,
-    device: &Device,
-) -> Result<Box<dyn Pipeline>, LocalError> {
-    let model_type = kind.model_type.as_deref().unwrap_or("");
-    if Family::from_model_type(model_type).is_none() {
-        return Err(unsupported_family(task, files.id(), model_type));
-    }
-    Ok(Box::new(TextPipeline::load(task, files, device)?))
-}
 
 fn unsupported_family(task: TaskKind, id: &str, model_type: &str) -> LocalError {
     let what = if model_type.is_empty() {
@@ -176,7 +154,12 @@ impl TextPipeline {
     /// question-answering). Unexpected weight names or shapes, a missing
     /// `id2label` and unsupported architectures are errors naming the problem.
     pub fn load(task: TaskKind, files: &ModelFiles, device: &Device) -> Result<Self, LocalError> {
-        if !supports(task) {
+        if !matches!(
+            task,
+            TaskKind::TextClassification
+                | TaskKind::TokenClassification
+                | TaskKind::QuestionAnswering
+        ) {
             return Err(LocalError::Unsupported(format!(
                 "the text pipelines do not serve {task}"
             )));

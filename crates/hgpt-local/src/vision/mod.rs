@@ -18,60 +18,11 @@ pub use yolos::{ObjectDetector, Predictions, RawDetection, YolosForObjectDetecti
 
 use crate::error::{LocalError, bad_input};
 use crate::files::ModelFiles;
-use crate::pipeline::{ModelKind, Pipeline};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::task::TaskKind;
 use serde_json::Value;
-
-/// Whether this module serves the task.
-pub fn supports(task: TaskKind) -> bool {
-    matches!(
-        task,
-        TaskKind::ImageClassification | TaskKind::ObjectDetection
-    )
-}
-
-/// Load the pipeline for `task`: ViT checkpoints for image classification,
-/// YOLOS checkpoints for object detection.
-pub fn load(
-    task: TaskKind,
-    kind: &ModelKind,
-    files: &ModelFiles,
-    device: &Device,
-) -> Result<Box<dyn Pipeline>, LocalError> {
-    let (family, architecture) = match task {
-        TaskKind::ImageClassification => ("vit", "ViTForImageClassification"),
-        TaskKind::ObjectDetection => ("yolos", "YolosForObjectDetection"),
-        other => {
-            return Err(LocalError::Unsupported(format!(
-                "hgpt has no local vision pipeline for {other}"
-            )));
-        }
-    };
-    let fits = if kind.architectures.is_empty() {
-        kind.model_type.as_deref() == Some(family)
-    } else {
-        kind.architectures.iter().any(|a| a == architecture)
-    };
-    if !fits {
-        let what = kind
-            .architectures
-            .first()
-            .cloned()
-            .or_else(|| kind.model_type.clone())
-            .unwrap_or_else(|| "an unknown architecture".to_string());
-        return Err(LocalError::Unsupported(format!(
-            "hgpt runs {task} locally only with {architecture} checkpoints; {} is {what}",
-            files.id()
-        )));
-    }
-    Ok(match task {
-        TaskKind::ImageClassification => Box::new(ImageClassifier::load(files, device)?),
-        _ => Box::new(ObjectDetector::load(files, device)?),
-    })
-}
 
 /// Memory-map `model.safetensors` (as float32); also its size in bytes.
 fn open_weights(
