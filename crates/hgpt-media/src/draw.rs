@@ -92,32 +92,83 @@ fn outline(image: &mut RgbaImage, [x0, y0, x1, y1]: [u32; 4], thickness: u32, co
     fill(image, [x1.saturating_sub(t).max(x0), y0, x1, y1], colour);
 }
 
-/// Draw the tag `text` above the box at (`x0`, `y0`), or inside it when there
-/// is no room above.
-fn tag(image: &mut RgbaImage, x0: u32, y0: u32, text: &str, scale: u32, rgb: [u8; 3]) {
-    let (width, _) = image.dimensions();
+/// Whether two inclusive rectangles share a pixel.
+fn overlaps(a: [u32; 4], b: [u32; 4]) -> bool {
+    a[0] <= b[2] && b[0] <= a[2] && a[1] <= b[3] && b[1] <= a[3]
+}
+
+/// Where each box's tag goes, given the tags' sizes: inside the image, and
+/// clear of the tags placed before it whenever the image has room. A tag
+/// sits above its box, else inside the box's top edge, else below the box,
+/// else inside its bottom edge; when all four are taken it goes to the free
+/// height nearest the box, and only when there is none does it overlap.
+fn place_tags(boxes: &[([u32; 4], (u32, u32))], width: u32, height: u32) -> Vec<[u32; 4]> {
+    let mut placed: Vec<[u32; 4]> = Vec::with_capacity(boxes.len());
+    for &([x0, y0, _, y1], (w, h)) in boxes {
+        let x = x0.min(width.saturating_sub(w));
+        let rect = |y: u32| [x, y, x + w - 1, y + h - 1];
+        let lowest = height.saturating_sub(h);
+        let preferred = [
+            y0.checked_sub(h),
+            Some(y0),
+            Some(y1 + 1),
+            (y1 + 1).checked_sub(h),
+        ];
+        let fits = |y: &u32| *y <= lowest;
+        let free = |y: &u32| !placed.iter().any(|p| overlaps(*p, rect(*y)));
+        let chosen = preferred
+            .iter()
+            .flatten()
+            .copied()
+            .filter(fits)
+            .find(free)
+            .or_else(|| {
+                let mut heights: Vec<u32> = (0..=lowest).collect();
+                heights.sort_by_key(|y| y.abs_diff(y0));
+                heights.into_iter().find(free)
+            })
+            .or_else(|| preferred.iter().flatten().copied().find(fits))
+            .unwrap_or(0);
+        placed.push(rect(chosen));
+    }
+    placed
+}
+
+/// Draw `text` on a tag filling `rect`.
+fn tag(image: &mut RgbaImage, rect: [u32; 4], text: &str, scale: u32, rgb: [u8; 3]) {
     let pad = scale + 1;
-    let chars = text.chars().count() as u32;
-    let tag_w = chars * GLYPH * scale + 2 * pad;
-    let tag_h = GLYPH * scale + 2 * pad;
-    let x = x0.min(width.saturating_sub(tag_w));
-    let y = if y0 >= tag_h { y0 - tag_h } else { y0 };
-    fill(
-        image,
-        [x, y, x + tag_w - 1, y + tag_h - 1],
-        Rgba([rgb[0], rgb[1], rgb[2], 255]),
-    );
+    fill(image, rect, Rgba([rgb[0], rgb[1], rgb[2], 255]));
     let luma = 0.299 * f64::from(rgb[0]) + 0.587 * f64::from(rgb[1]) + 0.114 * f64::from(rgb[2]);
     let ink = if luma > 150.0 {
         Rgba([0, 0, 0, 255])
     } else {
         Rgba([255, 255, 255, 255])
     };
-    draw_text(image, x + pad, y + pad, text, scale, ink);
+    draw_text(image, rect[0] + pad, rect[1] + pad, text, scale, ink);
+}
+
+/// The text of a detection's tag, `"{label} {score:.2}"`, the label cut so
+/// that the tag fits `width` pixels; and the tag's size.
+fn tag_text(label: &str, score: f64, width: u32, scale: u32) -> (String, (u32, u32)) {
+    let pad = scale + 1;
+    let room = (width.saturating_sub(2 * pad) / (GLYPH * scale)) as usize;
+    let score = format!(" {score:.2}");
+    let label_room = room
+        .saturating_sub(score.chars().count())
+        .min(MAX_LABEL_CHARS);
+    let mut text: String = label.chars().take(label_room).collect();
+    text.push_str(&score);
+    let text: String = text.chars().take(room.max(1)).collect();
+    let chars = text.chars().count() as u32;
+    (
+        text,
+        (chars * GLYPH * scale + 2 * pad, GLYPH * scale + 2 * pad),
+    )
 }
 
 /// Draw each detection as a coloured box (one colour per label) with a
-/// `"{label} {score:.2}"` tag; returns PNG bytes.
+/// `"{label} {score:.2}"` tag; returns PNG bytes. Every tag lies inside the
+/// image and, where the image has room, clear of the others.
 pub(crate) fn detections(bytes: &[u8], detections: &[Detection]) -> Result<Vec<u8>, MediaError> {
     let (mut image, has_alpha) = decode_input(bytes)?;
     let (width, height) = image.dimensions();
@@ -144,12 +195,13 @@ pub(crate) fn detections(bytes: &[u8], detections: &[Detection]) -> Result<Vec<u
             thickness,
             Rgba([rgb[0], rgb[1], rgb[2], 255]),
         );
-        let label: String = detection.label.chars().take(MAX_LABEL_CHARS).collect();
-        tags.push((rect, format!("{label} {:.2}", detection.score), rgb));
+        let (text, size) = tag_text(&detection.label, detection.score, width, scale);
+        tags.push((rect, size, text, rgb));
     }
     // Tags last, so that no later box is drawn across an earlier tag.
-    for ([x0, y0, ..], text, rgb) in tags {
-        tag(&mut image, x0, y0, &text, scale, rgb);
+    let boxes: Vec<_> = tags.iter().map(|(rect, size, ..)| (*rect, *size)).collect();
+    for (place, (_, _, text, rgb)) in place_tags(&boxes, width, height).into_iter().zip(tags) {
+        tag(&mut image, place, &text, scale, rgb);
     }
     finish(image, has_alpha)
 }
@@ -259,5 +311,78 @@ mod tests {
         // A one-pixel box does not underflow.
         outline(&mut image, [0, 0, 0, 0], 3, Rgba([0, 255, 0, 255]));
         assert_eq!(image.get_pixel(0, 0).0[1], 255);
+    }
+
+    #[test]
+    fn tags_stay_inside_the_image_and_clear_of_each_other() {
+        let (width, height) = (120, 80);
+        let size = (60, 10);
+        // Three boxes at the top edge, one spanning the whole image, one at
+        // the bottom edge.
+        let boxes = [
+            ([0, 0, 50, 30], size),
+            ([2, 0, 52, 30], size),
+            ([1, 1, 40, 20], size),
+            ([0, 0, 119, 79], size),
+            ([70, 70, 119, 79], size),
+        ];
+        let places = place_tags(&boxes, width, height);
+        for (i, p) in places.iter().enumerate() {
+            assert!(p[2] < width && p[3] < height, "tag {i} at {p:?}");
+            assert_eq!((p[2] - p[0] + 1, p[3] - p[1] + 1), size);
+            for (j, q) in places.iter().enumerate().skip(i + 1) {
+                assert!(!overlaps(*p, *q), "tags {i} {p:?} and {j} {q:?} overlap");
+            }
+        }
+        // Room above the box: the tag goes there.
+        assert_eq!(
+            place_tags(&[([10, 40, 50, 60], size)], width, height),
+            [[10, 30, 69, 39]]
+        );
+        // No room anywhere: inside the image all the same.
+        let crowded = [([0, 0, 9, 9], (20, 20)); 3];
+        assert!(
+            place_tags(&crowded, 20, 20)
+                .iter()
+                .all(|p| *p == [0, 0, 19, 19])
+        );
+    }
+
+    #[test]
+    fn long_labels_are_cut_to_the_image_width() {
+        let (text, (w, h)) = tag_text("a very long label indeed", 0.5, 100, 1);
+        assert!(w <= 100, "{w}");
+        assert_eq!(h, GLYPH + 4);
+        assert!(
+            text.ends_with(" 0.50") && text.starts_with("a very"),
+            "{text}"
+        );
+        let (text, _) = tag_text("cat", 0.987, 400, 2);
+        assert_eq!(text, "cat 0.99");
+    }
+
+    #[test]
+    fn every_tag_is_drawn_when_boxes_coincide() {
+        let mut png = Vec::new();
+        DynamicImage::ImageRgb8(image::RgbImage::from_pixel(160, 90, image::Rgb([0, 0, 0])))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let detection = |label: &str| Detection {
+            label: label.into(),
+            score: 0.9,
+            bbox: bbox(0.0, 0.0, 60.0, 40.0),
+        };
+        let out = detections(&png, &[detection("a"), detection("b"), detection("c")]).unwrap();
+        let drawn = decode(&out).unwrap().into_rgb8();
+        for index in 0..3 {
+            let rgb = colour(index);
+            // A tag is a solid run of its colour at least a glyph wide.
+            let solid = drawn.rows().any(|row| {
+                row.collect::<Vec<_>>()
+                    .windows(GLYPH as usize + 4)
+                    .any(|w| w.iter().all(|p| p.0 == rgb))
+            });
+            assert!(solid, "no tag of colour {index}");
+        }
     }
 }
