@@ -10,6 +10,8 @@ deterministically (fixed seeds, one CPU thread, no network):
 * <checkpoint>/: tiny randomly initialised transformers checkpoints (safetensors, config,
   tokenizer or preprocessor config) plus expected.json with the inputs, token ids, raw
   logits and the transformers pipeline outputs for them.
+* vit-imgcls-bin/: vit-imgcls's weights as pytorch_model.bin only (a repository without
+  safetensors).
 
 Usage (see scripts/requirements-fixtures.txt for the pinned packages):
 
@@ -93,6 +95,7 @@ GENERATED = [
     "roberta-tokcls",
     "roberta-qa",
     "vit-imgcls",
+    "vit-imgcls-bin",
     "yolos-det",
 ]
 
@@ -904,6 +907,16 @@ def make_minilm(folder: Path, hub: Path) -> None:
     })
 
 
+def make_vit_bin(vit_folder: Path, folder: Path) -> None:
+    """vit-imgcls as a repository without safetensors: the same weights as PyTorch's
+    pytorch_model.bin (torch.save's zip format), with its config, processor config and
+    expected outputs."""
+    model = ViTForImageClassification.from_pretrained(vit_folder)
+    model.save_pretrained(folder, safe_serialization=False)
+    for name in ("preprocessor_config.json", "expected.json"):
+        shutil.copy(vit_folder / name, folder / name)
+
+
 # --------------------------------------------------------------------------------------
 
 
@@ -942,6 +955,8 @@ def main() -> None:
                 make_text_checkpoint(kind, family, folder, work)
     print("writing vit-imgcls", file=sys.stderr)
     make_vit(out / "vit-imgcls", out / "images")
+    print("writing vit-imgcls-bin", file=sys.stderr)
+    make_vit_bin(out / "vit-imgcls", out / "vit-imgcls-bin")
     print("writing yolos-det", file=sys.stderr)
     make_yolos(out / "yolos-det", out / "images")
     if not args.skip_minilm:

@@ -7,7 +7,7 @@
 
 use crate::error::LocalError;
 use crate::files::ModelCache;
-use crate::pipeline::{self, Pipeline};
+use crate::pipeline::{self, ModelKind, Pipeline};
 use async_trait::async_trait;
 use candle_core::Device;
 use hgpt_core::backend::{
@@ -94,6 +94,8 @@ pub struct LocalBackend {
     slots: Mutex<HashMap<Key, Slot>>,
     /// One lock per model being downloaded, so a model downloads once.
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// What uncached models are, by their config on the Hub.
+    hub_kinds: Mutex<HashMap<String, Option<ModelKind>>>,
     clock: AtomicU64,
 }
 
@@ -108,6 +110,7 @@ impl LocalBackend {
             config,
             slots: Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
+            hub_kinds: Mutex::new(HashMap::new()),
             clock: AtomicU64::new(0),
         }
     }
@@ -117,19 +120,46 @@ impl LocalBackend {
         &self.config.cache
     }
 
-    /// Whether the model's files for this task are cached (or it is loaded).
+    /// Whether the model's files are cached (or it is loaded) and a local
+    /// family runs it for this task.
     pub fn can_serve(&self, task: TaskKind, model: &str) -> Result<(), String> {
         if !pipeline::supports(task) {
             return Err(format!("hgpt has no local pipeline for {task}"));
         }
-        if self.is_cached(model) {
-            Ok(())
-        } else {
-            Err(format!(
+        if !self.is_cached(model) {
+            return Err(format!(
                 "not in the local cache ({}); fetch it with `hgpt models pull {model}`",
                 self.config.cache.path().display()
-            ))
+            ));
         }
+        let files = self.config.cache.model(model);
+        files
+            .json::<ModelKind>("config.json")
+            .and_then(|kind| pipeline::family_for(task, model, &kind))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// What an uncached model is, from its `config.json` on the Hub (asked
+    /// once per process); `None` when the Hub cannot tell.
+    async fn hub_kind(&self, model: &str, pull: &AutoPull) -> Option<ModelKind> {
+        if let Some(known) = lock(&self.hub_kinds).get(model) {
+            return known.clone();
+        }
+        let (cache, id) = (self.config.cache.clone(), model.to_string());
+        let (endpoint, token) = (pull.endpoint.clone(), pull.token.clone());
+        let kind = tokio::task::spawn_blocking(move || {
+            crate::pull::hub_model_kind(&cache, &id, endpoint, token)
+        })
+        .await
+        .ok()
+        .and_then(|fetched| {
+            fetched
+                .inspect_err(|e| tracing::debug!("cannot tell what {model} is: {e}"))
+                .ok()
+        });
+        lock(&self.hub_kinds).insert(model.to_string(), kind.clone());
+        kind
     }
 
     fn is_cached(&self, model: &str) -> bool {
@@ -138,7 +168,7 @@ impl LocalBackend {
                 .config
                 .cache
                 .model(model)
-                .has_all(&["config.json", "model.safetensors"])
+                .has_all(&["config.json", crate::files::WEIGHTS])
     }
 
     /// Download the model into the cache unless it is there (once, however
@@ -348,10 +378,17 @@ impl InferenceBackend for LocalBackend {
     async fn availability(&self, task: TaskKind, model: &str) -> Availability {
         match (self.can_serve(task, model), &self.config.pull) {
             (Ok(()), _) => Availability::Available,
-            (Err(_), Some(pull)) if pipeline::supports(task) => Availability::Pullable(format!(
-                "not cached; downloaded on first use if under {} MiB",
-                pull.max_bytes / (1 << 20)
-            )),
+            (Err(_), Some(pull)) if pipeline::supports(task) && !self.is_cached(model) => {
+                // Offer it only if its config says a local family runs it.
+                let kind = self.hub_kind(model, pull).await;
+                match kind.map(|kind| pipeline::family_for(task, model, &kind)) {
+                    Some(Err(unsupported)) => Availability::Unavailable(unsupported.to_string()),
+                    Some(Ok(_)) | None => Availability::Pullable(format!(
+                        "not cached; downloaded on first use if under {} MiB",
+                        pull.max_bytes / (1 << 20)
+                    )),
+                }
+            }
             (Err(reason), _) => Availability::Unavailable(reason),
         }
     }

@@ -8,10 +8,9 @@
 
 use crate::bert::{Bert, Sequence};
 use crate::error::{LocalError, bad_input};
-use crate::files::ModelFiles;
+use crate::files::{ModelFiles, WEIGHTS, Weights};
 use crate::pipeline::Pipeline;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{Device, Tensor};
 use candle_transformers::models::bert::Config;
 use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::output::InferenceOutput;
@@ -73,7 +72,7 @@ pub struct SentenceEmbedder {
 impl SentenceEmbedder {
     /// Load from cached files.
     pub fn load(files: &ModelFiles, device: &Device) -> Result<Self, LocalError> {
-        let paths = files.require(&["config.json", "tokenizer.json", "model.safetensors"])?;
+        let paths = files.require(&["config.json", "tokenizer.json", WEIGHTS])?;
         let config: Config = files.json("config.json")?;
         let modules: Vec<Module> = files.json_if_present("modules.json")?.unwrap_or_default();
         let normalize = modules.iter().any(|m| m.kind.ends_with(".Normalize"));
@@ -95,15 +94,13 @@ impl SentenceEmbedder {
             .unwrap_or(config.max_position_embeddings)
             .min(config.max_position_embeddings);
         let tokenizer = load_tokenizer(files, &paths[1], max_length)?;
-        let weights = &paths[2];
-        let weight_bytes = std::fs::metadata(weights).map(|m| m.len()).unwrap_or(0);
-        // SAFETY: the file is memory-mapped read-only; the Hub cache's files are
-        // never modified in place (new revisions are new blobs).
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(std::slice::from_ref(weights), DType::F32, device)
-        }
-        .map_err(|e| files.load_error(format!("model.safetensors: {e}")))?;
-        let model = Bert::load(vb, &config).map_err(|e| files.load_error(e.to_string()))?;
+        let Weights {
+            vb,
+            bytes: weight_bytes,
+            file,
+        } = files.weights(device)?;
+        let model =
+            Bert::load(vb, &config).map_err(|e| files.load_error(format!("{file}: {e}")))?;
         Ok(Self {
             model,
             tokenizer,

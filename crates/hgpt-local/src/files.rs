@@ -2,6 +2,8 @@
 //! (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`).
 
 use crate::error::LocalError;
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
 use hf_hub::{Cache, Repo};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
@@ -60,6 +62,20 @@ fn hub_dir(
         .or_else(|| hf_home.and_then(non_empty).map(|home| home.join("hub")))
 }
 
+/// The weight files hgpt reads, in order of preference, as a [`ModelFiles::require`]
+/// name: safetensors, else a PyTorch state dict.
+pub const WEIGHTS: &str = "model.safetensors|pytorch_model.bin";
+
+/// A model's opened weights.
+pub struct Weights {
+    /// Tensors by name, as f32.
+    pub vb: VarBuilder<'static>,
+    /// Size of the weight file.
+    pub bytes: u64,
+    /// Which file they came from (for messages).
+    pub file: String,
+}
+
 /// The files of one model: the `main` snapshot in the cache, or a plain folder.
 #[derive(Debug)]
 pub struct ModelFiles {
@@ -97,17 +113,24 @@ impl ModelFiles {
         path.is_file().then_some(path)
     }
 
-    /// Whether every file named is cached.
-    pub fn has_all(&self, names: &[&str]) -> bool {
-        names.iter().all(|n| self.get(n).is_some())
+    /// The first present of `a|b|...` alternatives.
+    fn find(&self, names: &str) -> Option<PathBuf> {
+        names.split('|').find_map(|n| self.get(n))
     }
 
-    /// The paths of files that must exist, or an error naming every missing one.
+    /// Whether every file named is cached (`a|b` names alternatives, as
+    /// [`WEIGHTS`] does).
+    pub fn has_all(&self, names: &[&str]) -> bool {
+        names.iter().all(|n| self.find(n).is_some())
+    }
+
+    /// The paths of files that must exist (`a|b`: the first present of the
+    /// alternatives), or an error naming every missing one.
     pub fn require(&self, names: &[&str]) -> Result<Vec<PathBuf>, LocalError> {
-        let missing: Vec<&str> = names
+        let missing: Vec<String> = names
             .iter()
-            .copied()
-            .filter(|n| self.get(n).is_none())
+            .filter(|n| self.find(n).is_none())
+            .map(|n| n.replace('|', " or "))
             .collect();
         if !missing.is_empty() {
             return Err(LocalError::MissingFiles {
@@ -115,7 +138,32 @@ impl ModelFiles {
                 missing: missing.join(", "),
             });
         }
-        Ok(names.iter().filter_map(|n| self.get(n)).collect())
+        Ok(names.iter().filter_map(|n| self.find(n)).collect())
+    }
+
+    /// The name of the weight file the model has (see [`WEIGHTS`]).
+    pub fn weight_file(&self) -> Option<String> {
+        self.find(WEIGHTS).map(|path| file_name(&path))
+    }
+
+    /// The model's weights as f32 tensors: `model.safetensors` memory-mapped,
+    /// else PyTorch's `pytorch_model.bin` (its pickle is read, never run).
+    pub fn weights(&self, device: &Device) -> Result<Weights, LocalError> {
+        let path = self.require(&[WEIGHTS])?.remove(0);
+        let file = file_name(&path);
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let vb = if file.ends_with(".safetensors") {
+            // SAFETY: the file is memory-mapped read-only; the Hub cache's
+            // files are never modified in place (new revisions are new blobs)
+            // and fixture folders are not written while loaded.
+            unsafe {
+                VarBuilder::from_mmaped_safetensors(std::slice::from_ref(&path), DType::F32, device)
+            }
+        } else {
+            VarBuilder::from_pth(&path, DType::F32, device)
+        }
+        .map_err(|e| self.load_error(format!("{file}: {e}")))?;
+        Ok(Weights { vb, bytes, file })
     }
 
     /// A cached JSON file, parsed.
@@ -144,6 +192,12 @@ impl ModelFiles {
             message: message.into(),
         }
     }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

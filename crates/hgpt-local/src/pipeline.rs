@@ -193,11 +193,21 @@ pub fn load(
     device: &Device,
 ) -> Result<Box<dyn Pipeline>, LocalError> {
     let kind: ModelKind = files.json("config.json")?;
-    let family = FAMILIES
+    (family_for(task, files.id(), &kind)?.load)(task, files, device)
+}
+
+/// The family that runs a checkpoint of this `config.json` for `task`, or
+/// an error naming the families that serve the task and what the checkpoint
+/// is.
+pub fn family_for(
+    task: TaskKind,
+    id: &str,
+    kind: &ModelKind,
+) -> Result<&'static Family, LocalError> {
+    FAMILIES
         .iter()
-        .find(|f| f.accepts(&kind, task))
-        .ok_or_else(|| unsupported(task, files.id(), &kind))?;
-    (family.load)(task, files, device)
+        .find(|f| f.accepts(kind, task))
+        .ok_or_else(|| unsupported(task, id, kind))
 }
 
 /// Why no family runs this checkpoint for `task`: what runs it, and what the

@@ -1,9 +1,11 @@
 //! Fetching a model into the cache: only the files hgpt needs (configs,
-//! tokenizer files, safetensors weights), never the other weight formats a
-//! repository carries (PyTorch `.bin`, TensorFlow, Flax, ONNX, ...).
+//! tokenizer files, safetensors weights, or `pytorch_model.bin` when a model
+//! has no safetensors), never the other weight formats a repository carries
+//! (TensorFlow, Flax, ONNX, ...).
 
 use crate::error::LocalError;
-use crate::files::ModelCache;
+use crate::files::{ModelCache, ModelFiles};
+use crate::pipeline::ModelKind;
 use hf_hub::api::Progress;
 use hf_hub::api::sync::{Api, ApiBuilder, ApiError, ApiRepo};
 use hgpt_core::backend::DownloadProgress;
@@ -41,13 +43,64 @@ pub fn files_to_pull(id: &str, listing: &[String]) -> Result<Vec<String>, LocalE
             || TOKENIZER_FILES.contains(&base)
             || (top_level && name.ends_with(".safetensors"))
     };
-    let files: Vec<String> = listing.iter().filter(|n| wanted(n)).cloned().collect();
-    if !files.iter().any(|f| f.ends_with(".safetensors")) {
-        return Err(LocalError::Unsupported(format!(
-            "{id} has no safetensors weights; hgpt loads only safetensors"
-        )));
+    let mut files: Vec<String> = listing.iter().filter(|n| wanted(n)).cloned().collect();
+    if files.iter().any(|f| f.ends_with(".safetensors")) {
+        return Ok(files);
     }
-    Ok(files)
+    // A main branch with only PyTorch weights: its single state dict.
+    if listing.iter().any(|n| n == PYTORCH_WEIGHTS) {
+        files.push(PYTORCH_WEIGHTS.to_string());
+        return Ok(files);
+    }
+    let sharded = listing
+        .iter()
+        .any(|n| n.starts_with("pytorch_model-") && n.ends_with(".bin"));
+    Err(LocalError::Unsupported(if sharded {
+        format!(
+            "{id} has no safetensors weights, and its PyTorch weights are sharded; hgpt reads \
+             safetensors (one file or sharded) or a single pytorch_model.bin"
+        )
+    } else {
+        format!("{id} has neither safetensors weights nor a pytorch_model.bin")
+    }))
+}
+
+/// PyTorch's state dict file, read (never run) when a model has no
+/// safetensors.
+const PYTORCH_WEIGHTS: &str = "pytorch_model.bin";
+
+/// The Hub API over `cache`.
+fn api(
+    cache: &ModelCache,
+    id: &str,
+    endpoint: Option<String>,
+    token: Option<String>,
+) -> Result<Api, LocalError> {
+    let mut builder = ApiBuilder::from_env()
+        .with_cache_dir(cache.path().to_path_buf())
+        .with_progress(false);
+    if let Some(endpoint) = endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if token.is_some() {
+        builder = builder.with_token(token);
+    }
+    builder.build().map_err(|e| hub_error(id, e))
+}
+
+/// What a model on the Hub is, from its `config.json` (fetched into the
+/// cache, a few kilobytes), before anything else is downloaded.
+pub fn hub_model_kind(
+    cache: &ModelCache,
+    id: &str,
+    endpoint: Option<String>,
+    token: Option<String>,
+) -> Result<ModelKind, LocalError> {
+    let path = api(cache, id, endpoint, token)?
+        .model(id.to_string())
+        .get("config.json")
+        .map_err(|e| hub_error(id, e))?;
+    ModelFiles::from_dir(id, path.parent().unwrap_or(&path)).json("config.json")
 }
 
 /// The repository of `id` on the Hub and the files of it hgpt needs.
@@ -58,16 +111,7 @@ fn open_repo(
     token: Option<String>,
 ) -> Result<(Api, ApiRepo, Vec<String>), LocalError> {
     let failed = |e: ApiError| hub_error(id, e);
-    let mut builder = ApiBuilder::from_env()
-        .with_cache_dir(cache.path().to_path_buf())
-        .with_progress(false);
-    if let Some(endpoint) = endpoint {
-        builder = builder.with_endpoint(endpoint);
-    }
-    if token.is_some() {
-        builder = builder.with_token(token);
-    }
-    let api = builder.build().map_err(failed)?;
+    let api = api(cache, id, endpoint, token)?;
     let repo = api.model(id.to_string());
     let info = repo.info().map_err(failed)?;
     let listing: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
@@ -230,8 +274,21 @@ mod tests {
             "model.safetensors.index.json",
         ]);
         assert_eq!(files_to_pull("org/m", &listing).unwrap().len(), 4);
-        let err =
-            files_to_pull("org/old", &names(&["config.json", "pytorch_model.bin"])).unwrap_err();
-        assert!(err.to_string().contains("no safetensors"), "{err}");
+        // PyTorch weights only: the state dict, not the other frameworks'.
+        let listing = names(&["config.json", "pytorch_model.bin", "tf_model.h5"]);
+        assert_eq!(
+            files_to_pull("org/old", &listing).unwrap(),
+            names(&["config.json", "pytorch_model.bin"])
+        );
+        let sharded = names(&[
+            "config.json",
+            "pytorch_model-00001-of-00002.bin",
+            "pytorch_model-00002-of-00002.bin",
+            "pytorch_model.bin.index.json",
+        ]);
+        let err = files_to_pull("org/big", &sharded).unwrap_err();
+        assert!(err.to_string().contains("sharded"), "{err}");
+        let err = files_to_pull("org/tf", &names(&["config.json", "tf_model.h5"])).unwrap_err();
+        assert!(err.to_string().contains("neither"), "{err}");
     }
 }

@@ -194,6 +194,50 @@ fn vit_pipeline_outputs_match() {
 }
 
 #[test]
+fn a_checkpoint_with_only_pytorch_weights_gives_the_same_results() {
+    // vit-imgcls-bin holds vit-imgcls's weights as pytorch_model.bin only.
+    let task = TaskKind::ImageClassification;
+    let files = model_files("vit-imgcls-bin");
+    assert_eq!(files.weight_file().as_deref(), Some("pytorch_model.bin"));
+    let from_bin = pipeline::load(task, &files, &Device::Cpu).unwrap();
+    let from_safetensors = vit();
+    for case in cases("vit-imgcls") {
+        let request = args(image_bytes(&case), json!({"top_k": 5}));
+        assert_eq!(
+            run(from_bin.as_ref(), task, &request),
+            run(&from_safetensors, task, &request),
+            "{}",
+            case["image"]
+        );
+        let default = labels_of(run(
+            from_bin.as_ref(),
+            task,
+            &args(image_bytes(&case), json!({})),
+        ));
+        assert_same_labels(&default, &case["pipeline"], &case["image"].to_string());
+    }
+    // A damaged state dict is a load error naming the file.
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["config.json", "preprocessor_config.json"] {
+        std::fs::copy(
+            fixtures().join("vit-imgcls-bin").join(name),
+            dir.path().join(name),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.path().join("pytorch_model.bin"),
+        b"PK\x03\x04 not a zip",
+    )
+    .unwrap();
+    let err = load_error(task, dir.path());
+    assert!(
+        matches!(&err, LocalError::Load { message, .. } if message.contains("pytorch_model.bin")),
+        "{err}"
+    );
+}
+
+#[test]
 fn vit_top_k_and_score_function_arguments() {
     let task = TaskKind::ImageClassification;
     let pipe = vit();
@@ -566,7 +610,7 @@ fn wrong_architectures_and_missing_files_are_reported() {
     .unwrap();
     let err = load_error(TaskKind::ImageClassification, dir.path());
     assert!(
-        matches!(&err, LocalError::MissingFiles { missing, .. } if missing == "preprocessor_config.json, model.safetensors"),
+        matches!(&err, LocalError::MissingFiles { missing, .. } if missing == "preprocessor_config.json, model.safetensors or pytorch_model.bin"),
         "{err}"
     );
     // A processor whose output does not fit the model's position embeddings.

@@ -103,9 +103,9 @@ impl Catalog<'_> {
     /// cached with weights, a known task with a local pipeline).
     pub(crate) fn served(&self, model: &str) -> Result<ServedModel, ApiError> {
         let files = self.files(model)?;
-        if !files.has_all(&["model.safetensors"]) {
+        if !files.has_all(&[hgpt_local::files::WEIGHTS]) {
             return Err(ApiError::not_found(format!(
-                "{model} has no model.safetensors in this server's cache; fetch it with `hgpt models pull {model}`"
+                "{model} has no weights (model.safetensors or pytorch_model.bin) in this server's cache; fetch it with `hgpt models pull {model}`"
             )));
         }
         let task = pipeline::task_of(&files).ok_or_else(|| {

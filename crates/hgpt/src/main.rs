@@ -384,7 +384,16 @@ async fn pull(settings: &Settings, id: String) -> Result<ExitCode> {
     .await
     .context("the download crashed")?
     .with_context(|| format!("cannot pull {id}"))?;
-    eprintln!("{id} is in {}", snapshot.display());
+    let weights = match hgpt_local::ModelFiles::from_dir(&id, &snapshot).weight_file() {
+        Some(file) if file.ends_with(".bin") => {
+            format!(
+                "{file}, a PyTorch state dict: it has no safetensors; hgpt reads the pickle without running it"
+            )
+        }
+        Some(file) => file,
+        None => "none hgpt reads".to_string(),
+    };
+    eprintln!("{id} is in {} (weights: {weights})", snapshot.display());
     Ok(ExitCode::SUCCESS)
 }
 

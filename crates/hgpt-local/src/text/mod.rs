@@ -14,10 +14,9 @@ pub use encoder::Family;
 pub use postprocess::ScoreFunction;
 
 use crate::error::{LocalError, bad_input};
-use crate::files::ModelFiles;
+use crate::files::{ModelFiles, WEIGHTS, Weights};
 use crate::pipeline::Pipeline;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{Device, Tensor};
 use encoder::{Encoder, TextConfig};
 use heads::Head;
 use hgpt_core::backend::ResolvedArgs;
@@ -164,7 +163,7 @@ impl TextPipeline {
                 "the text pipelines do not serve {task}"
             )));
         }
-        let paths = files.require(&["config.json", "tokenizer.json", "model.safetensors"])?;
+        let paths = files.require(&["config.json", "tokenizer.json", WEIGHTS])?;
         let config: TextConfig = files.json("config.json")?;
         let model_type = config.model_type.as_deref().unwrap_or("");
         let family = Family::from_model_type(model_type)
@@ -232,14 +231,11 @@ impl TextPipeline {
         let cls_id = special(tokenizer_config.cls_token.as_ref(), &["[CLS]", "<s>"]);
         let unk_id = special(tokenizer_config.unk_token.as_ref(), &["[UNK]", "<unk>"]);
 
-        let weights = &paths[2];
-        let weight_bytes = std::fs::metadata(weights).map(|m| m.len()).unwrap_or(0);
-        // SAFETY: the file is memory-mapped read-only; the Hub cache's files are
-        // never modified in place (new revisions are new blobs).
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(std::slice::from_ref(weights), DType::F32, device)
-        }
-        .map_err(|e| files.load_error(format!("model.safetensors: {e}")))?;
+        let Weights {
+            vb,
+            bytes: weight_bytes,
+            file,
+        } = files.weights(device)?;
         let prefix = family.prefix();
         let encoder_vb =
             if vb.contains_tensor(&format!("{prefix}.embeddings.word_embeddings.weight")) {
@@ -248,9 +244,9 @@ impl TextPipeline {
                 vb.clone()
             };
         let encoder = Encoder::load(family, &config, &dims, encoder_vb)
-            .map_err(|e| files.load_error(format!("model.safetensors: {e}")))?;
+            .map_err(|e| files.load_error(format!("{file}: {e}")))?;
         let head = Head::load(task, family, dims.hidden, labels.len().max(1), &vb)
-            .map_err(|e| files.load_error(format!("model.safetensors: {e}")))?;
+            .map_err(|e| files.load_error(format!("{file}: {e}")))?;
         Ok(Self {
             task: [task],
             family,

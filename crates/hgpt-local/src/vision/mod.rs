@@ -17,28 +17,9 @@ pub use vit::{ImageClassifier, VitForImageClassification};
 pub use yolos::{ObjectDetector, Predictions, RawDetection, YolosForObjectDetection};
 
 use crate::error::{LocalError, bad_input};
-use crate::files::ModelFiles;
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
 use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::task::TaskKind;
 use serde_json::Value;
-
-/// Memory-map `model.safetensors` (as float32); also its size in bytes.
-fn open_weights(
-    files: &ModelFiles,
-    device: &Device,
-) -> Result<(VarBuilder<'static>, u64), LocalError> {
-    let path = files.require(&["model.safetensors"])?.remove(0);
-    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    // SAFETY: the file is memory-mapped read-only; model files (Hub cache
-    // blobs or fixture folders) are not modified while loaded.
-    let vb = unsafe {
-        VarBuilder::from_mmaped_safetensors(std::slice::from_ref(&path), DType::F32, device)
-    }
-    .map_err(|e| files.load_error(format!("model.safetensors: {e}")))?;
-    Ok((vb, bytes))
-}
 
 /// The request's image bytes.
 fn image_bytes(task: TaskKind, args: &ResolvedArgs) -> Result<&[u8], LocalError> {

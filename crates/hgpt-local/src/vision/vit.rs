@@ -3,9 +3,10 @@
 
 use super::encoder::{Encoder, PatchEmbeddings, VitConfig};
 use super::preprocess::{ImageProcessor, ProcessorKind, decode_image};
-use super::{image_bytes, number_arg, open_weights};
+use super::{image_bytes, number_arg};
 use crate::error::{LocalError, bad_input};
 use crate::files::ModelFiles;
+use crate::files::WEIGHTS;
 use crate::pipeline::Pipeline;
 use crate::text::postprocess::ScoreFunction;
 use candle_core::{Device, Tensor};
@@ -99,13 +100,9 @@ pub struct ImageClassifier {
 
 impl ImageClassifier {
     /// Load from a model's files (`config.json`, `preprocessor_config.json`,
-    /// `model.safetensors`).
+    /// `model.safetensors` or `pytorch_model.bin`).
     pub fn load(files: &ModelFiles, device: &Device) -> Result<Self, LocalError> {
-        files.require(&[
-            "config.json",
-            "preprocessor_config.json",
-            "model.safetensors",
-        ])?;
+        files.require(&["config.json", "preprocessor_config.json", WEIGHTS])?;
         let config: VitConfig = files.json("config.json")?;
         let grid = config
             .check(DEFAULT_IMAGE_SIZE)
@@ -123,9 +120,10 @@ impl ImageClassifier {
             )));
         }
         let num_labels = config.num_labels();
-        let (vb, weight_bytes) = open_weights(files, device)?;
-        let model = VitForImageClassification::load(&config, grid, num_labels, vb)
-            .map_err(|e| files.load_error(format!("model.safetensors: {e}")))?;
+        let weights = files.weights(device)?;
+        let weight_bytes = weights.bytes;
+        let model = VitForImageClassification::load(&config, grid, num_labels, weights.vb)
+            .map_err(|e| files.load_error(format!("{}: {e}", weights.file)))?;
         // As the transformers pipeline: sigmoid for multi-label or one-label
         // models, softmax otherwise.
         let default_function = if config.problem_type.as_deref()

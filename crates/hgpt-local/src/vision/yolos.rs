@@ -8,9 +8,10 @@
 
 use super::encoder::{Encoder, PatchEmbeddings, VitConfig};
 use super::preprocess::{ImageProcessor, ProcessorKind, decode_image};
-use super::{image_bytes, number_arg, open_weights};
+use super::{image_bytes, number_arg};
 use crate::error::LocalError;
 use crate::files::ModelFiles;
+use crate::files::WEIGHTS;
 use crate::pipeline::Pipeline;
 use crate::text::postprocess::softmax;
 use candle_core::{Device, Tensor};
@@ -317,22 +318,19 @@ pub struct ObjectDetector {
 
 impl ObjectDetector {
     /// Load from a model's files (`config.json`, `preprocessor_config.json`,
-    /// `model.safetensors`).
+    /// `model.safetensors` or `pytorch_model.bin`).
     pub fn load(files: &ModelFiles, device: &Device) -> Result<Self, LocalError> {
-        files.require(&[
-            "config.json",
-            "preprocessor_config.json",
-            "model.safetensors",
-        ])?;
+        files.require(&["config.json", "preprocessor_config.json", WEIGHTS])?;
         let config: VitConfig = files.json("config.json")?;
         let grid = config
             .check(DEFAULT_IMAGE_SIZE)
             .map_err(|e| files.load_error(format!("config.json: {e}")))?;
         let processor = ImageProcessor::load(files, ProcessorKind::Detection)?;
         let num_labels = config.num_labels();
-        let (vb, weight_bytes) = open_weights(files, device)?;
-        let model = YolosForObjectDetection::load(&config, grid, num_labels, vb)
-            .map_err(|e| files.load_error(format!("model.safetensors: {e}")))?;
+        let weights = files.weights(device)?;
+        let weight_bytes = weights.bytes;
+        let model = YolosForObjectDetection::load(&config, grid, num_labels, weights.vb)
+            .map_err(|e| files.load_error(format!("{}: {e}", weights.file)))?;
         Ok(Self {
             model,
             processor,
