@@ -65,6 +65,9 @@ from transformers import (
     RobertaForSequenceClassification,
     RobertaForTokenClassification,
     RobertaTokenizerFast,
+    SegformerConfig,
+    SegformerForSemanticSegmentation,
+    SegformerImageProcessor,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessor,
@@ -97,6 +100,7 @@ GENERATED = [
     "vit-imgcls",
     "vit-imgcls-bin",
     "yolos-det",
+    "segformer-seg",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -365,6 +369,7 @@ SEQ_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 TOK_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
 IMG_LABELS = {0: "cat", 1: "dog", 2: "car", 3: "tree"}
 DET_LABELS = {0: "person", 1: "car", 2: "dog"}
+SEG_LABELS = {0: "sky", 1: "tree", 2: "road", 3: "car"}
 INIT_RANGE = 0.2  # larger than the usual 0.02 so that random heads give varied outputs
 
 
@@ -907,6 +912,63 @@ def make_minilm(folder: Path, hub: Path) -> None:
     })
 
 
+def make_segformer(folder: Path, images_dir: Path) -> None:
+    name = folder.name
+    config = SegformerConfig(
+        num_channels=3, num_encoder_blocks=2, depths=[1, 2], sr_ratios=[2, 1],
+        hidden_sizes=[8, 16], patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2], hidden_act="gelu", decoder_hidden_size=16,
+        initializer_range=INIT_RANGE, **label_kwargs(SEG_LABELS),
+    )
+    processor = SegformerImageProcessor(
+        do_resize=True, size={"height": 32, "width": 32}, resample=Image.Resampling.BILINEAR,
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_reduce_labels=False,
+    )
+    model = build_model(SegformerForSemanticSegmentation, config, name)
+    # Batch-norm statistics are buffers, not parameters: give them values too.
+    gen = torch.Generator().manual_seed(seed_for(name) ^ 0xB17)
+    with torch.no_grad():
+        for buffer_name, buffer in model.named_buffers():
+            if buffer_name.endswith("running_mean"):
+                buffer.copy_(torch.randn(buffer.shape, generator=gen) * 0.1)
+            elif buffer_name.endswith("running_var"):
+                buffer.copy_(1.0 + torch.rand(buffer.shape, generator=gen) * 0.5)
+    save_checkpoint(model, processor, folder)
+    model = SegformerForSemanticSegmentation.from_pretrained(folder).eval()
+    processor = SegformerImageProcessor.from_pretrained(folder)
+    pipe = pipeline("image-segmentation", model=model, image_processor=processor, device="cpu")
+    cases = []
+    for image_name in IMAGES:
+        path = images_dir / image_name
+        image = load_rgb(path)
+        pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            logits = model(pixel_values=pixel_values).logits[0]
+        segments = []
+        for segment in pipe(str(path), subtask="semantic"):
+            mask = np.array(segment["mask"])
+            assert mask.shape == (image.height, image.width)
+            segments.append({"label": segment["label"], "score": segment["score"],
+                             "mask": (mask // 255).reshape(-1).tolist()})
+        cases.append({
+            "image": f"images/{image_name}",
+            "original_size": [image.height, image.width],
+            "pixel_values": F32(pixel_values[0]),
+            "logits": F32(logits),
+            "pipeline": segments,
+        })
+    write_json(folder / "expected.json", meta(name, "image-segmentation", model, {
+        "image_processor": type(processor).__name__,
+        "id2label": {str(k): v for k, v in SEG_LABELS.items()},
+        "notes": "original_size: [height, width]; pixel_values: [3, 32, 32]; logits: "
+                 "[num_labels, 8, 8]; pipeline: the image-segmentation pipeline's semantic "
+                 "output in its order, each mask as 0/1 per pixel of the original image, "
+                 "row-major (the pipeline's masks are 0/255 PNGs).",
+        "cases": cases,
+    }))
+
+
 def make_vit_bin(vit_folder: Path, folder: Path) -> None:
     """vit-imgcls as a repository without safetensors: the same weights as PyTorch's
     pytorch_model.bin (torch.save's zip format), with its config, processor config and
@@ -959,6 +1021,8 @@ def main() -> None:
     make_vit_bin(out / "vit-imgcls", out / "vit-imgcls-bin")
     print("writing yolos-det", file=sys.stderr)
     make_yolos(out / "yolos-det", out / "images")
+    print("writing segformer-seg", file=sys.stderr)
+    make_segformer(out / "segformer-seg", out / "images")
     if not args.skip_minilm:
         print("writing minilm", file=sys.stderr)
         make_minilm(out / "minilm", args.hub_dir)

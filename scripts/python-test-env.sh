@@ -2,7 +2,8 @@
 # Make the Python virtual environment that tests use as real clients: the
 # official `huggingface_hub` InferenceClient (of the model server) and the
 # official `openai` client (of `hgpt serve`), from PyPI, pinned below (numpy
-# because InferenceClient.feature_extraction returns numpy arrays).
+# because InferenceClient.feature_extraction returns numpy arrays, pillow
+# because image_segmentation decodes its masks to images).
 #
 # Usage:  bash scripts/python-test-env.sh [VENV_DIR]
 #   VENV_DIR   default: $HGPT_TEST_VENV, else <repo>/target/test-venv
@@ -19,6 +20,7 @@ PINS=(
   "huggingface_hub==2.4.0"
   "numpy==2.4.6"
   "openai==3.52.0"
+  "pillow==13.0.0"
 )
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,7 +32,7 @@ WANT="$(printf '%s\n' "${PINS[@]}")"
 log() { echo "python-test-env: $*" >&2; }
 
 if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] &&
-  "$VENV/bin/python" -c "import huggingface_hub, numpy, openai" 2>/dev/null; then
+  "$VENV/bin/python" -c "import huggingface_hub, numpy, openai, PIL" 2>/dev/null; then
   log "already present: $VENV"
   echo "$VENV/bin/python"
   exit 0

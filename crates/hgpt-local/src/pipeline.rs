@@ -184,6 +184,15 @@ pub static FAMILIES: &[Family] = &[
             )?))
         },
     },
+    Family {
+        name: "SegFormer",
+        model_types: &["segformer"],
+        heads: &[(
+            Head::Class("SegformerForSemanticSegmentation"),
+            TaskKind::ImageSegmentation,
+        )],
+        load: |_, files, device| Ok(Box::new(crate::vision::Segmenter::load(files, device)?)),
+    },
 ];
 
 /// Load the pipeline serving `task` for a cached model.

@@ -2,6 +2,7 @@
 //! tiny random checkpoints in `tests/fixtures/vit-imgcls` and
 //! `tests/fixtures/yolos-det` (made by `scripts/make_fixtures.py`).
 
+use base64::Engine;
 use candle_core::{Device, Tensor};
 use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::output::{Blob, Detection, InferenceOutput, ScoredLabel};
@@ -628,4 +629,57 @@ fn wrong_architectures_and_missing_files_are_reported() {
     );
     assert!(pipeline::supports(TaskKind::ImageClassification));
     assert!(pipeline::supports(TaskKind::ObjectDetection));
+}
+
+#[test]
+fn segformer_logits_and_masks_match_transformers() {
+    let task = TaskKind::ImageSegmentation;
+    let files = model_files("segformer-seg");
+    assert_eq!(pipeline::task_of(&files), Some(task));
+    let segmenter = hgpt_local::vision::Segmenter::load(&files, &Device::Cpu).unwrap();
+    let pipe = pipeline::load(task, &files, &Device::Cpu).unwrap();
+    for case in cases("segformer-seg") {
+        let what = case["image"].to_string();
+        let image = decode_image(task, &image_bytes(&case)).unwrap();
+        let logits = segmenter.logits(&image).unwrap();
+        assert_eq!(logits.dims(), [4, 8, 8], "{what}");
+        let logits = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let diff = max_diff(&logits, &floats(&case["logits"]));
+        assert!(diff < 1e-4, "{what}: logits differ by {diff}");
+
+        let InferenceOutput::Segments(segments) =
+            run(pipe.as_ref(), task, &args(image_bytes(&case), json!({})))
+        else {
+            panic!("{what}: not segments")
+        };
+        let expected = case["pipeline"].as_array().unwrap();
+        assert_eq!(segments.len(), expected.len(), "{what}");
+        for (got, want) in segments.iter().zip(expected) {
+            assert_eq!(got.label, want["label"].as_str().unwrap(), "{what}");
+            assert_eq!(got.score, None, "{what}");
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(&got.mask)
+                .unwrap();
+            let mask = image::load_from_memory(&png).unwrap().into_luma8();
+            assert_eq!(mask.dimensions(), image.dimensions(), "{what}");
+            let bits: Vec<u64> = mask.pixels().map(|p| u64::from(p.0[0] / 255)).collect();
+            let want: Vec<u64> = want["mask"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            assert!(mask.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
+            assert_eq!(bits, want, "{what}: mask of {}", got.label);
+        }
+    }
+    // Only semantic segmentation.
+    let case = &cases("segformer-seg")[0];
+    let err = pipe
+        .run(
+            task,
+            &args(image_bytes(case), json!({"subtask": "panoptic"})),
+        )
+        .unwrap_err();
+    assert!(matches!(err, LocalError::BadInput { .. }), "{err}");
 }

@@ -1,18 +1,23 @@
-//! Image classification (ViT) and object detection (YOLOS), with the
-//! preprocessing and post-processing of the transformers pipelines.
+//! Image classification (ViT), object detection (YOLOS) and semantic
+//! segmentation (SegFormer), with the preprocessing and post-processing of the
+//! transformers pipelines.
 //!
 //! - [`preprocess`]: decoding and the image processors (Pillow-exact resize).
 //! - [`vit`]: `ViTForImageClassification` and the image-classification pipeline.
 //! - [`yolos`]: `YolosForObjectDetection` and the object-detection pipeline.
+//! - [`segformer`]: `SegformerForSemanticSegmentation` and the
+//!   image-segmentation pipeline's semantic output.
 
 mod encoder;
 pub mod preprocess;
+pub mod segformer;
 pub mod vit;
 pub mod yolos;
 
 pub use crate::text::postprocess::ScoreFunction;
 pub use encoder::{ImageSize, VitConfig};
 pub use preprocess::{ImageProcessor, ProcessorKind, Resample, SizeRule, decode_image};
+pub use segformer::{SegformerForSemanticSegmentation, Segmenter};
 pub use vit::{ImageClassifier, VitForImageClassification};
 pub use yolos::{ObjectDetector, Predictions, RawDetection, YolosForObjectDetection};
 

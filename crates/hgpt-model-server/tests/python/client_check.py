@@ -192,6 +192,21 @@ def check_object_detection(client, model_id, expected, fixtures):
     return ["object-detection"]
 
 
+def check_image_segmentation(client, model_id, expected, fixtures):
+    for case in expected["cases"]:
+        what = f"{model_id} {case['image']}"
+        got = client.image_segmentation(read_image(fixtures, case))
+        want = case["pipeline"]
+        check(len(got) == len(want), f"{what}: {len(got)} segments, expected {len(want)}")
+        for g, w in zip(got, want):
+            check(g.label == w["label"] and g.score is None, f"{what}: {g.label!r} {g.score!r} != {w['label']!r}")
+            height, width = case["original_size"]
+            check(g.mask.mode == "L" and g.mask.size == (width, height), f"{what}: mask {g.mask.mode} {g.mask.size}")
+            bits = [1 if p == 255 else (0 if p == 0 else -1) for p in g.mask.getdata()]
+            check(bits == w["mask"], f"{what}: the mask of {g.label} differs")
+    return ["image-segmentation"]
+
+
 def run_checks(client, model, fixtures):
     task = model["task"]
     model_id = model["id"]
@@ -211,6 +226,8 @@ def run_checks(client, model, fixtures):
         return check_image_classification(client, model_id, expected, fixtures)
     if task == "object-detection":
         return check_object_detection(client, model_id, expected, fixtures)
+    if task == "image-segmentation":
+        return check_image_segmentation(client, model_id, expected, fixtures)
     raise CheckFailed(f"{model_id}: the server serves {task} and this script has no check for it; add one")
 
 

@@ -1,0 +1,491 @@
+//! `SegformerForSemanticSegmentation` and the image-segmentation pipeline's
+//! semantic output, as transformers (4.57) computes them.
+//!
+//! candle-transformers has a SegFormer, but its decode head upsamples with
+//! nearest neighbours and drops the classifier's bias where transformers
+//! interpolates bilinearly and keeps it, so this is hgpt's own, on the same
+//! tensor names.
+
+use super::image_bytes;
+use super::preprocess::{ImageProcessor, ProcessorKind, decode_image};
+use crate::error::{LocalError, bad_input};
+use crate::files::{ModelFiles, WEIGHTS};
+use crate::pipeline::Pipeline;
+use base64::Engine;
+use candle_core::{D, DType, Device, Module, ModuleT, Tensor};
+use candle_nn::{
+    Activation, BatchNorm, Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder, batch_norm, conv2d,
+    conv2d_no_bias, layer_norm, linear,
+};
+use hgpt_core::backend::ResolvedArgs;
+use hgpt_core::output::{InferenceOutput, Segment};
+use hgpt_core::task::TaskKind;
+use image::{GrayImage, RgbImage};
+use serde::Deserialize;
+use std::collections::HashMap;
+
+/// transformers builds every SegFormer norm with PyTorch's default epsilon
+/// (the config's `layer_norm_eps` is not used by these layers).
+const NORM_EPS: f64 = 1e-5;
+
+/// The parts of a SegFormer `config.json` the model needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SegformerConfig {
+    #[serde(default = "three")]
+    num_channels: usize,
+    num_encoder_blocks: usize,
+    depths: Vec<usize>,
+    sr_ratios: Vec<usize>,
+    hidden_sizes: Vec<usize>,
+    patch_sizes: Vec<usize>,
+    strides: Vec<usize>,
+    num_attention_heads: Vec<usize>,
+    mlp_ratios: Vec<f64>,
+    #[serde(default = "gelu")]
+    hidden_act: Activation,
+    decoder_hidden_size: usize,
+    #[serde(default)]
+    id2label: HashMap<String, String>,
+    #[serde(default)]
+    num_labels: Option<usize>,
+}
+
+fn three() -> usize {
+    3
+}
+
+fn gelu() -> Activation {
+    Activation::Gelu
+}
+
+impl SegformerConfig {
+    /// Every per-stage list has one entry per stage and the sizes divide.
+    fn check(&self) -> Result<(), String> {
+        let stages = self.num_encoder_blocks;
+        let lists = [
+            ("depths", self.depths.len()),
+            ("sr_ratios", self.sr_ratios.len()),
+            ("hidden_sizes", self.hidden_sizes.len()),
+            ("patch_sizes", self.patch_sizes.len()),
+            ("strides", self.strides.len()),
+            ("num_attention_heads", self.num_attention_heads.len()),
+            ("mlp_ratios", self.mlp_ratios.len()),
+        ];
+        if stages == 0 {
+            return Err("num_encoder_blocks is 0".into());
+        }
+        if let Some((name, len)) = lists.iter().find(|(_, len)| *len != stages) {
+            return Err(format!(
+                "{name} has {len} entries for {stages} encoder blocks"
+            ));
+        }
+        for (i, (&hidden, &heads)) in self
+            .hidden_sizes
+            .iter()
+            .zip(&self.num_attention_heads)
+            .enumerate()
+        {
+            if heads == 0 || !hidden.is_multiple_of(heads) {
+                return Err(format!(
+                    "stage {i}: hidden size {hidden} is not a multiple of {heads} heads"
+                ));
+            }
+        }
+        if self.strides.contains(&0) || self.sr_ratios.contains(&0) {
+            return Err("strides and sr_ratios must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Label names by class index (`LABEL_i` where the config has none).
+    fn labels(&self) -> Vec<String> {
+        let count = self.num_labels.unwrap_or(self.id2label.len()).max(1);
+        (0..count)
+            .map(|i| {
+                self.id2label
+                    .get(&i.to_string())
+                    .cloned()
+                    .unwrap_or_else(|| format!("LABEL_{i}"))
+            })
+            .collect()
+    }
+}
+
+/// Efficient self-attention: keys and values from a sequence shrunk by a
+/// strided convolution (`sr_ratio`).
+struct Attention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    reduction: Option<(Conv2d, LayerNorm)>,
+    output: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, hidden: usize, heads: usize, sr: usize) -> candle_core::Result<Self> {
+        let own = vb.pp("self");
+        let reduction = if sr > 1 {
+            let config = Conv2dConfig {
+                stride: sr,
+                ..Default::default()
+            };
+            Some((
+                conv2d(hidden, hidden, sr, config, own.pp("sr"))?,
+                layer_norm(hidden, NORM_EPS, own.pp("layer_norm"))?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            query: linear(hidden, hidden, own.pp("query"))?,
+            key: linear(hidden, hidden, own.pp("key"))?,
+            value: linear(hidden, hidden, own.pp("value"))?,
+            reduction,
+            output: linear(hidden, hidden, vb.pp("output").pp("dense"))?,
+            heads,
+        })
+    }
+
+    /// `x` is `[batch, height * width, hidden]`.
+    fn forward(&self, x: &Tensor, height: usize, width: usize) -> candle_core::Result<Tensor> {
+        let (batch, tokens, hidden) = x.dims3()?;
+        let head_dim = hidden / self.heads;
+        let split = |t: Tensor| -> candle_core::Result<Tensor> {
+            let n = t.dim(1)?;
+            t.reshape((batch, n, self.heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split(self.query.forward(x)?)?;
+        let context = match &self.reduction {
+            Some((conv, norm)) => {
+                let grid = x.transpose(1, 2)?.reshape((batch, hidden, height, width))?;
+                let reduced = conv.forward(&grid)?.flatten_from(2)?.transpose(1, 2)?;
+                norm.forward(&reduced)?
+            }
+            None => x.clone(),
+        };
+        let k = split(self.key.forward(&context)?)?;
+        let v = split(self.value.forward(&context)?)?;
+        let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((batch, tokens, hidden))?;
+        self.output.forward(&out)
+    }
+}
+
+/// Linear, depth-wise 3x3 convolution, activation, linear.
+struct MixFeedForward {
+    dense1: Linear,
+    depthwise: Conv2d,
+    activation: Activation,
+    dense2: Linear,
+}
+
+impl MixFeedForward {
+    fn forward(&self, x: &Tensor, height: usize, width: usize) -> candle_core::Result<Tensor> {
+        let h = self.dense1.forward(x)?;
+        let (batch, _, channels) = h.dims3()?;
+        let grid = h
+            .transpose(1, 2)?
+            .reshape((batch, channels, height, width))?;
+        let h = self
+            .depthwise
+            .forward(&grid)?
+            .flatten_from(2)?
+            .transpose(1, 2)?;
+        self.dense2.forward(&self.activation.forward(&h)?)
+    }
+}
+
+struct Layer {
+    norm1: LayerNorm,
+    attention: Attention,
+    norm2: LayerNorm,
+    mlp: MixFeedForward,
+}
+
+impl Layer {
+    fn forward(&self, x: &Tensor, height: usize, width: usize) -> candle_core::Result<Tensor> {
+        let x = (x + self
+            .attention
+            .forward(&self.norm1.forward(x)?, height, width)?)?;
+        &x + self.mlp.forward(&self.norm2.forward(&x)?, height, width)?
+    }
+}
+
+/// One encoder stage: overlapping patch embedding, layers, norm.
+struct Stage {
+    patch: Conv2d,
+    patch_norm: LayerNorm,
+    layers: Vec<Layer>,
+    norm: LayerNorm,
+    /// The decode head's projection of this stage to the decoder width.
+    decoder_proj: Linear,
+}
+
+/// The SegFormer encoder and its all-MLP decode head.
+pub struct SegformerForSemanticSegmentation {
+    stages: Vec<Stage>,
+    fuse: Conv2d,
+    batch_norm: BatchNorm,
+    classifier: Conv2d,
+}
+
+impl SegformerForSemanticSegmentation {
+    /// Load from weights with transformers' names.
+    pub fn load(
+        config: &SegformerConfig,
+        num_labels: usize,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let encoder = vb.pp("segformer").pp("encoder");
+        let head = vb.pp("decode_head");
+        let decoder = config.decoder_hidden_size;
+        let mut channels = config.num_channels;
+        let mut stages = Vec::with_capacity(config.num_encoder_blocks);
+        for i in 0..config.num_encoder_blocks {
+            let hidden = config.hidden_sizes[i];
+            let patch_size = config.patch_sizes[i];
+            let patch_vb = encoder.pp("patch_embeddings").pp(i);
+            let patch = conv2d(
+                channels,
+                hidden,
+                patch_size,
+                Conv2dConfig {
+                    padding: patch_size / 2,
+                    stride: config.strides[i],
+                    ..Default::default()
+                },
+                patch_vb.pp("proj"),
+            )?;
+            let mlp_hidden = (hidden as f64 * config.mlp_ratios[i]) as usize;
+            let layers = (0..config.depths[i])
+                .map(|j| {
+                    let lvb = encoder.pp("block").pp(i).pp(j);
+                    let mlp = lvb.pp("mlp");
+                    Ok(Layer {
+                        norm1: layer_norm(hidden, NORM_EPS, lvb.pp("layer_norm_1"))?,
+                        attention: Attention::load(
+                            lvb.pp("attention"),
+                            hidden,
+                            config.num_attention_heads[i],
+                            config.sr_ratios[i],
+                        )?,
+                        norm2: layer_norm(hidden, NORM_EPS, lvb.pp("layer_norm_2"))?,
+                        mlp: MixFeedForward {
+                            dense1: linear(hidden, mlp_hidden, mlp.pp("dense1"))?,
+                            depthwise: conv2d(
+                                mlp_hidden,
+                                mlp_hidden,
+                                3,
+                                Conv2dConfig {
+                                    padding: 1,
+                                    groups: mlp_hidden,
+                                    ..Default::default()
+                                },
+                                mlp.pp("dwconv").pp("dwconv"),
+                            )?,
+                            activation: config.hidden_act,
+                            dense2: linear(mlp_hidden, hidden, mlp.pp("dense2"))?,
+                        },
+                    })
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            stages.push(Stage {
+                patch,
+                patch_norm: layer_norm(hidden, NORM_EPS, patch_vb.pp("layer_norm"))?,
+                layers,
+                norm: layer_norm(hidden, NORM_EPS, encoder.pp("layer_norm").pp(i))?,
+                decoder_proj: linear(hidden, decoder, head.pp("linear_c").pp(i).pp("proj"))?,
+            });
+            channels = hidden;
+        }
+        let stages_count = config.num_encoder_blocks;
+        Ok(Self {
+            stages,
+            fuse: conv2d_no_bias(
+                decoder * stages_count,
+                decoder,
+                1,
+                Conv2dConfig::default(),
+                head.pp("linear_fuse"),
+            )?,
+            batch_norm: batch_norm(decoder, NORM_EPS, head.pp("batch_norm"))?,
+            classifier: conv2d(
+                decoder,
+                num_labels,
+                1,
+                Conv2dConfig::default(),
+                head.pp("classifier"),
+            )?,
+        })
+    }
+
+    /// Logits `[batch, labels, H/4, W/4]` (for the usual first stride 4) of
+    /// pixel values `[batch, channels, H, W]`.
+    pub fn forward(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = pixel_values.clone();
+        let mut projected = Vec::with_capacity(self.stages.len());
+        for stage in &self.stages {
+            let embedded = stage.patch.forward(&x)?;
+            let (batch, hidden, height, width) = embedded.dims4()?;
+            let mut h = stage
+                .patch_norm
+                .forward(&embedded.flatten_from(2)?.transpose(1, 2)?)?;
+            for layer in &stage.layers {
+                h = layer.forward(&h, height, width)?;
+            }
+            h = stage.norm.forward(&h)?;
+            let decoded = stage.decoder_proj.forward(&h)?;
+            let decoder = decoded.dim(D::Minus1)?;
+            projected.push(
+                decoded
+                    .transpose(1, 2)?
+                    .reshape((batch, decoder, height, width))?,
+            );
+            x = h
+                .reshape((batch, height, width, hidden))?
+                .permute((0, 3, 1, 2))?
+                .contiguous()?;
+        }
+        let (_, _, height, width) = projected
+            .first()
+            .ok_or_else(|| candle_core::Error::Msg("no encoder stages".into()))?
+            .dims4()?;
+        let upsampled = projected
+            .iter()
+            .rev()
+            .map(|p| p.upsample_bilinear2d(height, width, false))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let fused = self.fuse.forward(&Tensor::cat(&upsampled, 1)?)?;
+        let normed = self.batch_norm.forward_t(&fused, false)?.relu()?;
+        self.classifier.forward(&normed)
+    }
+}
+
+/// A loaded SegFormer with its image processor: the image-segmentation
+/// pipeline's semantic output.
+pub struct Segmenter {
+    model: SegformerForSemanticSegmentation,
+    processor: ImageProcessor,
+    labels: Vec<String>,
+    device: Device,
+    weight_bytes: u64,
+}
+
+impl Segmenter {
+    /// Load from a model's files (`config.json`, `preprocessor_config.json`,
+    /// `model.safetensors` or `pytorch_model.bin`).
+    pub fn load(files: &ModelFiles, device: &Device) -> Result<Self, LocalError> {
+        files.require(&["config.json", "preprocessor_config.json", WEIGHTS])?;
+        let config: SegformerConfig = files.json("config.json")?;
+        config
+            .check()
+            .map_err(|e| files.load_error(format!("config.json: {e}")))?;
+        let processor = ImageProcessor::load(files, ProcessorKind::Classification)?;
+        let labels = config.labels();
+        let weights = files.weights(device)?;
+        let model = SegformerForSemanticSegmentation::load(&config, labels.len(), weights.vb)
+            .map_err(|e| files.load_error(format!("{}: {e}", weights.file)))?;
+        Ok(Self {
+            model,
+            processor,
+            labels,
+            device: device.clone(),
+            weight_bytes: weights.bytes,
+        })
+    }
+
+    /// Raw logits `[labels, h, w]` of a decoded image.
+    pub fn logits(&self, image: &RgbImage) -> Result<Tensor, LocalError> {
+        let task = TaskKind::ImageSegmentation;
+        let pixel_values = self.processor.preprocess(task, image, &self.device)?;
+        Ok(self.model.forward(&pixel_values)?.squeeze(0)?)
+    }
+
+    /// The class of every pixel of the image: the logits resized to the
+    /// image (bilinear, as transformers' post-processing) and the best class
+    /// per pixel (the first on ties), row-major.
+    pub fn classes(&self, image: &RgbImage) -> Result<Vec<u32>, LocalError> {
+        let logits = self.logits(image)?;
+        let (width, height) = image.dimensions();
+        let resized =
+            logits
+                .unsqueeze(0)?
+                .upsample_bilinear2d(height as usize, width as usize, false)?;
+        Ok(resized
+            .squeeze(0)?
+            .argmax(0)?
+            .flatten_all()?
+            .to_dtype(DType::U32)?
+            .to_vec1::<u32>()?)
+    }
+
+    /// One segment per class present, in class order, each with its mask
+    /// (255 inside, 0 outside, as a PNG) and no score.
+    pub fn segment(&self, image: &RgbImage) -> Result<Vec<Segment>, LocalError> {
+        let classes = self.classes(image)?;
+        let (width, height) = image.dimensions();
+        let mut present: Vec<u32> = classes.clone();
+        present.sort_unstable();
+        present.dedup();
+        present
+            .into_iter()
+            .map(|class| {
+                let pixels = classes
+                    .iter()
+                    .map(|&c| if c == class { 255 } else { 0 })
+                    .collect();
+                let mask = GrayImage::from_raw(width, height, pixels).ok_or_else(|| {
+                    LocalError::Compute("the segmentation map does not fit the image".into())
+                })?;
+                let mut png = Vec::new();
+                mask.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                    .map_err(|e| LocalError::Compute(format!("cannot encode a mask: {e}")))?;
+                let label = self
+                    .labels
+                    .get(class as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("LABEL_{class}"));
+                Ok(Segment {
+                    label,
+                    score: None,
+                    mask: base64::engine::general_purpose::STANDARD.encode(png),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Pipeline for Segmenter {
+    fn tasks(&self) -> &[TaskKind] {
+        &[TaskKind::ImageSegmentation]
+    }
+
+    fn run(&self, task: TaskKind, args: &ResolvedArgs) -> Result<InferenceOutput, LocalError> {
+        if task != TaskKind::ImageSegmentation {
+            return Err(LocalError::Unsupported(format!(
+                "a semantic segmenter cannot do {task}"
+            )));
+        }
+        if let Some(subtask) = args.other.get("subtask").and_then(|v| v.as_str())
+            && subtask != "semantic"
+        {
+            return Err(bad_input(
+                task,
+                format!("SegFormer segments semantically; subtask {subtask:?} is not available"),
+            ));
+        }
+        let image = decode_image(task, image_bytes(task, args)?)?;
+        Ok(InferenceOutput::Segments(self.segment(&image)?))
+    }
+
+    fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+}
