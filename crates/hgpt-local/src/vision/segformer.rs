@@ -20,7 +20,9 @@ use candle_nn::{
 use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::output::{InferenceOutput, Segment};
 use hgpt_core::task::TaskKind;
-use image::{GrayImage, RgbImage};
+use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+use image::{ExtendedColorType, GrayImage, ImageEncoder, RgbImage};
+use rayon::prelude::*;
 use serde::Deserialize;
 use std::collections::HashMap;
 
@@ -178,10 +180,86 @@ impl Attention {
     }
 }
 
+/// The depth-wise 3x3 convolution (stride 1, padding 1) of the Mix-FFN.
+///
+/// candle runs a grouped convolution one group at a time (a full
+/// convolution per channel), which made these layers most of SegFormer's
+/// time; on the CPU it is a direct loop over the channels instead.
+struct DepthwiseConv {
+    conv: Conv2d,
+    /// `[channels][3 * 3]` and `[channels]`, for the CPU loop.
+    kernels: Vec<[f32; 9]>,
+    biases: Vec<f32>,
+}
+
+impl DepthwiseConv {
+    fn load(channels: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        let weight = vb.get((channels, 1, 3, 3), "weight")?;
+        let bias = vb.get(channels, "bias")?;
+        let flat = weight.flatten_all()?.to_vec1::<f32>()?;
+        let (kernels, _) = flat.as_chunks::<9>();
+        Ok(Self {
+            kernels: kernels.to_vec(),
+            biases: bias.to_vec1::<f32>()?,
+            conv: Conv2d::new(
+                weight,
+                Some(bias),
+                Conv2dConfig {
+                    padding: 1,
+                    groups: channels,
+                    ..Default::default()
+                },
+            ),
+        })
+    }
+
+    /// `x` is `[batch, channels, height, width]`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if !x.device().is_cpu() {
+            return self.conv.forward(x);
+        }
+        let (batch, channels, height, width) = x.dims4()?;
+        if channels != self.kernels.len() {
+            candle_core::bail!(
+                "depth-wise convolution of {} channels given {channels}",
+                self.kernels.len()
+            );
+        }
+        let input = x.flatten_all()?.to_vec1::<f32>()?;
+        let plane = height * width;
+        let mut out = vec![0f32; batch * channels * plane];
+        out.par_chunks_mut(plane)
+            .zip(input.par_chunks(plane))
+            .enumerate()
+            .for_each(|(index, (out, input))| {
+                let channel = index % channels;
+                let kernel = &self.kernels[channel];
+                let bias = self.biases[channel];
+                for y in 0..height {
+                    for x in 0..width {
+                        let mut sum = 0f32;
+                        for ky in 0..3 {
+                            let Some(row) = (y + ky).checked_sub(1).filter(|r| *r < height) else {
+                                continue;
+                            };
+                            for kx in 0..3 {
+                                if let Some(col) = (x + kx).checked_sub(1).filter(|c| *c < width) {
+                                    sum += kernel[ky * 3 + kx] * input[row * width + col];
+                                }
+                            }
+                        }
+                        out[y * width + x] = sum + bias;
+                    }
+                }
+            });
+        Tensor::from_vec(out, (batch, channels, height, width), x.device())
+    }
+}
+
 /// Linear, depth-wise 3x3 convolution, activation, linear.
 struct MixFeedForward {
     dense1: Linear,
-    depthwise: Conv2d,
+    depthwise: DepthwiseConv,
     activation: Activation,
     dense2: Linear,
 }
@@ -279,15 +357,8 @@ impl SegformerForSemanticSegmentation {
                         norm2: layer_norm(hidden, NORM_EPS, lvb.pp("layer_norm_2"))?,
                         mlp: MixFeedForward {
                             dense1: linear(hidden, mlp_hidden, mlp.pp("dense1"))?,
-                            depthwise: conv2d(
+                            depthwise: DepthwiseConv::load(
                                 mlp_hidden,
-                                mlp_hidden,
-                                3,
-                                Conv2dConfig {
-                                    padding: 1,
-                                    groups: mlp_hidden,
-                                    ..Default::default()
-                                },
                                 mlp.pp("dwconv").pp("dwconv"),
                             )?,
                             activation: config.hidden_act,
@@ -435,7 +506,7 @@ impl Segmenter {
         present.sort_unstable();
         present.dedup();
         present
-            .into_iter()
+            .into_par_iter()
             .map(|class| {
                 let pixels = classes
                     .iter()
@@ -444,8 +515,10 @@ impl Segmenter {
                 let mask = GrayImage::from_raw(width, height, pixels).ok_or_else(|| {
                     LocalError::Compute("the segmentation map does not fit the image".into())
                 })?;
+                // Two-level masks compress well with the fast settings.
                 let mut png = Vec::new();
-                mask.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                PngEncoder::new_with_quality(&mut png, CompressionType::Fast, FilterType::NoFilter)
+                    .write_image(mask.as_raw(), width, height, ExtendedColorType::L8)
                     .map_err(|e| LocalError::Compute(format!("cannot encode a mask: {e}")))?;
                 let label = self
                     .labels
