@@ -15,7 +15,7 @@ use base64::Engine;
 use candle_core::{D, DType, Device, Module, ModuleT, Tensor};
 use candle_nn::{
     Activation, BatchNorm, Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder, batch_norm, conv2d,
-    conv2d_no_bias, layer_norm, linear,
+    layer_norm, linear,
 };
 use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::output::{InferenceOutput, Segment};
@@ -302,14 +302,14 @@ struct Stage {
     patch_norm: LayerNorm,
     layers: Vec<Layer>,
     norm: LayerNorm,
-    /// The decode head's projection of this stage to the decoder width.
+    /// The decode head's projection of this stage to the decoder width,
+    /// folded with this stage's part of the fusion convolution.
     decoder_proj: Linear,
 }
 
 /// The SegFormer encoder and its all-MLP decode head.
 pub struct SegformerForSemanticSegmentation {
     stages: Vec<Stage>,
-    fuse: Conv2d,
     batch_norm: BatchNorm,
     classifier: Conv2d,
 }
@@ -376,16 +376,28 @@ impl SegformerForSemanticSegmentation {
             });
             channels = hidden;
         }
-        let stages_count = config.num_encoder_blocks;
+        // The head projects each stage to the decoder width, resizes it to
+        // the first stage's grid, concatenates the stages (last first) and
+        // mixes them with a 1x1 convolution. Projection and mixing are linear
+        // and resizing acts on each channel alone, so the mixing folds into
+        // each stage's projection at load time: the 1x1 convolution over all
+        // stages at full resolution (most of the head's work) disappears.
+        let stages_count = stages.len();
+        let fuse = head
+            .pp("linear_fuse")
+            .get((decoder, decoder * stages_count, 1, 1), "weight")?
+            .reshape((decoder, decoder * stages_count))?;
+        for (i, stage) in stages.iter_mut().enumerate() {
+            let block = fuse.narrow(1, (stages_count - 1 - i) * decoder, decoder)?;
+            let weight = block.matmul(stage.decoder_proj.weight())?;
+            let bias = match stage.decoder_proj.bias() {
+                Some(b) => Some(block.matmul(&b.unsqueeze(1)?)?.squeeze(1)?),
+                None => None,
+            };
+            stage.decoder_proj = Linear::new(weight, bias);
+        }
         Ok(Self {
             stages,
-            fuse: conv2d_no_bias(
-                decoder * stages_count,
-                decoder,
-                1,
-                Conv2dConfig::default(),
-                head.pp("linear_fuse"),
-            )?,
             batch_norm: batch_norm(decoder, NORM_EPS, head.pp("batch_norm"))?,
             classifier: conv2d(
                 decoder,
@@ -428,12 +440,20 @@ impl SegformerForSemanticSegmentation {
             .first()
             .ok_or_else(|| candle_core::Error::Msg("no encoder stages".into()))?
             .dims4()?;
-        let upsampled = projected
-            .iter()
-            .rev()
-            .map(|p| p.upsample_bilinear2d(height, width, false))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let fused = self.fuse.forward(&Tensor::cat(&upsampled, 1)?)?;
+        let mut fused: Option<Tensor> = None;
+        for p in projected.iter().rev() {
+            let (_, _, h, w) = p.dims4()?;
+            let resized = if (h, w) == (height, width) {
+                p.clone()
+            } else {
+                p.upsample_bilinear2d(height, width, false)?
+            };
+            fused = Some(match fused {
+                Some(sum) => (sum + resized)?,
+                None => resized,
+            });
+        }
+        let fused = fused.ok_or_else(|| candle_core::Error::Msg("no encoder stages".into()))?;
         let normed = self.batch_norm.forward_t(&fused, false)?.relu()?;
         self.classifier.forward(&normed)
     }
