@@ -4,7 +4,21 @@ use bytes::Bytes;
 use hgpt_testkit::hub::{COMMIT, FakeHub, MINILM, minilm_files};
 use hgpt_testkit::models::minilm_snapshot;
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::process::{Command, Output};
+
+/// `hgpt models pull ID` into `cache` from `hub`, nothing else in its
+/// environment.
+async fn pull(hub: &FakeHub, cache: &std::path::Path, id: &str) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hgpt"));
+    command
+        .env_clear()
+        .env("HF_ENDPOINT", hub.url())
+        .env("HF_HUB_CACHE", cache)
+        .args(["models", "pull", id]);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pull_fetches_only_what_hgpt_needs_into_the_cache() {
@@ -21,15 +35,7 @@ async fn pull_fetches_only_what_hgpt_needs_into_the_cache() {
     let id = "sentence-transformers/all-MiniLM-L6-v2";
     let hub = FakeHub::start(BTreeMap::from([(id.to_string(), files)])).await;
     let cache = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hgpt"));
-    command
-        .env_clear()
-        .env("HF_ENDPOINT", hub.url())
-        .env("HF_HUB_CACHE", cache.path())
-        .args(["models", "pull", id]);
-    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
-        .await
-        .unwrap();
+    let out = pull(&hub, cache.path(), id).await;
     assert!(
         out.status.success(),
         "{}",
@@ -71,15 +77,7 @@ async fn pull_fetches_only_what_hgpt_needs_into_the_cache() {
 async fn pulling_an_unknown_model_fails_clearly() {
     let hub = FakeHub::start(BTreeMap::new()).await;
     let cache = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hgpt"));
-    command
-        .env_clear()
-        .env("HF_ENDPOINT", hub.url())
-        .env("HF_HUB_CACHE", cache.path())
-        .args(["models", "pull", "nobody/nothing"]);
-    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
-        .await
-        .unwrap();
+    let out = pull(&hub, cache.path(), "nobody/nothing").await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot pull nobody/nothing"), "{stderr}");
@@ -109,15 +107,7 @@ async fn a_model_with_only_pytorch_weights_is_pulled_as_such_and_runs() {
     let id = "org/vit-bin-only";
     let hub = FakeHub::start(BTreeMap::from([(id.to_string(), files)])).await;
     let cache = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hgpt"));
-    command
-        .env_clear()
-        .env("HF_ENDPOINT", hub.url())
-        .env("HF_HUB_CACHE", cache.path())
-        .args(["models", "pull", id]);
-    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
-        .await
-        .unwrap();
+    let out = pull(&hub, cache.path(), id).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("weights: pytorch_model.bin"), "{stderr}");

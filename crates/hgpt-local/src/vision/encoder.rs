@@ -127,23 +127,35 @@ impl VitConfig {
 
     /// The labels by class index, `LABEL_i` where `id2label` has none.
     pub fn labels(&self, count: usize) -> Vec<String> {
-        (0..count)
-            .map(|i| {
-                self.id2label
-                    .get(&i.to_string())
-                    .cloned()
-                    .unwrap_or_else(|| format!("LABEL_{i}"))
-            })
-            .collect()
+        class_names(&self.id2label, count)
     }
 
     /// Number of classes (`len(id2label)`, 2 when absent, as transformers).
     pub fn num_labels(&self) -> usize {
-        if self.id2label.is_empty() {
-            2
-        } else {
-            self.id2label.len()
-        }
+        class_count(&self.id2label)
+    }
+}
+
+/// Class names by index from a config's `id2label`, `LABEL_i` where it has
+/// none (as transformers names them).
+pub(crate) fn class_names(id2label: &BTreeMap<String, String>, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            id2label
+                .get(&i.to_string())
+                .cloned()
+                .unwrap_or_else(|| format!("LABEL_{i}"))
+        })
+        .collect()
+}
+
+/// Number of classes a config's `id2label` gives: its length, 2 when it is
+/// absent (transformers' default).
+pub(crate) fn class_count(id2label: &BTreeMap<String, String>) -> usize {
+    if id2label.is_empty() {
+        2
+    } else {
+        id2label.len()
     }
 }
 

@@ -6,13 +6,14 @@
 //! interpolates bilinearly and keeps it, so this is hgpt's own, on the same
 //! tensor names.
 
+use super::encoder::{class_count, class_names};
 use super::image_bytes;
 use super::preprocess::{ImageProcessor, ProcessorKind, decode_image};
 use crate::error::{LocalError, bad_input};
 use crate::files::{ModelFiles, WEIGHTS};
 use crate::pipeline::Pipeline;
 use base64::Engine;
-use candle_core::{D, DType, Device, Module, ModuleT, Tensor};
+use candle_core::{D, Device, Module, ModuleT, Tensor};
 use candle_nn::{
     Activation, BatchNorm, Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder, batch_norm, conv2d,
     layer_norm, linear,
@@ -24,7 +25,7 @@ use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, GrayImage, ImageEncoder, RgbImage};
 use rayon::prelude::*;
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 /// transformers builds every SegFormer norm with PyTorch's default epsilon
 /// (the config's `layer_norm_eps` is not used by these layers).
@@ -47,9 +48,7 @@ pub struct SegformerConfig {
     hidden_act: Activation,
     decoder_hidden_size: usize,
     #[serde(default)]
-    id2label: HashMap<String, String>,
-    #[serde(default)]
-    num_labels: Option<usize>,
+    id2label: BTreeMap<String, String>,
 }
 
 fn three() -> usize {
@@ -101,15 +100,7 @@ impl SegformerConfig {
 
     /// Label names by class index (`LABEL_i` where the config has none).
     fn labels(&self) -> Vec<String> {
-        let count = self.num_labels.unwrap_or(self.id2label.len()).max(1);
-        (0..count)
-            .map(|i| {
-                self.id2label
-                    .get(&i.to_string())
-                    .cloned()
-                    .unwrap_or_else(|| format!("LABEL_{i}"))
-            })
-            .collect()
+        class_names(&self.id2label, class_count(&self.id2label))
     }
 }
 
@@ -504,17 +495,16 @@ impl Segmenter {
     /// per pixel (the first on ties), row-major.
     pub fn classes(&self, image: &RgbImage) -> Result<Vec<u32>, LocalError> {
         let logits = self.logits(image)?;
-        let (width, height) = image.dimensions();
-        let resized =
-            logits
-                .unsqueeze(0)?
-                .upsample_bilinear2d(height as usize, width as usize, false)?;
-        Ok(resized
-            .squeeze(0)?
-            .argmax(0)?
-            .flatten_all()?
-            .to_dtype(DType::U32)?
-            .to_vec1::<u32>()?)
+        let (classes, height, width) = logits.dims3()?;
+        // Pixel-major, so that each pixel's classes are contiguous.
+        let by_pixel = logits.permute((1, 2, 0))?.flatten_all()?.to_vec1::<f32>()?;
+        let (out_w, out_h) = image.dimensions();
+        Ok(resized_argmax(
+            &by_pixel,
+            classes,
+            (height, width),
+            (out_h as usize, out_w as usize),
+        ))
     }
 
     /// One segment per class present, in class order, each with its mask
@@ -555,6 +545,59 @@ impl Segmenter {
     }
 }
 
+/// The two source positions and the weight of the second, per output
+/// position, for a bilinear resize from `input` to `output` positions with
+/// half-pixel centres (PyTorch's `align_corners=False`).
+fn bilinear_taps(input: usize, output: usize) -> Vec<(usize, usize, f64)> {
+    let scale = input as f64 / output as f64;
+    (0..output)
+        .map(|o| {
+            let source = (scale * (o as f64 + 0.5) - 0.5).max(0.0);
+            let first = (source.floor() as usize).min(input - 1);
+            let second = (first + 1).min(input - 1);
+            (first, second, (source - first as f64).clamp(0.0, 1.0))
+        })
+        .collect()
+}
+
+/// For each pixel of an `out` image, the first class whose logit, resized
+/// bilinearly from the `[in_h, in_w, classes]` map, is largest. Each value
+/// is interpolated in f64 and rounded to f32, exactly as candle's
+/// `upsample_bilinear2d` computes it, but the resized maps (150 classes of
+/// a whole image) are never held, and rows go in parallel.
+fn resized_argmax(
+    by_pixel: &[f32],
+    classes: usize,
+    (in_h, in_w): (usize, usize),
+    (out_h, out_w): (usize, usize),
+) -> Vec<u32> {
+    let mut out = vec![0u32; out_h * out_w];
+    if classes == 0 || in_h == 0 || in_w == 0 || out_w == 0 {
+        return out;
+    }
+    let rows = bilinear_taps(in_h, out_h);
+    let cols = bilinear_taps(in_w, out_w);
+    let pixel = |y: usize, x: usize| &by_pixel[(y * in_w + x) * classes..][..classes];
+    out.par_chunks_mut(out_w)
+        .zip(rows.par_iter())
+        .for_each(|(row, &(y0, y1, wy))| {
+            for (slot, &(x0, x1, wx)) in row.iter_mut().zip(&cols) {
+                let (a, b, c, d) = (pixel(y0, x0), pixel(y0, x1), pixel(y1, x0), pixel(y1, x1));
+                let mut best = (0u32, f32::NEG_INFINITY);
+                for k in 0..classes {
+                    let top = f64::from(a[k]) * (1.0 - wx) + f64::from(b[k]) * wx;
+                    let bottom = f64::from(c[k]) * (1.0 - wx) + f64::from(d[k]) * wx;
+                    let value = (top * (1.0 - wy) + bottom * wy) as f32;
+                    if k == 0 || value > best.1 {
+                        best = (k as u32, value);
+                    }
+                }
+                *slot = best.0;
+            }
+        });
+    out
+}
+
 impl Pipeline for Segmenter {
     fn tasks(&self) -> &[TaskKind] {
         &[TaskKind::ImageSegmentation]
@@ -580,5 +623,47 @@ impl Pipeline for Segmenter {
 
     fn weight_bytes(&self) -> u64 {
         self.weight_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    #[test]
+    fn resized_argmax_equals_candles_resize_then_argmax() {
+        let (classes, in_h, in_w) = (7, 5, 6);
+        // Values with ties and repeats, so that "first on ties" matters.
+        let values: Vec<f32> = (0..classes * in_h * in_w)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 4.0)
+            .collect();
+        let logits = Tensor::from_vec(values, (classes, in_h, in_w), &Device::Cpu).unwrap();
+        let by_pixel = logits
+            .permute((1, 2, 0))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (out_h, out_w) in [(13, 11), (3, 4), (5, 6), (1, 1)] {
+            let expected = logits
+                .unsqueeze(0)
+                .unwrap()
+                .upsample_bilinear2d(out_h, out_w, false)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .argmax(0)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_dtype(DType::U32)
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap();
+            let ours = resized_argmax(&by_pixel, classes, (in_h, in_w), (out_h, out_w));
+            assert_eq!(ours, expected, "{out_h}x{out_w}");
+        }
     }
 }
