@@ -175,11 +175,13 @@ impl Attention {
 ///
 /// candle runs a grouped convolution one group at a time (a full
 /// convolution per channel), which made these layers most of SegFormer's
-/// time; on the CPU it is a direct loop over the channels instead.
+/// time; on the CPU it is a direct loop instead, on the token-major layout
+/// the Mix-FFN holds (`[batch, height * width, channels]`), so that no
+/// transposes are needed and each tap is one contiguous run of channels.
 struct DepthwiseConv {
     conv: Conv2d,
-    /// `[channels][3 * 3]` and `[channels]`, for the CPU loop.
-    kernels: Vec<[f32; 9]>,
+    /// `[3 * 3][channels]` and `[channels]`, for the CPU loop.
+    taps: Vec<f32>,
     biases: Vec<f32>,
 }
 
@@ -187,10 +189,13 @@ impl DepthwiseConv {
     fn load(channels: usize, vb: VarBuilder) -> candle_core::Result<Self> {
         let weight = vb.get((channels, 1, 3, 3), "weight")?;
         let bias = vb.get(channels, "bias")?;
-        let flat = weight.flatten_all()?.to_vec1::<f32>()?;
-        let (kernels, _) = flat.as_chunks::<9>();
+        let taps = weight
+            .reshape((channels, 9))?
+            .t()?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         Ok(Self {
-            kernels: kernels.to_vec(),
+            taps,
             biases: bias.to_vec1::<f32>()?,
             conv: Conv2d::new(
                 weight,
@@ -204,46 +209,51 @@ impl DepthwiseConv {
         })
     }
 
-    /// `x` is `[batch, channels, height, width]`.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if !x.device().is_cpu() {
-            return self.conv.forward(x);
-        }
-        let (batch, channels, height, width) = x.dims4()?;
-        if channels != self.kernels.len() {
+    /// `x` is `[batch, height * width, channels]`; so is the result.
+    fn forward(&self, x: &Tensor, height: usize, width: usize) -> candle_core::Result<Tensor> {
+        let (batch, tokens, channels) = x.dims3()?;
+        if tokens != height * width || channels != self.biases.len() {
             candle_core::bail!(
-                "depth-wise convolution of {} channels given {channels}",
-                self.kernels.len()
+                "depth-wise convolution of {} channels on a {height}x{width} grid given {tokens} \
+                 tokens of {channels} channels",
+                self.biases.len()
             );
         }
+        if !x.device().is_cpu() {
+            let grid = x
+                .transpose(1, 2)?
+                .reshape((batch, channels, height, width))?;
+            return self.conv.forward(&grid)?.flatten_from(2)?.transpose(1, 2);
+        }
         let input = x.flatten_all()?.to_vec1::<f32>()?;
-        let plane = height * width;
-        let mut out = vec![0f32; batch * channels * plane];
-        out.par_chunks_mut(plane)
-            .zip(input.par_chunks(plane))
+        let mut out = vec![0f32; batch * tokens * channels];
+        out.par_chunks_mut(width * channels)
             .enumerate()
-            .for_each(|(index, (out, input))| {
-                let channel = index % channels;
-                let kernel = &self.kernels[channel];
-                let bias = self.biases[channel];
-                for y in 0..height {
-                    for x in 0..width {
-                        let mut sum = 0f32;
-                        for ky in 0..3 {
-                            let Some(row) = (y + ky).checked_sub(1).filter(|r| *r < height) else {
+            .for_each(|(index, out_row)| {
+                let (image, y) = (index / height, index % height);
+                let image = &input[image * tokens * channels..][..tokens * channels];
+                for (x, out) in out_row.chunks_exact_mut(channels).enumerate() {
+                    for ky in 0..3 {
+                        let Some(row) = (y + ky).checked_sub(1).filter(|r| *r < height) else {
+                            continue;
+                        };
+                        for kx in 0..3 {
+                            let Some(col) = (x + kx).checked_sub(1).filter(|c| *c < width) else {
                                 continue;
                             };
-                            for kx in 0..3 {
-                                if let Some(col) = (x + kx).checked_sub(1).filter(|c| *c < width) {
-                                    sum += kernel[ky * 3 + kx] * input[row * width + col];
-                                }
+                            let tap = &self.taps[(ky * 3 + kx) * channels..][..channels];
+                            let source = &image[(row * width + col) * channels..][..channels];
+                            for ((o, k), v) in out.iter_mut().zip(tap).zip(source) {
+                                *o += k * v;
                             }
                         }
-                        out[y * width + x] = sum + bias;
+                    }
+                    for (o, b) in out.iter_mut().zip(&self.biases) {
+                        *o += b;
                     }
                 }
             });
-        Tensor::from_vec(out, (batch, channels, height, width), x.device())
+        Tensor::from_vec(out, (batch, tokens, channels), x.device())
     }
 }
 
@@ -258,15 +268,7 @@ struct MixFeedForward {
 impl MixFeedForward {
     fn forward(&self, x: &Tensor, height: usize, width: usize) -> candle_core::Result<Tensor> {
         let h = self.dense1.forward(x)?;
-        let (batch, _, channels) = h.dims3()?;
-        let grid = h
-            .transpose(1, 2)?
-            .reshape((batch, channels, height, width))?;
-        let h = self
-            .depthwise
-            .forward(&grid)?
-            .flatten_from(2)?
-            .transpose(1, 2)?;
+        let h = self.depthwise.forward(&h, height, width)?;
         self.dense2.forward(&self.activation.forward(&h)?)
     }
 }
