@@ -5,12 +5,26 @@ venv of scripts/requirements-fixtures.txt). Never used by tests.
 
 Usage:
     python bench_vision.py make FAMILY DIR      # writes the checkpoint (config, weights,
-                                                # preprocessor config) unless DIR has it
+                                                # processor and tokenizer files) unless DIR has it
     python bench_vision.py time FAMILY DIR IMAGE SECONDS
         # prints one JSON line: {"load_s", "per_image_ms", "rss_mb", "versions"}
 
-FAMILY: segformer-b0 (nvidia/segformer-b0-finetuned-ade-512-512's architecture: 4 stages,
-150 labels, 512x512 input).
+FAMILY (each the architecture of the named Hub model, random weights):
+  segformer-b0   nvidia/segformer-b0-finetuned-ade-512-512 (4 stages, 150 labels, 512x512)
+  vit-gpt2       nlpconnect/vit-gpt2-image-captioning (ViT-B/16 224 + GPT-2 124M), 16 new tokens
+  blip-caption   Salesforce/blip-image-captioning-base (ViT-B/16 384 + BERT-base decoder),
+                 20 new tokens
+  blip-vqa       Salesforce/blip-vqa-base, 8 answer tokens; timed as BlipProcessor + generate()
+                 (transformers 4.57's VQA pipeline cannot run BLIP: it passes token_type_ids on)
+  vilt-vqa       dandelin/vilt-b32-finetuned-vqa (ViT-B/32 over the question and the image
+                 resized to 384 on its short side, 3129 answers)
+  clip-b32       openai/clip-vit-base-patch32 (ViT-B/32 224 + the 12-layer text tower), five
+                 candidate labels
+  detr-resnet-50 facebook/detr-resnet-50 (ResNet-50 with transformers' names, 6+6 layers,
+                 100 queries, 91 labels; the image resized to 800 on its short side)
+
+Caption and answer lengths are fixed with min_length = max_length, so that random weights
+cannot end generation early.
 """
 import json
 import resource
@@ -23,15 +37,55 @@ import transformers
 from PIL import Image
 from transformers import pipeline
 
-FAMILIES = {
+TASKS = {
     "segformer-b0": "image-segmentation",
+    "vit-gpt2": "image-to-text",
+    "blip-caption": "image-to-text",
+    "blip-vqa": "visual-question-answering",
+    "vilt-vqa": "visual-question-answering",
+    "clip-b32": "zero-shot-image-classification",
+    "detr-resnet-50": "object-detection",
 }
+QUESTION = "how many zebras are there?"
+LABELS = ["a zebra", "a horse", "a cat", "a car", "a tree"]
+
+
+def padded_vocab(base: list[str], size: int, filler: str) -> list[str]:
+    """`base` then filler tokens up to `size` entries."""
+    return base + [filler.format(i) for i in range(size - len(base))]
+
+
+def gpt2_tokenizer(folder: Path):
+    """A GPT-2 sized (50257) byte-level BPE tokenizer: the 256 byte tokens, fillers, and
+    <|endoftext|> last, as GPT-2 has it."""
+    from transformers import GPT2TokenizerFast
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+    byte_chars = [bytes_to_unicode()[b] for b in range(256)]
+    vocab = padded_vocab(byte_chars, 50256, "tok{}") + ["<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return GPT2TokenizerFast(vocab_file=str(folder / "vocab.json"),
+                             merges_file=str(folder / "merges.txt"))
+
+
+def bert_tokenizer(folder: Path, size: int):
+    """A BERT WordPiece tokenizer of `size` tokens with [DEC] as bos (BLIP's)."""
+    from transformers import BertTokenizerFast
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = "how many zebras are there ? a the is of in on with".split()
+    vocab = padded_vocab(specials + words, size - 2, "[unused{}]")
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    return tokenizer
 
 
 def make(family: str, folder: Path) -> None:
     if (folder / "config.json").is_file():
         return
+    folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
+    tokenizer = None
     if family == "segformer-b0":
         from transformers import (SegformerConfig, SegformerForSemanticSegmentation,
                                   SegformerImageProcessor)
@@ -42,28 +96,110 @@ def make(family: str, folder: Path) -> None:
         )
         model = SegformerForSemanticSegmentation(config).eval()
         processor = SegformerImageProcessor(size={"height": 512, "width": 512})
+    elif family == "vit-gpt2":
+        from transformers import (GenerationConfig, GPT2Config, ViTConfig, ViTImageProcessor,
+                                  VisionEncoderDecoderConfig, VisionEncoderDecoderModel)
+        tokenizer = gpt2_tokenizer(folder)
+        decoder = GPT2Config(add_cross_attention=True, is_decoder=True)
+        config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(ViTConfig(), decoder)
+        config.decoder_start_token_id = config.pad_token_id = config.eos_token_id = 50256
+        model = VisionEncoderDecoderModel(config).eval()
+        model.generation_config = GenerationConfig(
+            max_length=17, min_length=17, decoder_start_token_id=50256, bos_token_id=50256,
+            eos_token_id=50256, pad_token_id=50256)
+        processor = ViTImageProcessor(size={"height": 224, "width": 224})
+    elif family in ("blip-caption", "blip-vqa"):
+        from transformers import (BlipConfig, BlipForConditionalGeneration,
+                                  BlipForQuestionAnswering, BlipImageProcessor, GenerationConfig)
+        tokenizer = bert_tokenizer(folder, 30524)
+        config = BlipConfig(text_config={}, vision_config={})
+        cls = BlipForConditionalGeneration if family == "blip-caption" else BlipForQuestionAnswering
+        model = cls(config).eval()
+        length = 21 if family == "blip-caption" else 9
+        model.generation_config = GenerationConfig(max_length=length, min_length=length)
+        processor = BlipImageProcessor(
+            size={"height": 384, "width": 384}, resample=Image.Resampling.BICUBIC,
+            image_mean=[0.48145466, 0.4578275, 0.40821073],
+            image_std=[0.26862954, 0.26130258, 0.27577711])
+    elif family == "vilt-vqa":
+        from transformers import ViltConfig, ViltForQuestionAnswering, ViltImageProcessor
+        tokenizer = bert_tokenizer(folder, 30522)
+        labels = {i: f"answer {i}" for i in range(3129)}
+        config = ViltConfig(num_labels=3129, id2label=labels,
+                            label2id={v: k for k, v in labels.items()})
+        model = ViltForQuestionAnswering(config).eval()
+        processor = ViltImageProcessor(size={"shortest_edge": 384})
+    elif family == "clip-b32":
+        from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+        tokenizer = gpt2_tokenizer(folder)  # byte-level BPE of CLIP's size, end token last
+        tokenizer.pad_token = tokenizer.eos_token
+        config = CLIPConfig(text_config={"vocab_size": 50257, "eos_token_id": 2}, vision_config={})
+        model = CLIPModel(config).eval()
+        processor = CLIPImageProcessor(size={"shortest_edge": 224},
+                                       crop_size={"height": 224, "width": 224})
+    elif family == "detr-resnet-50":
+        from transformers import (DetrConfig, DetrForObjectDetection, DetrImageProcessor,
+                                  ResNetConfig)
+        labels = {i: f"class {i}" for i in range(91)}
+        backbone = ResNetConfig(out_features=["stage4"])  # ResNet-50's stages and widths
+        config = DetrConfig(use_timm_backbone=False, backbone=None, backbone_config=backbone,
+                            use_pretrained_backbone=False, num_labels=91, id2label=labels,
+                            label2id={v: k for k, v in labels.items()})
+        model = DetrForObjectDetection(config).eval()
+        processor = DetrImageProcessor(size={"shortest_edge": 800, "longest_edge": 1333})
     else:
         raise SystemExit(f"unknown family {family}")
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+
+
+def peak_resident_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: on Linux that
+    keeps the parent's peak across fork and exec, so it would report the benchmark's own."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
 def time_per_image(family: str, folder: Path, image_path: str, seconds: float) -> None:
-    start = time.perf_counter()
-    pipe = pipeline(FAMILIES[family], model=str(folder), device="cpu")
-    load_s = time.perf_counter() - start
     image = Image.open(image_path).convert("RGB")
+    start = time.perf_counter()
+    if family == "blip-vqa":
+        from transformers import (BertTokenizerFast, BlipForQuestionAnswering,
+                                  BlipImageProcessor)
+        model = BlipForQuestionAnswering.from_pretrained(folder).eval()
+        processor = BlipImageProcessor.from_pretrained(folder)
+        tokenizer = BertTokenizerFast.from_pretrained(folder)
+
+        def run():
+            question = tokenizer(QUESTION, return_tensors="pt")
+            pixels = processor(images=image, return_tensors="pt")["pixel_values"]
+            ids = model.generate(input_ids=question["input_ids"],
+                                 attention_mask=question["attention_mask"], pixel_values=pixels)
+            return tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+    else:
+        pipe = pipeline(TASKS[family], model=str(folder), device="cpu")
+        question = {"question": QUESTION} if family == "vilt-vqa" else {}
+        if family == "clip-b32":
+            question = {"candidate_labels": LABELS}
+
+        def run():
+            return pipe(image, **question)
+    load_s = time.perf_counter() - start
     with torch.inference_mode():
-        pipe(image)
+        run()
         done, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds or done < 3:
-            pipe(image)
+            run()
             done += 1
     per_image_ms = (time.perf_counter() - start) / done * 1e3
     print(json.dumps({
         "load_s": load_s,
         "per_image_ms": per_image_ms,
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_mb": peak_resident_mb(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "threads": torch.get_num_threads()},
     }))

@@ -55,22 +55,42 @@ from transformers import (
     BertForSequenceClassification,
     BertForTokenClassification,
     BertTokenizerFast,
+    BlipConfig,
+    BlipForConditionalGeneration,
+    BlipForQuestionAnswering,
+    BlipImageProcessor,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPTokenizerFast,
+    DetrConfig,
+    DetrForObjectDetection,
+    DetrImageProcessor,
     DistilBertConfig,
     DistilBertForQuestionAnswering,
     DistilBertForSequenceClassification,
     DistilBertForTokenClassification,
     DistilBertTokenizerFast,
+    ResNetConfig,
     RobertaConfig,
     RobertaForQuestionAnswering,
     RobertaForSequenceClassification,
     RobertaForTokenClassification,
     RobertaTokenizerFast,
+    GenerationConfig,
+    GPT2Config,
+    GPT2TokenizerFast,
     SegformerConfig,
     SegformerForSemanticSegmentation,
     SegformerImageProcessor,
+    ViltConfig,
+    ViltForQuestionAnswering,
+    ViltImageProcessor,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessor,
+    VisionEncoderDecoderConfig,
+    VisionEncoderDecoderModel,
     YolosConfig,
     YolosForObjectDetection,
     YolosImageProcessor,
@@ -101,6 +121,13 @@ GENERATED = [
     "vit-imgcls-bin",
     "yolos-det",
     "segformer-seg",
+    "vit-gpt2-caption",
+    "blip-caption",
+    "blip-vqa",
+    "detr-det",
+    "detr-det-timm",
+    "vilt-vqa",
+    "clip-zeroshot",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -968,6 +995,571 @@ def make_segformer(folder: Path, images_dir: Path) -> None:
         "cases": cases,
     }))
 
+def make_gpt2_tokenizer(work: Path):
+    """A byte-level BPE GPT-2 tokenizer: every byte, the trained merges, `<|endoftext|>` last."""
+    vocab_file = work / "gpt2-vocab.json"
+    merges_file = work / "gpt2-merges.txt"
+    if not vocab_file.exists():
+        _, merges = train_byte_bpe()
+        vocab = [bytes_to_unicode()[b] for b in range(256)]
+        for a, b in merges:
+            if a + b not in vocab:
+                vocab.append(a + b)
+        vocab.append("<|endoftext|>")
+        vocab_file.write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False),
+                              encoding="utf-8")
+        merges_file.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+                               encoding="utf-8")
+    return GPT2TokenizerFast(vocab_file=str(vocab_file), merges_file=str(merges_file),
+                             model_max_length=64)
+
+
+def make_vit_gpt2(folder: Path, images_dir: Path, work: Path) -> None:
+    """ViT encoder + GPT-2 decoder with cross-attention (nlpconnect/vit-gpt2-image-captioning's
+    architecture). The encoder is narrower than the decoder, so `enc_to_dec_proj` is used."""
+    name = folder.name
+    tokenizer = make_gpt2_tokenizer(work)
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    encoder = ViTConfig(
+        hidden_size=24, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        image_size=32, patch_size=8, num_channels=3, qkv_bias=True, hidden_act="gelu",
+        initializer_range=INIT_RANGE,
+    )
+    decoder = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+        activation_function="gelu_new", add_cross_attention=True, is_decoder=True,
+        bos_token_id=eos, eos_token_id=eos, initializer_range=INIT_RANGE,
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = eos
+    config.pad_token_id = eos
+    config.eos_token_id = eos
+    processor = ViTImageProcessor(
+        do_resize=True, size={"height": 32, "width": 32}, resample=Image.Resampling.BILINEAR,
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )
+    model = build_model(VisionEncoderDecoderModel, config, name)
+    # Doubled decoder weights: with the usual scale every caption repeats one token.
+    with torch.no_grad():
+        for param_name, param in model.decoder.named_parameters():
+            if param_name.endswith("weight") and ".ln_" not in param_name:
+                param.mul_(2.0)
+    # Caption length as the real model's users set it: the pipeline honours max_length.
+    model.generation_config = GenerationConfig(
+        max_length=12, decoder_start_token_id=eos, bos_token_id=eos, eos_token_id=eos,
+        pad_token_id=eos,
+    )
+    save_checkpoint(model, processor, folder)
+    tokenizer.save_pretrained(folder)
+    model = VisionEncoderDecoderModel.from_pretrained(folder).eval()
+    processor = ViTImageProcessor.from_pretrained(folder)
+    tokenizer = GPT2TokenizerFast.from_pretrained(folder)
+    pipe = pipeline("image-to-text", model=model, tokenizer=tokenizer, image_processor=processor,
+                    device="cpu")
+    cases = []
+    for image_name in IMAGES:
+        path = images_dir / image_name
+        image = load_rgb(path)
+        pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            generated = model.generate(pixel_values, generation_config=pipe.generation_config)[0]
+            out = model(pixel_values=pixel_values, decoder_input_ids=generated[None, :-1])
+        text = pipe(str(path))
+        assert text == [{"generated_text": tokenizer.decode(generated, skip_special_tokens=True)}]
+        cases.append({
+            "image": f"images/{image_name}",
+            "pixel_values": F32(pixel_values[0]),
+            "encoder_hidden_state": F32(out.encoder_last_hidden_state[0]),
+            "generated_ids": generated.tolist(),
+            "logits": F32(out.logits[0]),
+            "pipeline": plain(text),
+        })
+    write_json(folder / "expected.json", meta(name, "image-to-text", model, {
+        "image_processor": type(processor).__name__,
+        "notes": "pixel_values: [3, 32, 32]; encoder_hidden_state: [17, 24] (ViT after its final "
+                 "LayerNorm); generated_ids: greedy generate() with the pipeline's generation "
+                 "config (max_length 12 from generation_config.json), starting with "
+                 "decoder_start_token_id; logits: [len(generated_ids) - 1, vocab] of the decoder "
+                 "fed generated_ids[:-1] (row i predicts generated_ids[i + 1]); pipeline: the "
+                 "image-to-text pipeline's output.",
+        "cases": cases,
+    }))
+
+
+VQA_QUESTIONS = ["What is in the picture?", "How many cars are there?", "Is the sky blue?"]
+
+
+def make_blip_tokenizer(work: Path):
+    """BLIP's tokenizer: BERT WordPiece with `[DEC]` added as the bos token."""
+    tokenizer = make_bert_tokenizer(work)
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    return tokenizer
+
+
+def blip_config(tokenizer, vision_width: int) -> BlipConfig:
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=32, encoder_hidden_size=vision_width, intermediate_size=37,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+        bos_token_id=tokenizer.bos_token_id, sep_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id, initializer_range=INIT_RANGE,
+    )
+    vision = dict(
+        hidden_size=vision_width, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        image_size=32, patch_size=8, initializer_range=INIT_RANGE,
+    )
+    return BlipConfig(text_config=text, vision_config=vision)
+
+
+def blip_processor() -> BlipImageProcessor:
+    return BlipImageProcessor(
+        do_resize=True, size={"height": 32, "width": 32}, resample=Image.Resampling.BICUBIC,
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+
+
+def build_blip(cls, config, name: str):
+    model = build_model(cls, config, name)
+    # Doubled decoder weights (as for vit-gpt2-caption), so that the generated text varies.
+    with torch.no_grad():
+        for param_name, param in model.text_decoder.named_parameters():
+            if param_name.endswith("weight") and "LayerNorm" not in param_name:
+                param.mul_(2.0)
+    model.generation_config = GenerationConfig(max_length=10)
+    return model
+
+
+def make_blip_caption(folder: Path, images_dir: Path, work: Path) -> None:
+    """BlipForConditionalGeneration (Salesforce/blip-image-captioning-base's architecture)."""
+    name = folder.name
+    tokenizer = make_blip_tokenizer(work)
+    model = build_blip(BlipForConditionalGeneration, blip_config(tokenizer, 24), name)
+    save_checkpoint(model, blip_processor(), folder)
+    tokenizer.save_pretrained(folder)
+    model = BlipForConditionalGeneration.from_pretrained(folder).eval()
+    processor = BlipImageProcessor.from_pretrained(folder)
+    tokenizer = BertTokenizerFast.from_pretrained(folder)
+    pipe = pipeline("image-to-text", model=model, tokenizer=tokenizer, image_processor=processor,
+                    device="cpu")
+    cases = []
+    for image_name in IMAGES:
+        path = images_dir / image_name
+        image = load_rgb(path)
+        pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            generated = model.generate(pixel_values, generation_config=pipe.generation_config)[0]
+            image_embeds = model.vision_model(pixel_values=pixel_values)[0]
+            logits = model.text_decoder(input_ids=generated[None, :-1],
+                                        encoder_hidden_states=image_embeds).logits[0]
+        text = pipe(str(path))
+        assert text == [{"generated_text": tokenizer.decode(generated, skip_special_tokens=True)}]
+        cases.append({
+            "image": f"images/{image_name}",
+            "pixel_values": F32(pixel_values[0]),
+            "image_embeds": F32(image_embeds[0]),
+            "generated_ids": generated.tolist(),
+            "logits": F32(logits),
+            "pipeline": plain(text),
+        })
+    write_json(folder / "expected.json", meta(name, "image-to-text", model, {
+        "image_processor": type(processor).__name__,
+        "notes": "pixel_values: [3, 32, 32] (PIL bicubic resize); image_embeds: [17, 24] (the "
+                 "vision model after post_layernorm); generated_ids: greedy generate() with the "
+                 "pipeline's generation config (max_length 10), starting with [DEC]; logits: "
+                 "[len(generated_ids) - 1, vocab] of the text decoder fed generated_ids[:-1]; "
+                 "pipeline: the image-to-text pipeline's output.",
+        "cases": cases,
+    }))
+
+
+def make_blip_vqa(folder: Path, images_dir: Path, work: Path) -> None:
+    """BlipForQuestionAnswering (Salesforce/blip-vqa-base's architecture). transformers 4.57's
+    visual-question-answering pipeline passes the tokenizer's token_type_ids on to generate(),
+    which BLIP refuses, so the reference follows BlipProcessor instead: the question's input_ids
+    and attention_mask, the pixel values, the pipeline's generation config, then
+    decode(skip_special_tokens=True).strip() as the pipeline's postprocess does."""
+    name = folder.name
+    tokenizer = make_blip_tokenizer(work)
+    model = build_blip(BlipForQuestionAnswering, blip_config(tokenizer, 32), name)
+    save_checkpoint(model, blip_processor(), folder)
+    tokenizer.save_pretrained(folder)
+    model = BlipForQuestionAnswering.from_pretrained(folder).eval()
+    processor = BlipImageProcessor.from_pretrained(folder)
+    tokenizer = BertTokenizerFast.from_pretrained(folder)
+    pipe = pipeline("visual-question-answering", model=model, tokenizer=tokenizer,
+                    image_processor=processor, device="cpu")
+    cases = []
+    for image_name, question in zip(IMAGES, VQA_QUESTIONS + VQA_QUESTIONS[:1]):
+        path = images_dir / image_name
+        image = load_rgb(path)
+        pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+        encoded = tokenizer(question, return_tensors="pt")
+        with torch.no_grad():
+            generated = model.generate(
+                input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
+                pixel_values=pixel_values, generation_config=pipe.generation_config)[0]
+            image_embeds = model.vision_model(pixel_values=pixel_values)[0]
+            question_embeds = model.text_encoder(
+                input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
+                encoder_hidden_states=image_embeds)[0]
+            logits = model.text_decoder(input_ids=generated[None, :-1],
+                                        encoder_hidden_states=question_embeds).logits[0]
+        cases.append({
+            "image": f"images/{image_name}",
+            "question": question,
+            "input_ids": encoded["input_ids"][0].tolist(),
+            "image_embeds": F32(image_embeds[0]),
+            "question_embeds": F32(question_embeds[0]),
+            "generated_ids": generated.tolist(),
+            "logits": F32(logits),
+            "answer": tokenizer.decode(generated, skip_special_tokens=True).strip(),
+        })
+    write_json(folder / "expected.json", meta(name, "visual-question-answering", model, {
+        "image_processor": type(processor).__name__,
+        "notes": "input_ids: the question tokenized ([CLS] ... [SEP]); image_embeds: [17, 32] "
+                 "(the vision model is as wide as the text model, as in blip-vqa-base); "
+                 "question_embeds: [len(input_ids), 32] (the text encoder over the image); "
+                 "generated_ids: greedy generate() (max_length 10) starting with [DEC]; logits: "
+                 "[len(generated_ids) - 1, vocab] of the text decoder fed generated_ids[:-1] over "
+                 "question_embeds; answer: the pipeline's postprocess of generated_ids.",
+        "cases": cases,
+    }))
+
+
+def randomize_frozen_batch_norms(model: torch.nn.Module, seed: int) -> None:
+    """DETR's frozen batch norms keep weight, bias and statistics as buffers: give them all
+    random values (init leaves them 1 / 0)."""
+    gen = torch.Generator().manual_seed(seed ^ 0xB17)
+    with torch.no_grad():
+        for buffer_name, buffer in model.named_buffers():
+            if "conv_encoder" not in buffer_name:
+                continue
+            if buffer_name.endswith("running_mean") or buffer_name.endswith(".bias"):
+                buffer.copy_(torch.randn(buffer.shape, generator=gen) * 0.1)
+            elif buffer_name.endswith("running_var") or buffer_name.endswith(".weight"):
+                buffer.copy_(1.0 + torch.rand(buffer.shape, generator=gen) * 0.5)
+
+
+def make_detr(folder: Path, images_dir: Path) -> None:
+    """DetrForObjectDetection with transformers' own ResNet backbone (use_timm_backbone=False):
+    bottleneck stages of depth 1, 2, 1, 1."""
+    name = folder.name
+    backbone = ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[16, 32, 32, 64], depths=[1, 2, 1, 1],
+        layer_type="bottleneck", hidden_act="relu", out_features=["stage4"],
+    )
+    config = DetrConfig(
+        use_timm_backbone=False, backbone_config=backbone, backbone=None,
+        use_pretrained_backbone=False, num_queries=10, d_model=32, encoder_layers=2,
+        decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=37, decoder_ffn_dim=37, init_std=INIT_RANGE, init_xavier_std=1.0,
+        **label_kwargs(DET_LABELS),
+    )
+    processor = DetrImageProcessor(
+        do_resize=True, size={"shortest_edge": 48, "longest_edge": 80},
+        resample=Image.Resampling.BILINEAR, do_rescale=True, rescale_factor=1 / 255,
+        do_normalize=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        do_pad=True, format="coco_detection",
+    )
+    model = build_model(DetrForObjectDetection, config, name)
+    randomize_frozen_batch_norms(model, seed_for(name))
+    # Random DETR queries all decode to about the same box and class: spread the query
+    # embeddings, double the decoder's weights and drop the class bias, so that boxes differ
+    # and scores straddle the pipeline's thresholds.
+    with torch.no_grad():
+        model.model.query_position_embeddings.weight.mul_(10.0)
+        for param_name, param in model.model.decoder.named_parameters():
+            if param_name.endswith("weight") and "layer_norm" not in param_name \
+                    and "layernorm" not in param_name:
+                param.mul_(2.0)
+        model.class_labels_classifier.bias.zero_()
+    save_checkpoint(model, processor, folder)
+    model = DetrForObjectDetection.from_pretrained(folder).eval()
+    processor = DetrImageProcessor.from_pretrained(folder)
+    pipe = pipeline("object-detection", model=model, image_processor=processor, device="cpu")
+    cases = []
+    for image_name in ["gradient_40x30.png", "shapes_64x48.png", "portrait_36x52.png"]:
+        path = images_dir / image_name
+        image = load_rgb(path)
+        inputs = processor(images=image, return_tensors="pt")
+        pixel_values = inputs["pixel_values"]
+        assert bool(inputs["pixel_mask"].all()), "one image: nothing is padded"
+        with torch.no_grad():
+            out = model(pixel_values=pixel_values)
+        target = [(image.height, image.width)]
+        post = processor.post_process_object_detection(out, threshold=0.0, target_sizes=target)[0]
+        all_boxes = plain(pipe(str(path), threshold=0.0))
+        assert len(all_boxes) == config.num_queries
+        cases.append({
+            "image": f"images/{image_name}",
+            "original_size": [image.height, image.width],
+            "processed_size": list(pixel_values.shape[-2:]),
+            "pixel_values": F32(pixel_values[0]),
+            "encoder_hidden_state": F32(out.encoder_last_hidden_state[0]),
+            "logits": F32(out.logits[0]),
+            "pred_boxes": F32(out.pred_boxes[0]),
+            "post_processed_threshold_0": {
+                "scores": F32(post["scores"]),
+                "labels": post["labels"].tolist(),
+                "boxes": F32(post["boxes"]),
+            },
+            "pipeline_threshold_0": all_boxes,
+            "pipeline_threshold_0_3": plain(pipe(str(path), threshold=0.3)),
+            "pipeline": plain(pipe(str(path))),
+        })
+    write_json(folder / "expected.json", meta(name, "object-detection", model, {
+        "image_processor": type(processor).__name__,
+        "id2label": {str(k): v for k, v in DET_LABELS.items()},
+        "notes": "original_size/processed_size: [height, width] (DETR's aspect-preserving "
+                 "resize, shortest edge 48, longest 80, no rounding to multiples); pixel_values: "
+                 "[3, H, W]; encoder_hidden_state: [H/32 * W/32, d_model]; logits: "
+                 "[num_queries, num_labels + 1] (last class = no object); pred_boxes: "
+                 "[num_queries, 4] (cx, cy, w, h) in 0..1; post_processed_threshold_0 and "
+                 "pipeline_*: as for yolos-det.",
+        "cases": cases,
+    }))
+
+
+def timm_resnet_name(name: str) -> str:
+    """A transformers ResNet backbone weight name as timm (and torchvision, and the Hub's DETR
+    checkpoints) names it: embedder -> conv1/bn1, stages.S.layers.L.layer.K -> layer{S+1}.L.
+    conv{K+1}/bn{K+1}, shortcut -> downsample.0/1."""
+    prefix = "model.backbone.conv_encoder.model."
+    if not name.startswith(prefix):
+        return name
+    rest = name[len(prefix):]
+    kind = {"convolution": "conv", "normalization": "bn"}
+    parts = rest.split(".")
+    if parts[:2] == ["embedder", "embedder"]:
+        return prefix + kind[parts[2]] + "1." + ".".join(parts[3:])
+    assert parts[:2] == ["encoder", "stages"] and parts[3] == "layers", rest
+    stage, layer = int(parts[2]), int(parts[4])
+    block = f"layer{stage + 1}.{layer}."
+    if parts[5] == "shortcut":
+        index = {"convolution": "0", "normalization": "1"}[parts[6]]
+        return prefix + block + "downsample." + index + "." + ".".join(parts[7:])
+    assert parts[5] == "layer", rest
+    return prefix + block + kind[parts[7]] + str(int(parts[6]) + 1) + "." + ".".join(parts[8:])
+
+
+def make_detr_timm(detr_folder: Path, folder: Path) -> None:
+    """detr-det as the Hub's DETR checkpoints lay it out (use_timm_backbone=True): the same
+    weights with timm's ResNet names, plus the num_batches_tracked counters real checkpoints
+    carry, and a config naming the timm backbone. The outputs are detr-det's. (transformers
+    cannot load this tiny checkpoint itself: it would build timm's full-size resnet50.)"""
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = load_file(str(detr_folder / "model.safetensors"))
+    renamed = {timm_resnet_name(k): v for k, v in weights.items()}
+    assert len(renamed) == len(weights)
+    for key in list(renamed):
+        if key.endswith("downsample.1.running_var"):
+            renamed[key.replace("running_var", "num_batches_tracked")] = torch.tensor(0)
+    save_file(dict(sorted(renamed.items())), str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    config = json.loads((detr_folder / "config.json").read_text())
+    config.pop("backbone_config")
+    config.update(use_timm_backbone=True, backbone="resnet50", backbone_kwargs={},
+                  dilation=False, num_channels=3)
+    write_json(folder / "config.json", dict(sorted(config.items())))
+    for name in ("preprocessor_config.json", "expected.json"):
+        shutil.copy(detr_folder / name, folder / name)
+
+
+VQA_ANSWERS = {0: "yes", 1: "no", 2: "2", 3: "1", 4: "red", 5: "cat"}
+
+
+def make_vilt(folder: Path, images_dir: Path, work: Path) -> None:
+    """ViltForQuestionAnswering (dandelin/vilt-b32-finetuned-vqa's architecture): BERT text
+    embeddings and ViT patches in one encoder, a pooler and an answer classifier."""
+    name = folder.name
+    tokenizer = make_bert_tokenizer(work)
+    config = ViltConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=40, image_size=64, patch_size=8,
+        hidden_act="gelu", initializer_range=INIT_RANGE, max_image_length=-1,
+        **label_kwargs(VQA_ANSWERS),
+    )
+    processor = ViltImageProcessor(
+        do_resize=True, size={"shortest_edge": 48}, size_divisor=8,
+        resample=Image.Resampling.BICUBIC, do_rescale=True, rescale_factor=1 / 255,
+        do_normalize=True, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_pad=True,
+    )
+    model = build_model(ViltForQuestionAnswering, config, name)
+    save_checkpoint(model, processor, folder)
+    tokenizer.save_pretrained(folder)
+    model = ViltForQuestionAnswering.from_pretrained(folder).eval()
+    processor = ViltImageProcessor.from_pretrained(folder)
+    tokenizer = BertTokenizerFast.from_pretrained(folder)
+    pipe = pipeline("visual-question-answering", model=model, tokenizer=tokenizer,
+                    image_processor=processor, device="cpu")
+    cases = []
+    for image_name, question in zip(IMAGES, VQA_QUESTIONS + VQA_QUESTIONS[:1]):
+        path = images_dir / image_name
+        image = load_rgb(path)
+        inputs = processor(images=image, return_tensors="pt")
+        assert bool(inputs["pixel_mask"].all()), "one image: nothing is padded"
+        encoded = tokenizer(question, return_tensors="pt")
+        with torch.no_grad():
+            # The patches are shuffled (torch.multinomial) on the way in; attention does not
+            # depend on their order, so the logits do not either (up to rounding).
+            logits = model(**encoded, pixel_values=inputs["pixel_values"]).logits[0]
+        cases.append({
+            "image": f"images/{image_name}",
+            "question": question,
+            "input_ids": encoded["input_ids"][0].tolist(),
+            "processed_size": list(inputs["pixel_values"].shape[-2:]),
+            "pixel_values": F32(inputs["pixel_values"][0]),
+            "logits": F32(logits),
+            "pipeline": plain(pipe(image=str(path), question=question)),
+            "pipeline_top_k_2": plain(pipe(image=str(path), question=question, top_k=2)),
+        })
+    write_json(folder / "expected.json", meta(name, "visual-question-answering", model, {
+        "image_processor": type(processor).__name__,
+        "id2label": {str(k): v for k, v in VQA_ANSWERS.items()},
+        "notes": "input_ids: the question tokenized ([CLS] ... [SEP]); processed_size: [height, "
+                 "width] after ViLT's resize (shortest edge 48, longest int(1333 / 800 * 48), "
+                 "rounded half up, floored to multiples of size_divisor 8; bicubic); "
+                 "pixel_values: [3, H, W]; logits: [num_labels]; pipeline: the "
+                 "visual-question-answering pipeline (sigmoid scores, top 5, capped at the "
+                 "labels).",
+        "cases": cases,
+    }))
+
+
+CLIP_LABELS = ["cat", "dog", "red car", "tree in the park"]
+
+
+def make_clip_tokenizer():
+    """A CLIP-style byte-level BPE (lowercased, `</w>` word ends, <|startoftext|> ...
+    <|endoftext|> around each text). The merges are learnt here, deterministically (the most
+    frequent pair, ties by spelling), as for the RoBERTa fixtures; as in CLIP's vocabulary the
+    special tokens come last, the end token highest (the legacy pooling takes the highest id)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, processors
+    normalizer = normalizers.Sequence([
+        normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"),
+                             behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    counts: Counter = Counter()
+    for text in CORPUS + CLIP_LABELS:
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
+            counts[tuple(word[:-1]) + (word[-1] + "</w>",)] += 1
+    byte_chars = [bytes_to_unicode()[b] for b in range(256)]
+    vocab = byte_chars + [c + "</w>" for c in byte_chars]
+    merges: list[tuple[str, str]] = []
+    words = dict(counts)
+    while len(vocab) < 700:
+        pairs: Counter = Counter()
+        for word, n in words.items():
+            for a, b in zip(word, word[1:]):
+                pairs[(a, b)] += n
+        if not pairs:
+            break
+        best = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        merges.append(best)
+        if best[0] + best[1] not in vocab:
+            vocab.append(best[0] + best[1])
+        merged = {}
+        for word, n in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    out.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] = merged.get(tuple(out), 0) + n
+        words = merged
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    vocab += specials
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(vocab)}, merges=merges,
+                               end_of_word_suffix="</w>", unk_token="<|endoftext|>"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
+    tok.add_special_tokens(specials)
+    bos, eos = tok.token_to_id("<|startoftext|>"), tok.token_to_id("<|endoftext|>")
+    tok.post_processor = processors.RobertaProcessing(
+        sep=("<|endoftext|>", eos), cls=("<|startoftext|>", bos), add_prefix_space=False,
+        trim_offsets=False)
+    tok.decoder = decoders.ByteLevel()
+    return CLIPTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>",
+                             eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                             pad_token="<|endoftext|>", model_max_length=32)
+
+
+def make_clip(folder: Path, images_dir: Path) -> None:
+    """CLIPModel (openai/clip-vit-base-patch32's architecture): a causal text transformer and a
+    ViT with `pre_layrnorm`, quick GELU, projections and logit_scale. The text config's
+    eos_token_id is 2, as in the OpenAI checkpoints: the text is pooled at its highest token id
+    (the end token)."""
+    name = folder.name
+    tokenizer = make_clip_tokenizer()
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=24, intermediate_size=37, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=32, hidden_act="quick_gelu",
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=2, pad_token_id=1,
+            initializer_range=INIT_RANGE),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            image_size=32, patch_size=8, hidden_act="quick_gelu", initializer_range=INIT_RANGE),
+        projection_dim=16,
+    )
+    assert tokenizer.eos_token_id == len(tokenizer) - 1, "the end token must be the highest id"
+    processor = CLIPImageProcessor(
+        do_resize=True, size={"shortest_edge": 32}, resample=Image.Resampling.BICUBIC,
+        do_center_crop=True, crop_size={"height": 32, "width": 32}, do_rescale=True,
+        rescale_factor=1 / 255, do_normalize=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    model = build_model(CLIPModel, config, name)
+    save_checkpoint(model, processor, folder)
+    tokenizer.save_pretrained(folder)
+    model = CLIPModel.from_pretrained(folder).eval()
+    processor = CLIPImageProcessor.from_pretrained(folder)
+    tokenizer = CLIPTokenizerFast.from_pretrained(folder)
+    pipe = pipeline("zero-shot-image-classification", model=model, tokenizer=tokenizer,
+                    image_processor=processor, device="cpu")
+    cases = []
+    for image_name in IMAGES:
+        path = images_dir / image_name
+        image = load_rgb(path)
+        pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+        texts = [f"This is a photo of {label}." for label in CLIP_LABELS]
+        encoded = tokenizer(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            out = model(**encoded, pixel_values=pixel_values)
+        cases.append({
+            "image": f"images/{image_name}",
+            "pixel_values": F32(pixel_values[0]),
+            "input_ids": [[int(i) for i, m in zip(ids, mask) if m]
+                          for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])],
+            "image_embeds": F32(out.image_embeds[0]),
+            "text_embeds": F32(out.text_embeds),
+            "logits_per_image": F32(out.logits_per_image[0]),
+            "pipeline": plain(pipe(str(path), candidate_labels=CLIP_LABELS)),
+            "pipeline_template": plain(pipe(str(path), candidate_labels=CLIP_LABELS[:2],
+                                            hypothesis_template="a {} here")),
+        })
+    write_json(folder / "expected.json", meta(name, "zero-shot-image-classification", model, {
+        "image_processor": type(processor).__name__,
+        "candidate_labels": CLIP_LABELS,
+        "notes": "pixel_values: [3, 32, 32] (bicubic resize of the short side to 32, centre "
+                 "crop); input_ids: each 'This is a photo of {label}.' tokenized, unpadded; "
+                 "image_embeds: [16] and text_embeds: [labels, 16], projected and normalised; "
+                 "logits_per_image: [labels]; pipeline: the zero-shot-image-classification "
+                 "pipeline (softmax, sorted by score); pipeline_template: the first two labels "
+                 "with hypothesis_template 'a {} here'.",
+        "cases": cases,
+    }))
+
 
 def make_vit_bin(vit_folder: Path, folder: Path) -> None:
     """vit-imgcls as a repository without safetensors: the same weights as PyTorch's
@@ -1023,6 +1615,21 @@ def main() -> None:
     make_yolos(out / "yolos-det", out / "images")
     print("writing segformer-seg", file=sys.stderr)
     make_segformer(out / "segformer-seg", out / "images")
+    with tempfile.TemporaryDirectory() as tmp:
+        print("writing vit-gpt2-caption", file=sys.stderr)
+        make_vit_gpt2(out / "vit-gpt2-caption", out / "images", Path(tmp))
+        print("writing blip-caption", file=sys.stderr)
+        make_blip_caption(out / "blip-caption", out / "images", Path(tmp))
+        print("writing blip-vqa", file=sys.stderr)
+        make_blip_vqa(out / "blip-vqa", out / "images", Path(tmp))
+        print("writing vilt-vqa", file=sys.stderr)
+        make_vilt(out / "vilt-vqa", out / "images", Path(tmp))
+    print("writing clip-zeroshot", file=sys.stderr)
+    make_clip(out / "clip-zeroshot", out / "images")
+    print("writing detr-det", file=sys.stderr)
+    make_detr(out / "detr-det", out / "images")
+    print("writing detr-det-timm", file=sys.stderr)
+    make_detr_timm(out / "detr-det", out / "detr-det-timm")
     if not args.skip_minilm:
         print("writing minilm", file=sys.stderr)
         make_minilm(out / "minilm", args.hub_dir)

@@ -110,6 +110,9 @@ task_kinds! {
     ObjectDetection => "object-detection", inputs: [Image], output: Image;
     /// Classify an image.
     ImageClassification => "image-classification", inputs: [Image], output: None;
+    /// Classify an image against labels given at request time (the text:
+    /// comma-separated labels).
+    ZeroShotImageClassification => "zero-shot-image-classification", inputs: [Image, Text], output: None;
     /// Transform an image (optionally guided by a text prompt).
     ImageToImage => "image-to-image", inputs: [Image, Text], output: Image;
     /// Caption an image.
@@ -381,7 +384,7 @@ mod tests {
         for kind in TaskKind::ALL {
             assert_eq!(TaskKind::parse(kind.as_str()), Some(*kind));
         }
-        assert_eq!(TaskKind::ALL.len(), 38);
+        assert_eq!(TaskKind::ALL.len(), 39);
     }
 
     #[test]

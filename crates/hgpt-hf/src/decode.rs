@@ -222,11 +222,12 @@ fn decode_json(ctx: &Ctx<'_>, value: &Value) -> Result<InferenceOutput, Inferenc
     use TaskKind as T;
     let task = ctx.task;
     match task {
-        T::TextClassification | T::ImageClassification | T::AudioClassification => {
-            list_of::<ScoredLabel>(value, true)
-                .map(InferenceOutput::Labels)
-                .ok_or_else(|| ctx.mismatch("a list of {label, score}", value))
-        }
+        T::TextClassification
+        | T::ImageClassification
+        | T::AudioClassification
+        | T::ZeroShotImageClassification => list_of::<ScoredLabel>(value, true)
+            .map(InferenceOutput::Labels)
+            .ok_or_else(|| ctx.mismatch("a list of {label, score}", value)),
         T::ZeroShotClassification => zero_shot(value)
             .map(InferenceOutput::Labels)
             .ok_or_else(|| ctx.mismatch("[{label, score}] or {sequence, labels, scores}", value)),

@@ -74,6 +74,7 @@ fn passthrough_parameters(task: TaskKind) -> &'static [&'static str] {
         TaskKind::Summarization => &["max_length", "min_length", "truncation"],
         TaskKind::Translation => &["src_lang", "tgt_lang", "max_length", "truncation"],
         TaskKind::ZeroShotClassification => &["multi_label", "hypothesis_template"],
+        TaskKind::ZeroShotImageClassification => &["hypothesis_template"],
         TaskKind::TextToImage => &[
             "width",
             "height",
@@ -304,6 +305,32 @@ fn zero_shot(task: TaskKind, args: &ResolvedArgs) -> Result<Value, InferenceErro
     Ok(with_parameters(Value::String(text), params))
 }
 
+/// `{"inputs": <base64 image>, "parameters": {"candidate_labels": [...]}}`:
+/// the labels from `candidate_labels` (a list or comma-separated), else the
+/// task's text.
+fn zero_shot_image(task: TaskKind, args: &ResolvedArgs) -> Result<Value, InferenceError> {
+    let image = require_media(task, args, ResourceKind::Image)?;
+    let labels = ["candidate_labels", "labels", "classes"]
+        .iter()
+        .find_map(|key| args.other.get(*key))
+        .map(|v| string_list(v, ','))
+        .or_else(|| {
+            args.text
+                .as_ref()
+                .map(|t| string_list(&Value::String(t.clone()), ','))
+        })
+        .unwrap_or_default();
+    if labels.is_empty() {
+        return Err(bad_input(
+            task,
+            "missing candidate labels (the text: labels separated by commas)",
+        ));
+    }
+    let mut params = parameters(task, args);
+    params.insert("candidate_labels".into(), json!(labels));
+    Ok(with_parameters(b64(image), params))
+}
+
 fn tabular(task: TaskKind, args: &ResolvedArgs) -> Result<Value, InferenceError> {
     let table = ["table", "data"]
         .iter()
@@ -360,6 +387,7 @@ pub fn build_request(request: &InferenceRequest) -> Result<WireRequest, Inferenc
             ..WireRequest::json(feature_extraction(task, args)?)
         },
         T::ZeroShotClassification => WireRequest::json(zero_shot(task, args)?),
+        T::ZeroShotImageClassification => WireRequest::json(zero_shot_image(task, args)?),
         T::TabularClassification => WireRequest::json(tabular(task, args)?),
         T::ImageClassification
         | T::ObjectDetection

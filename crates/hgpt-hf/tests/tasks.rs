@@ -1000,3 +1000,43 @@ async fn every_canned_reply_decodes_for_its_task() {
         );
     }
 }
+
+#[tokio::test]
+async fn zero_shot_image_classification_sends_the_image_and_the_labels() {
+    // The labels as a plan gives them: the text, comma-separated.
+    let args = ResolvedArgs {
+        text: Some("cat, dog , ".into()),
+        ..image_args()
+    };
+    let task = TaskKind::ZeroShotImageClassification;
+    let (out, call) = run_ok(task, args, canned_reply(task)).await;
+    let body = assert_json_call(&call, None);
+    assert_eq!(
+        B64.decode(body["inputs"].as_str().unwrap()).unwrap(),
+        sample_png()
+    );
+    assert_eq!(
+        body["parameters"]["candidate_labels"],
+        json!(["cat", "dog"])
+    );
+    let InferenceOutput::Labels(labels) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(labels[0].label, "cat");
+
+    // As an explicit list, with a template.
+    let args = with_other(
+        image_args(),
+        &[
+            ("candidate_labels", json!(["red car", "tree"])),
+            ("hypothesis_template", json!("a photo of a {}")),
+        ],
+    );
+    let (_, call) = run_ok(task, args, canned_reply(task)).await;
+    let body = call.json.unwrap();
+    assert_eq!(
+        body["parameters"]["candidate_labels"],
+        json!(["red car", "tree"])
+    );
+    assert_eq!(body["parameters"]["hypothesis_template"], "a photo of a {}");
+}

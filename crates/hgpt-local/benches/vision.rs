@@ -1,8 +1,9 @@
 //! Per-image latency of the local vision pipelines on full-size
 //! architectures (random weights), against transformers (PyTorch CPU) in the
 //! same run: `HGPT_BENCH_PYTHON=/abs/python cargo bench -p hgpt-local --bench
-//! vision`. The Python (torch, transformers 4.57, pillow) also writes the
-//! checkpoints, under `target/bench-models` (`scripts/bench_vision.py`).
+//! vision [-- FAMILY...]`. The Python (torch, transformers 4.57, pillow) also
+//! writes the checkpoints, under `target/bench-models`
+//! (`scripts/bench_vision.py`). Each family runs in its own process.
 
 use candle_core::Device;
 use hgpt_core::backend::ResolvedArgs;
@@ -16,7 +17,21 @@ use std::process::Command;
 use std::time::Instant;
 
 /// (bench family, task) pairs the script knows.
-const FAMILIES: &[(&str, TaskKind)] = &[("segformer-b0", TaskKind::ImageSegmentation)];
+const FAMILIES: &[(&str, TaskKind)] = &[
+    ("segformer-b0", TaskKind::ImageSegmentation),
+    ("vit-gpt2", TaskKind::ImageToText),
+    ("blip-caption", TaskKind::ImageToText),
+    ("blip-vqa", TaskKind::VisualQuestionAnswering),
+    ("vilt-vqa", TaskKind::VisualQuestionAnswering),
+    ("clip-b32", TaskKind::ZeroShotImageClassification),
+    ("detr-resnet-50", TaskKind::ObjectDetection),
+];
+
+/// The question the visual-question-answering benchmark asks.
+const QUESTION: &str = "how many zebras are there?";
+
+/// The labels the zero-shot benchmark scores.
+const LABELS: [&str; 5] = ["a zebra", "a horse", "a cat", "a car", "a tree"];
 
 fn rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -71,7 +86,6 @@ fn main() {
     // SAFETY: first thing in main; no other thread exists yet.
     unsafe { hgpt_local::device::pin_cpu_threads() };
     let quick = !std::env::args().any(|a| a == "--bench");
-    let seconds = if quick { 0.5 } else { 10.0 };
     let Some(py) = std::env::var("HGPT_BENCH_PYTHON").ok() else {
         println!(
             "set HGPT_BENCH_PYTHON to a Python with torch and transformers 4.57: it writes the \
@@ -79,6 +93,37 @@ fn main() {
         );
         return;
     };
+    // Each family runs in a process of its own, so that peak resident memory
+    // is that family's. Arguments that name families select them.
+    if let Ok(family) = std::env::var("HGPT_BENCH_FAMILY") {
+        if let Some(&(family, task)) = FAMILIES.iter().find(|(f, _)| *f == family) {
+            bench_family(&py, family, task, if quick { 0.5 } else { 10.0 });
+        }
+        return;
+    }
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let Ok(exe) = std::env::current_exe() else {
+        eprintln!("cannot find the benchmark's own executable");
+        return;
+    };
+    for &(family, _) in FAMILIES {
+        if !chosen.is_empty() && !chosen.iter().any(|c| family.contains(c.as_str())) {
+            continue;
+        }
+        let status = Command::new(&exe)
+            .args(std::env::args().skip(1).filter(|a| a.starts_with("--")))
+            .env("HGPT_BENCH_FAMILY", family)
+            .status();
+        if let Err(e) = status {
+            eprintln!("{family}: cannot run the benchmark: {e}");
+        }
+    }
+}
+
+fn bench_family(py: &str, family: &str, task: TaskKind, seconds: f64) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-models");
     if let Err(e) = std::fs::create_dir_all(&root) {
         eprintln!("cannot create {}: {e}", root.display());
@@ -86,59 +131,62 @@ fn main() {
     }
     let image_path = root.join("picture-640x480.png");
     let bytes = picture(&image_path);
-    for &(family, task) in FAMILIES {
-        let dir = root.join(family);
-        let dir_arg = dir.display().to_string();
-        if python(&py, &["make", family, &dir_arg]).is_none() {
-            continue;
-        }
-        let files = ModelFiles::from_dir(family, &dir);
-        let started = Instant::now();
-        let loaded = match pipeline::load(task, &files, &Device::Cpu) {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                eprintln!("{family}: {e}");
-                continue;
-            }
-        };
-        let load = started.elapsed().as_secs_f64();
-        let args = ResolvedArgs {
-            image: Some(Blob::sniffed(bytes.clone())),
-            ..Default::default()
-        };
-        let run = |p: &dyn Pipeline| p.run(task, &args).map(|_| ());
-        if let Err(e) = run(loaded.as_ref()) {
-            eprintln!("{family}: {e}");
-            continue;
-        }
-        let (mut done, start) = (0u32, Instant::now());
-        while start.elapsed().as_secs_f64() < seconds || done < 3 {
-            if run(loaded.as_ref()).is_err() {
-                break;
-            }
-            done += 1;
-        }
-        let ours = start.elapsed().as_secs_f64() / f64::from(done.max(1)) * 1e3;
-        println!(
-            "{family} ({task}), 640x480 image: hgpt {ours:.1} ms/image, load {:.0} ms, peak resident {:.0} MiB",
-            load * 1e3,
-            rss_mb()
-        );
-        let image_arg = image_path.display().to_string();
-        let Some(line) = python(
-            &py,
-            &["time", family, &dir_arg, &image_arg, &seconds.to_string()],
-        ) else {
-            continue;
-        };
-        let theirs: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
-        let per_image = theirs["per_image_ms"].as_f64().unwrap_or(0.0);
-        println!(
-            "{family}: transformers {per_image:.1} ms/image, load {:.0} ms, peak resident {:.0} MiB ({}); hgpt is {:.2}x as fast",
-            theirs["load_s"].as_f64().unwrap_or(0.0) * 1e3,
-            theirs["rss_mb"].as_f64().unwrap_or(0.0),
-            theirs["versions"],
-            per_image / ours.max(f64::MIN_POSITIVE)
-        );
+    let dir = root.join(family);
+    let dir_arg = dir.display().to_string();
+    if python(py, &["make", family, &dir_arg]).is_none() {
+        return;
     }
+    let files = ModelFiles::from_dir(family, &dir);
+    let started = Instant::now();
+    let loaded = match pipeline::load(task, &files, &Device::Cpu) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{family}: {e}");
+            return;
+        }
+    };
+    let load = started.elapsed().as_secs_f64();
+    let args = ResolvedArgs {
+        image: Some(Blob::sniffed(bytes.clone())),
+        text: match task {
+            TaskKind::VisualQuestionAnswering => Some(QUESTION.to_string()),
+            TaskKind::ZeroShotImageClassification => Some(LABELS.join(", ")),
+            _ => None,
+        },
+        ..Default::default()
+    };
+    let run = |p: &dyn Pipeline| p.run(task, &args).map(|_| ());
+    if let Err(e) = run(loaded.as_ref()) {
+        eprintln!("{family}: {e}");
+        return;
+    }
+    let (mut done, start) = (0u32, Instant::now());
+    while start.elapsed().as_secs_f64() < seconds || done < 3 {
+        if run(loaded.as_ref()).is_err() {
+            break;
+        }
+        done += 1;
+    }
+    let ours = start.elapsed().as_secs_f64() / f64::from(done.max(1)) * 1e3;
+    println!(
+        "{family} ({task}), 640x480 image: hgpt {ours:.1} ms/image, load {:.0} ms, peak resident {:.0} MiB",
+        load * 1e3,
+        rss_mb()
+    );
+    let image_arg = image_path.display().to_string();
+    let Some(line) = python(
+        py,
+        &["time", family, &dir_arg, &image_arg, &seconds.to_string()],
+    ) else {
+        return;
+    };
+    let theirs: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
+    let per_image = theirs["per_image_ms"].as_f64().unwrap_or(0.0);
+    println!(
+        "{family}: transformers {per_image:.1} ms/image, load {:.0} ms, peak resident {:.0} MiB ({}); hgpt is {:.2}x as fast",
+        theirs["load_s"].as_f64().unwrap_or(0.0) * 1e3,
+        theirs["rss_mb"].as_f64().unwrap_or(0.0),
+        theirs["versions"],
+        per_image / ours.max(f64::MIN_POSITIVE)
+    );
 }

@@ -146,19 +146,17 @@ impl ModelFiles {
         self.find(WEIGHTS).map(|path| file_name(&path))
     }
 
-    /// The model's weights as f32 tensors: `model.safetensors` memory-mapped,
-    /// else PyTorch's `pytorch_model.bin` (its pickle is read, never run).
+    /// The model's weights as f32 tensors: `model.safetensors` read tensor by
+    /// tensor (see [`crate::safetensors`]), else PyTorch's
+    /// `pytorch_model.bin` (its pickle is read, never run).
     pub fn weights(&self, device: &Device) -> Result<Weights, LocalError> {
         let path = self.require(&[WEIGHTS])?.remove(0);
         let file = file_name(&path);
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let vb = if file.ends_with(".safetensors") {
-            // SAFETY: the file is memory-mapped read-only; the Hub cache's
-            // files are never modified in place (new revisions are new blobs)
-            // and fixture folders are not written while loaded.
-            unsafe {
-                VarBuilder::from_mmaped_safetensors(std::slice::from_ref(&path), DType::F32, device)
-            }
+            crate::safetensors::ReadSafetensors::open(&path).map(|weights| {
+                VarBuilder::from_backend(Box::new(weights), DType::F32, device.clone())
+            })
         } else {
             VarBuilder::from_pth(&path, DType::F32, device)
         }

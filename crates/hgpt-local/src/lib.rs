@@ -8,8 +8,11 @@ pub mod device;
 pub mod embed;
 pub mod error;
 pub mod files;
+pub mod generate;
+mod kernels;
 pub mod pipeline;
 pub mod pull;
+pub mod safetensors;
 pub mod text;
 pub mod vision;
 

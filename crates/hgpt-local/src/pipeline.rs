@@ -29,6 +29,20 @@ pub struct ModelKind {
     /// `BertForSequenceClassification`, ...
     #[serde(default)]
     pub architectures: Vec<String>,
+    /// A composite model's encoder (`vision-encoder-decoder`).
+    #[serde(default)]
+    pub encoder: Option<PartKind>,
+    /// A composite model's decoder.
+    #[serde(default)]
+    pub decoder: Option<PartKind>,
+}
+
+/// The `model_type` of one part of a composite model.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PartKind {
+    /// `vit`, `gpt2`, ...
+    #[serde(default)]
+    pub model_type: Option<String>,
 }
 
 /// How a family's checkpoints name their task head (`config.json`
@@ -80,6 +94,8 @@ pub struct Family {
     pub model_types: &'static [&'static str],
     /// Its heads and the task each serves (a head may serve several).
     pub heads: &'static [(Head, TaskKind)],
+    /// For composite models: the encoder and decoder `model_type`s it runs.
+    pub parts: Option<(&'static [&'static str], &'static [&'static str])>,
     /// Loads a checkpoint.
     pub load: Loader,
 }
@@ -108,6 +124,9 @@ impl Family {
         {
             return false;
         }
+        if !self.runs_parts(kind) {
+            return false;
+        }
         let heads = || self.heads.iter().filter(move |(_, t)| *t == task);
         if kind.architectures.is_empty() {
             return kind.model_type.is_some() && heads().next().is_some();
@@ -116,6 +135,22 @@ impl Family {
             (*head == Head::Bare && kind.model_type.is_some())
                 || kind.architectures.iter().any(|a| head.matches(a))
         })
+    }
+}
+
+impl Family {
+    /// Whether a composite checkpoint's encoder and decoder are ones this
+    /// family runs (always true for other families).
+    fn runs_parts(&self, kind: &ModelKind) -> bool {
+        let Some((encoders, decoders)) = self.parts else {
+            return true;
+        };
+        let part = |p: &Option<PartKind>, allowed: &[&str]| {
+            p.as_ref()
+                .and_then(|p| p.model_type.as_deref())
+                .is_some_and(|t| allowed.contains(&t))
+        };
+        part(&kind.encoder, encoders) && part(&kind.decoder, decoders)
     }
 }
 
@@ -129,6 +164,7 @@ pub static FAMILIES: &[Family] = &[
             (Head::Bare, TaskKind::FeatureExtraction),
             (Head::Bare, TaskKind::SentenceSimilarity),
         ],
+        parts: None,
         load: |_, files, device| {
             Ok(Box::new(crate::embed::SentenceEmbedder::load(
                 files, device,
@@ -152,6 +188,7 @@ pub static FAMILIES: &[Family] = &[
                 TaskKind::QuestionAnswering,
             ),
         ],
+        parts: None,
         load: |task, files, device| {
             Ok(Box::new(crate::text::TextPipeline::load(
                 task, files, device,
@@ -165,6 +202,7 @@ pub static FAMILIES: &[Family] = &[
             Head::Class("ViTForImageClassification"),
             TaskKind::ImageClassification,
         )],
+        parts: None,
         load: |_, files, device| {
             Ok(Box::new(crate::vision::ImageClassifier::load(
                 files, device,
@@ -178,8 +216,23 @@ pub static FAMILIES: &[Family] = &[
             Head::Class("YolosForObjectDetection"),
             TaskKind::ObjectDetection,
         )],
+        parts: None,
         load: |_, files, device| {
-            Ok(Box::new(crate::vision::ObjectDetector::load(
+            Ok(Box::new(crate::vision::ObjectDetector::load_yolos(
+                files, device,
+            )?))
+        },
+    },
+    Family {
+        name: "DETR",
+        model_types: &["detr"],
+        heads: &[(
+            Head::Class("DetrForObjectDetection"),
+            TaskKind::ObjectDetection,
+        )],
+        parts: None,
+        load: |_, files, device| {
+            Ok(Box::new(crate::vision::ObjectDetector::load_detr(
                 files, device,
             )?))
         },
@@ -191,7 +244,78 @@ pub static FAMILIES: &[Family] = &[
             Head::Class("SegformerForSemanticSegmentation"),
             TaskKind::ImageSegmentation,
         )],
+        parts: None,
         load: |_, files, device| Ok(Box::new(crate::vision::Segmenter::load(files, device)?)),
+    },
+    Family {
+        name: "ViT + GPT-2 vision-encoder-decoder",
+        model_types: &["vision-encoder-decoder"],
+        heads: &[(
+            Head::Class("VisionEncoderDecoderModel"),
+            TaskKind::ImageToText,
+        )],
+        parts: Some((&["vit"], &["gpt2"])),
+        load: |_, files, device| {
+            Ok(Box::new(crate::vision::ImageCaptioner::load_vit_gpt2(
+                files, device,
+            )?))
+        },
+    },
+    Family {
+        name: "BLIP captioning",
+        model_types: &["blip"],
+        heads: &[(
+            Head::Class("BlipForConditionalGeneration"),
+            TaskKind::ImageToText,
+        )],
+        parts: None,
+        load: |_, files, device| {
+            Ok(Box::new(crate::vision::ImageCaptioner::load_blip(
+                files, device,
+            )?))
+        },
+    },
+    Family {
+        name: "CLIP",
+        model_types: &["clip"],
+        heads: &[(
+            Head::Class("CLIPModel"),
+            TaskKind::ZeroShotImageClassification,
+        )],
+        parts: None,
+        load: |_, files, device| {
+            Ok(Box::new(crate::vision::ZeroShotImageClassifier::load(
+                files, device,
+            )?))
+        },
+    },
+    Family {
+        name: "ViLT question answering",
+        model_types: &["vilt"],
+        heads: &[(
+            Head::Class("ViltForQuestionAnswering"),
+            TaskKind::VisualQuestionAnswering,
+        )],
+        parts: None,
+        load: |_, files, device| {
+            Ok(Box::new(crate::vision::ViltQuestionAnswerer::load(
+                files, device,
+            )?))
+        },
+    },
+    Family {
+        name: "BLIP question answering",
+        model_types: &["blip"],
+        heads: &[(
+            Head::Class("BlipForQuestionAnswering"),
+            TaskKind::VisualQuestionAnswering,
+        )],
+        parts: None,
+        load: |_, files, device| {
+            Ok(Box::new(crate::vision::BlipQuestionAnswerer::load(
+                files, device,
+            )?))
+        },
     },
 ];
 
@@ -269,6 +393,7 @@ pub fn task_of(files: &ModelFiles) -> Option<TaskKind> {
         kind.model_type
             .as_deref()
             .is_none_or(|m| f.model_types.contains(&m))
+            && f.runs_parts(&kind)
     };
     let rank = |head: Head| match head {
         Head::Class(_) => 0,
@@ -339,14 +464,24 @@ mod tests {
         let cases = [
             (
                 r#"{"model_type": "blip", "architectures": ["BlipForQuestionAnswering"]}"#,
-                None,
+                Some(TaskKind::VisualQuestionAnswering),
             ),
             (
                 r#"{"model_type": "clip", "architectures": ["CLIPModel"]}"#,
-                None,
+                Some(TaskKind::ZeroShotImageClassification),
             ),
             (
                 r#"{"model_type": "vision-encoder-decoder", "architectures": ["VisionEncoderDecoderModel"]}"#,
+                None,
+            ),
+            (
+                r#"{"model_type": "vision-encoder-decoder", "architectures": ["VisionEncoderDecoderModel"],
+                    "encoder": {"model_type": "vit"}, "decoder": {"model_type": "gpt2"}}"#,
+                Some(TaskKind::ImageToText),
+            ),
+            (
+                r#"{"model_type": "vision-encoder-decoder", "architectures": ["VisionEncoderDecoderModel"],
+                    "encoder": {"model_type": "vit"}, "decoder": {"model_type": "trocr"}}"#,
                 None,
             ),
             (

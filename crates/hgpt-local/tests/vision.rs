@@ -8,8 +8,8 @@ use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::output::{Blob, Detection, InferenceOutput, ScoredLabel};
 use hgpt_core::task::TaskKind;
 use hgpt_local::pipeline::{self, Pipeline};
-use hgpt_local::vision::yolos::post_process;
-use hgpt_local::vision::{ImageClassifier, ObjectDetector, decode_image};
+use hgpt_local::vision::detection::post_process;
+use hgpt_local::vision::{DetrForObjectDetection, ImageClassifier, ObjectDetector, decode_image};
 use hgpt_local::{LocalError, ModelFiles};
 use image::RgbImage;
 use serde_json::{Value, json};
@@ -102,7 +102,7 @@ fn vit() -> ImageClassifier {
 }
 
 fn yolos() -> ObjectDetector {
-    ObjectDetector::load(&model_files("yolos-det"), &Device::Cpu).unwrap()
+    ObjectDetector::load_yolos(&model_files("yolos-det"), &Device::Cpu).unwrap()
 }
 
 const VIT_SIZE: (u32, u32) = (32, 32);
@@ -405,7 +405,7 @@ fn yolos_pipeline_outputs_match_at_every_threshold() {
         }
     }
     // The default threshold keeps nothing here, so check that it is 0.5 and strict.
-    assert_eq!(hgpt_local::vision::yolos::DEFAULT_THRESHOLD, 0.5);
+    assert_eq!(hgpt_local::vision::detection::DEFAULT_THRESHOLD, 0.5);
 }
 
 #[test]
@@ -682,4 +682,186 @@ fn segformer_logits_and_masks_match_transformers() {
         )
         .unwrap_err();
     assert!(matches!(err, LocalError::BadInput { .. }), "{err}");
+}
+
+// ---------------------------------------------------------------- DETR
+
+/// The DETR fixture with transformers' ResNet names, and the same weights
+/// with timm's names (as the Hub's checkpoints have them).
+const DETR_FIXTURES: [&str; 2] = ["detr-det", "detr-det-timm"];
+
+#[test]
+fn detr_encoder_logits_and_boxes_match_with_either_backbone_naming() {
+    let task = TaskKind::ObjectDetection;
+    for name in DETR_FIXTURES {
+        let files = model_files(name);
+        assert_eq!(pipeline::task_of(&files), Some(task), "{name}");
+        let detector = ObjectDetector::load_detr(&files, &Device::Cpu).unwrap();
+        let config: hgpt_local::vision::detr::DetrConfig = serde_json::from_str(
+            &std::fs::read_to_string(fixtures().join(name).join("config.json")).unwrap(),
+        )
+        .unwrap();
+        let weights = files.weights(&Device::Cpu).unwrap();
+        let model = DetrForObjectDetection::load(&config, 3, weights.vb).unwrap();
+        for case in cases(name) {
+            let what = format!("{name} {}", case["image"]);
+            let image = decode_image(task, &image_bytes(&case)).unwrap();
+            let processed = hw(&case["processed_size"]);
+            assert_eq!(
+                detector
+                    .processor()
+                    .resized_size(image.height(), image.width()),
+                processed,
+                "{what}"
+            );
+            let pixels = detector
+                .processor()
+                .preprocess(task, &image, &Device::Cpu)
+                .unwrap();
+            let diff = max_diff(
+                &pixels.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                &floats(&case["pixel_values"]),
+            );
+            assert!(diff <= 1e-6, "{what}: pixel values differ by {diff}");
+
+            let pixels = pixel_tensor(&case, processed);
+            let (states, _) = model.encode(&pixels).unwrap();
+            let states = states.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let diff = max_diff(&states, &floats(&case["encoder_hidden_state"]));
+            assert!(diff < 1e-4, "{what}: encoder states differ by {diff}");
+
+            let raw = detector.predict(&pixels).unwrap();
+            let diff = max_diff(&raw.logits.concat(), &floats(&case["logits"]));
+            assert!(diff < 1e-4, "{what}: logits differ by {diff}");
+            let diff = max_diff(&raw.boxes.concat(), &floats(&case["pred_boxes"]));
+            assert!(diff < 1e-4, "{what}: boxes differ by {diff}");
+
+            let kept = post_process(&raw.logits, &raw.boxes, hw(&case["original_size"]), 0.0);
+            let want = &case["post_processed_threshold_0"];
+            let got_boxes: Vec<f32> = kept.iter().flat_map(|d| d.bbox).collect();
+            let diff = max_diff(&got_boxes, &floats(&want["boxes"]));
+            assert!(diff < 1e-3, "{what}: boxes differ by {diff} px");
+        }
+    }
+}
+
+#[test]
+fn detr_pipeline_outputs_match_at_every_threshold() {
+    let task = TaskKind::ObjectDetection;
+    for name in DETR_FIXTURES {
+        let pipe = pipeline::load(task, &model_files(name), &Device::Cpu).unwrap();
+        for case in cases(name) {
+            let what = format!("{name} {}", case["image"]);
+            for (params, key) in [
+                (json!({}), "pipeline"),
+                (json!({"threshold": 0}), "pipeline_threshold_0"),
+                (json!({"threshold": 0.3}), "pipeline_threshold_0_3"),
+            ] {
+                let got =
+                    detections_of(run(pipe.as_ref(), task, &args(image_bytes(&case), params)));
+                assert_same_detections(&got, &case[key], &format!("{what} {key}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn detr_checkpoints_hgpt_cannot_run_are_refused_with_the_reason() {
+    let task = TaskKind::ObjectDetection;
+    for (edit, needle) in [
+        (json!({"dilation": true}), "dilated"),
+        (json!({"backbone": "efficientnet_b0"}), "efficientnet_b0"),
+        (json!({"position_embedding_type": "learned"}), "learned"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixtures().join("detr-det-timm")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        let path = dir.path().join("config.json");
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for (key, value) in edit.as_object().unwrap() {
+            config[key] = value.clone();
+        }
+        std::fs::write(&path, config.to_string()).unwrap();
+        let files = ModelFiles::from_dir("org/detr", dir.path());
+        let err = pipeline::load(task, &files, &Device::Cpu).err().unwrap();
+        assert!(
+            matches!(&err, LocalError::Load { message, .. } if message.contains(needle)),
+            "{needle}: {err}"
+        );
+    }
+    // Weights that do not match the config name the tensor.
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixtures().join("detr-det")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let path = dir.path().join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["d_model"] = json!(64);
+    std::fs::write(&path, config.to_string()).unwrap();
+    let err = pipeline::load(
+        task,
+        &ModelFiles::from_dir("org/detr", dir.path()),
+        &Device::Cpu,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(&err, LocalError::Load { message, .. } if message.contains("weights")),
+        "{err}"
+    );
+}
+
+/// A PNG whose header claims `width` x `height` RGB pixels, with one tiny
+/// (invalid) data chunk: decoding must refuse it before allocating.
+fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut out = (data.len() as u32).to_be_bytes().to_vec();
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+        out
+    };
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    ));
+    png.extend(chunk(b"IEND", &[]));
+    png
+}
+
+#[test]
+fn a_huge_image_is_refused_without_allocating_it() {
+    // 100000 x 100000 RGB would be 30 GB.
+    let err = decode_image(TaskKind::ImageToText, &png_claiming(100_000, 100_000)).unwrap_err();
+    assert!(
+        matches!(&err, LocalError::BadInput { message, .. } if message.contains("100000x100000") && message.contains("64 million")),
+        "{err}"
+    );
+    // Just under the limit is not refused for its size (its data is broken).
+    let err = decode_image(TaskKind::ImageToText, &png_claiming(8000, 8000)).unwrap_err();
+    assert!(err.to_string().contains("cannot decode the image"), "{err}");
 }

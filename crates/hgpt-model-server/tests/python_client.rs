@@ -4,9 +4,10 @@
 
 mod common;
 
-use common::{Hub, MINILM, Server, fixture_folders, fixture_id, fixtures_dir};
+use common::Server;
 use hgpt_local::{ModelFiles, pipeline};
 use hgpt_model_server::ModelServerConfig;
+use hgpt_testkit::cache::{Hub, MINILM, fixture_folders, fixture_id, fixtures_dir};
 use hgpt_testkit::venv_python;
 use serde_json::{Value, json};
 use std::path::PathBuf;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Hub, MINILM, Server, fixture_id, fixtures_dir, minilm_snapshot, safetensors_with};
+use common::{Server, safetensors_with};
 use hgpt_core::backend::{
     Availability, InferenceBackend, InferenceError, InferenceRequest, ResolvedArgs,
 };
@@ -13,6 +13,8 @@ use hgpt_core::task::TaskKind;
 use hgpt_hf::{HfBackend, HfConfig};
 use hgpt_local::pipeline;
 use hgpt_model_server::{DEFAULT_MAX_BODY_BYTES, ModelServerConfig};
+use hgpt_testkit::cache::{Hub, MINILM, fixture_id, fixtures_dir};
+use hgpt_testkit::models::minilm_snapshot;
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -484,6 +484,7 @@ pub fn canned_reply(task: TaskKind) -> HfReply {
             ("tabby, tabby cat", 0.9412),
             ("Egyptian cat", 0.0387),
         ])),
+        T::ZeroShotImageClassification => HfReply::json(labels(&[("cat", 0.93), ("dog", 0.07)])),
         T::ImageToText => {
             HfReply::json(json!([{"generated_text": "a cat sitting on a couch with a remote"}]))
         }

@@ -2,6 +2,7 @@
 //! OpenAI-compatible controller and a Hugging Face inference server.
 
 use hgpt_core::task::TaskKind;
+use hgpt_testkit::cache::{Hub, fixture_id, fixtures_dir};
 use hgpt_testkit::hf::{FakeHf, sample_png};
 use hgpt_testkit::hub::{COMMIT, FakeHub, MINILM, minilm_files};
 use hgpt_testkit::models::test_hub;
@@ -595,4 +596,127 @@ async fn a_download_beyond_the_limit_fails_saying_what_to_pull() {
             .any(|p| p.contains("model.safetensors")),
         "the size was asked for"
     );
+}
+
+/// The output of a fixture checkpoint's local pipeline for the workspace's
+/// image, computed in-process.
+fn fixture_output(
+    folder: &str,
+    task: TaskKind,
+    text: Option<&str>,
+) -> hgpt_core::output::InferenceOutput {
+    use hgpt_core::output::Blob;
+    let files = hgpt_local::ModelFiles::from_dir(&fixture_id(folder), fixtures_dir().join(folder));
+    let pipeline = hgpt_local::pipeline::load(task, &files, &candle_core::Device::Cpu).unwrap();
+    let args = hgpt_core::backend::ResolvedArgs {
+        image: Some(Blob::sniffed(sample_png())),
+        text: text.map(str::to_string),
+        ..Default::default()
+    };
+    pipeline.run(task, &args).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_mode_runs_the_signature_request_in_process() {
+    // "What is in /a.jpg, how many zebras are there?": captioning, detection
+    // and visual question answering, all on the fixture checkpoints.
+    const PLAN: &str = r#"[{"task": "image-to-text", "id": 0, "dep": [-1], "args": {"image": "/a.jpg"}},
+        {"task": "object-detection", "id": 1, "dep": [-1], "args": {"image": "/a.jpg"}},
+        {"task": "visual-question-answering", "id": 2, "dep": [-1],
+         "args": {"image": "/a.jpg", "text": "how many zebras are there?"}}]"#;
+    let ws = Workspace::new();
+    let catalog = ws.dir.path().join("local-catalog.jsonl");
+    std::fs::write(
+        &catalog,
+        [
+            ("vit-gpt2-caption", "image-to-text"),
+            ("yolos-det", "object-detection"),
+            ("blip-vqa", "visual-question-answering"),
+        ]
+        .iter()
+        .map(|(folder, task)| {
+            format!(
+                "{{\"id\": \"{}\", \"task\": \"{task}\", \"downloads\": 10}}\n",
+                fixture_id(folder)
+            )
+        })
+        .collect::<String>(),
+    )
+    .unwrap();
+    let hub = Hub::new();
+    hub.with_fixtures();
+    let (llm, hf) = (controller(PLAN).await, inference_server().await);
+    let mut command = ws.command(
+        Some(&llm),
+        &hf,
+        &[
+            "run",
+            "--json",
+            "what is in /a.jpg, how many zebras are there?",
+        ],
+    );
+    command
+        .env("HGPT_CATALOG", &catalog)
+        .env("HF_HUB_CACHE", hub.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HGPT_INFERENCE_MODE", "local");
+    let out = output(command, "").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = json(&out);
+    assert_eq!(hf.call_count(), 0, "nothing went to the remote endpoint");
+    let tasks = record["tasks"].as_array().unwrap();
+    for task in tasks {
+        assert_eq!(task["status"], "ok", "{task:#}");
+        assert_eq!(task["endpoint"], "local", "{task:#}");
+    }
+    // Each output is what the pipeline gives for the image.
+    use hgpt_core::output::InferenceOutput;
+    let InferenceOutput::Text(caption) =
+        fixture_output("vit-gpt2-caption", TaskKind::ImageToText, None)
+    else {
+        panic!("not a caption")
+    };
+    assert_eq!(tasks[0]["output"]["generated_text"], caption.as_str());
+    let InferenceOutput::Detections(detections) =
+        fixture_output("yolos-det", TaskKind::ObjectDetection, None)
+    else {
+        panic!("not detections")
+    };
+    let labels: Vec<&str> = tasks[1]["output"]["predicted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["label"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = detections.iter().map(|d| d.label.as_str()).collect();
+    assert_eq!(labels, want);
+    assert!(
+        tasks[1]["output"]["generated_image"].is_string(),
+        "the boxes are drawn"
+    );
+    let question = "how many zebras are there?";
+    let InferenceOutput::Answers(answers) = fixture_output(
+        "blip-vqa",
+        TaskKind::VisualQuestionAnswering,
+        Some(question),
+    ) else {
+        panic!("not answers")
+    };
+    let answer = &tasks[2]["output"]["predicted"][0];
+    assert_eq!(answer["answer"], answers[0].answer.as_str());
+    assert!((answer["score"].as_f64().unwrap() - answers[0].score).abs() < 1e-12);
+    // The answer stage saw every result.
+    let calls = llm.calls();
+    let response = calls
+        .iter()
+        .find(|c| c.system().starts_with("#4"))
+        .expect("a response call");
+    let prompt = response.last_user();
+    for needle in [caption.as_str(), answers[0].answer.as_str()] {
+        assert!(prompt.contains(needle), "{needle:?} not in {prompt}");
+    }
 }

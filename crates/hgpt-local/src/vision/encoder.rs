@@ -2,11 +2,10 @@
 //! pre-norm encoder layers (`layernorm_before` -> attention -> residual ->
 //! `layernorm_after` -> MLP -> residual), with the transformers weight names.
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{
-    Activation, Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder, conv2d, layer_norm, linear,
-    linear_no_bias,
-};
+use super::attention::self_attention;
+use crate::kernels::{Dense, Epilogue, dense_activation};
+use candle_core::{Result, Tensor};
+use candle_nn::{Activation, LayerNorm, VarBuilder, layer_norm};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -159,30 +158,30 @@ pub(crate) fn class_count(id2label: &BTreeMap<String, String>) -> usize {
     }
 }
 
-/// Non-overlapping patches projected by a strided convolution:
-/// `[B, 3, H, W]` -> `[B, rows * cols, hidden]`.
+/// Non-overlapping patches projected as a strided convolution does:
+/// `[B, 3, H, W]` -> `[B, rows * cols, hidden]`. The patches are cut out as
+/// rows of `channels * patch * patch` values and go through one linear
+/// layer (the convolution's weights, flattened).
 #[derive(Debug, Clone)]
 pub(crate) struct PatchEmbeddings {
-    projection: Conv2d,
+    projection: Dense,
     patch_size: usize,
 }
 
 impl PatchEmbeddings {
     pub(crate) fn load(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
-        let config = Conv2dConfig {
-            stride: cfg.patch_size,
-            ..Default::default()
-        };
-        let projection = conv2d(
-            cfg.num_channels,
-            cfg.hidden_size,
-            cfg.patch_size,
-            config,
-            vb.pp("projection"),
-        )?;
+        let (p, c, d) = (cfg.patch_size, cfg.num_channels, cfg.hidden_size);
+        let vb = vb.pp("projection");
+        Self::new(vb.get((d, c, p, p), "weight")?, Some(vb.get(d, "bias")?))
+    }
+
+    /// From a convolution's `weight` (`[hidden, channels, patch, patch]`)
+    /// and `bias`.
+    pub(crate) fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (d, c, p, _) = weight.dims4()?;
         Ok(Self {
-            projection,
-            patch_size: cfg.patch_size,
+            projection: Dense::new(weight.reshape((d, c * p * p))?, bias)?,
+            patch_size: p,
         })
     }
 
@@ -192,79 +191,78 @@ impl PatchEmbeddings {
     }
 
     pub(crate) fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        self.projection
-            .forward(pixel_values)?
-            .flatten_from(2)?
-            .transpose(1, 2)
+        let (batch, channels, height, width) = pixel_values.dims4()?;
+        let p = self.patch_size;
+        let (rows, cols) = self.grid(height, width);
+        // Pixels past the last whole patch are left out, as the
+        // convolution leaves them.
+        let patches = pixel_values
+            .narrow(2, 0, rows * p)?
+            .narrow(3, 0, cols * p)?
+            .reshape((batch, channels, rows, p, cols, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((batch, rows * cols, channels * p * p))?;
+        self.projection.forward(&patches, Epilogue::Bias)
     }
 }
 
 #[derive(Debug, Clone)]
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attention_output: Linear,
-    intermediate: Linear,
-    output: Linear,
+    /// Query (scaled by `1 / sqrt(head_size)`), key and value side by side.
+    qkv: Dense,
+    attention_output: Dense,
+    intermediate: Dense,
+    output: Dense,
     layernorm_before: LayerNorm,
     layernorm_after: LayerNorm,
     activation: Activation,
     heads: usize,
-    head_size: usize,
 }
 
 impl Layer {
     fn load(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
         let hidden = cfg.hidden_size;
-        let qkv = |name: &str| {
+        let heads = cfg.num_attention_heads;
+        let part = |name: &str| -> Result<(Tensor, Tensor)> {
             let vb = vb.pp("attention").pp("attention").pp(name);
-            if cfg.qkv_bias {
-                linear(hidden, hidden, vb)
+            let weight = vb.get((hidden, hidden), "weight")?;
+            let bias = if cfg.qkv_bias {
+                vb.get(hidden, "bias")?
             } else {
-                linear_no_bias(hidden, hidden, vb)
-            }
+                Tensor::zeros(hidden, weight.dtype(), weight.device())?
+            };
+            Ok((weight, bias))
         };
+        let (q, k, v) = (part("query")?, part("key")?, part("value")?);
+        // Scaling the query scales the attention scores as ViT does.
+        let scale = 1.0 / ((hidden / heads) as f64).sqrt();
+        let q = ((q.0 * scale)?, (q.1 * scale)?);
         Ok(Self {
-            query: qkv("query")?,
-            key: qkv("key")?,
-            value: qkv("value")?,
-            attention_output: linear(hidden, hidden, vb.pp("attention.output.dense"))?,
-            intermediate: linear(hidden, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
-            output: linear(cfg.intermediate_size, hidden, vb.pp("output.dense"))?,
+            qkv: Dense::from_parts(&[q.0, k.0, v.0], &[q.1, k.1, v.1])?,
+            attention_output: Dense::load(hidden, hidden, vb.pp("attention.output.dense"))?,
+            intermediate: Dense::load(hidden, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
+            output: Dense::load(cfg.intermediate_size, hidden, vb.pp("output.dense"))?,
             layernorm_before: layer_norm(hidden, cfg.layer_norm_eps, vb.pp("layernorm_before"))?,
             layernorm_after: layer_norm(hidden, cfg.layer_norm_eps, vb.pp("layernorm_after"))?,
             activation: cfg.hidden_act,
-            heads: cfg.num_attention_heads,
-            head_size: hidden / cfg.num_attention_heads,
+            heads,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (batch, seq, hidden) = xs.dims3()?;
-        let normed = xs.apply(&self.layernorm_before)?;
-        let split = |t: Tensor| {
-            t.reshape((batch, seq, self.heads, self.head_size))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let query = split(normed.apply(&self.query)?)?;
-        let key = split(normed.apply(&self.key)?)?;
-        let value = split(normed.apply(&self.value)?)?;
-        let scale = 1.0 / (self.head_size as f64).sqrt();
-        let scores = (query.matmul(&key.t()?)? * scale)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs
-            .matmul(&value)?
-            .transpose(1, 2)?
-            .reshape((batch, seq, hidden))?;
-        let xs = (context.apply(&self.attention_output)? + xs)?;
-        let mlp = xs
-            .apply(&self.layernorm_after)?
-            .apply(&self.intermediate)?
-            .apply(&self.activation)?
-            .apply(&self.output)?;
-        mlp + xs
+        let qkv = self
+            .qkv
+            .forward(&xs.apply(&self.layernorm_before)?, Epilogue::Bias)?;
+        let context = self_attention(&qkv, self.heads, false)?;
+        let xs = self
+            .attention_output
+            .forward(&context, Epilogue::Residual(xs))?;
+        let inner = dense_activation(
+            &self.intermediate,
+            &xs.apply(&self.layernorm_after)?,
+            self.activation,
+        )?;
+        self.output.forward(&inner, Epilogue::Residual(&xs))
     }
 }
 
@@ -294,5 +292,62 @@ impl Encoder {
             xs = after(i, layer.forward(&xs)?)?;
         }
         Ok(xs)
+    }
+}
+
+/// The bare ViT (`ViTModel`): `[CLS]` plus patch tokens, position
+/// embeddings, the encoder and the final LayerNorm. Its output is every
+/// token's state, `[batch, 1 + rows * cols, hidden]`.
+#[derive(Debug, Clone)]
+pub(crate) struct VitModel {
+    cls_token: Tensor,
+    position_embeddings: Tensor,
+    patches: PatchEmbeddings,
+    encoder: Encoder,
+    layernorm: LayerNorm,
+    grid: (usize, usize),
+    hidden: usize,
+}
+
+impl VitModel {
+    /// Build from weights under `vb` (`embeddings.*`, `encoder.*`,
+    /// `layernorm.*`); `grid` is the patch grid of the configured image size.
+    pub(crate) fn load(cfg: &VitConfig, grid: (usize, usize), vb: VarBuilder) -> Result<Self> {
+        let hidden = cfg.hidden_size;
+        let embeddings = vb.pp("embeddings");
+        Ok(Self {
+            cls_token: embeddings.get((1, 1, hidden), "cls_token")?,
+            position_embeddings: embeddings
+                .get((1, 1 + grid.0 * grid.1, hidden), "position_embeddings")?,
+            patches: PatchEmbeddings::load(cfg, embeddings.pp("patch_embeddings"))?,
+            encoder: Encoder::load(cfg, vb.pp("encoder"))?,
+            layernorm: layer_norm(hidden, cfg.layer_norm_eps, vb.pp("layernorm"))?,
+            grid,
+            hidden,
+        })
+    }
+
+    /// Every token's final state for pixel values `[batch, 3, H, W]`.
+    pub(crate) fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let (batch, _, height, width) = pixel_values.dims4()?;
+        let grid = self.patches.grid(height, width);
+        if grid != self.grid {
+            candle_core::bail!(
+                "a {width}x{height} input gives a {}x{} patch grid; the model expects {}x{}",
+                grid.1,
+                grid.0,
+                self.grid.1,
+                self.grid.0
+            );
+        }
+        let patches = self.patches.forward(pixel_values)?;
+        let cls = self
+            .cls_token
+            .broadcast_as((batch, 1, self.hidden))?
+            .contiguous()?;
+        let xs = Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.position_embeddings)?;
+        self.encoder
+            .forward_with(&xs, |_, hs| Ok(hs))?
+            .apply(&self.layernorm)
     }
 }

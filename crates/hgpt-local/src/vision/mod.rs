@@ -1,25 +1,48 @@
-//! Image classification (ViT), object detection (YOLOS) and semantic
-//! segmentation (SegFormer), with the preprocessing and post-processing of the
-//! transformers pipelines.
+//! Image classification (ViT), object detection (YOLOS, DETR), semantic
+//! segmentation (SegFormer), captioning (ViT + GPT-2, BLIP) and visual
+//! question answering (BLIP, ViLT) and zero-shot classification (CLIP), with the
+//! preprocessing and post-processing of the transformers pipelines.
 //!
 //! - [`preprocess`]: decoding and the image processors (Pillow-exact resize).
 //! - [`vit`]: `ViTForImageClassification` and the image-classification pipeline.
-//! - [`yolos`]: `YolosForObjectDetection` and the object-detection pipeline.
+//! - [`detection`]: the object-detection pipeline; [`yolos`]
+//!   (`YolosForObjectDetection`) and [`detr`] (`DetrForObjectDetection`, on
+//!   the [`resnet`] backbone) are its networks.
 //! - [`segformer`]: `SegformerForSemanticSegmentation` and the
 //!   image-segmentation pipeline's semantic output.
+//! - [`caption`]: the image-to-text pipeline; [`gpt2`] is its GPT-2 decoder
+//!   with cross-attention.
+//! - [`blip`]: BLIP captioning and visual question answering.
+//! - [`vilt`]: ViLT visual question answering.
+//! - [`clip`]: CLIP zero-shot image classification.
 
+mod attention;
+pub mod blip;
+pub mod caption;
+pub mod clip;
+pub mod detection;
+pub mod detr;
 mod encoder;
+pub mod gpt2;
 pub mod preprocess;
+pub mod resnet;
 pub mod segformer;
+pub mod vilt;
 pub mod vit;
 pub mod yolos;
 
 pub use crate::text::postprocess::ScoreFunction;
+pub use blip::{BlipCaptioner, BlipQuestionAnswerer, BlipVqa};
+pub use caption::{CaptionModel, ImageCaptioner, VitGpt2};
+pub use clip::{ClipModel, ZeroShotImageClassifier};
+pub use detection::{DetectionModel, ObjectDetector, Predictions, RawDetection};
+pub use detr::DetrForObjectDetection;
 pub use encoder::{ImageSize, VitConfig};
 pub use preprocess::{ImageProcessor, ProcessorKind, Resample, SizeRule, decode_image};
 pub use segformer::{SegformerForSemanticSegmentation, Segmenter};
+pub use vilt::{ViltForQuestionAnswering, ViltQuestionAnswerer};
 pub use vit::{ImageClassifier, VitForImageClassification};
-pub use yolos::{ObjectDetector, Predictions, RawDetection, YolosForObjectDetection};
+pub use yolos::YolosForObjectDetection;
 
 use crate::error::{LocalError, bad_input};
 use hgpt_core::backend::ResolvedArgs;
@@ -53,4 +76,35 @@ fn number_arg(task: TaskKind, args: &ResolvedArgs, key: &str) -> Result<Option<f
             format!("{key} must be a number, not {value}"),
         )),
     }
+}
+
+/// The question of a visual-question-answering request: the `question`
+/// argument (the wire protocol's `inputs.question`) or the task's text.
+fn question_arg(args: &ResolvedArgs) -> Result<&str, LocalError> {
+    let task = TaskKind::VisualQuestionAnswering;
+    match args.other.get("question") {
+        Some(Value::String(question)) => Ok(question),
+        Some(Value::Null) | None => args
+            .text
+            .as_deref()
+            .ok_or_else(|| bad_input(task, "no question given")),
+        Some(other) => Err(bad_input(
+            task,
+            format!("the question must be a string, not {other}"),
+        )),
+    }
+}
+
+/// A visual question's token ids, refused when empty or longer than
+/// `limit`.
+fn encode_question(
+    tokenizer: &crate::generate::GenerationTokenizer,
+    question: &str,
+    limit: usize,
+) -> Result<Vec<u32>, LocalError> {
+    let task = TaskKind::VisualQuestionAnswering;
+    if question.trim().is_empty() {
+        return Err(bad_input(task, "the question is empty"));
+    }
+    tokenizer.encode_within(task, "the question", question, limit)
 }

@@ -15,16 +15,33 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::io::Cursor;
 
+/// The most pixels an input image may have (a 64-megapixel photo; its RGB
+/// bytes alone are 192 MB).
+pub const MAX_PIXELS: u64 = 64_000_000;
+
 /// Decode PNG, JPEG or WebP bytes into an RGB image, applying the EXIF
 /// orientation (as `transformers.image_utils.load_image` does with
 /// `ImageOps.exif_transpose` and `convert("RGB")`). Alpha is dropped.
 pub fn decode_image(task: TaskKind, bytes: &[u8]) -> Result<RgbImage, LocalError> {
     let undecodable =
         |e: &dyn std::fmt::Display| bad_input(task, format!("cannot decode the image: {e}"));
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| undecodable(&e))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_PIXELS * 8);
+    reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(|e| undecodable(&e))?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > MAX_PIXELS {
+        return Err(bad_input(
+            task,
+            format!(
+                "the image is {width}x{height} pixels; at most {} million pixels are accepted",
+                MAX_PIXELS / 1_000_000
+            ),
+        ));
+    }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| undecodable(&e))?;
     image.apply_orientation(orientation);
@@ -192,12 +209,10 @@ fn clip8(value: i64) -> u8 {
 /// between, antialiased when downscaling; nearest neighbour by Pillow's
 /// affine scaling.
 ///
-/// Pass order: horizontal first, except when the height shrinks
-/// proportionally more than the width, where Pillow 13 runs the vertical
-/// pass first (python-pillow/Pillow#9549). The fixtures (Pillow 13.0.0)
-/// need that order for 36x52 -> 32x32 and the other for 64x48 -> 32x32;
-/// older Pillow releases always go horizontal first, which can differ by 1
-/// on a few pixels.
+/// Pass order: horizontal first, except when the height shrinks by more
+/// than twice as many pixels as the width does, where Pillow 13 runs the
+/// vertical pass first (`ImagingResampleInner`). Older Pillow releases
+/// always go horizontal first, which can differ by 1 on a few pixels.
 pub fn resize_like_pil(image: &RgbImage, width: u32, height: u32, filter: Resample) -> RgbImage {
     let (in_w, in_h) = image.dimensions();
     if (in_w, in_h) == (width, height) {
@@ -209,8 +224,9 @@ pub fn resize_like_pil(image: &RgbImage, width: u32, height: u32, filter: Resamp
     if filter == Resample::Nearest {
         return nearest(image, width, height);
     }
-    let vertical_first =
-        height < in_h && u64::from(in_h) * u64::from(width) > u64::from(in_w) * u64::from(height);
+    let shrunk_rows = i64::from(in_h) - i64::from(height);
+    let shrunk_columns = i64::from(in_w) - i64::from(width);
+    let vertical_first = shrunk_rows > 0 && shrunk_rows > shrunk_columns * 2;
     let horizontal = |img: &RgbImage| {
         if img.width() == width {
             img.clone()
@@ -310,6 +326,13 @@ pub enum ProcessorKind {
     /// capped by `longest_edge`, sides rounded down to multiples of 16;
     /// default 800/1333 and ImageNet mean/std.
     Detection,
+    /// `DetrImageProcessor`: as YOLOS's, without the rounding to multiples
+    /// of 16.
+    Detr,
+    /// `ViltImageProcessor`: shortest edge to `shortest_edge`, longest at
+    /// most `int(1333 / 800 * shortest_edge)`, sides rounded half up then
+    /// floored to multiples of `size_divisor`; bicubic, mean/std 0.5.
+    Vilt,
 }
 
 /// The target size rule of a processor (`size` in its config).
@@ -353,6 +376,7 @@ struct RawConfig {
     image_std: Option<Value>,
     do_pad: Option<bool>,
     pad_size: Option<Value>,
+    size_divisor: Option<u32>,
 }
 
 /// Preprocessing settings of one model, from `preprocessor_config.json`.
@@ -372,6 +396,8 @@ pub struct ImageProcessor {
     pub normalize: Option<([f32; 3], [f32; 3])>,
     /// Pad (bottom/right, zeros after normalisation) to `(height, width)`.
     pub pad_to: Option<(u32, u32)>,
+    /// ViLT: output sides are multiples of this.
+    pub size_divisor: u32,
 }
 
 const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
@@ -393,12 +419,13 @@ impl ImageProcessor {
         } else {
             None
         };
-        if kind == ProcessorKind::Detection
+        if matches!(kind, ProcessorKind::Detection | ProcessorKind::Detr)
             && let Some(SizeRule::Shortest { longest: None, .. }) = size
         {
             return Err("a detection processor needs `longest_edge` with `shortest_edge`".into());
         }
         let resample = match raw.resample {
+            None if kind == ProcessorKind::Vilt => Resample::Bicubic,
             None => Resample::Bilinear,
             Some(code) => Resample::from_pil(code)
                 .ok_or_else(|| format!("unknown PIL resample filter {code}"))?,
@@ -420,8 +447,8 @@ impl ImageProcessor {
             None
         };
         let (default_mean, default_std) = match kind {
-            ProcessorKind::Classification => ([0.5; 3], [0.5; 3]),
-            ProcessorKind::Detection => (IMAGENET_MEAN, IMAGENET_STD),
+            ProcessorKind::Classification | ProcessorKind::Vilt => ([0.5; 3], [0.5; 3]),
+            ProcessorKind::Detection | ProcessorKind::Detr => (IMAGENET_MEAN, IMAGENET_STD),
         };
         let normalize = if raw.do_normalize.unwrap_or(true) {
             let mean = channels(raw.image_mean.as_ref(), default_mean, "image_mean")?;
@@ -434,7 +461,7 @@ impl ImageProcessor {
             None
         };
         let pad_to = match (kind, raw.do_pad.unwrap_or(true), raw.pad_size.as_ref()) {
-            (ProcessorKind::Detection, true, Some(v)) if !v.is_null() => {
+            (ProcessorKind::Detection | ProcessorKind::Detr, true, Some(v)) if !v.is_null() => {
                 match size_rule(Some(v), None, ProcessorKind::Classification)? {
                     SizeRule::Exact { height, width } => Some((height, width)),
                     _ => return Err("pad_size must have height and width".into()),
@@ -442,6 +469,13 @@ impl ImageProcessor {
             }
             _ => None,
         };
+        let size_divisor = raw.size_divisor.unwrap_or(32);
+        if size_divisor == 0 {
+            return Err("size_divisor must be positive".into());
+        }
+        if kind == ProcessorKind::Vilt && !matches!(size, Some(SizeRule::Shortest { .. }) | None) {
+            return Err("a ViLT processor's size must be a shortest edge".into());
+        }
         Ok(Self {
             kind,
             size,
@@ -450,6 +484,7 @@ impl ImageProcessor {
             rescale,
             normalize,
             pad_to,
+            size_divisor,
         })
     }
 
@@ -472,8 +507,12 @@ impl ImageProcessor {
             }
             Some(SizeRule::Shortest { shortest, longest }) => match self.kind {
                 ProcessorKind::Detection => {
-                    detection_size(height, width, shortest, longest.unwrap_or(1333))
+                    detection_size(height, width, shortest, longest.unwrap_or(1333), true)
                 }
+                ProcessorKind::Detr => {
+                    detection_size(height, width, shortest, longest.unwrap_or(1333), false)
+                }
+                ProcessorKind::Vilt => vilt_size(height, width, shortest, self.size_divisor),
                 ProcessorKind::Classification => {
                     classification_size(height, width, shortest, longest)
                 }
@@ -620,7 +659,7 @@ fn classification_size(
 }
 
 /// YOLOS `get_size_with_aspect_ratio` (mod 16). Returns `(height, width)`.
-fn detection_size(height: u32, width: u32, shortest: u32, longest: u32) -> (u32, u32) {
+fn detection_size(height: u32, width: u32, shortest: u32, longest: u32, yolos: bool) -> (u32, u32) {
     const MOD: u32 = 16;
     let (h, w) = (f64::from(height), f64::from(width));
     let mut size = shortest;
@@ -632,13 +671,17 @@ fn detection_size(height: u32, width: u32, shortest: u32, longest: u32) -> (u32,
         // Python's round(): half to even.
         size = raw.round_ties_even() as u32;
     }
-    let (oh, ow) = if width < height {
+    let unchanged = (height <= width && height == size) || (width <= height && width == size);
+    // DETR tests for an unchanged size first, YOLOS for a portrait image.
+    let (oh, ow) = if unchanged && !yolos {
+        (height, width)
+    } else if width < height {
         let oh = match raw_size {
             Some(raw) => (raw * h / w) as u32,
             None => (f64::from(size) * h / w) as u32,
         };
         (oh, size)
-    } else if (height <= width && height == size) || (width <= height && width == size) {
+    } else if unchanged {
         (height, width)
     } else {
         let ow = match raw_size {
@@ -647,7 +690,31 @@ fn detection_size(height: u32, width: u32, shortest: u32, longest: u32) -> (u32,
         };
         (size, ow)
     };
-    (oh - oh % MOD, ow - ow % MOD)
+    if yolos {
+        (oh - oh % MOD, ow - ow % MOD)
+    } else {
+        (oh, ow)
+    }
+}
+
+/// `ViltImageProcessor`'s `get_resize_output_image_size`, in Python's
+/// float arithmetic. Returns `(height, width)`.
+fn vilt_size(height: u32, width: u32, shorter: u32, divisor: u32) -> (u32, u32) {
+    let longer = (1333.0 / 800.0 * f64::from(shorter)) as u32;
+    let (h, w) = (f64::from(height), f64::from(width));
+    let scale = f64::from(shorter) / h.min(w);
+    let (mut new_h, mut new_w) = if height < width {
+        (f64::from(shorter), scale * w)
+    } else {
+        (scale * h, f64::from(shorter))
+    };
+    if new_h.max(new_w) > f64::from(longer) {
+        let scale = f64::from(longer) / new_h.max(new_w);
+        new_h *= scale;
+        new_w *= scale;
+    }
+    let (new_h, new_w) = ((new_h + 0.5) as u32, (new_w + 0.5) as u32);
+    (new_h / divisor * divisor, new_w / divisor * divisor)
 }
 
 fn dimension(value: &Value, key: &str) -> Result<u32, String> {
@@ -671,9 +738,13 @@ fn size_rule(
                     height: 224,
                     width: 224,
                 },
-                ProcessorKind::Detection => SizeRule::Shortest {
+                ProcessorKind::Detection | ProcessorKind::Detr => SizeRule::Shortest {
                     shortest: 800,
                     longest: Some(1333),
+                },
+                ProcessorKind::Vilt => SizeRule::Shortest {
+                    shortest: 384,
+                    longest: None,
                 },
             });
         }
@@ -687,9 +758,13 @@ fn size_rule(
                     height: n,
                     width: n,
                 },
-                ProcessorKind::Detection => SizeRule::Shortest {
+                ProcessorKind::Detection | ProcessorKind::Detr => SizeRule::Shortest {
                     shortest: n,
                     longest: Some(max_size.unwrap_or(1333)),
+                },
+                ProcessorKind::Vilt => SizeRule::Shortest {
+                    shortest: n,
+                    longest: None,
                 },
             })
         }
@@ -750,11 +825,28 @@ mod tests {
     #[test]
     fn yolos_sizes_follow_the_processor() {
         // (h, w) -> (h, w), shortest 48 longest 80.
-        assert_eq!(detection_size(30, 40, 48, 80), (48, 64));
-        assert_eq!(detection_size(48, 64, 48, 80), (48, 64));
-        assert_eq!(detection_size(52, 36, 48, 80), (64, 48));
+        assert_eq!(detection_size(30, 40, 48, 80, true), (48, 64));
+        assert_eq!(detection_size(48, 64, 48, 80, true), (48, 64));
+        assert_eq!(detection_size(52, 36, 48, 80, true), (64, 48));
         // Capped by the longest edge: 100x20 -> raw 16 -> (16, 80).
-        assert_eq!(detection_size(20, 100, 48, 80), (16, 80));
+        assert_eq!(detection_size(20, 100, 48, 80, true), (16, 80));
+    }
+
+    #[test]
+    fn vilt_sizes_are_multiples_of_the_divisor() {
+        assert_eq!(vilt_size(30, 40, 48, 8), (48, 64));
+        assert_eq!(vilt_size(52, 36, 48, 8), (64, 48));
+        assert_eq!(vilt_size(480, 640, 384, 32), (384, 512));
+        // Capped: 1000x100 -> longest int(1333 / 800 * 384) = 639.
+        assert_eq!(vilt_size(100, 1000, 384, 32), (64, 608));
+    }
+
+    #[test]
+    fn detr_sizes_are_not_rounded() {
+        assert_eq!(detection_size(30, 40, 48, 80, false), (48, 64));
+        assert_eq!(detection_size(52, 36, 48, 80, false), (69, 48));
+        assert_eq!(detection_size(20, 100, 48, 80, false), (16, 80));
+        assert_eq!(detection_size(480, 640, 800, 1333, false), (800, 1066));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Image classification with ViT checkpoints (`ViTForImageClassification`):
 //! the `[CLS]` token after the final LayerNorm goes through `classifier`.
 
-use super::encoder::{Encoder, PatchEmbeddings, VitConfig};
+use super::encoder::{VitConfig, VitModel};
 use super::preprocess::{ImageProcessor, ProcessorKind, decode_image};
 use super::{image_bytes, number_arg};
 use crate::error::{LocalError, bad_input};
@@ -10,7 +10,7 @@ use crate::files::WEIGHTS;
 use crate::pipeline::Pipeline;
 use crate::text::postprocess::ScoreFunction;
 use candle_core::{Device, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear};
+use candle_nn::{Linear, VarBuilder, linear};
 use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::output::{InferenceOutput, ScoredLabel};
 use hgpt_core::task::TaskKind;
@@ -26,14 +26,8 @@ pub const DEFAULT_TOP_K: usize = 5;
 /// The ViT classification network.
 #[derive(Debug, Clone)]
 pub struct VitForImageClassification {
-    cls_token: Tensor,
-    position_embeddings: Tensor,
-    patches: PatchEmbeddings,
-    encoder: Encoder,
-    layernorm: LayerNorm,
+    vit: VitModel,
     classifier: Linear,
-    grid: (usize, usize),
-    hidden: usize,
 }
 
 impl VitForImageClassification {
@@ -45,45 +39,18 @@ impl VitForImageClassification {
         num_labels: usize,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
-        let hidden = cfg.hidden_size;
-        let vit = vb.pp("vit");
-        let embeddings = vit.pp("embeddings");
         Ok(Self {
-            cls_token: embeddings.get((1, 1, hidden), "cls_token")?,
-            position_embeddings: embeddings
-                .get((1, 1 + grid.0 * grid.1, hidden), "position_embeddings")?,
-            patches: PatchEmbeddings::load(cfg, embeddings.pp("patch_embeddings"))?,
-            encoder: Encoder::load(cfg, vit.pp("encoder"))?,
-            layernorm: layer_norm(hidden, cfg.layer_norm_eps, vit.pp("layernorm"))?,
-            classifier: linear(hidden, num_labels, vb.pp("classifier"))?,
-            grid,
-            hidden,
+            vit: VitModel::load(cfg, grid, vb.pp("vit"))?,
+            classifier: linear(cfg.hidden_size, num_labels, vb.pp("classifier"))?,
         })
     }
 
     /// Logits `[batch, num_labels]` for pixel values `[batch, 3, H, W]`.
     pub fn forward(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
-        let (batch, _, height, width) = pixel_values.dims4()?;
-        let grid = self.patches.grid(height, width);
-        if grid != self.grid {
-            candle_core::bail!(
-                "a {width}x{height} input gives a {}x{} patch grid; the model expects {}x{}",
-                grid.1,
-                grid.0,
-                self.grid.1,
-                self.grid.0
-            );
-        }
-        let patches = self.patches.forward(pixel_values)?;
-        let cls = self
-            .cls_token
-            .broadcast_as((batch, 1, self.hidden))?
-            .contiguous()?;
-        let xs = Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.position_embeddings)?;
-        let xs = self.encoder.forward_with(&xs, |_, hs| Ok(hs))?;
-        xs.narrow(1, 0, 1)?
+        self.vit
+            .forward(pixel_values)?
+            .narrow(1, 0, 1)?
             .squeeze(1)?
-            .apply(&self.layernorm)?
             .apply(&self.classifier)
     }
 }

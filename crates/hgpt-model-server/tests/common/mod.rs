@@ -1,112 +1,13 @@
-//! Helpers of the model server's tests: a hub cache built from the real
-//! MiniLM snapshot and the tiny fixture checkpoints, and a server on loopback.
+//! Helpers of the model server's tests: the testkit's hub cache (the real
+//! MiniLM snapshot and the tiny fixture checkpoints), and a server on loopback.
 
 #![allow(dead_code)]
 
 use hgpt_local::{LocalBackend, LocalConfig, ModelCache};
 use hgpt_model_server::ModelServerConfig;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-
-/// The real sentence-transformers model.
-pub const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
-
-/// The snapshot that `scripts/fetch-minilm.sh` lays out.
-pub use hgpt_testkit::models::minilm_snapshot;
-
-/// hgpt-local's parity fixtures (tiny checkpoints with `expected.json`).
-pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../hgpt-local/tests/fixtures")
-}
-
-/// The id a fixture checkpoint folder is cached under.
-pub fn fixture_id(folder: &str) -> String {
-    format!("hgpt-fixtures/{folder}")
-}
-
-/// Every fixture folder that holds a checkpoint.
-pub fn fixture_folders() -> Vec<String> {
-    let mut folders: Vec<String> = std::fs::read_dir(fixtures_dir())
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| e.path().join("config.json").is_file())
-        .map(|e| e.file_name().into_string().unwrap())
-        .collect();
-    folders.sort();
-    folders
-}
-
-/// A Hugging Face hub cache in a temporary folder.
-pub struct Hub {
-    pub dir: tempfile::TempDir,
-}
-
-impl Hub {
-    pub fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn snapshot(&self, id: &str) -> PathBuf {
-        let repo = self
-            .dir
-            .path()
-            .join(format!("models--{}", id.replace('/', "--")));
-        std::fs::create_dir_all(repo.join("refs")).unwrap();
-        std::fs::write(repo.join("refs/main"), "c0ffee").unwrap();
-        let snapshot = repo.join("snapshots/c0ffee");
-        std::fs::create_dir_all(&snapshot).unwrap();
-        snapshot
-    }
-
-    /// Cache the files of `folder` (links) as model `id`.
-    pub fn add_dir(&self, id: &str, folder: &Path) -> &Self {
-        link_dir(folder, &self.snapshot(id));
-        self
-    }
-
-    /// Cache the given files as model `id`.
-    pub fn add_files(&self, id: &str, files: &[(&str, Vec<u8>)]) -> &Self {
-        let snapshot = self.snapshot(id);
-        for (name, content) in files {
-            let path = snapshot.join(name);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, content).unwrap();
-        }
-        self
-    }
-
-    pub fn with_minilm(&self) -> &Self {
-        self.add_dir(MINILM, &minilm_snapshot())
-    }
-
-    pub fn with_fixtures(&self) -> &Self {
-        for folder in fixture_folders() {
-            self.add_dir(&fixture_id(&folder), &fixtures_dir().join(&folder));
-        }
-        self
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-fn link_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            link_dir(&entry.path(), &target);
-        } else {
-            std::os::unix::fs::symlink(std::fs::canonicalize(entry.path()).unwrap(), target)
-                .unwrap();
-        }
-    }
-}
 
 /// A safetensors file holding one f32 tensor called `name`.
 pub fn safetensors_with(name: &str) -> Vec<u8> {

@@ -207,6 +207,49 @@ def check_image_segmentation(client, model_id, expected, fixtures):
     return ["image-segmentation"]
 
 
+def check_image_to_text(client, model_id, expected, fixtures):
+    for case in expected["cases"]:
+        what = f"{model_id} {case['image']}"
+        got = client.image_to_text(read_image(fixtures, case))
+        want = case["pipeline"][0]["generated_text"]
+        check(got.generated_text == want, f"{what}: {got.generated_text!r} != {want!r}")
+    return ["image-to-text"]
+
+
+def check_visual_question_answering(client, model_id, expected, fixtures):
+    for case in expected["cases"]:
+        what = f"{model_id} {case['image']} {case['question']!r}"
+        image = read_image(fixtures, case)
+        got = client.visual_question_answering(image, case["question"])
+        if "answer" in case:
+            # A generative model: one answer, scored with its probability under the model.
+            check(isinstance(got, list) and len(got) == 1, f"{what}: {got!r}")
+            check(got[0].answer == case["answer"], f"{what}: {got[0].answer!r} != {case['answer']!r}")
+            check(0.0 < got[0].score <= 1.0, f"{what}: score {got[0].score}")
+            continue
+        for answers, want in ((got, case["pipeline"]),
+                              (client.visual_question_answering(image, case["question"], top_k=2),
+                               case["pipeline_top_k_2"])):
+            check([a.answer for a in answers] == [w["answer"] for w in want], f"{what}: {answers!r} != {want!r}")
+            for a, w in zip(answers, want):
+                close(a.score, w["score"], f"{what}: score of {w['answer']}")
+    return ["visual-question-answering"]
+
+
+def check_zero_shot_image_classification(client, model_id, expected, fixtures):
+    labels = expected["candidate_labels"]
+    for case in expected["cases"]:
+        what = f"{model_id} {case['image']}"
+        image = read_image(fixtures, case)
+        same_labels(client.zero_shot_image_classification(image, candidate_labels=labels), case["pipeline"], what)
+        same_labels(
+            client.zero_shot_image_classification(image, candidate_labels=labels[:2], hypothesis_template="a {} here"),
+            case["pipeline_template"],
+            what + " template",
+        )
+    return ["zero-shot-image-classification"]
+
+
 def run_checks(client, model, fixtures):
     task = model["task"]
     model_id = model["id"]
@@ -228,6 +271,12 @@ def run_checks(client, model, fixtures):
         return check_object_detection(client, model_id, expected, fixtures)
     if task == "image-segmentation":
         return check_image_segmentation(client, model_id, expected, fixtures)
+    if task == "image-to-text":
+        return check_image_to_text(client, model_id, expected, fixtures)
+    if task == "zero-shot-image-classification":
+        return check_zero_shot_image_classification(client, model_id, expected, fixtures)
+    if task == "visual-question-answering":
+        return check_visual_question_answering(client, model_id, expected, fixtures)
     raise CheckFailed(f"{model_id}: the server serves {task} and this script has no check for it; add one")
 
 
