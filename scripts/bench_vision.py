@@ -22,6 +22,10 @@ FAMILY (each the architecture of the named Hub model, random weights):
                  candidate labels
   detr-resnet-50 facebook/detr-resnet-50 (ResNet-50 with transformers' names, 6+6 layers,
                  100 queries, 91 labels; the image resized to 800 on its short side)
+  dpt-large      Intel/dpt-large (ViT-L/16 at 384x384, the DPT neck and depth head)
+  depth-anything-v2-small
+                 depth-anything/Depth-Anything-V2-Small-hf (DINOv2 ViT-S/14, the image
+                 resized to 518 on the side that scales least, aspect kept)
 
 Caption and answer lengths are fixed with min_length = max_length, so that random weights
 cannot end generation early.
@@ -45,6 +49,8 @@ TASKS = {
     "vilt-vqa": "visual-question-answering",
     "clip-b32": "zero-shot-image-classification",
     "detr-resnet-50": "object-detection",
+    "dpt-large": "depth-estimation",
+    "depth-anything-v2-small": "depth-estimation",
 }
 QUESTION = "how many zebras are there?"
 LABELS = ["a zebra", "a horse", "a cat", "a car", "a tree"]
@@ -147,6 +153,27 @@ def make(family: str, folder: Path) -> None:
                             label2id={v: k for k, v in labels.items()})
         model = DetrForObjectDetection(config).eval()
         processor = DetrImageProcessor(size={"shortest_edge": 800, "longest_edge": 1333})
+    elif family == "dpt-large":
+        from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+        config = DPTConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                           intermediate_size=4096, image_size=384, patch_size=16,
+                           backbone_out_indices=[5, 11, 17, 23],
+                           neck_hidden_sizes=[256, 512, 1024, 1024])
+        model = DPTForDepthEstimation(config).eval()
+        processor = DPTImageProcessor(size={"height": 384, "width": 384})
+    elif family == "depth-anything-v2-small":
+        from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation,
+                                  Dinov2Config, DPTImageProcessor)
+        backbone = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                                image_size=518, patch_size=14, out_indices=[3, 6, 9, 12],
+                                apply_layernorm=True, reshape_hidden_states=False)
+        config = DepthAnythingConfig(backbone_config=backbone, backbone=None,
+                                     use_pretrained_backbone=False, reassemble_hidden_size=384,
+                                     neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64)
+        model = DepthAnythingForDepthEstimation(config).eval()
+        processor = DPTImageProcessor(
+            size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14,
+            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
     else:
         raise SystemExit(f"unknown family {family}")
     model.save_pretrained(folder, safe_serialization=True)

@@ -66,6 +66,12 @@ from transformers import (
     DetrConfig,
     DetrForObjectDetection,
     DetrImageProcessor,
+    DepthAnythingConfig,
+    DepthAnythingForDepthEstimation,
+    Dinov2Config,
+    DPTConfig,
+    DPTForDepthEstimation,
+    DPTImageProcessor,
     DistilBertConfig,
     DistilBertForQuestionAnswering,
     DistilBertForSequenceClassification,
@@ -128,6 +134,8 @@ GENERATED = [
     "detr-det-timm",
     "vilt-vqa",
     "clip-zeroshot",
+    "dpt-depth",
+    "depth-anything-depth",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -953,14 +961,7 @@ def make_segformer(folder: Path, images_dir: Path) -> None:
         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_reduce_labels=False,
     )
     model = build_model(SegformerForSemanticSegmentation, config, name)
-    # Batch-norm statistics are buffers, not parameters: give them values too.
-    gen = torch.Generator().manual_seed(seed_for(name) ^ 0xB17)
-    with torch.no_grad():
-        for buffer_name, buffer in model.named_buffers():
-            if buffer_name.endswith("running_mean"):
-                buffer.copy_(torch.randn(buffer.shape, generator=gen) * 0.1)
-            elif buffer_name.endswith("running_var"):
-                buffer.copy_(1.0 + torch.rand(buffer.shape, generator=gen) * 0.5)
+    randomize_batch_norm_buffers(model, seed_for(name))
     save_checkpoint(model, processor, folder)
     model = SegformerForSemanticSegmentation.from_pretrained(folder).eval()
     processor = SegformerImageProcessor.from_pretrained(folder)
@@ -1561,6 +1562,133 @@ def make_clip(folder: Path, images_dir: Path) -> None:
     }))
 
 
+def depth_cases(model, processor, images_dir: Path) -> list:
+    """Per image: the processor's pixel values, the raw predicted depth, the depth resized to
+    the image (post_process_depth_estimation) and the depth-estimation pipeline's output."""
+    pipe = pipeline("depth-estimation", model=model, image_processor=processor, device="cpu")
+    cases = []
+    for image_name in ["gradient_40x30.png", "shapes_64x48.png", "portrait_36x52.png"]:
+        path = images_dir / image_name
+        image = load_rgb(path)
+        pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            out = model(pixel_values=pixel_values)
+        raw = out.predicted_depth[0]
+        post = processor.post_process_depth_estimation(
+            out, target_sizes=[(image.height, image.width)])[0]["predicted_depth"]
+        result = pipe(str(path))
+        depth_image = np.array(result["depth"])
+        assert depth_image.shape == (image.height, image.width)
+        assert torch.equal(result["predicted_depth"], post)
+        # A degenerate (constant or mostly clipped) depth would not exercise the rendering.
+        assert float(raw.min()) < float(raw.max()) and float((raw > 0).float().mean()) > 0.5
+        cases.append({
+            "image": f"images/{image_name}",
+            "original_size": [image.height, image.width],
+            "processed_size": list(pixel_values.shape[-2:]),
+            "pixel_values": F32(pixel_values[0]),
+            "predicted_depth": F32(raw),
+            "post_processed_depth": F32(post),
+            "pipeline_depth_image": depth_image.reshape(-1).tolist(),
+        })
+    return cases
+
+
+DEPTH_NOTES = ("original_size/processed_size: [height, width]; pixel_values: [3, H, W]; "
+               "predicted_depth: the model's [H, W] output; post_processed_depth: "
+               "post_process_depth_estimation's bicubic resize to the original size (the "
+               "pipeline's predicted_depth); pipeline_depth_image: the pipeline's depth image "
+               "(mode L), row-major.")
+
+
+def randomize_batch_norm_buffers(model: torch.nn.Module, seed: int) -> None:
+    """Batch-norm statistics are buffers, not parameters: give them values too."""
+    gen = torch.Generator().manual_seed(seed ^ 0xB17)
+    with torch.no_grad():
+        for buffer_name, buffer in model.named_buffers():
+            if buffer_name.endswith("running_mean"):
+                buffer.copy_(torch.randn(buffer.shape, generator=gen) * 0.1)
+            elif buffer_name.endswith("running_var"):
+                buffer.copy_(1.0 + torch.rand(buffer.shape, generator=gen) * 0.5)
+
+
+def make_dpt(folder: Path, images_dir: Path) -> None:
+    """DPTForDepthEstimation with its own ViT (Intel/dpt-large's layout): readout projection,
+    reassembly by 4, 2, 1 and 1/2, batch norms in the fusion residuals. The processor resizes
+    to 40x40, a larger grid than the position embeddings' (32x32), so they are resized. (DPT's
+    own ViT reshapes its tokens to a square grid: transformers fails on non-square inputs.)"""
+    name = folder.name
+    config = DPTConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37,
+        image_size=32, patch_size=8, qkv_bias=True, hidden_act="gelu", layer_norm_eps=1e-12,
+        is_hybrid=False, backbone_out_indices=[0, 1, 2, 3], readout_type="project",
+        reassemble_factors=[4, 2, 1, 0.5], neck_hidden_sizes=[4, 8, 12, 16],
+        fusion_hidden_size=8, head_in_index=-1, use_batch_norm_in_fusion_residual=True,
+        initializer_range=INIT_RANGE,
+    )
+    processor = DPTImageProcessor(
+        do_resize=True, size={"height": 40, "width": 40}, keep_aspect_ratio=False,
+        ensure_multiple_of=1, resample=Image.Resampling.BICUBIC, do_rescale=True,
+        rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5], do_pad=False,
+    )
+    model = build_model(DPTForDepthEstimation, config, name)
+    randomize_batch_norm_buffers(model, seed_for(name))
+    with torch.no_grad():
+        # Keep most of the final ReLU's inputs positive, so the depth is not mostly 0.
+        model.head.head[4].bias.fill_(1.0)
+    save_checkpoint(model, processor, folder)
+    model = DPTForDepthEstimation.from_pretrained(folder).eval()
+    processor = DPTImageProcessor.from_pretrained(folder)
+    write_json(folder / "expected.json", meta(name, "depth-estimation", model, {
+        "image_processor": type(processor).__name__,
+        "notes": DEPTH_NOTES,
+        "cases": depth_cases(model, processor, images_dir),
+    }))
+
+
+def make_depth_anything(folder: Path, images_dir: Path) -> None:
+    """DepthAnythingForDepthEstimation on a DINOv2 backbone (Depth-Anything-V2-*-hf's layout):
+    layer scales, patch 7 with bicubic position resizing, the aspect-keeping processor with
+    multiples of 7 and ImageNet statistics."""
+    name = folder.name
+    backbone = Dinov2Config(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=28,
+        patch_size=7, layerscale_value=1.0, out_indices=[1, 2, 3, 4], apply_layernorm=True,
+        reshape_hidden_states=False, layer_norm_eps=1e-6, hidden_act="gelu",
+        use_swiglu_ffn=False, initializer_range=INIT_RANGE,
+    )
+    config = DepthAnythingConfig(
+        backbone_config=backbone, backbone=None, use_pretrained_backbone=False, patch_size=7,
+        reassemble_hidden_size=32, reassemble_factors=[4, 2, 1, 0.5],
+        neck_hidden_sizes=[4, 8, 12, 16], fusion_hidden_size=8, head_in_index=-1,
+        head_hidden_size=8, depth_estimation_type="relative", initializer_range=INIT_RANGE,
+    )
+    processor = DPTImageProcessor(
+        do_resize=True, size={"height": 35, "width": 35}, keep_aspect_ratio=True,
+        ensure_multiple_of=7, resample=Image.Resampling.BICUBIC, do_rescale=True,
+        rescale_factor=1 / 255, do_normalize=True, image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225], do_pad=False,
+    )
+    model = build_model(DepthAnythingForDepthEstimation, config, name)
+    gen = torch.Generator().manual_seed(seed_for(name) ^ 0xD1)
+    with torch.no_grad():
+        # DINOv2's norm1/norm2 and layer scales are left at 1 by the init: draw them too.
+        for param_name, param in model.named_parameters():
+            if param_name.endswith("lambda1") or (".norm" in param_name
+                                                  and param_name.endswith("weight")):
+                param.copy_(1.0 + torch.randn(param.shape, generator=gen) * 0.1)
+        model.head.conv3.bias.fill_(1.0)
+    save_checkpoint(model, processor, folder)
+    model = DepthAnythingForDepthEstimation.from_pretrained(folder).eval()
+    processor = DPTImageProcessor.from_pretrained(folder)
+    write_json(folder / "expected.json", meta(name, "depth-estimation", model, {
+        "image_processor": type(processor).__name__,
+        "notes": DEPTH_NOTES,
+        "cases": depth_cases(model, processor, images_dir),
+    }))
+
+
 def make_vit_bin(vit_folder: Path, folder: Path) -> None:
     """vit-imgcls as a repository without safetensors: the same weights as PyTorch's
     pytorch_model.bin (torch.save's zip format), with its config, processor config and
@@ -1626,6 +1754,10 @@ def main() -> None:
         make_vilt(out / "vilt-vqa", out / "images", Path(tmp))
     print("writing clip-zeroshot", file=sys.stderr)
     make_clip(out / "clip-zeroshot", out / "images")
+    print("writing dpt-depth", file=sys.stderr)
+    make_dpt(out / "dpt-depth", out / "images")
+    print("writing depth-anything-depth", file=sys.stderr)
+    make_depth_anything(out / "depth-anything-depth", out / "images")
     print("writing detr-det", file=sys.stderr)
     make_detr(out / "detr-det", out / "images")
     print("writing detr-det-timm", file=sys.stderr)

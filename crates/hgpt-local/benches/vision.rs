@@ -25,6 +25,8 @@ const FAMILIES: &[(&str, TaskKind)] = &[
     ("vilt-vqa", TaskKind::VisualQuestionAnswering),
     ("clip-b32", TaskKind::ZeroShotImageClassification),
     ("detr-resnet-50", TaskKind::ObjectDetection),
+    ("dpt-large", TaskKind::DepthEstimation),
+    ("depth-anything-v2-small", TaskKind::DepthEstimation),
 ];
 
 /// The question the visual-question-answering benchmark asks.

@@ -304,6 +304,34 @@ pub static FAMILIES: &[Family] = &[
         },
     },
     Family {
+        name: "DPT",
+        model_types: &["dpt"],
+        heads: &[(
+            Head::Class("DPTForDepthEstimation"),
+            TaskKind::DepthEstimation,
+        )],
+        parts: None,
+        load: |_, files, device| {
+            Ok(Box::new(crate::vision::DepthEstimator::load_dpt(
+                files, device,
+            )?))
+        },
+    },
+    Family {
+        name: "Depth Anything",
+        model_types: &["depth_anything"],
+        heads: &[(
+            Head::Class("DepthAnythingForDepthEstimation"),
+            TaskKind::DepthEstimation,
+        )],
+        parts: None,
+        load: |_, files, device| {
+            Ok(Box::new(
+                crate::vision::DepthEstimator::load_depth_anything(files, device)?,
+            ))
+        },
+    },
+    Family {
         name: "BLIP question answering",
         model_types: &["blip"],
         heads: &[(

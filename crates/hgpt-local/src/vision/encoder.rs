@@ -1,6 +1,7 @@
-//! The ViT transformer shared by ViT and YOLOS: config, patch embedding and
-//! pre-norm encoder layers (`layernorm_before` -> attention -> residual ->
-//! `layernorm_after` -> MLP -> residual), with the transformers weight names.
+//! The ViT transformer shared by ViT, YOLOS, DPT and (with layer scales)
+//! DINOv2: config, patch embedding and pre-norm encoder layers
+//! (`layernorm_before` -> attention -> residual -> `layernorm_after` -> MLP
+//! -> residual), with the transformers weight names.
 
 use super::attention::self_attention;
 use crate::kernels::{Dense, Epilogue, dense_activation};
@@ -206,6 +207,18 @@ impl PatchEmbeddings {
     }
 }
 
+/// How an encoder's layers name their weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LayerStyle {
+    /// ViT's: `layernorm_before`, `intermediate.dense`, `output.dense`,
+    /// `layernorm_after`.
+    Vit,
+    /// DINOv2's: `norm1`, `mlp.fc1`, `mlp.fc2`, `norm2`, and layer scales
+    /// (`layer_scale{1,2}.lambda1`) on both branches, folded into the
+    /// attention output and `fc2` at load time.
+    Dinov2,
+}
+
 #[derive(Debug, Clone)]
 struct Layer {
     /// Query (scaled by `1 / sqrt(head_size)`), key and value side by side.
@@ -220,7 +233,7 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &VitConfig, style: LayerStyle, vb: VarBuilder) -> Result<Self> {
         let hidden = cfg.hidden_size;
         let heads = cfg.num_attention_heads;
         let part = |name: &str| -> Result<(Tensor, Tensor)> {
@@ -237,13 +250,37 @@ impl Layer {
         // Scaling the query scales the attention scores as ViT does.
         let scale = 1.0 / ((hidden / heads) as f64).sqrt();
         let q = ((q.0 * scale)?, (q.1 * scale)?);
+        let inner = cfg.intermediate_size;
+        let (before, intermediate, output, after) = match style {
+            LayerStyle::Vit => (
+                "layernorm_before",
+                "intermediate.dense",
+                "output.dense",
+                "layernorm_after",
+            ),
+            LayerStyle::Dinov2 => ("norm1", "mlp.fc1", "mlp.fc2", "norm2"),
+        };
+        // `x W^T + b` scaled per output by `layer_scale`, when the style has one.
+        let scaled = |inputs: usize, path: &str, layer_scale: &str| -> Result<Dense> {
+            let dense = vb.pp(path);
+            let weight = dense.get((hidden, inputs), "weight")?;
+            let bias = dense.get(hidden, "bias")?;
+            if style == LayerStyle::Vit {
+                return Dense::new(weight, Some(bias));
+            }
+            let lambda = vb.pp(layer_scale).get(hidden, "lambda1")?;
+            Dense::new(
+                weight.broadcast_mul(&lambda.unsqueeze(1)?)?,
+                Some((bias * lambda)?),
+            )
+        };
         Ok(Self {
             qkv: Dense::from_parts(&[q.0, k.0, v.0], &[q.1, k.1, v.1])?,
-            attention_output: Dense::load(hidden, hidden, vb.pp("attention.output.dense"))?,
-            intermediate: Dense::load(hidden, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
-            output: Dense::load(cfg.intermediate_size, hidden, vb.pp("output.dense"))?,
-            layernorm_before: layer_norm(hidden, cfg.layer_norm_eps, vb.pp("layernorm_before"))?,
-            layernorm_after: layer_norm(hidden, cfg.layer_norm_eps, vb.pp("layernorm_after"))?,
+            attention_output: scaled(hidden, "attention.output.dense", "layer_scale1")?,
+            intermediate: Dense::load(hidden, inner, vb.pp(intermediate))?,
+            output: scaled(inner, output, "layer_scale2")?,
+            layernorm_before: layer_norm(hidden, cfg.layer_norm_eps, vb.pp(before))?,
+            layernorm_after: layer_norm(hidden, cfg.layer_norm_eps, vb.pp(after))?,
             activation: cfg.hidden_act,
             heads,
         })
@@ -274,9 +311,14 @@ pub(crate) struct Encoder {
 
 impl Encoder {
     pub(crate) fn load(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load_styled(cfg, LayerStyle::Vit, vb)
+    }
+
+    /// Layers named and built as `style` says.
+    pub(crate) fn load_styled(cfg: &VitConfig, style: LayerStyle, vb: VarBuilder) -> Result<Self> {
         let vb = vb.pp("layer");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(cfg, vb.pp(i)))
+            .map(|i| Layer::load(cfg, style, vb.pp(i)))
             .collect::<Result<_>>()?;
         Ok(Self { layers })
     }

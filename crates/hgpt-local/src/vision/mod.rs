@@ -1,7 +1,8 @@
 //! Image classification (ViT), object detection (YOLOS, DETR), semantic
 //! segmentation (SegFormer), captioning (ViT + GPT-2, BLIP) and visual
-//! question answering (BLIP, ViLT) and zero-shot classification (CLIP), with the
-//! preprocessing and post-processing of the transformers pipelines.
+//! question answering (BLIP, ViLT), zero-shot classification (CLIP) and depth
+//! estimation (DPT, Depth Anything), with the preprocessing and
+//! post-processing of the transformers pipelines.
 //!
 //! - [`preprocess`]: decoding and the image processors (Pillow-exact resize).
 //! - [`vit`]: `ViTForImageClassification` and the image-classification pipeline.
@@ -15,13 +16,19 @@
 //! - [`blip`]: BLIP captioning and visual question answering.
 //! - [`vilt`]: ViLT visual question answering.
 //! - [`clip`]: CLIP zero-shot image classification.
+//! - [`depth`]: the depth-estimation pipeline; [`dpt`] holds its networks
+//!   (DPT, Depth Anything), which run their necks on the channels-last
+//!   convolutions and resizes of `conv`.
 
 mod attention;
 pub mod blip;
 pub mod caption;
 pub mod clip;
+mod conv;
+pub mod depth;
 pub mod detection;
 pub mod detr;
+pub mod dpt;
 mod encoder;
 pub mod gpt2;
 pub mod preprocess;
@@ -35,8 +42,10 @@ pub use crate::text::postprocess::ScoreFunction;
 pub use blip::{BlipCaptioner, BlipQuestionAnswerer, BlipVqa};
 pub use caption::{CaptionModel, ImageCaptioner, VitGpt2};
 pub use clip::{ClipModel, ZeroShotImageClassifier};
+pub use depth::{DepthEstimator, DepthMap};
 pub use detection::{DetectionModel, ObjectDetector, Predictions, RawDetection};
 pub use detr::DetrForObjectDetection;
+pub use dpt::DptForDepthEstimation;
 pub use encoder::{ImageSize, VitConfig};
 pub use preprocess::{ImageProcessor, ProcessorKind, Resample, SizeRule, decode_image};
 pub use segformer::{SegformerForSemanticSegmentation, Segmenter};

@@ -333,6 +333,12 @@ pub enum ProcessorKind {
     /// most `int(1333 / 800 * shortest_edge)`, sides rounded half up then
     /// floored to multiples of `size_divisor`; bicubic, mean/std 0.5.
     Vilt,
+    /// `DPTImageProcessor` (DPT, Depth Anything): `size` height x width, or,
+    /// with `keep_aspect_ratio`, the aspect kept by the side that scales
+    /// least; sides rounded (half to even) to multiples of
+    /// `ensure_multiple_of`; bicubic, mean/std 0.5; with `do_pad`, zeros
+    /// around the normalised image up to multiples of `size_divisor`.
+    Dpt,
 }
 
 /// The target size rule of a processor (`size` in its config).
@@ -377,6 +383,8 @@ struct RawConfig {
     do_pad: Option<bool>,
     pad_size: Option<Value>,
     size_divisor: Option<u32>,
+    keep_aspect_ratio: Option<bool>,
+    ensure_multiple_of: Option<u32>,
 }
 
 /// Preprocessing settings of one model, from `preprocessor_config.json`.
@@ -398,6 +406,12 @@ pub struct ImageProcessor {
     pub pad_to: Option<(u32, u32)>,
     /// ViLT: output sides are multiples of this.
     pub size_divisor: u32,
+    /// DPT: keep the aspect ratio when resizing to `size`.
+    pub keep_aspect_ratio: bool,
+    /// DPT: resized sides are multiples of this.
+    pub ensure_multiple_of: u32,
+    /// DPT: pad (centred, zeros after normalisation) to multiples of this.
+    pub pad_to_multiple: Option<u32>,
 }
 
 const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
@@ -425,7 +439,7 @@ impl ImageProcessor {
             return Err("a detection processor needs `longest_edge` with `shortest_edge`".into());
         }
         let resample = match raw.resample {
-            None if kind == ProcessorKind::Vilt => Resample::Bicubic,
+            None if matches!(kind, ProcessorKind::Vilt | ProcessorKind::Dpt) => Resample::Bicubic,
             None => Resample::Bilinear,
             Some(code) => Resample::from_pil(code)
                 .ok_or_else(|| format!("unknown PIL resample filter {code}"))?,
@@ -447,7 +461,9 @@ impl ImageProcessor {
             None
         };
         let (default_mean, default_std) = match kind {
-            ProcessorKind::Classification | ProcessorKind::Vilt => ([0.5; 3], [0.5; 3]),
+            ProcessorKind::Classification | ProcessorKind::Vilt | ProcessorKind::Dpt => {
+                ([0.5; 3], [0.5; 3])
+            }
             ProcessorKind::Detection | ProcessorKind::Detr => (IMAGENET_MEAN, IMAGENET_STD),
         };
         let normalize = if raw.do_normalize.unwrap_or(true) {
@@ -476,6 +492,20 @@ impl ImageProcessor {
         if kind == ProcessorKind::Vilt && !matches!(size, Some(SizeRule::Shortest { .. }) | None) {
             return Err("a ViLT processor's size must be a shortest edge".into());
         }
+        if kind == ProcessorKind::Dpt && !matches!(size, Some(SizeRule::Exact { .. }) | None) {
+            return Err("a DPT processor's size must have height and width".into());
+        }
+        let ensure_multiple_of = raw.ensure_multiple_of.unwrap_or(1);
+        if ensure_multiple_of == 0 {
+            return Err("ensure_multiple_of must be positive".into());
+        }
+        let pad_to_multiple = match (kind, raw.do_pad) {
+            (ProcessorKind::Dpt, Some(true)) => Some(
+                raw.size_divisor
+                    .ok_or("do_pad needs size_divisor in a DPT processor")?,
+            ),
+            _ => None,
+        };
         Ok(Self {
             kind,
             size,
@@ -485,6 +515,9 @@ impl ImageProcessor {
             normalize,
             pad_to,
             size_divisor,
+            keep_aspect_ratio: kind == ProcessorKind::Dpt && raw.keep_aspect_ratio.unwrap_or(false),
+            ensure_multiple_of,
+            pad_to_multiple,
         })
     }
 
@@ -493,6 +526,15 @@ impl ImageProcessor {
     pub fn resized_size(&self, height: u32, width: u32) -> (u32, u32) {
         match self.size {
             None => (height, width),
+            Some(SizeRule::Exact {
+                height: out_h,
+                width: out_w,
+            }) if self.kind == ProcessorKind::Dpt => dpt_size(
+                (height, width),
+                (out_h, out_w),
+                self.keep_aspect_ratio,
+                self.ensure_multiple_of,
+            ),
             Some(SizeRule::Exact { height, width }) => (height, width),
             Some(SizeRule::MaxBox {
                 max_height,
@@ -513,7 +555,7 @@ impl ImageProcessor {
                     detection_size(height, width, shortest, longest.unwrap_or(1333), false)
                 }
                 ProcessorKind::Vilt => vilt_size(height, width, shortest, self.size_divisor),
-                ProcessorKind::Classification => {
+                ProcessorKind::Classification | ProcessorKind::Dpt => {
                     classification_size(height, width, shortest, longest)
                 }
             },
@@ -523,6 +565,9 @@ impl ImageProcessor {
     /// The fixed `(height, width)` of every processed image, if it does not
     /// depend on the input.
     pub fn fixed_output(&self) -> Option<(u32, u32)> {
+        if self.keep_aspect_ratio || self.pad_to_multiple.is_some() {
+            return None;
+        }
         self.pad_to.or(self.crop).or(match self.size {
             Some(SizeRule::Exact { height, width }) => Some((height, width)),
             _ => None,
@@ -570,6 +615,9 @@ impl ImageProcessor {
                 }
                 values[c * h * w + y as usize * w + x as usize] = v;
             }
+        }
+        if let Some(multiple) = self.pad_to_multiple {
+            return Ok(pad_centred(&values, (h, w), multiple as usize));
         }
         match self.pad_to {
             None => Ok((values, (h, w))),
@@ -726,6 +774,54 @@ fn dimension(value: &Value, key: &str) -> Result<u32, String> {
 }
 
 /// `get_size_dict`: an integer, a `[height, width]` list or a dict.
+/// `DPTImageProcessor`'s output size: each side scaled to `size`, or with
+/// `keep_aspect_ratio` both by the scale closer to 1, then rounded (half to
+/// even, as Python's `round`) to a multiple of `multiple`.
+fn dpt_size(
+    (height, width): (u32, u32),
+    (out_h, out_w): (u32, u32),
+    keep_aspect_ratio: bool,
+    multiple: u32,
+) -> (u32, u32) {
+    let (mut scale_h, mut scale_w) = (
+        f64::from(out_h) / f64::from(height),
+        f64::from(out_w) / f64::from(width),
+    );
+    if keep_aspect_ratio {
+        if (1.0 - scale_w).abs() < (1.0 - scale_h).abs() {
+            scale_h = scale_w;
+        } else {
+            scale_w = scale_h;
+        }
+    }
+    let multiple = f64::from(multiple);
+    let constrain = |value: f64| ((value / multiple).round_ties_even() * multiple) as u32;
+    (
+        constrain(scale_h * f64::from(height)),
+        constrain(scale_w * f64::from(width)),
+    )
+}
+
+/// Zeros around `[3, h, w]` values up to the next multiples of `multiple`
+/// (DPT's `pad_image`: the smaller half before, the rest after).
+fn pad_centred(
+    values: &[f32],
+    (h, w): (usize, usize),
+    multiple: usize,
+) -> (Vec<f32>, (usize, usize)) {
+    let (ph, pw) = (h.next_multiple_of(multiple), w.next_multiple_of(multiple));
+    let (top, left) = ((ph - h) / 2, (pw - w) / 2);
+    let mut padded = vec![0f32; 3 * ph * pw];
+    for c in 0..3 {
+        for y in 0..h {
+            let src = c * h * w + y * w;
+            let dst = c * ph * pw + (y + top) * pw + left;
+            padded[dst..dst + w].copy_from_slice(&values[src..src + w]);
+        }
+    }
+    (padded, (ph, pw))
+}
+
 fn size_rule(
     value: Option<&Value>,
     max_size: Option<u32>,
@@ -737,6 +833,10 @@ fn size_rule(
                 ProcessorKind::Classification => SizeRule::Exact {
                     height: 224,
                     width: 224,
+                },
+                ProcessorKind::Dpt => SizeRule::Exact {
+                    height: 384,
+                    width: 384,
                 },
                 ProcessorKind::Detection | ProcessorKind::Detr => SizeRule::Shortest {
                     shortest: 800,
@@ -754,7 +854,7 @@ fn size_rule(
         Value::Number(_) => {
             let n = dimension(value, "size")?;
             Ok(match kind {
-                ProcessorKind::Classification => SizeRule::Exact {
+                ProcessorKind::Classification | ProcessorKind::Dpt => SizeRule::Exact {
                     height: n,
                     width: n,
                 },
@@ -839,6 +939,26 @@ mod tests {
         assert_eq!(vilt_size(480, 640, 384, 32), (384, 512));
         // Capped: 1000x100 -> longest int(1333 / 800 * 384) = 639.
         assert_eq!(vilt_size(100, 1000, 384, 32), (64, 608));
+    }
+
+    #[test]
+    fn dpt_sizes_follow_the_processor() {
+        // Checked against transformers' get_resize_output_image_size.
+        assert_eq!(dpt_size((480, 640), (518, 518), true, 14), (518, 686));
+        assert_eq!(dpt_size((30, 40), (35, 35), false, 14), (28, 28));
+        assert_eq!(dpt_size((30, 40), (35, 35), true, 7), (28, 35));
+        assert_eq!(dpt_size((52, 36), (35, 35), true, 7), (49, 35));
+        assert_eq!(dpt_size((1000, 10), (384, 384), true, 32), (384, 0));
+    }
+
+    #[test]
+    fn dpt_padding_is_centred() {
+        let values: Vec<f32> = (1..=3 * 2 * 3).map(|v| v as f32).collect();
+        let (padded, (h, w)) = pad_centred(&values, (2, 3), 4);
+        assert_eq!((h, w), (4, 4));
+        // One row above, one below; no column before (1 / 2 = 0), one after.
+        assert_eq!(&padded[..8], &[0., 0., 0., 0., 1., 2., 3., 0.]);
+        assert_eq!(&padded[8..16], &[4., 5., 6., 0., 0., 0., 0., 0.]);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! The depth of each stage and the widths are read from the weights, so the
 //! same code runs ResNet-50, ResNet-101 and smaller test networks.
 
-use crate::kernels::{Dense, Epilogue};
+use super::conv::{Conv, Rows, fold_batch_norm};
+use crate::kernels::Epilogue;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
@@ -98,20 +99,13 @@ impl ResNetNames {
 /// (channels last), elsewhere with candle's convolution.
 #[derive(Debug, Clone)]
 enum FoldedConv {
-    /// Weights `[out, kernel * kernel * in]` (kernel rows, columns, then
-    /// input channels), for im2col rows.
-    Rows {
-        dense: Dense,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-    },
+    /// A channels-last convolution.
+    Rows(Conv),
     /// candle's NCHW convolution.
     Candle(Conv2d),
 }
 
-/// A convolution with its frozen batch norm folded in:
-/// `conv(x) * scale + (bias - mean * scale)`, `scale = weight / sqrt(var + eps)`.
+/// A convolution with its frozen batch norm folded in.
 fn folded_conv(
     vb: &VarBuilder,
     (conv, norm): (&str, &str),
@@ -120,31 +114,18 @@ fn folded_conv(
     channels_last: bool,
 ) -> Result<FoldedConv> {
     let weight = vb.get_unchecked_dtype(&format!("{conv}.weight"), DType::F32)?;
-    let (out_channels, _, kh, kw) = weight.dims4()?;
-    if kh != kw {
-        candle_core::bail!("{conv}.weight: the kernel is {kh}x{kw}, not square");
-    }
-    let get = |name: &str| vb.get(out_channels, &format!("{norm}.{name}"));
-    let (gamma, beta, mean, var) = (
-        get("weight")?,
-        get("bias")?,
-        get("running_mean")?,
-        get("running_var")?,
-    );
-    let scale = (gamma / (var + f64::from(FROZEN_BN_EPS))?.sqrt()?)?;
-    let bias = (beta - (mean * &scale)?)?;
-    let weight = weight.broadcast_mul(&scale.reshape((out_channels, 1, 1, 1))?)?;
+    let (weight, bias) = fold_batch_norm(&weight, None, vb.pp(norm), f64::from(FROZEN_BN_EPS))?;
     if channels_last {
-        let rows = weight
-            .permute((0, 2, 3, 1))?
-            .reshape((out_channels, ()))?
-            .contiguous()?;
-        return Ok(FoldedConv::Rows {
-            dense: Dense::new(rows, Some(bias))?,
-            kernel: kh,
+        return Ok(FoldedConv::Rows(Conv::new(
+            &weight,
+            Some(bias),
             stride,
             padding,
-        });
+        )?));
+    }
+    let (_, _, kh, kw) = weight.dims4()?;
+    if kh != kw {
+        candle_core::bail!("{conv}.weight: the kernel is {kh}x{kw}, not square");
     }
     let config = Conv2dConfig {
         stride,
@@ -196,25 +177,7 @@ enum After<'a> {
 impl FoldedConv {
     fn forward(&self, xs: &FeatureMap, after: After) -> Result<FeatureMap> {
         match (self, xs) {
-            (
-                Self::Rows {
-                    dense,
-                    kernel,
-                    stride,
-                    padding,
-                },
-                FeatureMap::Rows { pixels, size },
-            ) => {
-                let (h, w) = *size;
-                let out = (
-                    (h + 2 * padding - kernel) / stride + 1,
-                    (w + 2 * padding - kernel) / stride + 1,
-                );
-                let input = if (*kernel, *stride, *padding) == (1, 1, 0) {
-                    pixels.clone()
-                } else {
-                    im2col(pixels, *size, *kernel, *stride, *padding, out)?
-                };
+            (Self::Rows(conv), FeatureMap::Rows { pixels, size }) => {
                 let residual = match after {
                     After::ResidualRelu(FeatureMap::Rows { pixels, .. }) => Some(pixels),
                     After::ResidualRelu(FeatureMap::Nchw(_)) => {
@@ -228,9 +191,14 @@ impl FoldedConv {
                     (After::ResidualRelu(_), Some(r)) => Epilogue::ResidualRelu(r),
                     (After::ResidualRelu(_), None) => Epilogue::Relu,
                 };
+                let input = Rows {
+                    pixels: pixels.clone(),
+                    size: *size,
+                };
+                let out = conv.forward(&input, epilogue)?;
                 Ok(FeatureMap::Rows {
-                    pixels: dense.forward(&input, epilogue)?,
-                    size: out,
+                    pixels: out.pixels,
+                    size: out.size,
                 })
             }
             (Self::Candle(conv), FeatureMap::Nchw(x)) => {
@@ -247,47 +215,6 @@ impl FoldedConv {
             _ => candle_core::bail!("the feature map's layout does not fit the convolution"),
         }
     }
-}
-
-/// The im2col rows of a `[h * w, c]` map for a `kernel` x `kernel`
-/// convolution: `[out_h * out_w, kernel * kernel * c]`, zeros where the
-/// window leaves the map.
-fn im2col(
-    pixels: &Tensor,
-    (h, w): (usize, usize),
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-    (out_h, out_w): (usize, usize),
-) -> Result<Tensor> {
-    use rayon::prelude::*;
-    let c = pixels.dim(1)?;
-    let input = pixels.flatten_all()?.to_vec1::<f32>()?;
-    let width = kernel * kernel * c;
-    let mut out = vec![0f32; out_h * out_w * width];
-    out.par_chunks_mut(out_w * width)
-        .enumerate()
-        .for_each(|(oy, row)| {
-            for ox in 0..out_w {
-                let patch = &mut row[ox * width..(ox + 1) * width];
-                for ky in 0..kernel {
-                    let iy = (oy * stride + ky) as isize - padding as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..kernel {
-                        let ix = (ox * stride + kx) as isize - padding as isize;
-                        if ix < 0 || ix >= w as isize {
-                            continue;
-                        }
-                        let src = (iy as usize * w + ix as usize) * c;
-                        let dst = (ky * kernel + kx) * c;
-                        patch[dst..dst + c].copy_from_slice(&input[src..src + c]);
-                    }
-                }
-            }
-        });
-    Tensor::from_vec(out, (out_h * out_w, width), pixels.device())
 }
 
 /// A 3x3, stride-2 max pool with one pixel of padding over a map whose

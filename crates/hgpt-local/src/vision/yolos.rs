@@ -6,6 +6,7 @@
 //! interpolation (`align_corners=False`, A = -0.75, border clamp). Two
 //! 3-layer MLP heads read the detection tokens after the final LayerNorm.
 
+use super::conv::{Interpolation, taps};
 use super::detection::{DetectionModel, Mlp, Predictions};
 use super::encoder::{Encoder, PatchEmbeddings, VitConfig};
 use crate::error::LocalError;
@@ -142,20 +143,13 @@ impl YolosForObjectDetection {
 /// border), as a dense row-major `[output, input]` matrix. Computed in
 /// float32 like torch's CPU kernel.
 pub fn bicubic_weights(input: usize, output: usize) -> Vec<f32> {
-    const A: f32 = -0.75;
-    let near = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
-    let far = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
-    let scale = input as f32 / output as f32;
     let mut matrix = vec![0f32; output * input];
-    let last = input as i64 - 1;
-    for o in 0..output {
-        let real = scale * (o as f32 + 0.5) - 0.5;
-        let base = real.floor();
-        let t = real - base;
-        let coefficients = [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)];
-        for (j, c) in coefficients.into_iter().enumerate() {
-            let index = (base as i64 + j as i64 - 1).clamp(0, last) as usize;
-            matrix[o * input + index] += c;
+    for (o, taps) in taps(Interpolation::Bicubic, input, output)
+        .into_iter()
+        .enumerate()
+    {
+        for (index, weight) in taps {
+            matrix[o * input + index] += weight;
         }
     }
     matrix

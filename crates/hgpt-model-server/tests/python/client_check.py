@@ -8,8 +8,9 @@ Every model the server lists at GET /models is called through
 what the client parses is compared with the reference outputs:
 `sentence-transformers/all-MiniLM-L6-v2` with DIR/minilm/embeddings.json, a model
 cached as `hgpt-fixtures/NAME` with DIR/NAME/expected.json (the transformers
-pipeline's output). A listed model whose task has no check here is a failure, so
-new pipelines must be added. A model the server refuses as `unsupported` (an
+pipeline's output). depth-estimation, for which the client has no method, is
+checked over plain HTTP with the wire protocol's raw-image request. A listed model
+whose task has no check here is a failure, so new pipelines must be added. A model the server refuses as `unsupported` (an
 architecture its pipeline does not run yet) and fixtures the server does not list
 are reported as skipped.
 
@@ -19,6 +20,8 @@ Exit status 0 when every check passed, 1 otherwise.
 """
 
 import argparse
+import base64
+import io
 import json
 import math
 import os
@@ -30,6 +33,7 @@ import huggingface_hub
 import numpy as np
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
+from PIL import Image
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 FIXTURE_PREFIX = "hgpt-fixtures/"
@@ -250,7 +254,29 @@ def check_zero_shot_image_classification(client, model_id, expected, fixtures):
     return ["zero-shot-image-classification"]
 
 
-def run_checks(client, model, fixtures):
+def check_depth_estimation(url, model_id, expected, fixtures):
+    """POST the raw image to URL/models/ID and compare {predicted_depth, depth} with the
+    pipeline's: the depth image to 1 grey level (truncation), the tensor to TOL."""
+    for case in expected["cases"]:
+        what = f"{model_id} {case['image']}"
+        request = urllib.request.Request(f"{url}/models/{model_id}", data=read_image(fixtures, case), method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.load(response)
+        height, width = case["original_size"]
+        depth = Image.open(io.BytesIO(base64.b64decode(body["depth"])))
+        check(depth.mode == "L" and depth.size == (width, height), f"{what}: depth {depth.mode} {depth.size}")
+        got = np.asarray(depth, dtype=np.int16).reshape(-1)
+        off = np.abs(got - np.array(case["pipeline_depth_image"], dtype=np.int16))
+        check(off.max() <= 1 and (off > 0).mean() <= 0.01, f"{what}: {(off > 0).sum()} depth pixels differ")
+        predicted = np.array(body["predicted_depth"], dtype=np.float64)
+        want = np.array(case["post_processed_depth"], dtype=np.float64)
+        check(predicted.shape == want.shape == (height, width), f"{what}: predicted_depth {predicted.shape}")
+        scale = max(1.0, float(np.abs(want).max()))
+        check(np.abs(predicted - want).max() <= TOL * scale, f"{what}: predicted_depth differs")
+    return ["depth-estimation"]
+
+
+def run_checks(client, model, fixtures, url):
     task = model["task"]
     model_id = model["id"]
     if task == "feature-extraction":
@@ -277,6 +303,8 @@ def run_checks(client, model, fixtures):
         return check_zero_shot_image_classification(client, model_id, expected, fixtures)
     if task == "visual-question-answering":
         return check_visual_question_answering(client, model_id, expected, fixtures)
+    if task == "depth-estimation":
+        return check_depth_estimation(url, model_id, expected, fixtures)
     raise CheckFailed(f"{model_id}: the server serves {task} and this script has no check for it; add one")
 
 
@@ -326,7 +354,7 @@ def main():
         try:
             check(endpoint.health_check(), f"{model_id}: health_check")
             check(endpoint.get_endpoint_info().get("model_id") == model_id, f"{model_id}: get_endpoint_info")
-            summary["checked"][model_id] = run_checks(client, model, args.fixtures)
+            summary["checked"][model_id] = run_checks(client, model, args.fixtures, url)
         except HfHubHTTPError as error:
             body = {}
             try:

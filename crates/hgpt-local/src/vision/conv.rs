@@ -1,0 +1,498 @@
+//! Convolutions and resizes on channels-last feature maps (`[height * width,
+//! channels]` rows), as the dense-prediction necks and heads (DPT, Depth
+//! Anything) and DETR's ResNet run them.
+//!
+//! A convolution is one [`Dense`] layer over im2col rows (kernel rows, kernel
+//! columns, then input channels), in bands of output rows so that the im2col
+//! buffer of a large map stays small. A transposed convolution whose kernel
+//! equals its stride is a linear layer per pixel followed by a scatter.
+//! Resizes follow PyTorch's `interpolate` (bilinear with or without
+//! `align_corners`, bicubic with A = -0.75 and indices clamped to the
+//! border), in float32 like its CPU kernels.
+
+use crate::kernels::{Dense, Epilogue};
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
+
+/// Values of one band of im2col rows (16 MiB of f32): large maps are
+/// convolved band by band.
+const BAND_VALUES: usize = 1 << 22;
+
+/// A channels-last feature map.
+#[derive(Debug, Clone)]
+pub(crate) struct Rows {
+    /// `[height * width, channels]`.
+    pub(crate) pixels: Tensor,
+    /// `(height, width)`.
+    pub(crate) size: (usize, usize),
+}
+
+impl Rows {
+    /// Channels per pixel.
+    pub(crate) fn channels(&self) -> Result<usize> {
+        self.pixels.dim(1)
+    }
+
+    /// `relu` of every value.
+    pub(crate) fn relu(&self) -> Result<Self> {
+        Ok(Self {
+            pixels: self.pixels.relu()?,
+            size: self.size,
+        })
+    }
+}
+
+/// A convolution's weights and bias with an inference-mode batch norm
+/// folded in: `conv(x) * scale + (bias - mean) * scale + beta`, `scale =
+/// gamma / sqrt(var + eps)`.
+pub(crate) fn fold_batch_norm(
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    norm: VarBuilder,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    let outputs = weight.dim(0)?;
+    let get = |name: &str| norm.get(outputs, name);
+    let (gamma, beta, mean, var) = (
+        get("weight")?,
+        get("bias")?,
+        get("running_mean")?,
+        get("running_var")?,
+    );
+    let scale = (gamma / (var + eps)?.sqrt()?)?;
+    let shifted = match bias {
+        Some(bias) => (bias - mean)?,
+        None => mean.neg()?,
+    };
+    let bias = ((shifted * &scale)? + beta)?;
+    let mut shape = vec![outputs];
+    shape.resize(weight.rank(), 1);
+    let weight = weight.broadcast_mul(&scale.reshape(shape)?)?;
+    Ok((weight, bias))
+}
+
+/// A square 2-D convolution on channels-last maps.
+#[derive(Debug, Clone)]
+pub(crate) struct Conv {
+    /// `[out, kernel * kernel * in]`.
+    dense: Dense,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv {
+    /// From PyTorch's `weight` `[out, in, kernel, kernel]` and `bias`.
+    pub(crate) fn new(
+        weight: &Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let (outputs, _, kh, kw) = weight.dims4()?;
+        if kh != kw {
+            candle_core::bail!("the convolution's kernel is {kh}x{kw}, not square");
+        }
+        if stride == 0 {
+            candle_core::bail!("a convolution's stride must be positive");
+        }
+        let rows = weight
+            .to_dtype(DType::F32)?
+            .permute((0, 2, 3, 1))?
+            .reshape((outputs, ()))?
+            .contiguous()?;
+        Ok(Self {
+            dense: Dense::new(rows, bias.map(|b| b.to_dtype(DType::F32)).transpose()?)?,
+            kernel: kh,
+            stride,
+            padding,
+        })
+    }
+
+    /// `weight` (and `bias`) under `vb`, checked to be `[outputs, inputs,
+    /// kernel, kernel]`.
+    pub(crate) fn load(
+        vb: VarBuilder,
+        (inputs, outputs): (usize, usize),
+        kernel: usize,
+        (stride, padding): (usize, usize),
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = vb.get((outputs, inputs, kernel, kernel), "weight")?;
+        let bias = bias.then(|| vb.get(outputs, "bias")).transpose()?;
+        Self::new(&weight, bias, stride, padding)
+    }
+
+    /// The output `(height, width)` for an input of `(height, width)`.
+    pub(crate) fn out_size(&self, (h, w): (usize, usize)) -> Result<(usize, usize)> {
+        let side = |n: usize| {
+            (n + 2 * self.padding)
+                .checked_sub(self.kernel)
+                .map(|n| n / self.stride + 1)
+        };
+        match (side(h), side(w)) {
+            (Some(oh), Some(ow)) => Ok((oh, ow)),
+            _ => candle_core::bail!(
+                "a {h}x{w} map is smaller than the {0}x{0} convolution",
+                self.kernel
+            ),
+        }
+    }
+
+    /// The convolution of `x`, then `epilogue` (a residual is `[out_h *
+    /// out_w, out]`).
+    pub(crate) fn forward(&self, x: &Rows, epilogue: Epilogue) -> Result<Rows> {
+        self.forward_in_bands(x, epilogue, BAND_VALUES)
+    }
+
+    /// [`Conv::forward`] with im2col bands of at most `band_values` values
+    /// (at least one output row).
+    fn forward_in_bands(&self, x: &Rows, epilogue: Epilogue, band_values: usize) -> Result<Rows> {
+        let out = self.out_size(x.size)?;
+        if (self.kernel, self.stride, self.padding) == (1, 1, 0) {
+            return Ok(Rows {
+                pixels: self.dense.forward(&x.pixels, epilogue)?,
+                size: out,
+            });
+        }
+        let channels = x.channels()?;
+        let input = x.pixels.flatten_all()?.to_vec1::<f32>()?;
+        let width = self.kernel * self.kernel * channels;
+        let band = (band_values / (out.1 * width).max(1)).max(1);
+        let mut parts = Vec::with_capacity(out.0.div_ceil(band));
+        for first in (0..out.0).step_by(band) {
+            let rows = band.min(out.0 - first);
+            let columns = self.im2col(&input, channels, x.size, out.1, first..first + rows);
+            let columns = Tensor::from_vec(columns, (rows * out.1, width), x.pixels.device())?;
+            let residual = match epilogue {
+                Epilogue::Residual(r) | Epilogue::ResidualRelu(r) => {
+                    Some(r.narrow(0, first * out.1, rows * out.1)?)
+                }
+                _ => None,
+            };
+            let band_epilogue = match (epilogue, residual.as_ref()) {
+                (Epilogue::Residual(_), Some(r)) => Epilogue::Residual(r),
+                (Epilogue::ResidualRelu(_), Some(r)) => Epilogue::ResidualRelu(r),
+                (other, _) => other,
+            };
+            parts.push(self.dense.forward(&columns, band_epilogue)?);
+        }
+        let pixels = match parts.len() {
+            1 => parts.remove(0),
+            _ => Tensor::cat(&parts, 0)?,
+        };
+        Ok(Rows { pixels, size: out })
+    }
+
+    /// The im2col rows of output rows `rows` of a `[h * w, c]` map: `[rows *
+    /// out_w, kernel * kernel * c]`, zeros where the window leaves the map.
+    fn im2col(
+        &self,
+        input: &[f32],
+        c: usize,
+        (h, w): (usize, usize),
+        out_w: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Vec<f32> {
+        let (kernel, stride, padding) = (self.kernel, self.stride, self.padding);
+        let width = kernel * kernel * c;
+        let mut out = vec![0f32; rows.len() * out_w * width];
+        out.par_chunks_mut(out_w * width)
+            .zip(rows)
+            .for_each(|(row, oy)| {
+                for ox in 0..out_w {
+                    let patch = &mut row[ox * width..(ox + 1) * width];
+                    for ky in 0..kernel {
+                        let Some(iy) = (oy * stride + ky).checked_sub(padding) else {
+                            continue;
+                        };
+                        if iy >= h {
+                            continue;
+                        }
+                        for kx in 0..kernel {
+                            let Some(ix) = (ox * stride + kx).checked_sub(padding) else {
+                                continue;
+                            };
+                            if ix >= w {
+                                continue;
+                            }
+                            let src = (iy * w + ix) * c;
+                            let dst = (ky * kernel + kx) * c;
+                            patch[dst..dst + c].copy_from_slice(&input[src..src + c]);
+                        }
+                    }
+                }
+            });
+        out
+    }
+}
+
+/// A transposed convolution whose kernel equals its stride (no padding):
+/// each input pixel becomes a `factor` x `factor` block of outputs.
+#[derive(Debug, Clone)]
+pub(crate) struct ConvTranspose {
+    /// `[factor * factor * out, in]`: block rows, block columns, outputs.
+    dense: Dense,
+    factor: usize,
+    outputs: usize,
+}
+
+impl ConvTranspose {
+    /// PyTorch's `weight` `[inputs, outputs, factor, factor]` and `bias`
+    /// under `vb`.
+    pub(crate) fn load(
+        vb: VarBuilder,
+        (inputs, outputs): (usize, usize),
+        factor: usize,
+    ) -> Result<Self> {
+        let weight = vb.get((inputs, outputs, factor, factor), "weight")?;
+        let bias = vb.get(outputs, "bias")?;
+        let rows = weight
+            .permute((2, 3, 1, 0))?
+            .reshape((factor * factor * outputs, inputs))?
+            .contiguous()?;
+        let bias = Tensor::cat(&vec![&bias; factor * factor], 0)?;
+        Ok(Self {
+            dense: Dense::new(rows, Some(bias))?,
+            factor,
+            outputs,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Rows) -> Result<Rows> {
+        let (h, w) = x.size;
+        let f = self.factor;
+        let blocks = self.dense.forward(&x.pixels, Epilogue::Bias)?;
+        let pixels = blocks
+            .reshape((h, w, f, f, self.outputs))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?
+            .reshape((h * f * w * f, self.outputs))?;
+        Ok(Rows {
+            pixels,
+            size: (h * f, w * f),
+        })
+    }
+}
+
+/// How [`resize`] interpolates (PyTorch's `interpolate` modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interpolation {
+    /// `mode="bilinear"`.
+    Bilinear {
+        /// `align_corners`.
+        align_corners: bool,
+    },
+    /// `mode="bicubic", align_corners=False`.
+    Bicubic,
+}
+
+/// The source positions and weights of each of `output` samples resized
+/// from `input` samples.
+pub(crate) fn taps(kind: Interpolation, input: usize, output: usize) -> Vec<Vec<(usize, f32)>> {
+    let last = input.saturating_sub(1);
+    (0..output)
+        .map(|o| match kind {
+            Interpolation::Bilinear { align_corners } => {
+                let real = if align_corners {
+                    if output > 1 {
+                        (last as f32 / (output - 1) as f32) * o as f32
+                    } else {
+                        0.0
+                    }
+                } else {
+                    ((input as f32 / output as f32) * (o as f32 + 0.5) - 0.5).max(0.0)
+                };
+                let first = (real as usize).min(last);
+                let second = (first + 1).min(last);
+                let lambda = real - first as f32;
+                vec![(first, 1.0 - lambda), (second, lambda)]
+            }
+            Interpolation::Bicubic => {
+                const A: f32 = -0.75;
+                let near = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+                let far = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+                let real = (input as f32 / output as f32) * (o as f32 + 0.5) - 0.5;
+                let base = real.floor();
+                let t = real - base;
+                let weights = [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)];
+                weights
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, weight)| {
+                        let index = (base as i64 + j as i64 - 1).clamp(0, last as i64) as usize;
+                        (index, weight)
+                    })
+                    .collect()
+            }
+        })
+        .collect()
+}
+
+/// Resize channels-last `values` (`[h * w, channels]`) from `from` to `to`:
+/// along the width first, then along the height.
+pub(crate) fn resize_values(
+    values: &[f32],
+    channels: usize,
+    from: (usize, usize),
+    to: (usize, usize),
+    kind: Interpolation,
+) -> Vec<f32> {
+    let ((h, w), (out_h, out_w)) = (from, to);
+    if h == 0 || w == 0 || channels == 0 {
+        return vec![0.0; out_h * out_w * channels];
+    }
+    let columns = taps(kind, w, out_w);
+    let mut across = vec![0f32; h * out_w * channels];
+    across
+        .par_chunks_mut(out_w * channels)
+        .enumerate()
+        .for_each(|(y, row)| {
+            let src = &values[y * w * channels..(y + 1) * w * channels];
+            for (out, taps) in row.chunks_mut(channels).zip(&columns) {
+                for &(x, weight) in taps {
+                    let pixel = &src[x * channels..(x + 1) * channels];
+                    out.iter_mut()
+                        .zip(pixel)
+                        .for_each(|(o, v)| *o += weight * v);
+                }
+            }
+        });
+    let rows = taps(kind, h, out_h);
+    let mut out = vec![0f32; out_h * out_w * channels];
+    out.par_chunks_mut(out_w * channels)
+        .zip(&rows)
+        .for_each(|(row, taps)| {
+            for &(y, weight) in taps {
+                let src = &across[y * out_w * channels..(y + 1) * out_w * channels];
+                row.iter_mut().zip(src).for_each(|(o, v)| *o += weight * v);
+            }
+        });
+    out
+}
+
+/// [`resize_values`] on a map (identity when the size does not change).
+pub(crate) fn resize(x: &Rows, to: (usize, usize), kind: Interpolation) -> Result<Rows> {
+    if x.size == to {
+        return Ok(x.clone());
+    }
+    let channels = x.channels()?;
+    let values = x.pixels.flatten_all()?.to_vec1::<f32>()?;
+    let resized = resize_values(&values, channels, x.size, to, kind);
+    Ok(Rows {
+        pixels: Tensor::from_vec(resized, (to.0 * to.1, channels), x.pixels.device())?,
+        size: to,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn taps_sum_to_one() {
+        for kind in [
+            Interpolation::Bicubic,
+            Interpolation::Bilinear {
+                align_corners: true,
+            },
+            Interpolation::Bilinear {
+                align_corners: false,
+            },
+        ] {
+            for (i, o) in [(4, 6), (6, 4), (4, 8), (2, 7), (1, 3)] {
+                for t in taps(kind, i, o) {
+                    let sum: f32 = t.iter().map(|(_, w)| w).sum();
+                    assert!((sum - 1.0).abs() < 1e-6, "{kind:?} {i}->{o}: {t:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn align_corners_keeps_the_corners() {
+        let values = [1.0, 2.0, 3.0, 4.0];
+        let kind = Interpolation::Bilinear {
+            align_corners: true,
+        };
+        let out = resize_values(&values, 1, (2, 2), (3, 3), kind);
+        assert_eq!(out, vec![1.0, 1.5, 2.0, 2.0, 2.5, 3.0, 3.0, 3.5, 4.0]);
+    }
+
+    #[test]
+    fn a_convolution_matches_a_direct_sum() -> Result<()> {
+        // 2 input channels, 3 outputs, 3x3 kernel, stride 2, padding 1 on a 5x4 map.
+        let (c, o, h, w) = (2usize, 3usize, 5usize, 4usize);
+        let weight: Vec<f32> = (0..o * c * 9).map(|i| (i as f32 * 0.37).sin()).collect();
+        let input: Vec<f32> = (0..h * w * c).map(|i| (i as f32 * 0.11).cos()).collect();
+        let bias = [0.5f32, -0.25, 0.0];
+        let conv = Conv::new(
+            &Tensor::from_vec(weight.clone(), (o, c, 3, 3), &Device::Cpu)?,
+            Some(Tensor::new(&bias, &Device::Cpu)?),
+            2,
+            1,
+        )?;
+        let x = Rows {
+            pixels: Tensor::from_vec(input.clone(), (h * w, c), &Device::Cpu)?,
+            size: (h, w),
+        };
+        let y = conv.forward(&x, Epilogue::Bias)?;
+        assert_eq!(y.size, (3, 2));
+        let got = y.pixels.to_vec2::<f32>()?;
+        for oy in 0..3 {
+            for ox in 0..2 {
+                for oc in 0..o {
+                    let mut sum = bias[oc];
+                    for ic in 0..c {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (iy, ix) = (oy * 2 + ky, ox * 2 + kx);
+                                if iy < 1 || ix < 1 || iy > h || ix > w {
+                                    continue;
+                                }
+                                let v = input[((iy - 1) * w + ix - 1) * c + ic];
+                                sum += v * weight[((oc * c + ic) * 3 + ky) * 3 + kx];
+                            }
+                        }
+                    }
+                    let value = got[oy * 2 + ox][oc];
+                    assert!(
+                        (value - sum).abs() < 1e-5,
+                        "({oy},{ox},{oc}): {value} vs {sum}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bands_give_the_whole_convolution() -> Result<()> {
+        let (c, o, h, w) = (3usize, 4usize, 7usize, 6usize);
+        let weight: Vec<f32> = (0..o * c * 9).map(|i| (i as f32 * 0.23).sin()).collect();
+        let conv = Conv::new(
+            &Tensor::from_vec(weight, (o, c, 3, 3), &Device::Cpu)?,
+            None,
+            1,
+            1,
+        )?;
+        let input: Vec<f32> = (0..h * w * c).map(|i| (i as f32 * 0.7).cos()).collect();
+        let x = Rows {
+            pixels: Tensor::from_vec(input, (h * w, c), &Device::Cpu)?,
+            size: (h, w),
+        };
+        let residual: Vec<f32> = (0..h * w * o).map(|i| i as f32 * 0.01).collect();
+        let residual = Tensor::from_vec(residual, (h * w, o), &Device::Cpu)?;
+        let whole = conv.forward(&x, Epilogue::ResidualRelu(&residual))?;
+        // One output row per band.
+        let banded = conv.forward_in_bands(&x, Epilogue::ResidualRelu(&residual), 1)?;
+        assert_eq!(banded.size, whole.size);
+        assert_eq!(
+            banded.pixels.to_vec2::<f32>()?,
+            whole.pixels.to_vec2::<f32>()?
+        );
+        Ok(())
+    }
+}
