@@ -23,6 +23,7 @@ FAMILY (each the architecture of the named Hub model, random weights):
   detr-resnet-50 facebook/detr-resnet-50 (ResNet-50 with transformers' names, 6+6 layers,
                  100 queries, 91 labels; the image resized to 800 on its short side)
   dpt-large      Intel/dpt-large (ViT-L/16 at 384x384, the DPT neck and depth head)
+  dpt-hybrid     Intel/dpt-hybrid-midas (BiT ResNet-50 stages 3/4/9 + ViT-B/16 at 384x384)
   depth-anything-v2-small
                  depth-anything/Depth-Anything-V2-Small-hf (DINOv2 ViT-S/14, the image
                  resized to 518 on the side that scales least, aspect kept)
@@ -50,6 +51,7 @@ TASKS = {
     "clip-b32": "zero-shot-image-classification",
     "detr-resnet-50": "object-detection",
     "dpt-large": "depth-estimation",
+    "dpt-hybrid": "depth-estimation",
     "depth-anything-v2-small": "depth-estimation",
 }
 QUESTION = "how many zebras are there?"
@@ -159,6 +161,14 @@ def make(family: str, folder: Path) -> None:
                            intermediate_size=4096, image_size=384, patch_size=16,
                            backbone_out_indices=[5, 11, 17, 23],
                            neck_hidden_sizes=[256, 512, 1024, 1024])
+        model = DPTForDepthEstimation(config).eval()
+        processor = DPTImageProcessor(size={"height": 384, "width": 384})
+    elif family == "dpt-hybrid":
+        from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+        config = DPTConfig(is_hybrid=True, backbone_featmap_shape=[1, 1024, 24, 24],
+                           image_size=384, patch_size=16, backbone_out_indices=[2, 5, 8, 11],
+                           reassemble_factors=[1, 1, 1, 0.5],
+                           neck_hidden_sizes=[256, 512, 768, 768])
         model = DPTForDepthEstimation(config).eval()
         processor = DPTImageProcessor(size={"height": 384, "width": 384})
     elif family == "depth-anything-v2-small":

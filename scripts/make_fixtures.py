@@ -135,6 +135,7 @@ GENERATED = [
     "vilt-vqa",
     "clip-zeroshot",
     "dpt-depth",
+    "dpt-hybrid-depth",
     "depth-anything-depth",
 ]
 
@@ -1647,6 +1648,50 @@ def make_dpt(folder: Path, images_dir: Path) -> None:
     }))
 
 
+def make_dpt_hybrid(folder: Path, images_dir: Path) -> None:
+    """DPT-hybrid (Intel/dpt-hybrid-midas's layout): a BiT ResNet (bottleneck layers, weight
+    standardisation, group norms, SAME padding; one layer per stage, widths 16/32/64) whose
+    stage-3 map is projected to the ViT's tokens and whose stage-1 and stage-2 maps go to the
+    neck directly; the ViT's layers 2 and 3 through the readout projection. The hybrid takes
+    exactly image_size (64x64)."""
+    name = folder.name
+    config = DPTConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37,
+        image_size=64, patch_size=16, qkv_bias=True, hidden_act="gelu", layer_norm_eps=1e-12,
+        is_hybrid=True, backbone_config={
+            "global_padding": "same", "layer_type": "bottleneck", "depths": [1, 1, 1],
+            "hidden_sizes": [16, 32, 64], "embedding_size": 8, "num_groups": 4,
+            "out_features": ["stage1", "stage2", "stage3"], "embedding_dynamic_padding": True,
+        },
+        backbone_featmap_shape=[1, 64, 4, 4], backbone_out_indices=[0, 1, 2, 3],
+        readout_type="project", reassemble_factors=[1, 1, 1, 0.5],
+        neck_hidden_sizes=[16, 32, 12, 16], fusion_hidden_size=8, head_in_index=-1,
+        initializer_range=INIT_RANGE,
+    )
+    processor = DPTImageProcessor(
+        do_resize=True, size={"height": 64, "width": 64}, keep_aspect_ratio=False,
+        ensure_multiple_of=1, resample=Image.Resampling.BICUBIC, do_rescale=True,
+        rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5], do_pad=False,
+    )
+    model = build_model(DPTForDepthEstimation, config, name)
+    gen = torch.Generator().manual_seed(seed_for(name) ^ 0xB17)
+    with torch.no_grad():
+        # The group norms' scales are left at 1 by the init: draw them too.
+        for param_name, param in model.named_parameters():
+            if "backbone" in param_name and "norm" in param_name and param_name.endswith("weight"):
+                param.copy_(1.0 + torch.randn(param.shape, generator=gen) * 0.1)
+        model.head.head[4].bias.fill_(1.0)
+    save_checkpoint(model, processor, folder)
+    model = DPTForDepthEstimation.from_pretrained(folder).eval()
+    processor = DPTImageProcessor.from_pretrained(folder)
+    write_json(folder / "expected.json", meta(name, "depth-estimation", model, {
+        "image_processor": type(processor).__name__,
+        "notes": DEPTH_NOTES,
+        "cases": depth_cases(model, processor, images_dir),
+    }))
+
+
 def make_depth_anything(folder: Path, images_dir: Path) -> None:
     """DepthAnythingForDepthEstimation on a DINOv2 backbone (Depth-Anything-V2-*-hf's layout):
     layer scales, patch 7 with bicubic position resizing, the aspect-keeping processor with
@@ -1756,6 +1801,8 @@ def main() -> None:
     make_clip(out / "clip-zeroshot", out / "images")
     print("writing dpt-depth", file=sys.stderr)
     make_dpt(out / "dpt-depth", out / "images")
+    print("writing dpt-hybrid-depth", file=sys.stderr)
+    make_dpt_hybrid(out / "dpt-hybrid-depth", out / "images")
     print("writing depth-anything-depth", file=sys.stderr)
     make_depth_anything(out / "depth-anything-depth", out / "images")
     print("writing detr-det", file=sys.stderr)

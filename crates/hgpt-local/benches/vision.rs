@@ -26,6 +26,7 @@ const FAMILIES: &[(&str, TaskKind)] = &[
     ("clip-b32", TaskKind::ZeroShotImageClassification),
     ("detr-resnet-50", TaskKind::ObjectDetection),
     ("dpt-large", TaskKind::DepthEstimation),
+    ("dpt-hybrid", TaskKind::DepthEstimation),
     ("depth-anything-v2-small", TaskKind::DepthEstimation),
 ];
 

@@ -1,7 +1,7 @@
 //! Parity of the depth-estimation pipeline with Hugging Face transformers
-//! 4.57.6 on the tiny random DPT and Depth Anything checkpoints in
-//! `tests/fixtures/dpt-depth` and `tests/fixtures/depth-anything-depth`
-//! (made by `scripts/make_fixtures.py`).
+//! 4.57.6 on the tiny random DPT, DPT-hybrid and Depth Anything checkpoints
+//! in `tests/fixtures/dpt-depth`, `dpt-hybrid-depth` and
+//! `depth-anything-depth` (made by `scripts/make_fixtures.py`).
 
 mod common;
 
@@ -19,7 +19,7 @@ const TASK: TaskKind = TaskKind::DepthEstimation;
 fn estimator(name: &str) -> DepthEstimator {
     let files = model_files(name);
     match name {
-        "dpt-depth" => DepthEstimator::load_dpt(&files, &Device::Cpu),
+        "dpt-depth" | "dpt-hybrid-depth" => DepthEstimator::load_dpt(&files, &Device::Cpu),
         _ => DepthEstimator::load_depth_anything(&files, &Device::Cpu),
     }
     .unwrap()
@@ -118,6 +118,11 @@ fn dpt_matches_transformers() {
 }
 
 #[test]
+fn dpt_hybrid_matches_transformers() {
+    check_family("dpt-hybrid-depth");
+}
+
+#[test]
 fn depth_anything_matches_transformers() {
     check_family("depth-anything-depth");
 }
@@ -146,10 +151,25 @@ fn dpt_refuses_what_it_cannot_run() {
     let image = decode_image(TASK, &image_bytes(case)).unwrap();
     expect_error(estimator.estimate(&image), "square patch grid");
 
-    let (_dir, files) = edited_copy("dpt-depth", |dir| {
-        edit_config(dir, |c| c["is_hybrid"] = json!(true));
+    // The hybrid takes its image_size only (transformers refuses others too).
+    let (_dir, files) = edited_copy("dpt-hybrid-depth", |dir| {
+        let path = dir.join("preprocessor_config.json");
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        config["size"] = json!({"height": 48, "width": 48});
+        std::fs::write(path, config.to_string()).unwrap();
     });
-    expect_error(DepthEstimator::load_dpt(&files, &Device::Cpu), "DPT-hybrid");
+    let estimator = DepthEstimator::load_dpt(&files, &Device::Cpu).unwrap();
+    expect_error(estimator.estimate(&image), "takes 64x64 inputs only");
+    let (_dir, files) = edited_copy("dpt-hybrid-depth", |dir| {
+        edit_config(dir, |c| {
+            c["backbone_config"]["layer_type"] = json!("preactivation");
+        });
+    });
+    expect_error(
+        DepthEstimator::load_dpt(&files, &Device::Cpu),
+        "layer_type \"preactivation\"",
+    );
 
     // Weights that do not fit the config are named.
     let (_dir, files) = edited_copy("dpt-depth", |dir| {
@@ -157,7 +177,7 @@ fn dpt_refuses_what_it_cannot_run() {
     });
     expect_error(
         DepthEstimator::load_dpt(&files, &Device::Cpu),
-        "shape mismatch for neck.reassemble_stage.layers.3.",
+        "shape mismatch for neck.convs.3.weight",
     );
 }
 

@@ -72,6 +72,32 @@ pub(crate) fn fold_batch_norm(
     Ok((weight, bias))
 }
 
+/// The zeros around a convolution's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Padding {
+    /// The same number on every side.
+    Fixed(usize),
+    /// TensorFlow's `SAME` (timm's dynamic padding): `ceil(size / stride)`
+    /// outputs, the zeros that takes split with the smaller half first.
+    Same,
+}
+
+impl Padding {
+    /// `(output size, zeros before)` along a side of `size` values.
+    pub(crate) fn along(self, size: usize, kernel: usize, stride: usize) -> Option<(usize, usize)> {
+        match self {
+            Self::Fixed(padding) => (size + 2 * padding)
+                .checked_sub(kernel)
+                .map(|n| (n / stride + 1, padding)),
+            Self::Same => {
+                let out = size.div_ceil(stride);
+                let total = ((out.max(1) - 1) * stride + kernel).saturating_sub(size);
+                (out > 0).then_some((out, total / 2))
+            }
+        }
+    }
+}
+
 /// A square 2-D convolution on channels-last maps.
 #[derive(Debug, Clone)]
 pub(crate) struct Conv {
@@ -79,7 +105,7 @@ pub(crate) struct Conv {
     dense: Dense,
     kernel: usize,
     stride: usize,
-    padding: usize,
+    padding: Padding,
 }
 
 impl Conv {
@@ -106,8 +132,13 @@ impl Conv {
             dense: Dense::new(rows, bias.map(|b| b.to_dtype(DType::F32)).transpose()?)?,
             kernel: kh,
             stride,
-            padding,
+            padding: Padding::Fixed(padding),
         })
+    }
+
+    /// The same convolution with other padding.
+    pub(crate) fn with_padding(self, padding: Padding) -> Self {
+        Self { padding, ..self }
     }
 
     /// `weight` (and `bias`) under `vb`, checked to be `[outputs, inputs,
@@ -124,15 +155,12 @@ impl Conv {
         Self::new(&weight, bias, stride, padding)
     }
 
-    /// The output `(height, width)` for an input of `(height, width)`.
-    pub(crate) fn out_size(&self, (h, w): (usize, usize)) -> Result<(usize, usize)> {
-        let side = |n: usize| {
-            (n + 2 * self.padding)
-                .checked_sub(self.kernel)
-                .map(|n| n / self.stride + 1)
-        };
-        match (side(h), side(w)) {
-            (Some(oh), Some(ow)) => Ok((oh, ow)),
+    /// `((out_h, top), (out_w, left))` for an input of `(height, width)`:
+    /// output sizes and zeros before.
+    fn geometry(&self, (h, w): (usize, usize)) -> Result<((usize, usize), (usize, usize))> {
+        let along = |n: usize| self.padding.along(n, self.kernel, self.stride);
+        match (along(h), along(w)) {
+            (Some(rows), Some(cols)) => Ok((rows, cols)),
             _ => candle_core::bail!(
                 "a {h}x{w} map is smaller than the {0}x{0} convolution",
                 self.kernel
@@ -149,8 +177,9 @@ impl Conv {
     /// [`Conv::forward`] with im2col bands of at most `band_values` values
     /// (at least one output row).
     fn forward_in_bands(&self, x: &Rows, epilogue: Epilogue, band_values: usize) -> Result<Rows> {
-        let out = self.out_size(x.size)?;
-        if (self.kernel, self.stride, self.padding) == (1, 1, 0) {
+        let ((out_h, top), (out_w, left)) = self.geometry(x.size)?;
+        let out = (out_h, out_w);
+        if (self.kernel, self.stride, top, left) == (1, 1, 0, 0) {
             return Ok(Rows {
                 pixels: self.dense.forward(&x.pixels, epilogue)?,
                 size: out,
@@ -163,7 +192,13 @@ impl Conv {
         let mut parts = Vec::with_capacity(out.0.div_ceil(band));
         for first in (0..out.0).step_by(band) {
             let rows = band.min(out.0 - first);
-            let columns = self.im2col(&input, channels, x.size, out.1, first..first + rows);
+            let columns = self.im2col(
+                &input,
+                channels,
+                (x.size, (top, left)),
+                out.1,
+                first..first + rows,
+            );
             let columns = Tensor::from_vec(columns, (rows * out.1, width), x.pixels.device())?;
             let residual = match epilogue {
                 Epilogue::Residual(r) | Epilogue::ResidualRelu(r) => {
@@ -185,17 +220,18 @@ impl Conv {
         Ok(Rows { pixels, size: out })
     }
 
-    /// The im2col rows of output rows `rows` of a `[h * w, c]` map: `[rows *
-    /// out_w, kernel * kernel * c]`, zeros where the window leaves the map.
+    /// The im2col rows of output rows `rows` of a `[h * w, c]` map with
+    /// `top` and `left` zeros before it: `[rows * out_w, kernel * kernel *
+    /// c]`, zeros where the window leaves the map.
     fn im2col(
         &self,
         input: &[f32],
         c: usize,
-        (h, w): (usize, usize),
+        ((h, w), (top, left)): ((usize, usize), (usize, usize)),
         out_w: usize,
         rows: std::ops::Range<usize>,
     ) -> Vec<f32> {
-        let (kernel, stride, padding) = (self.kernel, self.stride, self.padding);
+        let (kernel, stride) = (self.kernel, self.stride);
         let width = kernel * kernel * c;
         let mut out = vec![0f32; rows.len() * out_w * width];
         out.par_chunks_mut(out_w * width)
@@ -204,14 +240,14 @@ impl Conv {
                 for ox in 0..out_w {
                     let patch = &mut row[ox * width..(ox + 1) * width];
                     for ky in 0..kernel {
-                        let Some(iy) = (oy * stride + ky).checked_sub(padding) else {
+                        let Some(iy) = (oy * stride + ky).checked_sub(top) else {
                             continue;
                         };
                         if iy >= h {
                             continue;
                         }
                         for kx in 0..kernel {
-                            let Some(ix) = (ox * stride + kx).checked_sub(padding) else {
+                            let Some(ix) = (ox * stride + kx).checked_sub(left) else {
                                 continue;
                             };
                             if ix >= w {
@@ -466,6 +502,19 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn same_padding_splits_the_zeros_smaller_half_first() {
+        // 7 values, kernel 3, stride 2: 4 outputs, 2 zeros, 1 before.
+        assert_eq!(Padding::Same.along(7, 3, 2), Some((4, 1)));
+        // 8 values: 4 outputs, 1 zero, none before.
+        assert_eq!(Padding::Same.along(8, 3, 2), Some((4, 0)));
+        // 7x7 stride 2 on 9: 5 outputs, 6 zeros, 3 before.
+        assert_eq!(Padding::Same.along(9, 7, 2), Some((5, 3)));
+        assert_eq!(Padding::Same.along(6, 1, 2), Some((3, 0)));
+        assert_eq!(Padding::Fixed(1).along(5, 3, 2), Some((3, 1)));
+        assert_eq!(Padding::Fixed(0).along(2, 3, 1), None);
     }
 
     #[test]

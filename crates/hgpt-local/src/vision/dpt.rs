@@ -1,5 +1,6 @@
 //! The dense prediction transformers for depth: `DPTForDepthEstimation` with
-//! its own ViT (`Intel/dpt-large`) and `DepthAnythingForDepthEstimation` on a
+//! its own ViT (`Intel/dpt-large`) or the hybrid of a BiT ResNet and a ViT
+//! (`Intel/dpt-hybrid-midas`), and `DepthAnythingForDepthEstimation` on a
 //! DINOv2 backbone (`depth-anything/Depth-Anything-V2-*-hf`), as
 //! transformers (4.57) computes them.
 //!
@@ -10,6 +11,7 @@
 //! with a small convolutional head. Everything after the backbone runs on
 //! channels-last maps ([`super::conv`]).
 
+use super::bit::{BitBackbone, BitConfig};
 use super::conv::{Conv, ConvTranspose, Interpolation, Rows, fold_batch_norm, resize};
 use super::encoder::{Encoder, ImageSize, LayerStyle, PatchEmbeddings, VitConfig};
 use crate::kernels::{Dense, Epilogue, dense_activation};
@@ -43,6 +45,21 @@ pub struct DptConfig {
     use_bias_in_fusion_residual: Option<bool>,
     #[serde(default)]
     add_projection: bool,
+    #[serde(default)]
+    backbone_featmap_shape: Option<Vec<usize>>,
+    #[serde(default)]
+    neck_ignore_stages: Option<Vec<usize>>,
+}
+
+/// transformers' BiT configuration when a hybrid DPT's config has none.
+fn default_hybrid_backbone() -> Value {
+    serde_json::json!({
+        "global_padding": "same",
+        "layer_type": "bottleneck",
+        "depths": [3, 4, 9],
+        "out_features": ["stage1", "stage2", "stage3"],
+        "embedding_dynamic_padding": true,
+    })
 }
 
 /// The neck's sizes, shared by DPT and Depth Anything.
@@ -237,12 +254,32 @@ enum Rescale {
     Down(Conv),
 }
 
-/// One scale of the reassembly: tokens to a map at that scale.
+/// What the backbone hands the neck at one scale.
 #[derive(Debug, Clone)]
-struct Reassemble {
+enum StageInput {
+    /// A transformer layer's tokens, `[1 + rows * cols, hidden]`, `[CLS]`
+    /// first.
+    Tokens(Tensor),
+    /// A convolutional map (DPT-hybrid's first two scales).
+    Map(Rows),
+}
+
+/// How one scale's tokens become a map: the readout, a 1x1 projection and
+/// the rescaling.
+#[derive(Debug, Clone)]
+struct TokenMap {
     readout: Readout,
     projection: Conv,
     rescale: Rescale,
+}
+
+/// One scale of the neck: tokens (or a backbone map) to a map at the
+/// fusion width.
+#[derive(Debug, Clone)]
+struct Reassemble {
+    /// `None` for a scale that takes a backbone map as it is
+    /// (`neck_ignore_stages`).
+    tokens: Option<TokenMap>,
     /// The neck's 3x3 convolution to the fusion width (`neck.convs.{i}`).
     to_fusion: Conv,
 }
@@ -253,8 +290,21 @@ impl Reassemble {
         index: usize,
         (hidden, channels, fusion): (usize, usize, usize),
         factor: f64,
-        readout: Readout,
+        readout: Option<Readout>,
     ) -> Result<Self> {
+        let to_fusion = Conv::load(
+            vb.pp("convs").pp(index),
+            (channels, fusion),
+            3,
+            (1, 1),
+            false,
+        )?;
+        let Some(readout) = readout else {
+            return Ok(Self {
+                tokens: None,
+                to_fusion,
+            });
+        };
         let layer = vb.pp("reassemble_stage.layers").pp(index);
         let rescale = if factor > 1.0 && factor.fract() == 0.0 {
             Rescale::Up(ConvTranspose::load(
@@ -277,19 +327,33 @@ impl Reassemble {
             candle_core::bail!("reassemble factor {factor} is not an integer or its inverse");
         };
         Ok(Self {
-            readout,
-            projection: Conv::load(layer.pp("projection"), (hidden, channels), 1, (1, 0), true)?,
-            rescale,
-            to_fusion: Conv::load(
-                vb.pp("convs").pp(index),
-                (channels, fusion),
-                3,
-                (1, 1),
-                false,
-            )?,
+            tokens: Some(TokenMap {
+                readout,
+                projection: Conv::load(
+                    layer.pp("projection"),
+                    (hidden, channels),
+                    1,
+                    (1, 0),
+                    true,
+                )?,
+                rescale,
+            }),
+            to_fusion,
         })
     }
 
+    /// One scale's input to a map at the fusion width.
+    fn forward(&self, input: &StageInput, grid: (usize, usize)) -> Result<Rows> {
+        let map = match (&self.tokens, input) {
+            (Some(path), StageInput::Tokens(tokens)) => path.forward(tokens, grid)?,
+            (None, StageInput::Map(map)) => map.clone(),
+            _ => candle_core::bail!("the backbone's output does not fit the neck"),
+        };
+        self.to_fusion.forward(&map, Epilogue::Bias)
+    }
+}
+
+impl TokenMap {
     /// `tokens` (`[1 + rows * cols, hidden]`, `[CLS]` first) to a map.
     fn forward(&self, tokens: &Tensor, grid: (usize, usize)) -> Result<Rows> {
         let count = grid.0 * grid.1;
@@ -304,12 +368,11 @@ impl Reassemble {
         };
         let map = Rows { pixels, size: grid };
         let map = self.projection.forward(&map, Epilogue::Bias)?;
-        let map = match &self.rescale {
-            Rescale::Up(conv) => conv.forward(&map)?,
-            Rescale::Keep => map,
-            Rescale::Down(conv) => conv.forward(&map, Epilogue::Bias)?,
-        };
-        self.to_fusion.forward(&map, Epilogue::Bias)
+        match &self.rescale {
+            Rescale::Up(conv) => conv.forward(&map),
+            Rescale::Keep => Ok(map),
+            Rescale::Down(conv) => conv.forward(&map, Epilogue::Bias),
+        }
     }
 }
 
@@ -414,7 +477,7 @@ impl Neck {
         vb: VarBuilder,
         config: &NeckConfig,
         hidden: usize,
-        readout: impl Fn(usize) -> Result<Readout>,
+        readout: impl Fn(usize) -> Result<Option<Readout>>,
         style: FusionStyle,
     ) -> Result<Self> {
         let fusion = config.fusion_hidden_size;
@@ -480,8 +543,8 @@ impl Neck {
         })
     }
 
-    /// The fused map the head reads, from one token tensor per scale.
-    fn forward(&self, stages: &[Tensor], grid: (usize, usize)) -> Result<Rows> {
+    /// The fused map the head reads, from the backbone's output per scale.
+    fn forward(&self, stages: &[StageInput], grid: (usize, usize)) -> Result<Rows> {
         if stages.len() != self.scales.len() {
             candle_core::bail!(
                 "{} backbone states for {} neck scales",
@@ -595,6 +658,22 @@ enum PositionResize {
     Bicubic,
 }
 
+/// How the backbone turns pixels into patch tokens.
+#[derive(Debug, Clone)]
+enum Patchify {
+    /// Non-overlapping patches through one linear layer.
+    Linear(PatchEmbeddings),
+    /// DPT-hybrid: BiT's last stage map through a 1x1 projection; the maps of
+    /// its other stages go to the neck as they are.
+    Hybrid {
+        bit: BitBackbone,
+        projection: Conv,
+        patch_size: usize,
+        /// The one input size the hybrid takes (`image_size`).
+        image_size: (usize, usize),
+    },
+}
+
 /// The ViT-shaped backbone: `[CLS]` and patch tokens with position
 /// embeddings, the encoder layers, and which layers' states the neck reads.
 #[derive(Debug, Clone)]
@@ -604,7 +683,7 @@ struct Backbone {
     position_embeddings: Tensor,
     position_side: usize,
     position_resize: PositionResize,
-    patches: PatchEmbeddings,
+    patches: Patchify,
     encoder: Encoder,
     /// DINOv2's final LayerNorm, applied to each state handed on.
     layernorm: Option<LayerNorm>,
@@ -619,6 +698,7 @@ impl Backbone {
         vb: VarBuilder,
         out_indices: Vec<usize>,
         final_norm: bool,
+        hybrid: Option<&BitConfig>,
     ) -> Result<Self> {
         let hidden = cfg.hidden_size;
         let grid = cfg
@@ -651,7 +731,24 @@ impl Backbone {
                 LayerStyle::Vit => PositionResize::Bilinear,
                 LayerStyle::Dinov2 => PositionResize::Bicubic,
             },
-            patches: PatchEmbeddings::load(cfg, embeddings.pp("patch_embeddings"))?,
+            patches: match hybrid {
+                None => Patchify::Linear(PatchEmbeddings::load(
+                    cfg,
+                    embeddings.pp("patch_embeddings"),
+                )?),
+                Some(bit) => {
+                    let projection = embeddings.pp("projection");
+                    let weight =
+                        projection.get_unchecked_dtype("weight", candle_core::DType::F32)?;
+                    let bias = projection.get(weight.dim(0)?, "bias")?;
+                    Patchify::Hybrid {
+                        bit: BitBackbone::load(bit, embeddings.pp("backbone"))?,
+                        projection: Conv::new(&weight, Some(bias), 1, 0)?,
+                        patch_size: cfg.patch_size,
+                        image_size: (grid.0 * cfg.patch_size, grid.1 * cfg.patch_size),
+                    }
+                }
+            },
             encoder: Encoder::load_styled(cfg, style, vb.pp("encoder"))?,
             layernorm: final_norm
                 .then(|| layer_norm(hidden, cfg.layer_norm_eps, vb.pp("layernorm")))
@@ -683,15 +780,56 @@ impl Backbone {
         )
     }
 
-    /// The states the neck reads (`[1 + rows * cols, hidden]` each) and the
-    /// patch grid, for pixel values `[1, 3, H, W]`.
-    fn forward(&self, pixel_values: &Tensor) -> Result<(Vec<Tensor>, (usize, usize))> {
+    /// The patch tokens (`[rows * cols, hidden]`), their grid, and the maps a
+    /// hybrid hands the neck directly.
+    fn patchify(&self, pixel_values: &Tensor) -> Result<(Tensor, (usize, usize), Vec<Rows>)> {
         let (_, _, height, width) = pixel_values.dims4()?;
-        let grid = self.patches.grid(height, width);
-        if grid.0 == 0 || grid.1 == 0 {
-            candle_core::bail!("a {width}x{height} input is smaller than one patch");
+        match &self.patches {
+            Patchify::Linear(patches) => {
+                let grid = patches.grid(height, width);
+                if grid.0 == 0 || grid.1 == 0 {
+                    candle_core::bail!("a {width}x{height} input is smaller than one patch");
+                }
+                Ok((patches.forward(pixel_values)?.squeeze(0)?, grid, Vec::new()))
+            }
+            Patchify::Hybrid {
+                bit,
+                projection,
+                patch_size,
+                image_size,
+            } => {
+                if (height, width) != *image_size {
+                    candle_core::bail!(
+                        "DPT-hybrid takes {}x{} inputs only; the processed image is {width}x{height}",
+                        image_size.1,
+                        image_size.0
+                    );
+                }
+                let mut maps = bit.forward(pixel_values)?;
+                let Some(last) = maps.pop() else {
+                    candle_core::bail!("the BiT backbone has no stages");
+                };
+                let grid = (height / patch_size, width / patch_size);
+                if last.size != grid {
+                    candle_core::bail!(
+                        "the BiT backbone's map ({}x{}) does not fit the {}x{} patch grid",
+                        last.size.1,
+                        last.size.0,
+                        grid.1,
+                        grid.0
+                    );
+                }
+                let tokens = projection.forward(&last, Epilogue::Bias)?.pixels;
+                Ok((tokens, grid, maps))
+            }
         }
-        let patches = self.patches.forward(pixel_values)?.squeeze(0)?;
+    }
+
+    /// What the neck reads (a hybrid's backbone maps, then the selected
+    /// layers' states, `[1 + rows * cols, hidden]` each) and the patch grid,
+    /// for pixel values `[1, 3, H, W]`.
+    fn forward(&self, pixel_values: &Tensor) -> Result<(Vec<StageInput>, (usize, usize))> {
+        let (patches, grid, maps) = self.patchify(pixel_values)?;
         let tokens = Tensor::cat(&[&self.cls_token, &patches], 0)?
             .broadcast_add(&self.positions(grid)?)?
             .unsqueeze(0)?;
@@ -718,13 +856,17 @@ impl Backbone {
             }
             Ok(state)
         })?;
-        let states = kept
+        let states = kept.into_iter().map(|state| {
+            state
+                .map(StageInput::Tokens)
+                .ok_or_else(|| candle_core::Error::Msg("a backbone state was not kept".into()))
+        });
+        let inputs = maps
             .into_iter()
-            .map(|state| {
-                state.ok_or_else(|| candle_core::Error::Msg("a backbone state was not kept".into()))
-            })
+            .map(|map| Ok(StageInput::Map(map)))
+            .chain(states)
             .collect::<Result<Vec<_>>>()?;
-        Ok((states, grid))
+        Ok((inputs, grid))
     }
 }
 
@@ -742,24 +884,35 @@ impl DptForDepthEstimation {
     /// `DPTForDepthEstimation` with its own ViT (`dpt.*`, `neck.*`,
     /// `head.*`).
     pub fn load_dpt(config: &DptConfig, vb: VarBuilder) -> Result<Self> {
-        if config.is_hybrid {
-            candle_core::bail!(
-                "DPT-hybrid (a BiT convolutional backbone) is not supported; DPT with its own ViT is"
-            );
-        }
-        if config
-            .backbone_config
-            .as_ref()
-            .is_some_and(|v| !v.is_null())
-        {
-            candle_core::bail!(
-                "DPT on a separate backbone (backbone_config) is not supported; DPT with its own ViT is"
-            );
+        let backbone_config = config.backbone_config.clone().filter(|v| !v.is_null());
+        let bit = match (config.is_hybrid, backbone_config) {
+            (false, None) => None,
+            (false, Some(_)) => candle_core::bail!(
+                "DPT on a separate backbone (backbone_config) is not supported; DPT with its own ViT or BiT hybrid is"
+            ),
+            (true, value) => {
+                let value = value.unwrap_or_else(default_hybrid_backbone);
+                let bit: BitConfig = serde_json::from_value(value)
+                    .map_err(|e| candle_core::Error::Msg(format!("backbone_config: {e}")))?;
+                Some(bit)
+            }
+        };
+        // A hybrid's first two scales are BiT maps, handed on unchanged.
+        let ignored: &[usize] = match &bit {
+            Some(_) => &[0, 1],
+            None => &[],
+        };
+        let ignore_stages = config.neck_ignore_stages.as_deref();
+        if bit.is_some() && ignore_stages.is_some_and(|stages| stages != ignored) {
+            candle_core::bail!("DPT-hybrid needs neck_ignore_stages [0, 1]");
         }
         let vit = &config.vit;
         let hidden = vit.hidden_size;
-        let readout = |i: usize| -> Result<Readout> {
-            Ok(match config.readout_type.as_str() {
+        let readout = |i: usize| -> Result<Option<Readout>> {
+            if ignored.contains(&i) {
+                return Ok(None);
+            }
+            Ok(Some(match config.readout_type.as_str() {
                 "ignore" => Readout::Ignore,
                 "add" => Readout::Add,
                 "project" => Readout::Project(
@@ -771,7 +924,7 @@ impl DptForDepthEstimation {
                     vit.hidden_act,
                 ),
                 other => candle_core::bail!("unknown readout_type {other:?}"),
-            })
+            }))
         };
         let batch_norm = config.use_batch_norm_in_fusion_residual;
         let style = FusionStyle {
@@ -794,13 +947,31 @@ impl DptForDepthEstimation {
             Conv::load(head.pp("head.2"), (fusion / 2, 32), 3, (1, 1), true)?,
             Conv::load(head.pp("head.4"), (32, 1), 1, (1, 0), true)?,
         ];
-        // transformers' hidden_states include the embeddings first.
-        let out_indices = config.backbone_out_indices.iter().map(|i| i + 1).collect();
+        // transformers' hidden_states include the embeddings first; a hybrid
+        // takes the layers after its BiT maps'.
+        let out_indices = config
+            .backbone_out_indices
+            .iter()
+            .skip(ignored.len())
+            .map(|i| i + 1)
+            .collect();
+        if let (Some(_), Some(shape)) = (&bit, &config.backbone_featmap_shape)
+            && shape.len() != 4
+        {
+            candle_core::bail!("backbone_featmap_shape {shape:?} is not [1, C, H, W]");
+        }
         Ok(Self {
-            backbone: Backbone::load(vit, LayerStyle::Vit, vb.pp("dpt"), out_indices, false)?,
+            backbone: Backbone::load(
+                vit,
+                LayerStyle::Vit,
+                vb.pp("dpt"),
+                out_indices,
+                false,
+                bit.as_ref(),
+            )?,
             neck,
             head: DepthHead::Dpt { projection, convs },
-            square_only: true,
+            square_only: bit.is_none(),
         })
     }
 
@@ -850,7 +1021,7 @@ impl DptForDepthEstimation {
             vb.pp("neck"),
             &neck_config,
             hidden,
-            |_| Ok(Readout::Ignore),
+            |_| Ok(Some(Readout::Ignore)),
             style,
         )?;
         let fusion = config.fusion_hidden_size;
@@ -883,6 +1054,7 @@ impl DptForDepthEstimation {
                 vb.pp("backbone"),
                 out_indices,
                 backbone.apply_layernorm,
+                None,
             )?,
             neck,
             head: DepthHead::DepthAnything {
@@ -900,7 +1072,10 @@ impl DptForDepthEstimation {
     /// width)`, for pixel values `[1, 3, H, W]`.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<(Vec<f32>, (usize, usize))> {
         let (_, _, height, width) = pixel_values.dims4()?;
-        let grid = self.backbone.patches.grid(height, width);
+        let grid = match &self.backbone.patches {
+            Patchify::Linear(patches) => patches.grid(height, width),
+            Patchify::Hybrid { .. } => (0, 0),
+        };
         if self.square_only && grid.0 != grid.1 {
             candle_core::bail!(
                 "DPT's ViT needs a square patch grid; the processed image ({width}x{height}) gives {}x{}",

@@ -21,6 +21,7 @@
 //!   convolutions and resizes of `conv`.
 
 mod attention;
+mod bit;
 pub mod blip;
 pub mod caption;
 pub mod clip;
