@@ -65,6 +65,7 @@ from transformers import (
     CLIPTokenizerFast,
     DetrConfig,
     DetrForObjectDetection,
+    DetrForSegmentation,
     DetrImageProcessor,
     DepthAnythingConfig,
     DepthAnythingForDepthEstimation,
@@ -132,6 +133,7 @@ GENERATED = [
     "blip-vqa",
     "detr-det",
     "detr-det-timm",
+    "detr-panoptic",
     "vilt-vqa",
     "clip-zeroshot",
     "dpt-depth",
@@ -1346,6 +1348,108 @@ def timm_resnet_name(name: str) -> str:
     return prefix + block + kind[parts[7]] + str(int(parts[6]) + 1) + "." + ".".join(parts[8:])
 
 
+PANOPTIC_LABELS = {0: "person", 1: "car", 2: "road", 3: "sky"}
+
+
+def make_detr_panoptic(folder: Path, images_dir: Path) -> None:
+    """DetrForSegmentation (facebook/detr-resnet-50-panoptic's layout) with transformers' own
+    ResNet (all four stages out, for the mask head's FPN), d_model 32 with 8 heads (the mask
+    head's width, d_model + heads, must be a multiple of 8), 2+2 layers, 12 queries. The class
+    head is sharpened so that some queries clear the pipeline's 0.9 threshold."""
+    name = folder.name
+    backbone = ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[16, 32, 32, 64], depths=[1, 1, 1, 1],
+        layer_type="bottleneck", hidden_act="relu",
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = DetrConfig(
+        use_timm_backbone=False, backbone_config=backbone, backbone=None,
+        use_pretrained_backbone=False, num_queries=12, d_model=32, encoder_layers=2,
+        decoder_layers=2, encoder_attention_heads=8, decoder_attention_heads=8,
+        encoder_ffn_dim=37, decoder_ffn_dim=37, init_std=INIT_RANGE, init_xavier_std=1.0,
+        **label_kwargs(PANOPTIC_LABELS),
+    )
+    processor = DetrImageProcessor(
+        do_resize=True, size={"shortest_edge": 64, "longest_edge": 96},
+        resample=Image.Resampling.BILINEAR, do_rescale=True, rescale_factor=1 / 255,
+        do_normalize=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        do_pad=True, format="coco_panoptic",
+    )
+    model = build_model(DetrForSegmentation, config, name)
+    randomize_frozen_batch_norms(model, seed_for(name))
+    gen = torch.Generator().manual_seed(seed_for(name) ^ 0x9A7)
+    with torch.no_grad():
+        # As for detr-det: spread the queries so that they differ; then sharpen the classes and
+        # the masks so that several queries win regions.
+        model.detr.model.query_position_embeddings.weight.mul_(10.0)
+        for param_name, param in model.detr.model.decoder.named_parameters():
+            if param_name.endswith("weight") and "layer_norm" not in param_name \
+                    and "layernorm" not in param_name:
+                param.mul_(2.0)
+        model.detr.class_labels_classifier.bias.zero_()
+        model.detr.class_labels_classifier.bias[-1] = -10.0  # "no object" rarely wins
+        model.detr.class_labels_classifier.weight.mul_(8.0)
+        model.mask_head.out_lay.weight.mul_(3.0)
+        # Make each query's attention map, not the shared feature map, decide its mask.
+        model.bbox_attention.q_linear.weight.mul_(5.0)
+        model.mask_head.lay1.weight[:, config.d_model:].mul_(200.0)
+        for adapter in (model.mask_head.adapter1, model.mask_head.adapter2, model.mask_head.adapter3):
+            adapter.weight.mul_(0.05)
+            adapter.bias.mul_(0.05)
+        # The mask head's group norms start at scale 1: draw them.
+        for param_name, param in model.mask_head.named_parameters():
+            if param_name.startswith("gn") and param_name.endswith("weight"):
+                param.copy_(1.0 + torch.randn(param.shape, generator=gen) * 0.1)
+    save_checkpoint(model, processor, folder)
+    model = DetrForSegmentation.from_pretrained(folder).eval()
+    processor = DetrImageProcessor.from_pretrained(folder)
+    pipe = pipeline("image-segmentation", model=model, image_processor=processor, device="cpu")
+
+    def segments(path, **kwargs):
+        out = []
+        for segment in pipe(str(path), **kwargs):
+            mask = np.array(segment["mask"])
+            out.append({"label": segment["label"], "score": segment["score"],
+                        "mask": (mask // 255).reshape(-1).tolist()})
+        return out
+
+    cases = []
+    for image_name in ["gradient_40x30.png", "shapes_64x48.png", "portrait_36x52.png"]:
+        path = images_dir / image_name
+        image = load_rgb(path)
+        inputs = processor(images=image, return_tensors="pt")
+        pixel_values = inputs["pixel_values"]
+        assert bool(inputs["pixel_mask"].all()), "one image: nothing is padded"
+        with torch.no_grad():
+            out = model(pixel_values=pixel_values)
+        default = segments(path)
+        low = segments(path, threshold=0.5)
+        assert low, f"{image_name}: no segment at threshold 0.5"
+        cases.append({
+            "image": f"images/{image_name}",
+            "original_size": [image.height, image.width],
+            "processed_size": list(pixel_values.shape[-2:]),
+            "logits": F32(out.logits[0]),
+            "pred_masks": F32(out.pred_masks[0]),
+            "pipeline": default,
+            "pipeline_threshold_0_5": low,
+            "pipeline_threshold_0_5_overlap_0_8": segments(
+                path, threshold=0.5, overlap_mask_area_threshold=0.8),
+        })
+    counts = [len(case["pipeline_threshold_0_5"]) for case in cases]
+    assert sum(counts) >= 5, f"too few segments to exercise the post-processing: {counts}"
+    write_json(folder / "expected.json", meta(name, "image-segmentation", model, {
+        "image_processor": type(processor).__name__,
+        "id2label": {str(k): v for k, v in PANOPTIC_LABELS.items()},
+        "notes": "original_size/processed_size: [height, width]; logits: [num_queries, "
+                 "num_labels + 1]; pred_masks: [num_queries, H/4, W/4]; pipeline*: the "
+                 "image-segmentation pipeline's panoptic output (default threshold 0.9, then "
+                 "0.5, then 0.5 with overlap_mask_area_threshold 0.8), each mask as 0/1 per "
+                 "pixel of the original image, row-major.",
+        "cases": cases,
+    }))
+
+
 def make_detr_timm(detr_folder: Path, folder: Path) -> None:
     """detr-det as the Hub's DETR checkpoints lay it out (use_timm_backbone=True): the same
     weights with timm's ResNet names, plus the num_batches_tracked counters real checkpoints
@@ -1809,6 +1913,8 @@ def main() -> None:
     make_detr(out / "detr-det", out / "images")
     print("writing detr-det-timm", file=sys.stderr)
     make_detr_timm(out / "detr-det", out / "detr-det-timm")
+    print("writing detr-panoptic", file=sys.stderr)
+    make_detr_panoptic(out / "detr-panoptic", out / "images")
     if not args.skip_minilm:
         print("writing minilm", file=sys.stderr)
         make_minilm(out / "minilm", args.hub_dir)

@@ -248,6 +248,20 @@ pub static FAMILIES: &[Family] = &[
         load: |_, files, device| Ok(Box::new(crate::vision::Segmenter::load(files, device)?)),
     },
     Family {
+        name: "DETR panoptic segmentation",
+        model_types: &["detr"],
+        heads: &[(
+            Head::Class("DetrForSegmentation"),
+            TaskKind::ImageSegmentation,
+        )],
+        parts: None,
+        load: |_, files, device| {
+            Ok(Box::new(crate::vision::PanopticSegmenter::load(
+                files, device,
+            )?))
+        },
+    },
+    Family {
         name: "ViT + GPT-2 vision-encoder-decoder",
         model_types: &["vision-encoder-decoder"],
         heads: &[(

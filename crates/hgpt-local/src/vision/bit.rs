@@ -3,7 +3,7 @@
 //! weight-standardised convolutions (standardised once, at load time),
 //! group norms, TensorFlow-style `SAME` padding, on channels-last maps.
 
-use super::conv::{Conv, Padding, Rows};
+use super::conv::{Conv, GroupNorm, Padding, Rows};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
@@ -11,8 +11,6 @@ use serde::Deserialize;
 
 /// The epsilon of BiT's weight standardisation.
 const STANDARDIZE_EPS: f64 = 1e-8;
-/// The epsilon of BiT's group norms.
-const GROUP_NORM_EPS: f64 = 1e-5;
 
 /// The parts of a BiT `backbone_config` hgpt reads.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,84 +38,6 @@ fn relu() -> String {
 }
 fn thirty_two() -> usize {
     32
-}
-
-/// `nn.GroupNorm` over a channels-last map, optionally followed by a
-/// residual and ReLU.
-#[derive(Debug, Clone)]
-struct GroupNorm {
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
-    groups: usize,
-}
-
-impl GroupNorm {
-    fn load(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
-        if groups == 0 || !channels.is_multiple_of(groups) {
-            candle_core::bail!("{channels} channels do not split into {groups} groups");
-        }
-        let get = |name: &str| -> Result<Vec<f32>> {
-            vb.get(channels, name)?.to_dtype(DType::F32)?.to_vec1()
-        };
-        Ok(Self {
-            gamma: get("weight")?,
-            beta: get("bias")?,
-            groups,
-        })
-    }
-
-    /// The normalised map, plus `residual` (same shape), then ReLU when
-    /// `relu`.
-    fn forward(&self, x: &Rows, relu: bool, residual: Option<&Rows>) -> Result<Rows> {
-        let channels = x.channels()?;
-        if channels != self.gamma.len() {
-            candle_core::bail!(
-                "group norm: {channels} channels, {} weights",
-                self.gamma.len()
-            );
-        }
-        let mut values = x.pixels.flatten_all()?.to_vec1::<f32>()?;
-        let residual = residual
-            .map(|r| r.pixels.flatten_all()?.to_vec1::<f32>())
-            .transpose()?;
-        let per_group = channels / self.groups;
-        let pixels = values.len() / channels.max(1);
-        // Mean and inverse deviation per group, accumulated in f64.
-        let stats: Vec<(f32, f32)> = (0..self.groups)
-            .into_par_iter()
-            .map(|g| {
-                let (mut sum, mut squares) = (0f64, 0f64);
-                for p in 0..pixels {
-                    let start = p * channels + g * per_group;
-                    for &v in &values[start..start + per_group] {
-                        sum += f64::from(v);
-                        squares += f64::from(v) * f64::from(v);
-                    }
-                }
-                let n = (pixels * per_group).max(1) as f64;
-                let mean = sum / n;
-                let var = (squares / n - mean * mean).max(0.0);
-                (mean as f32, (1.0 / (var + GROUP_NORM_EPS).sqrt()) as f32)
-            })
-            .collect();
-        values
-            .par_chunks_mut(channels)
-            .enumerate()
-            .for_each(|(p, pixel)| {
-                for (c, v) in pixel.iter_mut().enumerate() {
-                    let (mean, inv) = stats[c / per_group];
-                    let mut y = (*v - mean) * inv * self.gamma[c] + self.beta[c];
-                    if let Some(r) = &residual {
-                        y += r[p * channels + c];
-                    }
-                    *v = if relu { y.max(0.0) } else { y };
-                }
-            });
-        Ok(Rows {
-            pixels: Tensor::from_vec(values, (pixels, channels), x.pixels.device())?,
-            size: x.size,
-        })
-    }
 }
 
 /// A weight-standardised convolution (no bias): each output channel's

@@ -72,6 +72,88 @@ pub(crate) fn fold_batch_norm(
     Ok((weight, bias))
 }
 
+/// PyTorch's `GroupNorm` epsilon.
+const GROUP_NORM_EPS: f64 = 1e-5;
+
+/// `nn.GroupNorm` (epsilon 1e-5) over a channels-last map, optionally
+/// followed by a residual and ReLU.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    groups: usize,
+}
+
+impl GroupNorm {
+    /// `weight` and `bias` under `vb`, `groups` groups.
+    pub(crate) fn load(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
+        if groups == 0 || !channels.is_multiple_of(groups) {
+            candle_core::bail!("{channels} channels do not split into {groups} groups");
+        }
+        let get = |name: &str| -> Result<Vec<f32>> {
+            vb.get(channels, name)?.to_dtype(DType::F32)?.to_vec1()
+        };
+        Ok(Self {
+            gamma: get("weight")?,
+            beta: get("bias")?,
+            groups,
+        })
+    }
+
+    /// The normalised map, plus `residual` (same shape), then ReLU when
+    /// `relu`.
+    pub(crate) fn forward(&self, x: &Rows, relu: bool, residual: Option<&Rows>) -> Result<Rows> {
+        let channels = x.channels()?;
+        if channels != self.gamma.len() {
+            candle_core::bail!(
+                "group norm: {channels} channels, {} weights",
+                self.gamma.len()
+            );
+        }
+        let mut values = x.pixels.flatten_all()?.to_vec1::<f32>()?;
+        let residual = residual
+            .map(|r| r.pixels.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
+        let per_group = channels / self.groups;
+        let pixels = values.len() / channels.max(1);
+        // Mean and inverse deviation per group, accumulated in f64.
+        let stats: Vec<(f32, f32)> = (0..self.groups)
+            .into_par_iter()
+            .map(|g| {
+                let (mut sum, mut squares) = (0f64, 0f64);
+                for p in 0..pixels {
+                    let start = p * channels + g * per_group;
+                    for &v in &values[start..start + per_group] {
+                        sum += f64::from(v);
+                        squares += f64::from(v) * f64::from(v);
+                    }
+                }
+                let n = (pixels * per_group).max(1) as f64;
+                let mean = sum / n;
+                let var = (squares / n - mean * mean).max(0.0);
+                (mean as f32, (1.0 / (var + GROUP_NORM_EPS).sqrt()) as f32)
+            })
+            .collect();
+        values
+            .par_chunks_mut(channels)
+            .enumerate()
+            .for_each(|(p, pixel)| {
+                for (c, v) in pixel.iter_mut().enumerate() {
+                    let (mean, inv) = stats[c / per_group];
+                    let mut y = (*v - mean) * inv * self.gamma[c] + self.beta[c];
+                    if let Some(r) = &residual {
+                        y += r[p * channels + c];
+                    }
+                    *v = if relu { y.max(0.0) } else { y };
+                }
+            });
+        Ok(Rows {
+            pixels: Tensor::from_vec(values, (pixels, channels), x.pixels.device())?,
+            size: x.size,
+        })
+    }
+}
+
 /// The zeros around a convolution's input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Padding {
@@ -322,6 +404,8 @@ pub(crate) enum Interpolation {
     },
     /// `mode="bicubic", align_corners=False`.
     Bicubic,
+    /// `mode="nearest"`: the source at `floor(out * in / out_size)`.
+    Nearest,
 }
 
 /// The source positions and weights of each of `output` samples resized
@@ -330,6 +414,10 @@ pub(crate) fn taps(kind: Interpolation, input: usize, output: usize) -> Vec<Vec<
     let last = input.saturating_sub(1);
     (0..output)
         .map(|o| match kind {
+            Interpolation::Nearest => {
+                let scale = input as f32 / output as f32;
+                vec![(((o as f32 * scale).floor() as usize).min(last), 1.0)]
+            }
             Interpolation::Bilinear { align_corners } => {
                 let real = if align_corners {
                     if output > 1 {
@@ -445,6 +533,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn nearest_repeats_and_skips() {
+        let values = [1.0, 2.0, 3.0];
+        let up = resize_values(&values, 1, (1, 3), (1, 6), Interpolation::Nearest);
+        assert_eq!(up, vec![1.0, 1.0, 2.0, 2.0, 3.0, 3.0]);
+        let odd = resize_values(&values, 1, (1, 3), (1, 4), Interpolation::Nearest);
+        // floor(o * 0.75): 0, 0, 1, 2.
+        assert_eq!(odd, vec![1.0, 1.0, 2.0, 3.0]);
     }
 
     #[test]

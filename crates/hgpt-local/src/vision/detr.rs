@@ -7,7 +7,7 @@
 use super::attention::{attend, merge_heads, self_attention, split_heads};
 use super::detection::{DetectionModel, Mlp, Predictions};
 use super::encoder::{class_count, class_names};
-use super::resnet::{ResNet, ResNetNames, ResNetOptions};
+use super::resnet::{FeatureMap, ResNet, ResNetNames, ResNetOptions};
 use crate::error::LocalError;
 use crate::files::ModelFiles;
 use crate::kernels::{Dense, Epilogue, dense_activation};
@@ -101,7 +101,7 @@ impl Default for DetrConfig {
 }
 
 impl DetrConfig {
-    fn check(&self) -> std::result::Result<(), String> {
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
         for (what, heads) in [
             ("encoder_attention_heads", self.encoder_attention_heads),
             ("decoder_attention_heads", self.decoder_attention_heads),
@@ -418,6 +418,13 @@ impl DetrForObjectDetection {
     /// The encoder's output `[1, H/32 * W/32, d_model]` for pixel values
     /// `[1, 3, H, W]`, with the sine positions of its feature map.
     pub fn encode(&self, pixel_values: &Tensor) -> Result<(Tensor, Tensor)> {
+        let encoded = self.encode_all(pixel_values)?;
+        Ok((encoded.memory, encoded.positions))
+    }
+
+    /// The backbone and the encoder, keeping what the segmentation head
+    /// reads.
+    pub(crate) fn encode_all(&self, pixel_values: &Tensor) -> Result<Encoded> {
         let (batch, _, height, width) = pixel_values.dims4()?;
         if batch != 1 {
             candle_core::bail!("DETR runs one image at a time, not {batch}");
@@ -427,32 +434,65 @@ impl DetrForObjectDetection {
                 "a {width}x{height} input is smaller than the backbone's 32-pixel stride"
             );
         }
-        let (pixels, (rows, cols)) = self.backbone.forward(pixel_values)?.into_rows()?;
-        let features = self.input_projection.forward(&pixels, Epilogue::Bias)?;
-        let d = features.dim(1)?;
-        let positions = sine_positions(rows, cols, d / 2, pixel_values.device())?;
-        let mut xs = features.unsqueeze(0)?;
+        let mut stages = self.backbone.forward_stages(pixel_values)?;
+        let last = stages
+            .pop()
+            .ok_or_else(|| candle_core::Error::Msg("the ResNet has no stages".into()))?;
+        let (pixels, grid) = last.into_rows()?;
+        let projected = self.input_projection.forward(&pixels, Epilogue::Bias)?;
+        let d = projected.dim(1)?;
+        let positions = sine_positions(grid.0, grid.1, d / 2, pixel_values.device())?;
+        let mut xs = projected.unsqueeze(0)?;
         for layer in &self.encoder {
             xs = layer.forward(&xs, &positions)?;
         }
-        Ok((xs, positions))
+        Ok(Encoded {
+            stages,
+            projected,
+            grid,
+            memory: xs,
+            positions,
+        })
+    }
+
+    /// The decoder's output, after its final norm: `[1, queries, d_model]`.
+    pub(crate) fn decode(&self, encoded: &Encoded) -> Result<Tensor> {
+        let keys = (&encoded.memory + &encoded.positions)?;
+        let query_positions = self.query_positions.unsqueeze(0)?;
+        let mut xs = query_positions.zeros_like()?;
+        for layer in &self.decoder {
+            xs = layer.forward(&xs, &query_positions, &encoded.memory, &keys)?;
+        }
+        xs.apply(&self.decoder_norm)
+    }
+
+    /// `(logits, boxes)` of decoded queries.
+    pub(crate) fn heads(&self, decoded: &Tensor) -> Result<(Tensor, Tensor)> {
+        let logits = decoded.apply(&self.class_head)?;
+        let boxes = candle_nn::ops::sigmoid(&self.box_head.forward(decoded)?)?;
+        Ok((logits, boxes))
     }
 
     /// `(logits [1, queries, labels + 1], boxes [1, queries, 4])`; boxes
     /// are `(cx, cy, w, h)` in 0..1 of the processed image.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (encoder_states, positions) = self.encode(pixel_values)?;
-        let keys = (&encoder_states + &positions)?;
-        let query_positions = self.query_positions.unsqueeze(0)?;
-        let mut xs = query_positions.zeros_like()?;
-        for layer in &self.decoder {
-            xs = layer.forward(&xs, &query_positions, &encoder_states, &keys)?;
-        }
-        let xs = xs.apply(&self.decoder_norm)?;
-        let logits = xs.apply(&self.class_head)?;
-        let boxes = candle_nn::ops::sigmoid(&self.box_head.forward(&xs)?)?;
-        Ok((logits, boxes))
+        let encoded = self.encode_all(pixel_values)?;
+        self.heads(&self.decode(&encoded)?)
     }
+}
+
+/// What DETR's backbone and encoder computed for one image.
+pub(crate) struct Encoded {
+    /// The backbone's maps before the last (`H/4`, `H/8`, `H/16`).
+    pub(crate) stages: Vec<FeatureMap>,
+    /// The last map projected to `d_model`: `[H/32 * W/32, d_model]`.
+    pub(crate) projected: Tensor,
+    /// `(H/32, W/32)`.
+    pub(crate) grid: (usize, usize),
+    /// The encoder's output, `[1, H/32 * W/32, d_model]`.
+    pub(crate) memory: Tensor,
+    /// The sine positions of the grid.
+    pub(crate) positions: Tensor,
 }
 
 impl DetectionModel for DetrForObjectDetection {

@@ -1,7 +1,7 @@
-//! Image classification (ViT), object detection (YOLOS, DETR), semantic
-//! segmentation (SegFormer), captioning (ViT + GPT-2, BLIP) and visual
-//! question answering (BLIP, ViLT), zero-shot classification (CLIP) and depth
-//! estimation (DPT, Depth Anything), with the preprocessing and
+//! Image classification (ViT), object detection (YOLOS, DETR), semantic and
+//! panoptic segmentation (SegFormer, DETR), captioning (ViT + GPT-2, BLIP),
+//! visual question answering (BLIP, ViLT), zero-shot classification (CLIP)
+//! and depth estimation (DPT, Depth Anything), with the preprocessing and
 //! post-processing of the transformers pipelines.
 //!
 //! - [`preprocess`]: decoding and the image processors (Pillow-exact resize).
@@ -10,7 +10,8 @@
 //!   (`YolosForObjectDetection`) and [`detr`] (`DetrForObjectDetection`, on
 //!   the [`resnet`] backbone) are its networks.
 //! - [`segformer`]: `SegformerForSemanticSegmentation` and the
-//!   image-segmentation pipeline's semantic output.
+//!   image-segmentation pipeline's semantic output; [`panoptic`]:
+//!   `DetrForSegmentation` and its panoptic output.
 //! - [`caption`]: the image-to-text pipeline; [`gpt2`] is its GPT-2 decoder
 //!   with cross-attention.
 //! - [`blip`]: BLIP captioning and visual question answering.
@@ -32,6 +33,7 @@ pub mod detr;
 pub mod dpt;
 mod encoder;
 pub mod gpt2;
+pub mod panoptic;
 pub mod preprocess;
 pub mod resnet;
 pub mod segformer;
@@ -48,6 +50,7 @@ pub use detection::{DetectionModel, ObjectDetector, Predictions, RawDetection};
 pub use detr::DetrForObjectDetection;
 pub use dpt::DptForDepthEstimation;
 pub use encoder::{ImageSize, VitConfig};
+pub use panoptic::{DetrForSegmentation, PanopticSegmenter, PanopticSettings};
 pub use preprocess::{ImageProcessor, ProcessorKind, Resample, SizeRule, decode_image};
 pub use segformer::{SegformerForSemanticSegmentation, Segmenter};
 pub use vilt::{ViltForQuestionAnswering, ViltQuestionAnswerer};

@@ -382,8 +382,16 @@ impl ResNet {
     /// The last stage's feature map (`H/32` x `W/32`) of pixel values
     /// `[1, 3, H, W]`.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<FeatureMap> {
+        self.forward_stages(pixel_values)?
+            .pop()
+            .ok_or_else(|| candle_core::Error::Msg("the ResNet has no stages".into()))
+    }
+
+    /// Every stage's feature map (`H/4`, `H/8`, `H/16`, `H/32`) of pixel
+    /// values `[1, 3, H, W]`.
+    pub fn forward_stages(&self, pixel_values: &Tensor) -> Result<Vec<FeatureMap>> {
         let input = match &self.stem {
-            FoldedConv::Rows { .. } => {
+            FoldedConv::Rows(_) => {
                 let (_, c, h, w) = pixel_values.dims4()?;
                 FeatureMap::Rows {
                     pixels: pixel_values.reshape((c, h * w))?.t()?.contiguous()?,
@@ -393,12 +401,14 @@ impl ResNet {
             FoldedConv::Candle(_) => FeatureMap::Nchw(pixel_values.clone()),
         };
         let mut xs = max_pool(self.stem.forward(&input, After::Relu)?)?;
+        let mut outputs = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
             for block in stage {
                 xs = block.forward(&xs)?;
             }
+            outputs.push(xs.clone());
         }
-        Ok(xs)
+        Ok(outputs)
     }
 }
 

@@ -520,28 +520,12 @@ impl Segmenter {
         present
             .into_par_iter()
             .map(|class| {
-                let pixels = classes
-                    .iter()
-                    .map(|&c| if c == class { 255 } else { 0 })
-                    .collect();
-                let mask = GrayImage::from_raw(width, height, pixels).ok_or_else(|| {
-                    LocalError::Compute("the segmentation map does not fit the image".into())
-                })?;
-                // Two-level masks compress well with the fast settings.
-                let mut png = Vec::new();
-                PngEncoder::new_with_quality(&mut png, CompressionType::Fast, FilterType::NoFilter)
-                    .write_image(mask.as_raw(), width, height, ExtendedColorType::L8)
-                    .map_err(|e| LocalError::Compute(format!("cannot encode a mask: {e}")))?;
                 let label = self
                     .labels
                     .get(class as usize)
                     .cloned()
                     .unwrap_or_else(|| format!("LABEL_{class}"));
-                Ok(Segment {
-                    label,
-                    score: None,
-                    mask: base64::engine::general_purpose::STANDARD.encode(png),
-                })
+                mask_segment(label, None, &classes, class, (width, height))
             })
             .collect()
     }
@@ -598,6 +582,30 @@ fn resized_argmax(
             }
         });
     out
+}
+
+/// A segment whose mask is the pixels of `map` equal to `id` (255 inside, 0
+/// outside, as a base64 PNG of `(width, height)`).
+pub(crate) fn mask_segment<T: PartialEq + Copy>(
+    label: String,
+    score: Option<f64>,
+    map: &[T],
+    id: T,
+    (width, height): (u32, u32),
+) -> Result<Segment, LocalError> {
+    let pixels = map.iter().map(|&c| if c == id { 255 } else { 0 }).collect();
+    let mask = GrayImage::from_raw(width, height, pixels)
+        .ok_or_else(|| LocalError::Compute("the segmentation map does not fit the image".into()))?;
+    // Two-level masks compress well with the fast settings.
+    let mut png = Vec::new();
+    PngEncoder::new_with_quality(&mut png, CompressionType::Fast, FilterType::NoFilter)
+        .write_image(mask.as_raw(), width, height, ExtendedColorType::L8)
+        .map_err(|e| LocalError::Compute(format!("cannot encode a mask: {e}")))?;
+    Ok(Segment {
+        label,
+        score,
+        mask: base64::engine::general_purpose::STANDARD.encode(png),
+    })
 }
 
 impl Pipeline for Segmenter {

@@ -198,17 +198,28 @@ def check_object_detection(client, model_id, expected, fixtures):
 
 def check_image_segmentation(client, model_id, expected, fixtures):
     for case in expected["cases"]:
-        what = f"{model_id} {case['image']}"
-        got = client.image_segmentation(read_image(fixtures, case))
-        want = case["pipeline"]
-        check(len(got) == len(want), f"{what}: {len(got)} segments, expected {len(want)}")
-        for g, w in zip(got, want):
-            check(g.label == w["label"] and g.score is None, f"{what}: {g.label!r} {g.score!r} != {w['label']!r}")
-            height, width = case["original_size"]
-            check(g.mask.mode == "L" and g.mask.size == (width, height), f"{what}: mask {g.mask.mode} {g.mask.size}")
-            bits = [1 if p == 255 else (0 if p == 0 else -1) for p in g.mask.getdata()]
-            check(bits == w["mask"], f"{what}: the mask of {g.label} differs")
+        runs = [(f"{model_id} {case['image']}", {}, case["pipeline"])]
+        if "pipeline_threshold_0_5" in case:  # panoptic: the thresholds are parameters
+            runs.append((f"{model_id} {case['image']} threshold=0.5", {"threshold": 0.5},
+                         case["pipeline_threshold_0_5"]))
+        for what, parameters, want in runs:
+            same_segments(client.image_segmentation(read_image(fixtures, case), **parameters),
+                          want, what, case)
     return ["image-segmentation"]
+
+
+def same_segments(got, want, what, case):
+    check(len(got) == len(want), f"{what}: {len(got)} segments, expected {len(want)}")
+    for g, w in zip(got, want):
+        check(g.label == w["label"], f"{what}: {g.label!r} != {w['label']!r}")
+        if w.get("score") is None:  # semantic segmentation has no scores
+            check(g.score is None, f"{what}: score {g.score!r} where the pipeline has none")
+        else:
+            close(g.score, w["score"], f"{what}: score of {w['label']}")
+        height, width = case["original_size"]
+        check(g.mask.mode == "L" and g.mask.size == (width, height), f"{what}: mask {g.mask.mode} {g.mask.size}")
+        bits = [1 if p == 255 else (0 if p == 0 else -1) for p in g.mask.getdata()]
+        check(bits == w["mask"], f"{what}: the mask of {g.label} differs")
 
 
 def check_image_to_text(client, model_id, expected, fixtures):
