@@ -114,10 +114,7 @@ impl Dense {
         y.reshape(shape)
     }
 
-    /// [`Dense::forward`] on the CPU for `x` `[m, k]`: rayon's threads take
-    /// blocks of output columns; for each they fill the block with the bias
-    /// (and residual), add the product with one `gemm` call (a dot product
-    /// per column for a single row) and apply the activation.
+    /// [`Dense::forward`] on the CPU for `x` `[m, k]`.
     fn forward_cpu(
         &self,
         x: &Tensor,
@@ -125,33 +122,45 @@ impl Dense {
         residual: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let x = x.contiguous()?;
-        let (m, k) = x.dims2()?;
+        let (m, _) = x.dims2()?;
         let n = self.weight.dim(0)?;
         let (x_storage, x_layout) = x.storage_and_layout();
-        let (w_storage, w_layout) = self.weight.storage_and_layout();
         let xs = cpu_f32("linear input", &x_storage, x_layout)?;
-        let ws = cpu_f32("linear weight", &w_storage, w_layout)?;
-        if xs.len() != m * k || ws.len() != k * n {
-            candle_core::bail!("linear: input {m}x{k} does not fit the weight {k}x{n}");
-        }
-        let bias_guard = self.bias.as_ref().map(|b| b.storage_and_layout());
-        let bias = match &bias_guard {
-            Some((storage, layout)) => Some(cpu_f32("linear bias", storage, layout)?),
-            None => None,
-        };
         let residual_tensor = residual.map(Tensor::contiguous).transpose()?;
         let residual_guard = residual_tensor.as_ref().map(|r| r.storage_and_layout());
         let residual = match &residual_guard {
-            Some((storage, layout)) => {
-                let r = cpu_f32("linear residual", storage, layout)?;
-                if r.len() != m * n {
-                    candle_core::bail!("linear: the residual is not {m}x{n}");
-                }
-                Some(r)
-            }
+            Some((storage, layout)) => Some(cpu_f32("linear residual", storage, layout)?),
             None => None,
         };
-        // Every value is written (first by the fill below) before `set_len`.
+        let out = self.forward_slice(xs, m, epilogue, residual)?;
+        drop(residual_guard);
+        drop(x_storage);
+        Tensor::from_vec(out, (m, n), &Device::Cpu)
+    }
+
+    /// The number of outputs.
+    pub(crate) fn outputs(&self) -> candle_core::Result<usize> {
+        self.weight.dim(0)
+    }
+
+    /// Whether [`Dense::forward_slice`] can run: f32 weights on the CPU.
+    pub(crate) fn on_cpu(&self) -> bool {
+        self.weight.device().is_cpu() && self.weight.dtype() == DType::F32
+    }
+
+    /// The layer on `m` rows of f32 values on the CPU (`xs` is `[m, in]`,
+    /// `residual` `[m, out]` for the residual epilogues), returning `[m,
+    /// out]`; rayon's threads take blocks of output columns.
+    pub(crate) fn forward_slice(
+        &self,
+        xs: &[f32],
+        m: usize,
+        epilogue: Epilogue,
+        residual: Option<&[f32]>,
+    ) -> candle_core::Result<Vec<f32>> {
+        let n = self.weight.dim(0)?;
+        // Every value is written (first by the fill in `block_into`) before
+        // `set_len`.
         let mut out: Vec<f32> = Vec::with_capacity(m * n);
         // A column block per thread, a multiple of 16 wide (the AVX-512
         // kernel's width); single rows in smaller blocks, to share the
@@ -164,80 +173,135 @@ impl Dense {
         };
         let parts = n.div_ceil(block.max(1));
         let dst = OutPtr(out.as_mut_ptr());
-        let work = |part: usize| {
-            let (c0, c1) = ((part * block).min(n), ((part + 1) * block).min(n));
-            if c0 == c1 || m == 0 {
-                return;
-            }
-            for row in 0..m {
-                let start = row * n + c0;
-                // SAFETY: `out` has room for m * n values and outlives the
-                // parallel loop; this block alone touches columns c0..c1 of
-                // each row.
-                let fill = unsafe { dst.uninit_block(start, c1 - c0) };
-                for (j, d) in fill.iter_mut().enumerate() {
-                    let b = bias.map_or(0.0, |b| b[c0 + j]);
-                    d.write(match residual {
-                        Some(r) => b + r[start + j],
-                        None => b,
-                    });
-                }
-            }
-            if m == 1 {
-                // SAFETY: as above; the block was just initialised.
-                let row = unsafe { dst.row_block(c0, c1 - c0) };
-                for (j, y) in row.iter_mut().enumerate() {
-                    *y += dot(&ws[(c0 + j) * k..(c0 + j + 1) * k], xs);
-                }
-            } else {
-                // SAFETY: the pointers and strides describe `out` (columns
-                // c0..c1, m rows of n), `xs` (m rows of k) and `W^T`'s
-                // columns c0..c1 (rows c0..c1 of `ws`, n rows of k), all in
-                // bounds; this block alone writes those columns of `out`.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        c1 - c0,
-                        k,
-                        dst.at(c0),
-                        1,
-                        n as isize,
-                        true,
-                        xs.as_ptr(),
-                        1,
-                        k as isize,
-                        ws.as_ptr().add(c0 * k),
-                        k as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            }
-            for row in 0..m {
-                // SAFETY: as above.
-                let values = unsafe { dst.row_block(row * n + c0, c1 - c0) };
-                match epilogue {
-                    Epilogue::Gelu => gelu_in_place(values),
-                    Epilogue::GeluTanh => values.iter_mut().for_each(|x| *x = gelu_tanh(*x)),
-                    Epilogue::Relu | Epilogue::ResidualRelu(_) => {
-                        values.iter_mut().for_each(|x| *x = x.max(0.0))
-                    }
-                    Epilogue::QuickGelu => quick_gelu_in_place(values),
-                    Epilogue::Bias | Epilogue::Residual(_) => {}
-                }
-            }
-        };
-        (0..parts).into_par_iter().for_each(work);
+        (0..parts).into_par_iter().try_for_each(|part| {
+            let columns = (part * block).min(n)..((part + 1) * block).min(n);
+            // SAFETY: `out` has room for m * n values and outlives the
+            // parallel loop; this part alone writes these columns.
+            unsafe { self.block_into(xs, m, epilogue, residual, &dst, columns) }
+        })?;
         // SAFETY: the blocks cover all n columns of the m rows, all written.
         unsafe { out.set_len(m * n) };
-        drop(residual_guard);
+        Ok(out)
+    }
+
+    /// [`Dense::forward_slice`] on this thread alone, into `out` (`[m,
+    /// out]`).
+    pub(crate) fn rows_into(
+        &self,
+        xs: &[f32],
+        m: usize,
+        epilogue: Epilogue,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> candle_core::Result<()> {
+        let n = self.weight.dim(0)?;
+        if out.len() != m * n {
+            candle_core::bail!("linear: the output is not {m}x{n}");
+        }
+        let dst = OutPtr(out.as_mut_ptr());
+        // SAFETY: `out` holds m * n values and is borrowed mutably here.
+        unsafe { self.block_into(xs, m, epilogue, residual, &dst, 0..n) }
+    }
+
+    /// Columns `columns` of the layer's output on `m` rows, written to
+    /// `dst` (`[m, out]`): filled with the bias (and residual), plus the
+    /// product (one `gemm` call, or a dot product per column for a single
+    /// row), then the activation.
+    ///
+    /// # Safety
+    /// `dst` must have room for `m * out` values, and nothing else may
+    /// access those columns of it meanwhile.
+    unsafe fn block_into(
+        &self,
+        xs: &[f32],
+        m: usize,
+        epilogue: Epilogue,
+        residual: Option<&[f32]>,
+        dst: &OutPtr,
+        columns: std::ops::Range<usize>,
+    ) -> candle_core::Result<()> {
+        let n = self.weight.dim(0)?;
+        let k = self.weight.dim(1)?;
+        let (w_storage, w_layout) = self.weight.storage_and_layout();
+        let ws = cpu_f32("linear weight", &w_storage, w_layout)?;
+        if xs.len() != m * k || ws.len() != k * n {
+            candle_core::bail!("linear: input {m}x{k} does not fit the weight {k}x{n}");
+        }
+        if residual.is_some_and(|r| r.len() != m * n) {
+            candle_core::bail!("linear: the residual is not {m}x{n}");
+        }
+        let bias_guard = self.bias.as_ref().map(|b| b.storage_and_layout());
+        let bias = match &bias_guard {
+            Some((storage, layout)) => Some(cpu_f32("linear bias", storage, layout)?),
+            None => None,
+        };
+        let (c0, c1) = (columns.start.min(n), columns.end.min(n));
+        if c0 == c1 || m == 0 {
+            return Ok(());
+        }
+        for row in 0..m {
+            let start = row * n + c0;
+            // SAFETY: in `dst` (the caller's promise); these columns are ours.
+            let fill = unsafe { dst.uninit_block(start, c1 - c0) };
+            for (j, d) in fill.iter_mut().enumerate() {
+                let b = bias.map_or(0.0, |b| b[c0 + j]);
+                d.write(match residual {
+                    Some(r) => b + r[start + j],
+                    None => b,
+                });
+            }
+        }
+        if m == 1 {
+            // SAFETY: as above; the block was just initialised.
+            let row = unsafe { dst.row_block(c0, c1 - c0) };
+            for (j, y) in row.iter_mut().enumerate() {
+                *y += dot(&ws[(c0 + j) * k..(c0 + j + 1) * k], xs);
+            }
+        } else {
+            // SAFETY: the pointers and strides describe `dst` (columns
+            // c0..c1, m rows of n), `xs` (m rows of k) and `W^T`'s columns
+            // c0..c1 (rows c0..c1 of `ws`, n rows of k), all in bounds; these
+            // columns of `dst` are ours.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    c1 - c0,
+                    k,
+                    dst.at(c0),
+                    1,
+                    n as isize,
+                    true,
+                    xs.as_ptr(),
+                    1,
+                    k as isize,
+                    ws.as_ptr().add(c0 * k),
+                    k as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+        for row in 0..m {
+            // SAFETY: as above.
+            let values = unsafe { dst.row_block(row * n + c0, c1 - c0) };
+            match epilogue {
+                Epilogue::Gelu => gelu_in_place(values),
+                Epilogue::GeluTanh => values.iter_mut().for_each(|x| *x = gelu_tanh(*x)),
+                Epilogue::Relu | Epilogue::ResidualRelu(_) => {
+                    values.iter_mut().for_each(|x| *x = x.max(0.0))
+                }
+                Epilogue::QuickGelu => quick_gelu_in_place(values),
+                Epilogue::Bias | Epilogue::Residual(_) => {}
+            }
+        }
         drop(bias_guard);
-        Tensor::from_vec(out, (m, n), &Device::Cpu)
+        drop(w_storage);
+        Ok(())
     }
 }
 
@@ -414,27 +478,35 @@ pub(crate) fn attention_cpu(
     }
     let (storage, layout) = qkv.storage_and_layout();
     let qkv = cpu_f32("attention projections", &storage, layout)?;
-    let mut tasks = Vec::with_capacity(lengths.len() * heads);
+    // Queries go in blocks, so that a block's scores stay in cache however
+    // long the text.
+    const QUERY_BLOCK: usize = 64;
+    let mut tasks = Vec::new();
     let mut start = 0;
     for &len in lengths {
-        tasks.extend((0..heads).map(|head| (start, len, head)));
+        for head in 0..heads {
+            for first in (0..len).step_by(QUERY_BLOCK) {
+                tasks.push((start, len, head, first, QUERY_BLOCK.min(len - first)));
+            }
+        }
         start += len;
     }
     let mut out = vec![0f32; tokens * hidden];
     let dst = OutPtr(out.as_mut_ptr());
-    tasks
-        .par_iter()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, &(start, len, head)| {
+    tasks.par_iter().for_each_init(
+        Vec::new,
+        |scores: &mut Vec<f32>, &(start, len, head, first, rows)| {
             scores.clear();
-            scores.resize(len * len, 0.0);
-            let q = start * width + head * head_dim;
-            let (k, v) = (q + hidden, q + 2 * hidden);
+            scores.resize(rows * len, 0.0);
+            let k = start * width + hidden + head * head_dim;
+            let v = k + hidden;
+            let q = (start + first) * width + head * head_dim;
             // SAFETY: the pointers and strides describe, in bounds: `scores`
-            // (len x len), the text's queries (len rows of head_dim, rows
-            // `width` apart) and its keys read transposed (head_dim x len).
+            // (rows x len), the block's queries (rows of head_dim, `width`
+            // apart) and the text's keys read transposed (head_dim x len).
             unsafe {
                 gemm::gemm(
-                    len,
+                    rows,
                     len,
                     head_dim,
                     scores.as_mut_ptr(),
@@ -458,19 +530,19 @@ pub(crate) fn attention_cpu(
             for (i, row) in scores.chunks_exact_mut(len).enumerate() {
                 if causal {
                     // A token attends to itself and the tokens before it.
-                    row[i + 1..].fill(f32::NEG_INFINITY);
+                    row[first + i + 1..].fill(f32::NEG_INFINITY);
                 }
                 softmax_in_place(row);
             }
             // SAFETY: as above for `scores` and the text's values (len rows
-            // of head_dim, `width` apart); the output block (the text's rows,
-            // the head's columns) is written by this task alone.
+            // of head_dim, `width` apart); the output block (the block's
+            // rows, the head's columns) is written by this task alone.
             unsafe {
                 gemm::gemm(
-                    len,
+                    rows,
                     head_dim,
                     len,
-                    dst.at(start * hidden + head * head_dim),
+                    dst.at((start + first) * hidden + head * head_dim),
                     1,
                     hidden as isize,
                     false,
@@ -488,19 +560,73 @@ pub(crate) fn attention_cpu(
                     gemm::Parallelism::None,
                 );
             }
-        });
+        },
+    );
     drop(storage);
     Tensor::from_vec(out, (tokens, hidden), &Device::Cpu)
 }
 
 /// `e^(x - max) / sum` over a row of scores.
 pub(crate) fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            unsafe { softmax_avx512(row) };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            unsafe { softmax_avx2(row) };
+            return;
+        }
+    }
+    softmax_slice(row);
+}
+
+/// [`softmax_slice`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn softmax_avx512(row: &mut [f32]) {
+    softmax_slice(row);
+}
+
+/// [`softmax_slice`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn softmax_avx2(row: &mut [f32]) {
+    softmax_slice(row);
+}
+
+/// The maximum and the sum in 16 lanes, so that every pass vectorises.
+#[inline(always)]
+fn softmax_slice(row: &mut [f32]) {
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (l, &x) in lanes.iter_mut().zip(chunk) {
+            *l = l.max(x);
+        }
+    }
+    let max = tail
+        .iter()
+        .chain(&lanes)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
     for x in row.iter_mut() {
         *x = exp_nonpositive(*x - max);
-        sum += *x;
     }
+    let mut sums = [0f32; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (s, &x) in sums.iter_mut().zip(chunk) {
+            *s += x;
+        }
+    }
+    let sum = sums.iter().sum::<f32>() + tail;
     for x in row.iter_mut() {
         *x /= sum;
     }

@@ -270,18 +270,25 @@ impl Conv {
         let channels = x.channels()?;
         let input = x.pixels.flatten_all()?.to_vec1::<f32>()?;
         let width = self.kernel * self.kernel * channels;
-        let band = (band_values / (out.1 * width).max(1)).max(1);
+        let band = (band_values / (out.1 * width).max(1)).max(1).min(out.0);
+        let geometry = (x.size, (top, left));
+        let device = x.pixels.device();
+        if device.is_cpu() && self.dense.on_cpu() {
+            return self.forward_cpu(&input, channels, geometry, out, epilogue, band);
+        }
         let mut parts = Vec::with_capacity(out.0.div_ceil(band));
         for first in (0..out.0).step_by(band) {
             let rows = band.min(out.0 - first);
-            let columns = self.im2col(
+            let mut columns = vec![0f32; rows * out.1 * width];
+            self.im2col(
                 &input,
                 channels,
-                (x.size, (top, left)),
+                geometry,
                 out.1,
                 first..first + rows,
+                &mut columns,
             );
-            let columns = Tensor::from_vec(columns, (rows * out.1, width), x.pixels.device())?;
+            let columns = Tensor::from_vec(columns, (rows * out.1, width), device)?;
             let residual = match epilogue {
                 Epilogue::Residual(r) | Epilogue::ResidualRelu(r) => {
                     Some(r.narrow(0, first * out.1, rows * out.1)?)
@@ -302,9 +309,87 @@ impl Conv {
         Ok(Rows { pixels, size: out })
     }
 
-    /// The im2col rows of output rows `rows` of a `[h * w, c]` map with
-    /// `top` and `left` zeros before it: `[rows * out_w, kernel * kernel *
-    /// c]`, zeros where the window leaves the map.
+    /// [`Conv::forward_in_bands`] on the CPU. With many bands, each thread
+    /// takes whole bands (im2col into its own buffer, which stays in cache,
+    /// and the product into the output); with few, bands go one by one and
+    /// threads split each product's columns.
+    fn forward_cpu(
+        &self,
+        input: &[f32],
+        channels: usize,
+        geometry: ((usize, usize), (usize, usize)),
+        out: (usize, usize),
+        epilogue: Epilogue,
+        band: usize,
+    ) -> Result<Rows> {
+        let width = self.kernel * self.kernel * channels;
+        let outputs = self.dense.outputs()?;
+        let residual = match epilogue {
+            Epilogue::Residual(r) | Epilogue::ResidualRelu(r) => {
+                Some(r.flatten_all()?.to_vec1::<f32>()?)
+            }
+            _ => None,
+        };
+        let residual_rows = |first: usize, rows: usize| {
+            residual
+                .as_ref()
+                .map(|r| &r[first * out.1 * outputs..(first + rows) * out.1 * outputs])
+        };
+        // Bands of at least 256 output pixels, so that each product is
+        // worth packing the weights for.
+        let small_band = 256usize.div_ceil(out.1).clamp(1, band);
+        let mut pixels = vec![0f32; out.0 * out.1 * outputs];
+        if out.0.div_ceil(small_band) >= 4 * rayon::current_num_threads() {
+            pixels
+                .par_chunks_mut(small_band * out.1 * outputs)
+                .enumerate()
+                .try_for_each_init(Vec::new, |columns: &mut Vec<f32>, (b, dst)| {
+                    let first = b * small_band;
+                    let rows = dst.len() / (out.1 * outputs);
+                    columns.resize(rows * out.1 * width, 0.0);
+                    self.im2col(
+                        input,
+                        channels,
+                        geometry,
+                        out.1,
+                        first..first + rows,
+                        columns,
+                    );
+                    let m = rows * out.1;
+                    self.dense
+                        .rows_into(columns, m, epilogue, residual_rows(first, rows), dst)
+                })?;
+        } else {
+            let mut columns = vec![0f32; band * out.1 * width];
+            for first in (0..out.0).step_by(band) {
+                let rows = band.min(out.0 - first);
+                let columns = &mut columns[..rows * out.1 * width];
+                self.im2col(
+                    input,
+                    channels,
+                    geometry,
+                    out.1,
+                    first..first + rows,
+                    columns,
+                );
+                let product = self.dense.forward_slice(
+                    columns,
+                    rows * out.1,
+                    epilogue,
+                    residual_rows(first, rows),
+                )?;
+                pixels[first * out.1 * outputs..][..product.len()].copy_from_slice(&product);
+            }
+        }
+        Ok(Rows {
+            pixels: Tensor::from_vec(pixels, (out.0 * out.1, outputs), &candle_core::Device::Cpu)?,
+            size: out,
+        })
+    }
+
+    /// Fill `out` with the im2col rows of output rows `rows` of a `[h * w,
+    /// c]` map with `top` and `left` zeros before it: `[rows * out_w, kernel
+    /// * kernel * c]`, zeros where the window leaves the map.
     fn im2col(
         &self,
         input: &[f32],
@@ -312,37 +397,31 @@ impl Conv {
         ((h, w), (top, left)): ((usize, usize), (usize, usize)),
         out_w: usize,
         rows: std::ops::Range<usize>,
-    ) -> Vec<f32> {
+        out: &mut [f32],
+    ) {
         let (kernel, stride) = (self.kernel, self.stride);
         let width = kernel * kernel * c;
-        let mut out = vec![0f32; rows.len() * out_w * width];
-        out.par_chunks_mut(out_w * width)
+        out.chunks_mut(out_w * width)
             .zip(rows)
             .for_each(|(row, oy)| {
                 for ox in 0..out_w {
                     let patch = &mut row[ox * width..(ox + 1) * width];
                     for ky in 0..kernel {
-                        let Some(iy) = (oy * stride + ky).checked_sub(top) else {
-                            continue;
-                        };
-                        if iy >= h {
-                            continue;
-                        }
+                        let iy = (oy * stride + ky).checked_sub(top).filter(|&iy| iy < h);
                         for kx in 0..kernel {
-                            let Some(ix) = (ox * stride + kx).checked_sub(left) else {
-                                continue;
-                            };
-                            if ix >= w {
-                                continue;
+                            let ix = (ox * stride + kx).checked_sub(left).filter(|&ix| ix < w);
+                            let dst = &mut patch[(ky * kernel + kx) * c..][..c];
+                            match (iy, ix) {
+                                (Some(iy), Some(ix)) => {
+                                    dst.copy_from_slice(&input[(iy * w + ix) * c..][..c])
+                                }
+                                // Outside the map: padding.
+                                _ => dst.fill(0.0),
                             }
-                            let src = (iy * w + ix) * c;
-                            let dst = (ky * kernel + kx) * c;
-                            patch[dst..dst + c].copy_from_slice(&input[src..src + c]);
                         }
                     }
                 }
             });
-        out
     }
 }
 
@@ -555,30 +634,20 @@ mod tests {
         assert_eq!(out, vec![1.0, 1.5, 2.0, 2.0, 2.5, 3.0, 3.0, 3.5, 4.0]);
     }
 
-    #[test]
-    fn a_convolution_matches_a_direct_sum() -> Result<()> {
-        // 2 input channels, 3 outputs, 3x3 kernel, stride 2, padding 1 on a 5x4 map.
-        let (c, o, h, w) = (2usize, 3usize, 5usize, 4usize);
-        let weight: Vec<f32> = (0..o * c * 9).map(|i| (i as f32 * 0.37).sin()).collect();
-        let input: Vec<f32> = (0..h * w * c).map(|i| (i as f32 * 0.11).cos()).collect();
-        let bias = [0.5f32, -0.25, 0.0];
-        let conv = Conv::new(
-            &Tensor::from_vec(weight.clone(), (o, c, 3, 3), &Device::Cpu)?,
-            Some(Tensor::new(&bias, &Device::Cpu)?),
-            2,
-            1,
-        )?;
-        let x = Rows {
-            pixels: Tensor::from_vec(input.clone(), (h * w, c), &Device::Cpu)?,
-            size: (h, w),
-        };
-        let y = conv.forward(&x, Epilogue::Bias)?;
-        assert_eq!(y.size, (3, 2));
-        let got = y.pixels.to_vec2::<f32>()?;
-        for oy in 0..3 {
-            for ox in 0..2 {
-                for oc in 0..o {
-                    let mut sum = bias[oc];
+    /// A 3x3 convolution (stride 2, padding 1) computed directly.
+    fn direct_conv(
+        input: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        (h, w, c): (usize, usize, usize),
+    ) -> (Vec<f32>, (usize, usize)) {
+        let o = bias.len();
+        let (out_h, out_w) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+        let mut out = Vec::with_capacity(out_h * out_w * o);
+        for oy in 0..out_h {
+            for ox in 0..out_w {
+                for (oc, b) in bias.iter().enumerate() {
+                    let mut sum = *b;
                     for ic in 0..c {
                         for ky in 0..3 {
                             for kx in 0..3 {
@@ -591,12 +660,37 @@ mod tests {
                             }
                         }
                     }
-                    let value = got[oy * 2 + ox][oc];
-                    assert!(
-                        (value - sum).abs() < 1e-5,
-                        "({oy},{ox},{oc}): {value} vs {sum}"
-                    );
+                    out.push(sum);
                 }
+            }
+        }
+        (out, (out_h, out_w))
+    }
+
+    #[test]
+    fn convolutions_match_a_direct_sum() -> Result<()> {
+        // A small map (one band) and a tall one (many bands, in parallel).
+        for (h, w) in [(5usize, 4usize), (1040, 7)] {
+            let (c, o) = (2usize, 3usize);
+            let weight: Vec<f32> = (0..o * c * 9).map(|i| (i as f32 * 0.37).sin()).collect();
+            let input: Vec<f32> = (0..h * w * c).map(|i| (i as f32 * 0.11).cos()).collect();
+            let bias = [0.5f32, -0.25, 0.0];
+            let conv = Conv::new(
+                &Tensor::from_vec(weight.clone(), (o, c, 3, 3), &Device::Cpu)?,
+                Some(Tensor::new(&bias, &Device::Cpu)?),
+                2,
+                1,
+            )?;
+            let x = Rows {
+                pixels: Tensor::from_vec(input.clone(), (h * w, c), &Device::Cpu)?,
+                size: (h, w),
+            };
+            let y = conv.forward(&x, Epilogue::Bias)?;
+            let (want, size) = direct_conv(&input, &weight, &bias, (h, w, c));
+            assert_eq!(y.size, size);
+            let got = y.pixels.flatten_all()?.to_vec1::<f32>()?;
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() < 1e-5, "{h}x{w} value {i}: {g} vs {w}");
             }
         }
         Ok(())
