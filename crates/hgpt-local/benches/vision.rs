@@ -88,6 +88,7 @@ fn python(python: &str, args: &[&str]) -> Option<String> {
 fn main() {
     // SAFETY: first thing in main; no other thread exists yet.
     unsafe { hgpt_local::device::pin_cpu_threads() };
+    hgpt_local::device::keep_freed_memory();
     let quick = !std::env::args().any(|a| a == "--bench");
     let Some(py) = std::env::var("HGPT_BENCH_PYTHON").ok() else {
         println!(

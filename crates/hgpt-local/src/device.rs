@@ -34,3 +34,32 @@ pub unsafe fn pin_cpu_threads() {
         unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
     }
 }
+
+/// Keep freed memory in the process for the next request instead of
+/// handing it back to the kernel, where the allocator allows it (glibc:
+/// blocks up to 1 GiB come from the heap, and up to 1 GiB of free heap stays
+/// mapped).
+///
+/// The vision pipelines allocate and free feature maps of tens of
+/// megabytes per layer. With glibc's defaults each of them is mapped and
+/// unmapped again, and every unmapping makes all cores flush their TLBs:
+/// about a fifth of a depth estimation's time on 2 cores. Peak memory does
+/// not change; memory freed after a request stays with the process (up to
+/// 1 GiB) for the next one. Settings made with `MALLOC_MMAP_THRESHOLD_` or
+/// `MALLOC_TRIM_THRESHOLD_` are kept.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const ONE_GIB: libc::c_int = 1 << 30;
+        for (variable, option) in [
+            ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD),
+            ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD),
+        ] {
+            if std::env::var_os(variable).is_none() {
+                // SAFETY: mallopt only changes the allocator's thresholds; it
+                // takes the allocator's own lock.
+                unsafe { libc::mallopt(option, ONE_GIB) };
+            }
+        }
+    }
+}

@@ -480,7 +480,7 @@ pub(crate) fn attention_cpu(
     let qkv = cpu_f32("attention projections", &storage, layout)?;
     // Queries go in blocks, so that a block's scores stay in cache however
     // long the text.
-    const QUERY_BLOCK: usize = 64;
+    const QUERY_BLOCK: usize = 128;
     let mut tasks = Vec::new();
     let mut start = 0;
     for &len in lengths {

@@ -131,6 +131,7 @@ enum ModelsCommand {
 fn main() -> ExitCode {
     // SAFETY: first thing in main, before the runtime or any thread starts.
     unsafe { hgpt_local::device::pin_cpu_threads() };
+    hgpt_local::device::keep_freed_memory();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
