@@ -1246,39 +1246,54 @@ def randomize_frozen_batch_norms(model: torch.nn.Module, seed: int) -> None:
                 buffer.copy_(1.0 + torch.rand(buffer.shape, generator=gen) * 0.5)
 
 
+def tiny_detr_config(labels: dict, depths: list, out_features: list, num_queries: int,
+                     heads: int) -> DetrConfig:
+    """A tiny DETR with transformers' own bottleneck ResNet (use_timm_backbone=False), d_model 32,
+    2 encoder and 2 decoder layers."""
+    backbone = ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[16, 32, 32, 64], depths=depths,
+        layer_type="bottleneck", hidden_act="relu", out_features=out_features,
+    )
+    return DetrConfig(
+        use_timm_backbone=False, backbone_config=backbone, backbone=None,
+        use_pretrained_backbone=False, num_queries=num_queries, d_model=32, encoder_layers=2,
+        decoder_layers=2, encoder_attention_heads=heads, decoder_attention_heads=heads,
+        encoder_ffn_dim=37, decoder_ffn_dim=37, init_std=INIT_RANGE, init_xavier_std=1.0,
+        **label_kwargs(labels),
+    )
+
+
+def detr_processor(shortest: int, longest: int, fmt: str) -> DetrImageProcessor:
+    return DetrImageProcessor(
+        do_resize=True, size={"shortest_edge": shortest, "longest_edge": longest},
+        resample=Image.Resampling.BILINEAR, do_rescale=True, rescale_factor=1 / 255,
+        do_normalize=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        do_pad=True, format=fmt,
+    )
+
+
+def spread_detr_queries(detr) -> None:
+    """Random DETR queries all decode to about the same box and class: spread the query
+    embeddings, double the decoder's weights and drop the class bias, so that boxes differ
+    and scores straddle the pipeline's thresholds."""
+    with torch.no_grad():
+        detr.model.query_position_embeddings.weight.mul_(10.0)
+        for param_name, param in detr.model.decoder.named_parameters():
+            if param_name.endswith("weight") and "layer_norm" not in param_name \
+                    and "layernorm" not in param_name:
+                param.mul_(2.0)
+        detr.class_labels_classifier.bias.zero_()
+
+
 def make_detr(folder: Path, images_dir: Path) -> None:
     """DetrForObjectDetection with transformers' own ResNet backbone (use_timm_backbone=False):
     bottleneck stages of depth 1, 2, 1, 1."""
     name = folder.name
-    backbone = ResNetConfig(
-        num_channels=3, embedding_size=8, hidden_sizes=[16, 32, 32, 64], depths=[1, 2, 1, 1],
-        layer_type="bottleneck", hidden_act="relu", out_features=["stage4"],
-    )
-    config = DetrConfig(
-        use_timm_backbone=False, backbone_config=backbone, backbone=None,
-        use_pretrained_backbone=False, num_queries=10, d_model=32, encoder_layers=2,
-        decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-        encoder_ffn_dim=37, decoder_ffn_dim=37, init_std=INIT_RANGE, init_xavier_std=1.0,
-        **label_kwargs(DET_LABELS),
-    )
-    processor = DetrImageProcessor(
-        do_resize=True, size={"shortest_edge": 48, "longest_edge": 80},
-        resample=Image.Resampling.BILINEAR, do_rescale=True, rescale_factor=1 / 255,
-        do_normalize=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-        do_pad=True, format="coco_detection",
-    )
+    config = tiny_detr_config(DET_LABELS, [1, 2, 1, 1], ["stage4"], num_queries=10, heads=4)
+    processor = detr_processor(48, 80, "coco_detection")
     model = build_model(DetrForObjectDetection, config, name)
     randomize_frozen_batch_norms(model, seed_for(name))
-    # Random DETR queries all decode to about the same box and class: spread the query
-    # embeddings, double the decoder's weights and drop the class bias, so that boxes differ
-    # and scores straddle the pipeline's thresholds.
-    with torch.no_grad():
-        model.model.query_position_embeddings.weight.mul_(10.0)
-        for param_name, param in model.model.decoder.named_parameters():
-            if param_name.endswith("weight") and "layer_norm" not in param_name \
-                    and "layernorm" not in param_name:
-                param.mul_(2.0)
-        model.class_labels_classifier.bias.zero_()
+    spread_detr_queries(model)
     save_checkpoint(model, processor, folder)
     model = DetrForObjectDetection.from_pretrained(folder).eval()
     processor = DetrImageProcessor.from_pretrained(folder)
@@ -1357,36 +1372,16 @@ def make_detr_panoptic(folder: Path, images_dir: Path) -> None:
     head's width, d_model + heads, must be a multiple of 8), 2+2 layers, 12 queries. The class
     head is sharpened so that some queries clear the pipeline's 0.9 threshold."""
     name = folder.name
-    backbone = ResNetConfig(
-        num_channels=3, embedding_size=8, hidden_sizes=[16, 32, 32, 64], depths=[1, 1, 1, 1],
-        layer_type="bottleneck", hidden_act="relu",
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
-    config = DetrConfig(
-        use_timm_backbone=False, backbone_config=backbone, backbone=None,
-        use_pretrained_backbone=False, num_queries=12, d_model=32, encoder_layers=2,
-        decoder_layers=2, encoder_attention_heads=8, decoder_attention_heads=8,
-        encoder_ffn_dim=37, decoder_ffn_dim=37, init_std=INIT_RANGE, init_xavier_std=1.0,
-        **label_kwargs(PANOPTIC_LABELS),
-    )
-    processor = DetrImageProcessor(
-        do_resize=True, size={"shortest_edge": 64, "longest_edge": 96},
-        resample=Image.Resampling.BILINEAR, do_rescale=True, rescale_factor=1 / 255,
-        do_normalize=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-        do_pad=True, format="coco_panoptic",
-    )
+    config = tiny_detr_config(PANOPTIC_LABELS, [1, 1, 1, 1],
+                              ["stage1", "stage2", "stage3", "stage4"], num_queries=12, heads=8)
+    processor = detr_processor(64, 96, "coco_panoptic")
     model = build_model(DetrForSegmentation, config, name)
     randomize_frozen_batch_norms(model, seed_for(name))
+    # As for detr-det: spread the queries so that they differ; then sharpen the classes and the
+    # masks so that several queries win regions.
+    spread_detr_queries(model.detr)
     gen = torch.Generator().manual_seed(seed_for(name) ^ 0x9A7)
     with torch.no_grad():
-        # As for detr-det: spread the queries so that they differ; then sharpen the classes and
-        # the masks so that several queries win regions.
-        model.detr.model.query_position_embeddings.weight.mul_(10.0)
-        for param_name, param in model.detr.model.decoder.named_parameters():
-            if param_name.endswith("weight") and "layer_norm" not in param_name \
-                    and "layernorm" not in param_name:
-                param.mul_(2.0)
-        model.detr.class_labels_classifier.bias.zero_()
         model.detr.class_labels_classifier.bias[-1] = -10.0  # "no object" rarely wins
         model.detr.class_labels_classifier.weight.mul_(8.0)
         model.mask_head.out_lay.weight.mul_(3.0)

@@ -338,6 +338,10 @@ impl Conv {
         // Bands of at least 256 output pixels, so that each product is
         // worth packing the weights for.
         let small_band = 256usize.div_ceil(out.1).clamp(1, band);
+        let fill = |first: usize, rows: usize, columns: &mut [f32]| {
+            let rows = first..first + rows;
+            self.im2col(input, channels, geometry, out.1, rows, columns);
+        };
         let mut pixels = vec![0f32; out.0 * out.1 * outputs];
         if out.0.div_ceil(small_band) >= 4 * rayon::current_num_threads() {
             pixels
@@ -347,14 +351,7 @@ impl Conv {
                     let first = b * small_band;
                     let rows = dst.len() / (out.1 * outputs);
                     columns.resize(rows * out.1 * width, 0.0);
-                    self.im2col(
-                        input,
-                        channels,
-                        geometry,
-                        out.1,
-                        first..first + rows,
-                        columns,
-                    );
+                    fill(first, rows, columns);
                     let m = rows * out.1;
                     self.dense
                         .rows_into(columns, m, epilogue, residual_rows(first, rows), dst)
@@ -364,14 +361,7 @@ impl Conv {
             for first in (0..out.0).step_by(band) {
                 let rows = band.min(out.0 - first);
                 let columns = &mut columns[..rows * out.1 * width];
-                self.im2col(
-                    input,
-                    channels,
-                    geometry,
-                    out.1,
-                    first..first + rows,
-                    columns,
-                );
+                fill(first, rows, columns);
                 let product = self.dense.forward_slice(
                     columns,
                     rows * out.1,
