@@ -22,6 +22,9 @@ FAMILY (each the architecture of the named Hub model, random weights):
                  candidate labels
   detr-resnet-50 facebook/detr-resnet-50 (ResNet-50 with transformers' names, 6+6 layers,
                  100 queries, 91 labels; the image resized to 800 on its short side)
+  detr-resnet-50-panoptic
+                 facebook/detr-resnet-50-panoptic (DETR with the mask head on all four ResNet
+                 stages, 250 labels; the image resized to 800 on its short side)
   dpt-large      Intel/dpt-large (ViT-L/16 at 384x384, the DPT neck and depth head)
   dpt-hybrid     Intel/dpt-hybrid-midas (BiT ResNet-50 stages 3/4/9 + ViT-B/16 at 384x384)
   depth-anything-v2-small
@@ -50,6 +53,7 @@ TASKS = {
     "vilt-vqa": "visual-question-answering",
     "clip-b32": "zero-shot-image-classification",
     "detr-resnet-50": "object-detection",
+    "detr-resnet-50-panoptic": "image-segmentation",
     "dpt-large": "depth-estimation",
     "dpt-hybrid": "depth-estimation",
     "depth-anything-v2-small": "depth-estimation",
@@ -155,6 +159,17 @@ def make(family: str, folder: Path) -> None:
                             label2id={v: k for k, v in labels.items()})
         model = DetrForObjectDetection(config).eval()
         processor = DetrImageProcessor(size={"shortest_edge": 800, "longest_edge": 1333})
+    elif family == "detr-resnet-50-panoptic":
+        from transformers import (DetrConfig, DetrForSegmentation, DetrImageProcessor,
+                                  ResNetConfig)
+        labels = {i: f"class {i}" for i in range(250)}
+        backbone = ResNetConfig(out_features=["stage1", "stage2", "stage3", "stage4"])
+        config = DetrConfig(use_timm_backbone=False, backbone=None, backbone_config=backbone,
+                            use_pretrained_backbone=False, num_labels=250, id2label=labels,
+                            label2id={v: k for k, v in labels.items()})
+        model = DetrForSegmentation(config).eval()
+        processor = DetrImageProcessor(size={"shortest_edge": 800, "longest_edge": 1333},
+                                       format="coco_panoptic")
     elif family == "dpt-large":
         from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
         config = DPTConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,

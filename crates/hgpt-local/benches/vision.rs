@@ -25,6 +25,7 @@ const FAMILIES: &[(&str, TaskKind)] = &[
     ("vilt-vqa", TaskKind::VisualQuestionAnswering),
     ("clip-b32", TaskKind::ZeroShotImageClassification),
     ("detr-resnet-50", TaskKind::ObjectDetection),
+    ("detr-resnet-50-panoptic", TaskKind::ImageSegmentation),
     ("dpt-large", TaskKind::DepthEstimation),
     ("dpt-hybrid", TaskKind::DepthEstimation),
     ("depth-anything-v2-small", TaskKind::DepthEstimation),
