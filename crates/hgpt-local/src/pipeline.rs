@@ -35,6 +35,10 @@ pub struct ModelKind {
     /// A composite model's decoder.
     #[serde(default)]
     pub decoder: Option<PartKind>,
+    /// A separate backbone (`backbone_config`: DETR's ResNet, DPT-hybrid's
+    /// BiT, Depth Anything's DINOv2).
+    #[serde(default)]
+    pub backbone_config: Option<PartKind>,
 }
 
 /// The `model_type` of one part of a composite model.
@@ -96,6 +100,9 @@ pub struct Family {
     pub heads: &'static [(Head, TaskKind)],
     /// For composite models: the encoder and decoder `model_type`s it runs.
     pub parts: Option<(&'static [&'static str], &'static [&'static str])>,
+    /// The `model_type`s of the separate backbones (`backbone_config`) it
+    /// runs; a checkpoint naming another backbone is not the family's.
+    pub backbones: &'static [&'static str],
     /// Loads a checkpoint.
     pub load: Loader,
 }
@@ -119,12 +126,7 @@ impl Family {
     /// Whether this checkpoint is of the family and has a head for `task`
     /// (a checkpoint with no `architectures` is taken by its `model_type`).
     fn accepts(&self, kind: &ModelKind, task: TaskKind) -> bool {
-        if let Some(model_type) = &kind.model_type
-            && !self.model_types.contains(&model_type.as_str())
-        {
-            return false;
-        }
-        if !self.runs_parts(kind) {
+        if !self.runs(kind) {
             return false;
         }
         let heads = || self.heads.iter().filter(move |(_, t)| *t == task);
@@ -139,6 +141,20 @@ impl Family {
 }
 
 impl Family {
+    /// Whether the checkpoint's `model_type`, parts and backbone are ones
+    /// this family runs (whatever its head).
+    fn runs(&self, kind: &ModelKind) -> bool {
+        let backbone = kind
+            .backbone_config
+            .as_ref()
+            .and_then(|b| b.model_type.as_deref());
+        kind.model_type
+            .as_deref()
+            .is_none_or(|m| self.model_types.contains(&m))
+            && self.runs_parts(kind)
+            && backbone.is_none_or(|b| self.backbones.contains(&b))
+    }
+
     /// Whether a composite checkpoint's encoder and decoder are ones this
     /// family runs (always true for other families).
     fn runs_parts(&self, kind: &ModelKind) -> bool {
@@ -165,6 +181,7 @@ pub static FAMILIES: &[Family] = &[
             (Head::Bare, TaskKind::SentenceSimilarity),
         ],
         parts: None,
+        backbones: &[],
         load: |_, files, device| {
             Ok(Box::new(crate::embed::SentenceEmbedder::load(
                 files, device,
@@ -189,6 +206,7 @@ pub static FAMILIES: &[Family] = &[
             ),
         ],
         parts: None,
+        backbones: &[],
         load: |task, files, device| {
             Ok(Box::new(crate::text::TextPipeline::load(
                 task, files, device,
@@ -203,6 +221,7 @@ pub static FAMILIES: &[Family] = &[
             TaskKind::ImageClassification,
         )],
         parts: None,
+        backbones: &[],
         load: |_, files, device| {
             Ok(Box::new(crate::vision::ImageClassifier::load(
                 files, device,
@@ -217,6 +236,7 @@ pub static FAMILIES: &[Family] = &[
             TaskKind::ObjectDetection,
         )],
         parts: None,
+        backbones: &[],
         load: |_, files, device| {
             Ok(Box::new(crate::vision::ObjectDetector::load_yolos(
                 files, device,
@@ -231,6 +251,7 @@ pub static FAMILIES: &[Family] = &[
             TaskKind::ObjectDetection,
         )],
         parts: None,
+        backbones: &["resnet"],
         load: |_, files, device| {
             Ok(Box::new(crate::vision::ObjectDetector::load_detr(
                 files, device,
@@ -245,6 +266,7 @@ pub static FAMILIES: &[Family] = &[
             TaskKind::ImageSegmentation,
         )],
         parts: None,
+        backbones: &[],
         load: |_, files, device| Ok(Box::new(crate::vision::Segmenter::load(files, device)?)),
     },
     Family {
@@ -255,6 +277,7 @@ pub static FAMILIES: &[Family] = &[
             TaskKind::ImageSegmentation,
         )],
         parts: None,
+        backbones: &["resnet"],
         load: |_, files, device| {
             Ok(Box::new(crate::vision::PanopticSegmenter::load(
                 files, device,
@@ -269,6 +292,7 @@ pub static FAMILIES: &[Family] = &[
             TaskKind::ImageToText,
         )],
         parts: Some((&["vit"], &["gpt2"])),
+        backbones: &[],
         load: |_, files, device| {
             Ok(Box::new(crate::vision::ImageCaptioner::load_vit_gpt2(
                 files, device,
@@ -283,6 +307,7 @@ pub static FAMILIES: &[Family] = &[
             TaskKind::ImageToText,
         )],
         parts: None,
+        backbones: &[],
         load: |_, files, device| {
             Ok(Box::new(crate::vision::ImageCaptioner::load_blip(
                 files, device,
@@ -297,6 +322,7 @@ pub static FAMILIES: &[Family] = &[
             TaskKind::ZeroShotImageClassification,
         )],
         parts: None,
+        backbones: &[],
         load: |_, files, device| {
             Ok(Box::new(crate::vision::ZeroShotImageClassifier::load(
                 files, device,
@@ -311,6 +337,7 @@ pub static FAMILIES: &[Family] = &[
             TaskKind::VisualQuestionAnswering,
         )],
         parts: None,
+        backbones: &[],
         load: |_, files, device| {
             Ok(Box::new(crate::vision::ViltQuestionAnswerer::load(
                 files, device,
@@ -325,6 +352,7 @@ pub static FAMILIES: &[Family] = &[
             TaskKind::DepthEstimation,
         )],
         parts: None,
+        backbones: &["bit"],
         load: |_, files, device| {
             Ok(Box::new(crate::vision::DepthEstimator::load_dpt(
                 files, device,
@@ -339,6 +367,7 @@ pub static FAMILIES: &[Family] = &[
             TaskKind::DepthEstimation,
         )],
         parts: None,
+        backbones: &["dinov2"],
         load: |_, files, device| {
             Ok(Box::new(
                 crate::vision::DepthEstimator::load_depth_anything(files, device)?,
@@ -353,6 +382,7 @@ pub static FAMILIES: &[Family] = &[
             TaskKind::VisualQuestionAnswering,
         )],
         parts: None,
+        backbones: &[],
         load: |_, files, device| {
             Ok(Box::new(crate::vision::BlipQuestionAnswerer::load(
                 files, device,
@@ -404,12 +434,19 @@ fn unsupported(task: TaskKind, id: &str, kind: &ModelKind) -> LocalError {
     if serving.is_empty() {
         return LocalError::Unsupported(format!("hgpt has no local pipeline for {task}"));
     }
-    let what = match (&kind.model_type, kind.architectures.is_empty()) {
+    let mut what = match (&kind.model_type, kind.architectures.is_empty()) {
         (None, true) => "config.json names neither model_type nor architectures".to_string(),
         (Some(m), true) => format!("a {m:?} model"),
         (None, false) => kind.architectures.join(", "),
         (Some(m), false) => format!("a {m:?} model ({})", kind.architectures.join(", ")),
     };
+    if let Some(backbone) = kind
+        .backbone_config
+        .as_ref()
+        .and_then(|b| b.model_type.as_deref())
+    {
+        what.push_str(&format!(" on a {backbone:?} backbone"));
+    }
     LocalError::Unsupported(format!(
         "hgpt runs {task} locally with {}; {id} is {what}",
         serving.join(" or ")
@@ -431,12 +468,7 @@ pub fn task_of(files: &ModelFiles) -> Option<TaskKind> {
         return Some(TaskKind::FeatureExtraction);
     }
     let kind: ModelKind = files.json("config.json").ok()?;
-    let of_type = |f: &&Family| {
-        kind.model_type
-            .as_deref()
-            .is_none_or(|m| f.model_types.contains(&m))
-            && f.runs_parts(&kind)
-    };
+    let of_type = |f: &&Family| f.runs(&kind);
     let rank = |head: Head| match head {
         Head::Class(_) => 0,
         Head::Suffix(_) => 1,
@@ -534,11 +566,46 @@ mod tests {
                 r#"{"model_type": "bert", "architectures": ["BertModel"]}"#,
                 Some(TaskKind::FeatureExtraction),
             ),
+            // DPT runs its own ViT or the BiT hybrid; DETR a ResNet; Depth
+            // Anything DINOv2; other backbones are not taken.
+            (
+                r#"{"model_type": "dpt", "architectures": ["DPTForDepthEstimation"],
+                    "is_hybrid": true, "backbone_config": {"model_type": "bit"}}"#,
+                Some(TaskKind::DepthEstimation),
+            ),
+            (
+                r#"{"model_type": "dpt", "architectures": ["DPTForDepthEstimation"],
+                    "backbone_config": {"model_type": "beit"}}"#,
+                None,
+            ),
+            (
+                r#"{"model_type": "detr", "architectures": ["DetrForSegmentation"],
+                    "backbone_config": {"model_type": "resnet"}}"#,
+                Some(TaskKind::ImageSegmentation),
+            ),
+            (
+                r#"{"model_type": "detr", "architectures": ["DetrForObjectDetection"],
+                    "backbone_config": {"model_type": "swin"}}"#,
+                None,
+            ),
+            (
+                r#"{"model_type": "depth_anything", "architectures": ["DepthAnythingForDepthEstimation"],
+                    "backbone_config": {"model_type": "dinov2"}}"#,
+                Some(TaskKind::DepthEstimation),
+            ),
         ];
         for (config, expected) in cases {
             let (_dir, files) = files_with(config, &[]);
             assert_eq!(task_of(&files), expected, "{config}");
         }
+        let (_dir, files) = files_with(cases[8].0, &[]);
+        let err = load(TaskKind::DepthEstimation, &files, &Device::Cpu)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, LocalError::Unsupported(m) if m.contains("on a \"beit\" backbone")),
+            "{err}"
+        );
         let (_dir, files) = files_with(cases[0].0, &[]);
         let err = load(TaskKind::QuestionAnswering, &files, &Device::Cpu)
             .err()
