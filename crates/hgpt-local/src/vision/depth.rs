@@ -55,7 +55,8 @@ impl DepthMap {
     }
 
     /// The depth as the wire protocol's nested list (`[height][width]`),
-    /// each value written as its shortest `f32` decimal.
+    /// each value the exact `f64` of its `f32`, as Python's `tolist()` of
+    /// the tensor gives it.
     pub fn to_json(&self) -> Value {
         let width = self.size.1.max(1);
         Value::Array(
@@ -64,11 +65,8 @@ impl DepthMap {
                 .map(|row| {
                     Value::Array(
                         row.iter()
-                            .map(|d| {
-                                format!("{d}")
-                                    .parse::<f64>()
-                                    .ok()
-                                    .and_then(serde_json::Number::from_f64)
+                            .map(|&d| {
+                                serde_json::Number::from_f64(f64::from(d))
                                     .map_or(Value::Null, Value::Number)
                             })
                             .collect(),
@@ -216,11 +214,13 @@ mod tests {
     }
 
     #[test]
-    fn json_rows_hold_short_decimals() {
+    fn json_rows_hold_each_f32_exactly() {
         let map = DepthMap {
             depth: vec![0.1, 2.0, 3.25, 4.0],
             size: (2, 2),
         };
-        assert_eq!(map.to_json().to_string(), "[[0.1,2.0],[3.25,4.0]]");
+        let json = map.to_json();
+        assert_eq!(json[0][0].as_f64(), Some(f64::from(0.1f32)));
+        assert_eq!(json.to_string(), "[[0.10000000149011612,2.0],[3.25,4.0]]");
     }
 }
