@@ -219,14 +219,3 @@ fn vilt_refuses_bad_questions_and_top_k() {
         );
     }
 }
-
-#[test]
-fn bilinear_resizing_with_aligned_corners_keeps_the_corners() {
-    use hgpt_local::vision::vilt::bilinear_align_corners;
-    // 2x2 -> 3x3: corners kept, the centre is the mean.
-    let grid = [0.0, 1.0, 2.0, 3.0];
-    let out = bilinear_align_corners(&grid, 1, (2, 2), (3, 3));
-    assert_eq!(out, [0.0, 0.5, 1.0, 1.0, 1.5, 2.0, 2.0, 2.5, 3.0]);
-    // Same size: unchanged.
-    assert_eq!(bilinear_align_corners(&grid, 1, (2, 2), (2, 2)), grid);
-}

@@ -622,6 +622,8 @@ mod tests {
         };
         let out = resize_values(&values, 1, (2, 2), (3, 3), kind);
         assert_eq!(out, vec![1.0, 1.5, 2.0, 2.0, 2.5, 3.0, 3.0, 3.5, 4.0]);
+        // Same size: unchanged.
+        assert_eq!(resize_values(&values, 1, (2, 2), (2, 2), kind), values);
     }
 
     /// A 3x3 convolution (stride 2, padding 1) computed directly.

@@ -10,6 +10,7 @@
 //! the patch count makes transformers keep a random subset; hgpt keeps them
 //! all.
 
+use super::conv::{Interpolation, Rows, resize};
 use super::encoder::{Encoder, PatchEmbeddings, VitConfig};
 use super::preprocess::{ImageProcessor, ProcessorKind, decode_image};
 use super::{image_bytes, number_arg, question_arg};
@@ -54,48 +55,6 @@ impl Default for ViltTextConfig {
     }
 }
 
-/// torch's bilinear resize with `align_corners=True` of a `[channels, h, w]`
-/// grid (row-major `values`) to `(out_h, out_w)`, in float32.
-pub fn bilinear_align_corners(
-    values: &[f32],
-    channels: usize,
-    (h, w): (usize, usize),
-    (out_h, out_w): (usize, usize),
-) -> Vec<f32> {
-    let scale = |input: usize, output: usize| {
-        if output > 1 {
-            (input - 1) as f32 / (output - 1) as f32
-        } else {
-            0.0
-        }
-    };
-    let axis = |input: usize, output: usize| -> Vec<(usize, usize, f32, f32)> {
-        let s = scale(input, output);
-        (0..output)
-            .map(|o| {
-                let real = s * o as f32;
-                let i0 = (real as usize).min(input - 1);
-                let i1 = (i0 + 1).min(input - 1);
-                let l1 = real - i0 as f32;
-                (i0, i1, 1.0 - l1, l1)
-            })
-            .collect()
-    };
-    let (rows, cols) = (axis(h, out_h), axis(w, out_w));
-    let mut out = Vec::with_capacity(channels * out_h * out_w);
-    for c in 0..channels {
-        let grid = &values[c * h * w..(c + 1) * h * w];
-        for &(y0, y1, h0, h1) in &rows {
-            for &(x0, x1, w0, w1) in &cols {
-                let top = w0 * grid[y0 * w + x0] + w1 * grid[y0 * w + x1];
-                let bottom = w0 * grid[y1 * w + x0] + w1 * grid[y1 * w + x1];
-                out.push(h0 * top + h1 * bottom);
-            }
-        }
-    }
-    out
-}
-
 /// The ViLT question-answering network.
 #[derive(Debug, Clone)]
 pub struct ViltForQuestionAnswering {
@@ -114,7 +73,6 @@ pub struct ViltForQuestionAnswering {
     classifier_norm: LayerNorm,
     classifier_out: Linear,
     grid: usize,
-    hidden: usize,
     max_positions: usize,
 }
 
@@ -163,7 +121,6 @@ impl ViltForQuestionAnswering {
             classifier_norm: layer_norm(2 * d, 1e-5, classifier.pp("1"))?,
             classifier_out: linear(2 * d, num_labels, classifier.pp("3"))?,
             grid,
-            hidden: d,
             max_positions: text.max_position_embeddings,
         })
     }
@@ -177,7 +134,6 @@ impl ViltForQuestionAnswering {
     /// `[1, 3, H, W]`.
     pub fn forward(&self, input_ids: &[u32], pixel_values: &Tensor) -> Result<Tensor> {
         let device = pixel_values.device();
-        let d = self.hidden;
         let count = input_ids.len();
         if count == 0 || count > self.max_positions {
             candle_core::bail!(
@@ -199,16 +155,17 @@ impl ViltForQuestionAnswering {
             candle_core::bail!("a {width}x{height} input is smaller than one patch");
         }
         let patches = self.patches.forward(pixel_values)?.squeeze(0)?;
-        let grid = self
-            .patch_positions
-            .narrow(1, 1, self.grid * self.grid)?
-            .squeeze(0)?
-            .t()?
-            .contiguous()?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let resized = bilinear_align_corners(&grid, d, (self.grid, self.grid), (rows, cols));
-        let patch_positions = Tensor::from_vec(resized, (d, rows * cols), device)?.t()?;
+        let grid = Rows {
+            pixels: self
+                .patch_positions
+                .narrow(1, 1, self.grid * self.grid)?
+                .squeeze(0)?,
+            size: (self.grid, self.grid),
+        };
+        let aligned = Interpolation::Bilinear {
+            align_corners: true,
+        };
+        let patch_positions = resize(&grid, (rows, cols), aligned)?.pixels;
         let image = Tensor::cat(
             &[
                 (self.cls_token.squeeze(0)? + self.patch_positions.narrow(1, 0, 1)?.squeeze(0)?)?,
