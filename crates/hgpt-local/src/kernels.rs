@@ -1,7 +1,9 @@
 //! CPU kernels for f32 transformer layers, shared by the model families:
-//! linear layers as direct `gemm` calls with the bias, a residual or the
-//! activation fused in, a matrix-vector path for single rows (decoding),
-//! packed self-attention, and vectorisable GELU and `exp`.
+//! linear layers with the bias, a residual or the activation fused in
+//! (direct `gemm` calls, a matrix-vector path for single rows, and for
+//! layers that see a few rows at a time on AVX-512 CPUs, weights packed for
+//! [`crate::few_rows`]), packed self-attention, and vectorisable GELU and
+//! `exp`.
 //!
 //! On other devices, or with other dtypes, [`Dense`] falls back to candle's
 //! operations.
@@ -10,12 +12,30 @@ use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+#[cfg(target_arch = "x86_64")]
+use std::sync::Arc;
 
-/// A linear layer `x W^T + b` (`W` is `[out, in]`, contiguous, as stored).
+#[cfg(target_arch = "x86_64")]
+use crate::few_rows::{PANEL, PackedWeight};
+/// Output columns per thread block are a multiple of this.
+#[cfg(not(target_arch = "x86_64"))]
+const PANEL: usize = 32;
+
+/// A linear layer `x W^T + b` (`W` is `[out, in]`).
 #[derive(Debug, Clone)]
 pub(crate) struct Dense {
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
+}
+
+/// How a [`Dense`] layer holds its weight.
+#[derive(Debug, Clone)]
+enum Weight {
+    /// As stored (`[out, in]`, contiguous).
+    Plain(Tensor),
+    /// f32 on an AVX-512 CPU, packed for the few-rows kernel.
+    #[cfg(target_arch = "x86_64")]
+    Packed(Arc<PackedWeight>),
 }
 
 /// What follows the product in a linear layer.
@@ -47,9 +67,36 @@ impl Dense {
             candle_core::bail!("linear: {} biases for {outputs} outputs", bias.dims1()?);
         }
         Ok(Self {
-            weight: weight.contiguous()?,
+            weight: Weight::Plain(weight.contiguous()?),
             bias,
         })
+    }
+
+    /// This layer for a few rows at a time (a text, a small image's tokens,
+    /// one token when decoding): on an AVX-512 CPU, an f32 weight is packed
+    /// for [`crate::few_rows`]'s kernel, which beats the general GEMM up to
+    /// about a hundred rows and trails it beyond (the packed copy replaces
+    /// the weight, which is freed unless held elsewhere).
+    pub(crate) fn for_few_rows(self) -> candle_core::Result<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if let Weight::Plain(weight) = &self.weight
+            && weight.device().is_cpu()
+            && weight.dtype() == DType::F32
+            && crate::few_rows::available()
+        {
+            let (outputs, inputs) = weight.dims2()?;
+            let (storage, layout) = weight.storage_and_layout();
+            let values = cpu_f32("linear weight", &storage, layout)?;
+            let packed = PackedWeight::pack(values, outputs, inputs).ok_or_else(|| {
+                candle_core::Error::Msg(format!("linear: the weight is not {outputs}x{inputs}"))
+            })?;
+            drop(storage);
+            return Ok(Self {
+                weight: Weight::Packed(Arc::new(packed)),
+                bias: self.bias,
+            });
+        }
+        Ok(self)
     }
 
     /// `weight` and `bias` under `vb`, as `nn.Linear` stores them.
@@ -64,11 +111,33 @@ impl Dense {
         Self::new(Tensor::cat(weights, 0)?, Some(Tensor::cat(biases, 0)?))
     }
 
+    /// The transposed weight, `[in, out]`.
+    fn transposed(&self) -> candle_core::Result<Tensor> {
+        match &self.weight {
+            Weight::Plain(weight) => weight.t(),
+            #[cfg(target_arch = "x86_64")]
+            Weight::Packed(packed) => Tensor::from_vec(
+                packed.unpack(),
+                (packed.outputs(), packed.inputs()),
+                &Device::Cpu,
+            )?
+            .t(),
+        }
+    }
+
+    /// `[out, in]`.
+    fn dims(&self) -> candle_core::Result<(usize, usize)> {
+        match &self.weight {
+            Weight::Plain(weight) => weight.dims2(),
+            #[cfg(target_arch = "x86_64")]
+            Weight::Packed(packed) => Ok((packed.outputs(), packed.inputs())),
+        }
+    }
+
     /// The layer on `x` (`[..., in]`), then `epilogue`: the CPU kernels for
     /// f32 tensors on the CPU, candle's operations otherwise.
     pub(crate) fn forward(&self, x: &Tensor, epilogue: Epilogue) -> candle_core::Result<Tensor> {
-        let cpu =
-            x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32;
+        let cpu = x.device().is_cpu() && x.dtype() == DType::F32 && self.on_cpu();
         self.forward_with(x, epilogue, cpu)
     }
 
@@ -84,7 +153,7 @@ impl Dense {
             candle_core::bail!("linear: a scalar input");
         };
         let rows: usize = leading.iter().product();
-        let outputs = self.weight.dim(0)?;
+        let (outputs, _) = self.dims()?;
         let x2 = x.reshape((rows, inputs))?;
         let y = if cpu {
             let residual = match epilogue {
@@ -95,7 +164,7 @@ impl Dense {
             };
             self.forward_cpu(&x2, epilogue, residual.as_ref())?
         } else {
-            let mut y = x2.matmul(&self.weight.t()?)?;
+            let mut y = x2.matmul(&self.transposed()?)?;
             if let Some(bias) = &self.bias {
                 y = y.broadcast_add(bias)?;
             }
@@ -123,7 +192,7 @@ impl Dense {
     ) -> candle_core::Result<Tensor> {
         let x = x.contiguous()?;
         let (m, _) = x.dims2()?;
-        let n = self.weight.dim(0)?;
+        let (n, _) = self.dims()?;
         let (x_storage, x_layout) = x.storage_and_layout();
         let xs = cpu_f32("linear input", &x_storage, x_layout)?;
         let residual_tensor = residual.map(Tensor::contiguous).transpose()?;
@@ -140,12 +209,16 @@ impl Dense {
 
     /// The number of outputs.
     pub(crate) fn outputs(&self) -> candle_core::Result<usize> {
-        self.weight.dim(0)
+        Ok(self.dims()?.0)
     }
 
     /// Whether [`Dense::forward_slice`] can run: f32 weights on the CPU.
     pub(crate) fn on_cpu(&self) -> bool {
-        self.weight.device().is_cpu() && self.weight.dtype() == DType::F32
+        match &self.weight {
+            Weight::Plain(weight) => weight.device().is_cpu() && weight.dtype() == DType::F32,
+            #[cfg(target_arch = "x86_64")]
+            Weight::Packed(_) => true,
+        }
     }
 
     /// The layer on `m` rows of f32 values on the CPU (`xs` is `[m, in]`,
@@ -158,18 +231,17 @@ impl Dense {
         epilogue: Epilogue,
         residual: Option<&[f32]>,
     ) -> candle_core::Result<Vec<f32>> {
-        let n = self.weight.dim(0)?;
+        let (n, _) = self.dims()?;
         // Every value is written (first by the fill in `block_into`) before
         // `set_len`.
         let mut out: Vec<f32> = Vec::with_capacity(m * n);
-        // A column block per thread, a multiple of 16 wide (the AVX-512
-        // kernel's width); single rows in smaller blocks, to share the
-        // memory traffic of the weights evenly.
+        // A column block per thread; single rows in smaller blocks, to share
+        // the memory traffic of the weights evenly.
         let threads = rayon::current_num_threads();
         let block = if m == 1 {
-            n.div_ceil(threads * 8).next_multiple_of(16)
+            n.div_ceil(threads * 8).next_multiple_of(PANEL)
         } else {
-            n.div_ceil(threads).next_multiple_of(16)
+            n.div_ceil(threads).next_multiple_of(PANEL)
         };
         let parts = n.div_ceil(block.max(1));
         let dst = OutPtr(out.as_mut_ptr());
@@ -194,7 +266,7 @@ impl Dense {
         residual: Option<&[f32]>,
         out: &mut [f32],
     ) -> candle_core::Result<()> {
-        let n = self.weight.dim(0)?;
+        let (n, _) = self.dims()?;
         if out.len() != m * n {
             candle_core::bail!("linear: the output is not {m}x{n}");
         }
@@ -220,11 +292,8 @@ impl Dense {
         dst: &OutPtr,
         columns: std::ops::Range<usize>,
     ) -> candle_core::Result<()> {
-        let n = self.weight.dim(0)?;
-        let k = self.weight.dim(1)?;
-        let (w_storage, w_layout) = self.weight.storage_and_layout();
-        let ws = cpu_f32("linear weight", &w_storage, w_layout)?;
-        if xs.len() != m * k || ws.len() != k * n {
+        let (n, k) = self.dims()?;
+        if xs.len() != m * k {
             candle_core::bail!("linear: input {m}x{k} does not fit the weight {k}x{n}");
         }
         if residual.is_some_and(|r| r.len() != m * n) {
@@ -251,39 +320,19 @@ impl Dense {
                 });
             }
         }
-        if m == 1 {
-            // SAFETY: as above; the block was just initialised.
-            let row = unsafe { dst.row_block(c0, c1 - c0) };
-            for (j, y) in row.iter_mut().enumerate() {
-                *y += dot(&ws[(c0 + j) * k..(c0 + j + 1) * k], xs);
-            }
-        } else {
-            // SAFETY: the pointers and strides describe `dst` (columns
-            // c0..c1, m rows of n), `xs` (m rows of k) and `W^T`'s columns
-            // c0..c1 (rows c0..c1 of `ws`, n rows of k), all in bounds; these
-            // columns of `dst` are ours.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    c1 - c0,
-                    k,
-                    dst.at(c0),
-                    1,
-                    n as isize,
-                    true,
-                    xs.as_ptr(),
-                    1,
-                    k as isize,
-                    ws.as_ptr().add(c0 * k),
-                    k as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+        match &self.weight {
+            // SAFETY: the block was just initialised; the rest is the
+            // caller's promise.
+            Weight::Plain(weight) => unsafe { plain_product(weight, xs, m, dst, c0..c1)? },
+            #[cfg(target_arch = "x86_64")]
+            Weight::Packed(packed) => {
+                if !c0.is_multiple_of(PANEL) || xs.len() != m * k {
+                    candle_core::bail!("linear: column block {c0}..{c1} does not start a panel");
+                }
+                // SAFETY: packed weights exist only where AVX-512 does; the
+                // block's m rows of n values are initialised, these columns
+                // are ours, and `xs` holds m x k values.
+                unsafe { packed.accumulate(xs, m, dst.0, c0..c1) };
             }
         }
         for row in 0..m {
@@ -300,9 +349,67 @@ impl Dense {
             }
         }
         drop(bias_guard);
-        drop(w_storage);
         Ok(())
     }
+}
+
+/// Adds `xs W^T` to columns `columns` of `dst` (`[m, out]`) for a plain
+/// weight: one `gemm` call, or a dot product per column for a single row.
+///
+/// # Safety
+/// `dst` must hold `m * out` initialised values, with nothing else accessing
+/// these columns meanwhile; `xs` must hold `m * in` values.
+unsafe fn plain_product(
+    weight: &Tensor,
+    xs: &[f32],
+    m: usize,
+    dst: &OutPtr,
+    columns: std::ops::Range<usize>,
+) -> candle_core::Result<()> {
+    let (n, k) = weight.dims2()?;
+    let (c0, c1) = (columns.start, columns.end);
+    let (w_storage, w_layout) = weight.storage_and_layout();
+    let ws = cpu_f32("linear weight", &w_storage, w_layout)?;
+    if xs.len() != m * k || ws.len() != k * n || c1 > n {
+        candle_core::bail!("linear: input {m}x{k} does not fit the weight {k}x{n}");
+    }
+    if m == 1 {
+        // SAFETY: as above; the block was just initialised.
+        let row = unsafe { dst.row_block(c0, c1 - c0) };
+        for (j, y) in row.iter_mut().enumerate() {
+            *y += dot(&ws[(c0 + j) * k..(c0 + j + 1) * k], xs);
+        }
+    } else {
+        // SAFETY: the pointers and strides describe `dst` (columns
+        // c0..c1, m rows of n), `xs` (m rows of k) and `W^T`'s columns
+        // c0..c1 (rows c0..c1 of `ws`, n rows of k), all in bounds; these
+        // columns of `dst` are ours.
+        unsafe {
+            gemm::gemm(
+                m,
+                c1 - c0,
+                k,
+                dst.at(c0),
+                1,
+                n as isize,
+                true,
+                xs.as_ptr(),
+                1,
+                k as isize,
+                ws.as_ptr().add(c0 * k),
+                k as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+    drop(w_storage);
+    Ok(())
 }
 
 /// The epilogue that applies `activation` after a linear layer, when the
@@ -787,6 +894,9 @@ mod tests {
         let dense = Dense::new(weight, Some(bias)).unwrap();
         let unbiased =
             Dense::new(Tensor::randn(0f32, 1.0, (37, 70), &device).unwrap(), None).unwrap();
+        // Packed for the few-rows kernel where the CPU has it.
+        let packed = dense.clone().for_few_rows().unwrap();
+        let packed_unbiased = unbiased.clone().for_few_rows().unwrap();
         for rows in [1, 5] {
             // One row takes the matrix-vector path, several the gemm one.
             let x = Tensor::randn(0f32, 1.0, (2, rows, 70), &device).unwrap();
@@ -801,7 +911,7 @@ mod tests {
                 Epilogue::Relu,
                 Epilogue::QuickGelu,
             ] {
-                for layer in [&dense, &unbiased] {
+                for layer in [&dense, &unbiased, &packed, &packed_unbiased] {
                     let fast = layer.forward_with(&x, epilogue, true).unwrap();
                     let slow = layer.forward_with(&x, epilogue, false).unwrap();
                     assert_eq!(fast.dims(), [1, rows, 37]);

@@ -7,6 +7,8 @@ mod bert;
 pub mod device;
 pub mod embed;
 pub mod error;
+#[cfg(target_arch = "x86_64")]
+mod few_rows;
 pub mod files;
 pub mod generate;
 mod kernels;

@@ -292,10 +292,10 @@ impl TextAttention {
     fn load(cfg: &BlipTextConfig, key_width: usize, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
-            query: Dense::load(d, d, vb.pp("self.query"))?,
-            key: Dense::load(key_width, d, vb.pp("self.key"))?,
-            value: Dense::load(key_width, d, vb.pp("self.value"))?,
-            dense: Dense::load(d, d, vb.pp("output.dense"))?,
+            query: Dense::load(d, d, vb.pp("self.query"))?.for_few_rows()?,
+            key: Dense::load(key_width, d, vb.pp("self.key"))?.for_few_rows()?,
+            value: Dense::load(key_width, d, vb.pp("self.value"))?.for_few_rows()?,
+            dense: Dense::load(d, d, vb.pp("output.dense"))?.for_few_rows()?,
             layer_norm: layer_norm(d, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
             heads: cfg.num_attention_heads,
             scale: 1.0 / ((d / cfg.num_attention_heads) as f64).sqrt(),
@@ -340,8 +340,9 @@ impl TextLayer {
         Ok(Self {
             attention: TextAttention::load(cfg, d, vb.pp("attention"))?,
             cross: TextAttention::load(cfg, cfg.encoder_hidden_size, vb.pp("crossattention"))?,
-            intermediate: Dense::load(d, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
-            output: Dense::load(cfg.intermediate_size, d, vb.pp("output.dense"))?,
+            intermediate: Dense::load(d, cfg.intermediate_size, vb.pp("intermediate.dense"))?
+                .for_few_rows()?,
+            output: Dense::load(cfg.intermediate_size, d, vb.pp("output.dense"))?.for_few_rows()?,
             output_norm: layer_norm(d, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
             activation: cfg.hidden_act,
         })
@@ -471,10 +472,12 @@ impl TextDecoder {
         let d = cfg.hidden_size;
         let bert = TextModel::load(cfg, vb.pp("bert"))?;
         let head = vb.pp("cls.predictions");
-        let weight = if head.contains_tensor("decoder.weight") {
-            head.get((cfg.vocab_size, d), "decoder.weight")?
-        } else {
+        // A head tied to the embeddings reads their table as it is.
+        let tied = !head.contains_tensor("decoder.weight");
+        let weight = if tied {
             bert.word_embeddings.embeddings().clone()
+        } else {
+            head.get((cfg.vocab_size, d), "decoder.weight")?
         };
         let bias = if head.contains_tensor("bias") {
             head.get(cfg.vocab_size, "bias")?
@@ -483,10 +486,14 @@ impl TextDecoder {
         };
         Ok(Self {
             bert,
-            transform: Dense::load(d, d, head.pp("transform.dense"))?,
+            transform: Dense::load(d, d, head.pp("transform.dense"))?.for_few_rows()?,
             transform_norm: layer_norm(d, cfg.layer_norm_eps, head.pp("transform.LayerNorm"))?,
             activation: cfg.hidden_act,
-            decoder: Dense::new(weight, Some(bias))?,
+            decoder: if tied {
+                Dense::new(weight, Some(bias))?
+            } else {
+                Dense::new(weight, Some(bias))?.for_few_rows()?
+            },
             vocab_size: cfg.vocab_size,
         })
     }

@@ -181,11 +181,11 @@ impl Layer {
         let q = ((q.0 * scale)?, (q.1 * scale)?);
         Ok(Self {
             layer_norm1: layer_norm(d, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
-            qkv: Dense::from_parts(&[q.0, k.0, v.0], &[q.1, k.1, v.1])?,
-            out_proj: Dense::load(d, d, attn.pp("out_proj"))?,
+            qkv: Dense::from_parts(&[q.0, k.0, v.0], &[q.1, k.1, v.1])?.for_few_rows()?,
+            out_proj: Dense::load(d, d, attn.pp("out_proj"))?.for_few_rows()?,
             layer_norm2: layer_norm(d, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
-            fc1: Dense::load(d, cfg.intermediate_size, vb.pp("mlp.fc1"))?,
-            fc2: Dense::load(cfg.intermediate_size, d, vb.pp("mlp.fc2"))?,
+            fc1: Dense::load(d, cfg.intermediate_size, vb.pp("mlp.fc1"))?.for_few_rows()?,
+            fc2: Dense::load(cfg.intermediate_size, d, vb.pp("mlp.fc2"))?.for_few_rows()?,
             activation: cfg.hidden_act,
             heads,
         })

@@ -76,11 +76,12 @@ impl Gpt2Config {
     }
 }
 
-/// A `Conv1D` (weight `[in, out]`) as a linear layer.
+/// A `Conv1D` (weight `[in, out]`) as a linear layer, for the few rows of
+/// decoding.
 fn conv1d(input: usize, output: usize, vb: VarBuilder) -> Result<Dense> {
     let weight = vb.get((input, output), "weight")?.t()?;
     let bias = vb.get(output, "bias")?;
-    Dense::new(weight, Some(bias))
+    Dense::new(weight, Some(bias))?.for_few_rows()
 }
 
 #[derive(Debug, Clone)]
@@ -201,10 +202,11 @@ impl Gpt2Decoder {
         let d = cfg.n_embd;
         let transformer = vb.pp("transformer");
         let wte_weight = transformer.get((cfg.vocab_size, d), "wte.weight")?;
-        let lm_weight = if vb.contains_tensor("lm_head.weight") {
-            vb.get((cfg.vocab_size, d), "lm_head.weight")?
+        // A head tied to the embeddings reads their table as it is.
+        let lm_head = if vb.contains_tensor("lm_head.weight") {
+            Dense::new(vb.get((cfg.vocab_size, d), "lm_head.weight")?, None)?.for_few_rows()?
         } else {
-            wte_weight.clone()
+            Dense::new(wte_weight.clone(), None)?
         };
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::load(cfg, i, transformer.pp("h").pp(i)))
@@ -214,7 +216,7 @@ impl Gpt2Decoder {
             wpe: Embedding::new(transformer.get((cfg.n_positions, d), "wpe.weight")?, d),
             blocks,
             ln_f: layer_norm(d, cfg.layer_norm_epsilon, transformer.pp("ln_f"))?,
-            lm_head: Dense::new(lm_weight, None)?,
+            lm_head,
             vocab_size: cfg.vocab_size,
             n_positions: cfg.n_positions,
         })
