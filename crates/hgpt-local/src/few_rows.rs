@@ -271,12 +271,11 @@ unsafe fn kernel<const R: usize>(
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            let row = out.add(r * stride);
-            let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(low, row), acc[0]);
-            _mm512_mask_storeu_ps(row, low, sum);
-            let row = row.add(16);
-            let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(high, row), acc[1]);
-            _mm512_mask_storeu_ps(row, high, sum);
+            for (half, (mask, sum)) in [(low, acc[0]), (high, acc[1])].into_iter().enumerate() {
+                let lanes = out.add(r * stride + 16 * half);
+                let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, lanes), sum);
+                _mm512_mask_storeu_ps(lanes, mask, sum);
+            }
         }
     }
 }
