@@ -21,7 +21,7 @@ use std::arch::x86_64::{
 /// Outputs per panel: two 16-lane vectors.
 pub(crate) const PANEL: usize = 32;
 /// Input rows per kernel call (2 x 14 = 28 accumulator registers).
-const ROWS: usize = 14;
+pub(crate) const ROWS: usize = 14;
 /// Rows packed at once; up to this many, all inputs go in one pass.
 const BLOCK_ROWS: usize = 10 * ROWS;
 /// Inputs per pass over more rows than [`BLOCK_ROWS`] (a panel's slice of
@@ -141,6 +141,7 @@ impl PackedWeight {
                             kernel_rows(
                                 group,
                                 packed.as_ptr().add((row - rows.start) * depth),
+                                group,
                                 weights,
                                 depth,
                                 out.add(row * n + first),
@@ -185,7 +186,7 @@ fn pack_rows(
 
 /// The lane masks of a panel's two vectors when `width` of its columns are
 /// written.
-fn lane_masks(width: usize) -> (__mmask16, __mmask16) {
+pub(crate) fn lane_masks(width: usize) -> (__mmask16, __mmask16) {
     let mask = |lanes: usize| -> __mmask16 {
         if lanes >= 16 {
             0xffff
@@ -202,9 +203,10 @@ fn lane_masks(width: usize) -> (__mmask16, __mmask16) {
 /// As for [`kernel`].
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_rows(
+pub(crate) unsafe fn kernel_rows(
     rows: usize,
     x: *const f32,
+    x_step: usize,
     w: *const f32,
     depth: usize,
     out: *mut f32,
@@ -215,34 +217,39 @@ unsafe fn kernel_rows(
     // SAFETY: forwarded from the caller.
     unsafe {
         match rows {
-            14 => kernel::<14>(x, w, depth, out, stride, low, high),
-            13 => kernel::<13>(x, w, depth, out, stride, low, high),
-            12 => kernel::<12>(x, w, depth, out, stride, low, high),
-            11 => kernel::<11>(x, w, depth, out, stride, low, high),
-            10 => kernel::<10>(x, w, depth, out, stride, low, high),
-            9 => kernel::<9>(x, w, depth, out, stride, low, high),
-            8 => kernel::<8>(x, w, depth, out, stride, low, high),
-            7 => kernel::<7>(x, w, depth, out, stride, low, high),
-            6 => kernel::<6>(x, w, depth, out, stride, low, high),
-            5 => kernel::<5>(x, w, depth, out, stride, low, high),
-            4 => kernel::<4>(x, w, depth, out, stride, low, high),
-            3 => kernel::<3>(x, w, depth, out, stride, low, high),
-            2 => kernel::<2>(x, w, depth, out, stride, low, high),
-            _ => kernel::<1>(x, w, depth, out, stride, low, high),
+            14 => kernel::<14>(x, x_step, w, depth, out, stride, low, high),
+            13 => kernel::<13>(x, x_step, w, depth, out, stride, low, high),
+            12 => kernel::<12>(x, x_step, w, depth, out, stride, low, high),
+            11 => kernel::<11>(x, x_step, w, depth, out, stride, low, high),
+            10 => kernel::<10>(x, x_step, w, depth, out, stride, low, high),
+            9 => kernel::<9>(x, x_step, w, depth, out, stride, low, high),
+            8 => kernel::<8>(x, x_step, w, depth, out, stride, low, high),
+            7 => kernel::<7>(x, x_step, w, depth, out, stride, low, high),
+            6 => kernel::<6>(x, x_step, w, depth, out, stride, low, high),
+            5 => kernel::<5>(x, x_step, w, depth, out, stride, low, high),
+            4 => kernel::<4>(x, x_step, w, depth, out, stride, low, high),
+            3 => kernel::<3>(x, x_step, w, depth, out, stride, low, high),
+            2 => kernel::<2>(x, x_step, w, depth, out, stride, low, high),
+            _ => kernel::<1>(x, x_step, w, depth, out, stride, low, high),
         }
     }
 }
 
-/// `out[r, 0..32] += sum_i x[i, r] w[i, 0..32]` for `R` rows: `x` is the
-/// packed group (`[depth][R]`), `w` the panel's slice (`[depth][32]`),
-/// `out` rows `stride` apart, written where the lane masks allow.
+/// `out[r, 0..32] += sum_i x[i * x_step + r] w[i, 0..32]` for `R` rows:
+/// `x` is the group, input by input (`[depth][x_step]`, of which the first
+/// `R` values of each input are read), `w` the panel's slice
+/// (`[depth][32]`), `out` rows `stride` apart, written where the lane masks
+/// allow.
 ///
 /// # Safety
-/// `x` must hold `depth * R` values, `w` `depth * 32`; `out`'s `R` rows
-/// must hold the masked lanes, with nothing else accessing them.
+/// `x` must hold `(depth - 1) * x_step + R` values, `w` `depth * 32`;
+/// `out`'s `R` rows must hold the masked lanes, with nothing else accessing
+/// them.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn kernel<const R: usize>(
     x: *const f32,
+    x_step: usize,
     w: *const f32,
     depth: usize,
     out: *mut f32,
@@ -265,7 +272,7 @@ unsafe fn kernel<const R: usize>(
             let w0 = _mm512_loadu_ps(w.add(i * PANEL));
             let w1 = _mm512_loadu_ps(w.add(i * PANEL + 16));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let xv = _mm512_set1_ps(*x.add(i * R + r));
+                let xv = _mm512_set1_ps(*x.add(i * x_step + r));
                 acc[0] = _mm512_fmadd_ps(xv, w0, acc[0]);
                 acc[1] = _mm512_fmadd_ps(xv, w1, acc[1]);
             }

@@ -513,10 +513,10 @@ fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_TWO_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
 }
 
-/// The output of [`Dense::forward_cpu`], shared by the threads that each
-/// write their own columns of it.
+/// An output buffer shared by threads that each write their own part of
+/// it.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 
 // SAFETY: the threads write disjoint parts of the buffer (see `row_block`'s
 // callers), which outlives the parallel section.
@@ -527,7 +527,7 @@ unsafe impl Sync for OutPtr {}
 impl OutPtr {
     /// The address `offset` values in (a method, so that closures capture
     /// the whole `OutPtr`, which is `Sync`).
-    fn at(&self, offset: usize) -> *mut f32 {
+    pub(crate) fn at(&self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
 
@@ -547,7 +547,7 @@ impl OutPtr {
     /// They must be in the buffer and initialised, and no other live
     /// reference may overlap them.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn row_block(&self, start: usize, len: usize) -> &mut [f32] {
+    pub(crate) unsafe fn row_block(&self, start: usize, len: usize) -> &mut [f32] {
         // SAFETY: upheld by the caller.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
@@ -569,7 +569,9 @@ fn cpu_f32<'a>(
 /// (`[tokens, 3 * hidden]`, queries already scaled by `1 / sqrt(head_dim)`)
 /// of texts of `lengths` tokens: for each text and head, in parallel,
 /// `softmax(q k^T) v` read from and written to the packed rows (a text
-/// attends to its own tokens only, so there is no padding to mask).
+/// attends to its own tokens only, so there is no padding to mask). On
+/// AVX-512 CPUs [`crate::packed_attention`] does it; elsewhere, blocks of
+/// queries through the general GEMM.
 pub(crate) fn attention_cpu(
     qkv: &Tensor,
     lengths: &[usize],
@@ -585,6 +587,20 @@ pub(crate) fn attention_cpu(
     }
     let (storage, layout) = qkv.storage_and_layout();
     let qkv = cpu_f32("attention projections", &storage, layout)?;
+    let mut out = vec![0f32; tokens * hidden];
+    #[cfg(target_arch = "x86_64")]
+    {
+        let input = crate::packed_attention::Projections {
+            qkv,
+            lengths,
+            heads,
+            causal,
+        };
+        if crate::packed_attention::attend(&input, &mut out).is_some() {
+            drop(storage);
+            return Tensor::from_vec(out, (tokens, hidden), &Device::Cpu);
+        }
+    }
     // Queries go in blocks, so that a block's scores stay in cache however
     // long the text.
     const QUERY_BLOCK: usize = 128;
@@ -598,7 +614,6 @@ pub(crate) fn attention_cpu(
         }
         start += len;
     }
-    let mut out = vec![0f32; tokens * hidden];
     let dst = OutPtr(out.as_mut_ptr());
     tasks.par_iter().for_each_init(
         Vec::new,

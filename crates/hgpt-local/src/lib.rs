@@ -12,6 +12,8 @@ mod few_rows;
 pub mod files;
 pub mod generate;
 mod kernels;
+#[cfg(target_arch = "x86_64")]
+mod packed_attention;
 pub mod pipeline;
 pub mod pull;
 pub mod safetensors;
