@@ -52,10 +52,7 @@ fn standardized_conv(vb: VarBuilder, stride: usize, padding: Padding) -> Result<
     let standardized = centred
         .broadcast_div(&(var + STANDARDIZE_EPS)?.sqrt()?)?
         .reshape((outputs, inputs, kh, kw))?;
-    Ok((
-        Conv::new(&standardized, None, stride, 0)?.with_padding(padding),
-        outputs,
-    ))
+    Ok((Conv::padded(&standardized, None, stride, padding)?, outputs))
 }
 
 /// One bottleneck layer (`BitBottleneckLayer`): 1x1, 3x3 (strided), 1x1,

@@ -4,16 +4,19 @@
 //!
 //! A convolution is one [`Dense`] layer over im2col rows (kernel rows, kernel
 //! columns, then input channels), in bands of output rows so that the im2col
-//! buffer of a large map stays small. A transposed convolution whose kernel
+//! buffer of a large map stays small; a 3x3 convolution with stride 1 that
+//! keeps the map's size goes through [`Winograd`] instead. A transposed convolution whose kernel
 //! equals its stride is a linear layer per pixel followed by a scatter.
 //! Resizes follow PyTorch's `interpolate` (bilinear with or without
 //! `align_corners`, bicubic with A = -0.75 and indices clamped to the
 //! border), in float32 like its CPU kernels.
 
+use super::winograd::Winograd;
 use crate::kernels::{Dense, Epilogue};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Values of one band of im2col rows (16 MiB of f32): large maps are
 /// convolved band by band.
@@ -116,35 +119,59 @@ impl GroupNorm {
             .transpose()?;
         let per_group = channels / self.groups;
         let pixels = values.len() / channels.max(1);
-        // Mean and inverse deviation per group, accumulated in f64.
-        let stats: Vec<(f32, f32)> = (0..self.groups)
-            .into_par_iter()
-            .map(|g| {
-                let (mut sum, mut squares) = (0f64, 0f64);
-                for p in 0..pixels {
-                    let start = p * channels + g * per_group;
-                    for &v in &values[start..start + per_group] {
-                        sum += f64::from(v);
-                        squares += f64::from(v) * f64::from(v);
+        // Sums and sums of squares per channel, in f64, in one pass over
+        // blocks of pixels...
+        let sums = values
+            .par_chunks(channels.max(1) * 256)
+            .map(|block| {
+                let mut sums = vec![0f64; 2 * channels];
+                let (sum, squares) = sums.split_at_mut(channels);
+                for pixel in block.chunks_exact(channels.max(1)) {
+                    for ((s, q), &v) in sum.iter_mut().zip(squares.iter_mut()).zip(pixel) {
+                        *s += f64::from(v);
+                        *q += f64::from(v) * f64::from(v);
                     }
                 }
-                let n = (pixels * per_group).max(1) as f64;
-                let mean = sum / n;
-                let var = (squares / n - mean * mean).max(0.0);
-                (mean as f32, (1.0 / (var + GROUP_NORM_EPS).sqrt()) as f32)
+                sums
             })
-            .collect();
+            .reduce(
+                || vec![0f64; 2 * channels],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        // ... then each channel's scale and shift, as PyTorch applies them:
+        // `x * rstd * gamma + (beta - mean * rstd * gamma)`.
+        let n = (pixels * per_group).max(1) as f64;
+        let mut scale = vec![0f32; channels];
+        let mut shift = vec![0f32; channels];
+        for g in 0..self.groups {
+            let group = g * per_group..(g + 1) * per_group;
+            let mean = sums[group.clone()].iter().sum::<f64>() / n;
+            let squares = sums[channels + group.start..channels + group.end]
+                .iter()
+                .sum::<f64>();
+            let var = (squares / n - mean * mean).max(0.0);
+            let rstd = (1.0 / (var + GROUP_NORM_EPS).sqrt()) as f32;
+            for c in group {
+                scale[c] = rstd * self.gamma[c];
+                shift[c] = self.beta[c] - mean as f32 * scale[c];
+            }
+        }
         values
-            .par_chunks_mut(channels)
+            .par_chunks_mut(channels.max(1))
             .enumerate()
             .for_each(|(p, pixel)| {
-                for (c, v) in pixel.iter_mut().enumerate() {
-                    let (mean, inv) = stats[c / per_group];
-                    let mut y = (*v - mean) * inv * self.gamma[c] + self.beta[c];
-                    if let Some(r) = &residual {
-                        y += r[p * channels + c];
-                    }
-                    *v = if relu { y.max(0.0) } else { y };
+                for ((v, s), b) in pixel.iter_mut().zip(&scale).zip(&shift) {
+                    *v = *v * s + b;
+                }
+                if let Some(r) = &residual {
+                    let r = &r[p * channels..(p + 1) * channels];
+                    pixel.iter_mut().zip(r).for_each(|(v, r)| *v += r);
+                }
+                if relu {
+                    pixel.iter_mut().for_each(|v| *v = v.max(0.0));
                 }
             });
         Ok(Rows {
@@ -183,11 +210,31 @@ impl Padding {
 /// A square 2-D convolution on channels-last maps.
 #[derive(Debug, Clone)]
 pub(crate) struct Conv {
-    /// `[out, kernel * kernel * in]`.
-    dense: Dense,
+    product: Product,
     kernel: usize,
     stride: usize,
     padding: Padding,
+}
+
+/// How a [`Conv`] computes.
+#[derive(Debug, Clone)]
+enum Product {
+    /// One linear layer over im2col rows: `[out, kernel * kernel * in]`.
+    Im2col(Dense),
+    /// A 3x3 convolution with stride 1 that keeps the map's size, with f32
+    /// weights on the CPU.
+    Winograd(Arc<Winograd>),
+}
+
+/// The im2col weight of PyTorch's `weight` `[out, in, kernel, kernel]`:
+/// `[out, kernel * kernel * in]` (kernel rows, kernel columns, channels).
+fn im2col_layer(weight: &Tensor, bias: Option<Tensor>) -> Result<Dense> {
+    let outputs = weight.dim(0)?;
+    let rows = weight
+        .permute((0, 2, 3, 1))?
+        .reshape((outputs, ()))?
+        .contiguous()?;
+    Dense::new(rows, bias)
 }
 
 impl Conv {
@@ -198,29 +245,45 @@ impl Conv {
         stride: usize,
         padding: usize,
     ) -> Result<Self> {
-        let (outputs, _, kh, kw) = weight.dims4()?;
+        Self::padded(weight, bias, stride, Padding::Fixed(padding))
+    }
+
+    /// [`Conv::new`] with any padding.
+    pub(crate) fn padded(
+        weight: &Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        padding: Padding,
+    ) -> Result<Self> {
+        let (outputs, inputs, kh, kw) = weight.dims4()?;
         if kh != kw {
             candle_core::bail!("the convolution's kernel is {kh}x{kw}, not square");
         }
         if stride == 0 {
             candle_core::bail!("a convolution's stride must be positive");
         }
-        let rows = weight
-            .to_dtype(DType::F32)?
-            .permute((0, 2, 3, 1))?
-            .reshape((outputs, ()))?
-            .contiguous()?;
+        let weight = weight.to_dtype(DType::F32)?;
+        let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
+        // One zero before and one after, whatever the size (`Same` with a
+        // stride of 1 pads a 3x3 kernel that way too).
+        let keeps_size = padding.along(1, kh, stride) == Some((1, 1))
+            && padding.along(2, kh, stride) == Some((2, 1));
+        let product = if (kh, stride) == (3, 1) && keeps_size && weight.device().is_cpu() {
+            let bias = bias.as_ref().map(Tensor::to_vec1::<f32>).transpose()?;
+            Product::Winograd(Arc::new(Winograd::new(
+                &weight.flatten_all()?.to_vec1::<f32>()?,
+                (outputs, inputs),
+                bias.as_deref(),
+            )?))
+        } else {
+            Product::Im2col(im2col_layer(&weight, bias)?)
+        };
         Ok(Self {
-            dense: Dense::new(rows, bias.map(|b| b.to_dtype(DType::F32)).transpose()?)?,
+            product,
             kernel: kh,
             stride,
-            padding: Padding::Fixed(padding),
+            padding,
         })
-    }
-
-    /// The same convolution with other padding.
-    pub(crate) fn with_padding(self, padding: Padding) -> Self {
-        Self { padding, ..self }
     }
 
     /// `weight` (and `bias`) under `vb`, checked to be `[outputs, inputs,
@@ -259,11 +322,15 @@ impl Conv {
     /// [`Conv::forward`] with im2col bands of at most `band_values` values
     /// (at least one output row).
     fn forward_in_bands(&self, x: &Rows, epilogue: Epilogue, band_values: usize) -> Result<Rows> {
+        let dense = match &self.product {
+            Product::Im2col(dense) => dense,
+            Product::Winograd(winograd) => return winograd.forward(x, epilogue),
+        };
         let ((out_h, top), (out_w, left)) = self.geometry(x.size)?;
         let out = (out_h, out_w);
         if (self.kernel, self.stride, top, left) == (1, 1, 0, 0) {
             return Ok(Rows {
-                pixels: self.dense.forward(&x.pixels, epilogue)?,
+                pixels: dense.forward(&x.pixels, epilogue)?,
                 size: out,
             });
         }
@@ -273,8 +340,8 @@ impl Conv {
         let band = (band_values / (out.1 * width).max(1)).max(1).min(out.0);
         let geometry = (x.size, (top, left));
         let device = x.pixels.device();
-        if device.is_cpu() && self.dense.on_cpu() {
-            return self.forward_cpu(&input, channels, geometry, out, epilogue, band);
+        if device.is_cpu() && dense.on_cpu() {
+            return self.forward_cpu(dense, &input, channels, geometry, out, epilogue, band);
         }
         let mut parts = Vec::with_capacity(out.0.div_ceil(band));
         for first in (0..out.0).step_by(band) {
@@ -300,7 +367,7 @@ impl Conv {
                 (Epilogue::ResidualRelu(_), Some(r)) => Epilogue::ResidualRelu(r),
                 (other, _) => other,
             };
-            parts.push(self.dense.forward(&columns, band_epilogue)?);
+            parts.push(dense.forward(&columns, band_epilogue)?);
         }
         let pixels = match parts.len() {
             1 => parts.remove(0),
@@ -313,8 +380,10 @@ impl Conv {
     /// takes whole bands (im2col into its own buffer, which stays in cache,
     /// and the product into the output); with few, bands go one by one and
     /// threads split each product's columns.
+    #[allow(clippy::too_many_arguments)]
     fn forward_cpu(
         &self,
+        dense: &Dense,
         input: &[f32],
         channels: usize,
         geometry: ((usize, usize), (usize, usize)),
@@ -323,7 +392,7 @@ impl Conv {
         band: usize,
     ) -> Result<Rows> {
         let width = self.kernel * self.kernel * channels;
-        let outputs = self.dense.outputs()?;
+        let outputs = dense.outputs()?;
         let residual = match epilogue {
             Epilogue::Residual(r) | Epilogue::ResidualRelu(r) => {
                 Some(r.flatten_all()?.to_vec1::<f32>()?)
@@ -353,8 +422,7 @@ impl Conv {
                     columns.resize(rows * out.1 * width, 0.0);
                     fill(first, rows, columns);
                     let m = rows * out.1;
-                    self.dense
-                        .rows_into(columns, m, epilogue, residual_rows(first, rows), dst)
+                    dense.rows_into(columns, m, epilogue, residual_rows(first, rows), dst)
                 })?;
         } else {
             let mut columns = vec![0f32; band * out.1 * width];
@@ -362,7 +430,7 @@ impl Conv {
                 let rows = band.min(out.0 - first);
                 let columns = &mut columns[..rows * out.1 * width];
                 fill(first, rows, columns);
-                let product = self.dense.forward_slice(
+                let product = dense.forward_slice(
                     columns,
                     rows * out.1,
                     epilogue,
@@ -626,15 +694,16 @@ mod tests {
         assert_eq!(resize_values(&values, 1, (2, 2), (2, 2), kind), values);
     }
 
-    /// A 3x3 convolution (stride 2, padding 1) computed directly.
+    /// A 3x3 convolution (padding 1) computed directly.
     fn direct_conv(
         input: &[f32],
         weight: &[f32],
         bias: &[f32],
         (h, w, c): (usize, usize, usize),
+        stride: usize,
     ) -> (Vec<f32>, (usize, usize)) {
         let o = bias.len();
-        let (out_h, out_w) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+        let (out_h, out_w) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
         let mut out = Vec::with_capacity(out_h * out_w * o);
         for oy in 0..out_h {
             for ox in 0..out_w {
@@ -643,7 +712,7 @@ mod tests {
                     for ic in 0..c {
                         for ky in 0..3 {
                             for kx in 0..3 {
-                                let (iy, ix) = (oy * 2 + ky, ox * 2 + kx);
+                                let (iy, ix) = (oy * stride + ky, ox * stride + kx);
                                 if iy < 1 || ix < 1 || iy > h || ix > w {
                                     continue;
                                 }
@@ -657,6 +726,50 @@ mod tests {
             }
         }
         (out, (out_h, out_w))
+    }
+
+    #[test]
+    fn group_norm_matches_candles() -> Result<()> {
+        let (h, w, c, groups) = (5usize, 3usize, 12usize, 4usize);
+        let device = Device::Cpu;
+        let map = Tensor::randn(0.5f32, 2.0, (h * w, c), &device)?;
+        let residual = Tensor::randn(0f32, 1.0, (h * w, c), &device)?;
+        let gamma = Tensor::randn(1f32, 0.5, c, &device)?;
+        let beta = Tensor::randn(0f32, 0.5, c, &device)?;
+        let norm = GroupNorm {
+            gamma: gamma.to_vec1()?,
+            beta: beta.to_vec1()?,
+            groups,
+        };
+        let reference = candle_nn::GroupNorm::new(gamma, beta, c, groups, GROUP_NORM_EPS)?;
+        // candle's is channels-first: [1, c, h, w].
+        let as_image = |t: &Tensor| t.t()?.reshape((1, c, h, w));
+        let normalised = candle_nn::Module::forward(&reference, &as_image(&map)?)?;
+        let x = Rows {
+            pixels: map,
+            size: (h, w),
+        };
+        let r = Rows {
+            pixels: residual.clone(),
+            size: (h, w),
+        };
+        for (relu, with_residual) in [(false, false), (true, true)] {
+            let got = norm.forward(&x, relu, with_residual.then_some(&r))?;
+            let mut want = normalised.clone();
+            if with_residual {
+                want = (want + as_image(&residual)?)?;
+            }
+            if relu {
+                want = want.relu()?;
+            }
+            let diff = (as_image(&got.pixels)? - want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "relu {relu}, residual {with_residual}: {diff}");
+        }
+        Ok(())
     }
 
     #[test]
@@ -678,11 +791,60 @@ mod tests {
                 size: (h, w),
             };
             let y = conv.forward(&x, Epilogue::Bias)?;
-            let (want, size) = direct_conv(&input, &weight, &bias, (h, w, c));
+            let (want, size) = direct_conv(&input, &weight, &bias, (h, w, c), 2);
             assert_eq!(y.size, size);
             let got = y.pixels.flatten_all()?.to_vec1::<f32>()?;
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() < 1e-5, "{h}x{w} value {i}: {g} vs {w}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn winograd_convolutions_match_a_direct_sum() -> Result<()> {
+        // Odd and even sides (partial tiles), a single pixel, a map of one
+        // band and one of many; channel counts that leave partial vectors.
+        for (h, w) in [(1usize, 1usize), (5, 4), (4, 7), (64, 33)] {
+            let (c, o) = (19usize, 37usize);
+            let weight: Vec<f32> = (0..o * c * 9).map(|i| (i as f32 * 0.37).sin()).collect();
+            let input: Vec<f32> = (0..h * w * c).map(|i| (i as f32 * 0.11).cos()).collect();
+            let bias: Vec<f32> = (0..o).map(|i| (i as f32 * 0.5).sin()).collect();
+            let conv = Conv::new(
+                &Tensor::from_vec(weight.clone(), (o, c, 3, 3), &Device::Cpu)?,
+                Some(Tensor::new(bias.as_slice(), &Device::Cpu)?),
+                1,
+                1,
+            )?;
+            assert!(matches!(conv.product, Product::Winograd(_)));
+            let x = Rows {
+                pixels: Tensor::from_vec(input.clone(), (h * w, c), &Device::Cpu)?,
+                size: (h, w),
+            };
+            let residual: Vec<f32> = (0..h * w * o).map(|i| (i as f32 * 0.3).cos()).collect();
+            let residual_tensor = Tensor::from_vec(residual.clone(), (h * w, o), &Device::Cpu)?;
+            let (direct, size) = direct_conv(&input, &weight, &bias, (h, w, c), 1);
+            assert_eq!(size, (h, w));
+            for epilogue in [
+                Epilogue::Bias,
+                Epilogue::Relu,
+                Epilogue::Residual(&residual_tensor),
+                Epilogue::ResidualRelu(&residual_tensor),
+            ] {
+                let y = conv.forward(&x, epilogue)?;
+                assert_eq!(y.size, (h, w));
+                let got = y.pixels.flatten_all()?.to_vec1::<f32>()?;
+                assert_eq!(got.len(), direct.len());
+                for (i, (g, d)) in got.iter().zip(&direct).enumerate() {
+                    let mut want = *d;
+                    if matches!(epilogue, Epilogue::Residual(_) | Epilogue::ResidualRelu(_)) {
+                        want += residual[i];
+                    }
+                    if matches!(epilogue, Epilogue::Relu | Epilogue::ResidualRelu(_)) {
+                        want = want.max(0.0);
+                    }
+                    assert!((g - want).abs() < 1e-4, "{h}x{w} value {i}: {g} vs {want}");
+                }
             }
         }
         Ok(())
@@ -705,12 +867,14 @@ mod tests {
     fn bands_give_the_whole_convolution() -> Result<()> {
         let (c, o, h, w) = (3usize, 4usize, 7usize, 6usize);
         let weight: Vec<f32> = (0..o * c * 9).map(|i| (i as f32 * 0.23).sin()).collect();
-        let conv = Conv::new(
-            &Tensor::from_vec(weight, (o, c, 3, 3), &Device::Cpu)?,
-            None,
-            1,
-            1,
-        )?;
+        // Through im2col, which this test is about.
+        let weight = Tensor::from_vec(weight, (o, c, 3, 3), &Device::Cpu)?;
+        let conv = Conv {
+            product: Product::Im2col(im2col_layer(&weight, None)?),
+            kernel: 3,
+            stride: 1,
+            padding: Padding::Fixed(1),
+        };
         let input: Vec<f32> = (0..h * w * c).map(|i| (i as f32 * 0.7).cos()).collect();
         let x = Rows {
             pixels: Tensor::from_vec(input, (h * w, c), &Device::Cpu)?,

@@ -39,6 +39,7 @@ pub mod resnet;
 pub mod segformer;
 pub mod vilt;
 pub mod vit;
+mod winograd;
 pub mod yolos;
 
 pub use crate::text::postprocess::ScoreFunction;
