@@ -146,8 +146,8 @@ impl PackedWeight {
                                 depth,
                                 out.add(row * n + first),
                                 n,
-                                low,
-                                high,
+                                (low, high),
+                                true,
                             );
                         }
                         row += group;
@@ -211,35 +211,35 @@ pub(crate) unsafe fn kernel_rows(
     depth: usize,
     out: *mut f32,
     stride: usize,
-    low: __mmask16,
-    high: __mmask16,
+    (low, high): (__mmask16, __mmask16),
+    add: bool,
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match rows {
-            14 => kernel::<14>(x, x_step, w, depth, out, stride, low, high),
-            13 => kernel::<13>(x, x_step, w, depth, out, stride, low, high),
-            12 => kernel::<12>(x, x_step, w, depth, out, stride, low, high),
-            11 => kernel::<11>(x, x_step, w, depth, out, stride, low, high),
-            10 => kernel::<10>(x, x_step, w, depth, out, stride, low, high),
-            9 => kernel::<9>(x, x_step, w, depth, out, stride, low, high),
-            8 => kernel::<8>(x, x_step, w, depth, out, stride, low, high),
-            7 => kernel::<7>(x, x_step, w, depth, out, stride, low, high),
-            6 => kernel::<6>(x, x_step, w, depth, out, stride, low, high),
-            5 => kernel::<5>(x, x_step, w, depth, out, stride, low, high),
-            4 => kernel::<4>(x, x_step, w, depth, out, stride, low, high),
-            3 => kernel::<3>(x, x_step, w, depth, out, stride, low, high),
-            2 => kernel::<2>(x, x_step, w, depth, out, stride, low, high),
-            _ => kernel::<1>(x, x_step, w, depth, out, stride, low, high),
+            14 => kernel::<14>(x, x_step, w, depth, out, stride, (low, high), add),
+            13 => kernel::<13>(x, x_step, w, depth, out, stride, (low, high), add),
+            12 => kernel::<12>(x, x_step, w, depth, out, stride, (low, high), add),
+            11 => kernel::<11>(x, x_step, w, depth, out, stride, (low, high), add),
+            10 => kernel::<10>(x, x_step, w, depth, out, stride, (low, high), add),
+            9 => kernel::<9>(x, x_step, w, depth, out, stride, (low, high), add),
+            8 => kernel::<8>(x, x_step, w, depth, out, stride, (low, high), add),
+            7 => kernel::<7>(x, x_step, w, depth, out, stride, (low, high), add),
+            6 => kernel::<6>(x, x_step, w, depth, out, stride, (low, high), add),
+            5 => kernel::<5>(x, x_step, w, depth, out, stride, (low, high), add),
+            4 => kernel::<4>(x, x_step, w, depth, out, stride, (low, high), add),
+            3 => kernel::<3>(x, x_step, w, depth, out, stride, (low, high), add),
+            2 => kernel::<2>(x, x_step, w, depth, out, stride, (low, high), add),
+            _ => kernel::<1>(x, x_step, w, depth, out, stride, (low, high), add),
         }
     }
 }
 
-/// `out[r, 0..32] += sum_i x[i * x_step + r] w[i, 0..32]` for `R` rows:
-/// `x` is the group, input by input (`[depth][x_step]`, of which the first
-/// `R` values of each input are read), `w` the panel's slice
-/// (`[depth][32]`), `out` rows `stride` apart, written where the lane masks
-/// allow.
+/// `out[r, 0..32] += sum_i x[i * x_step + r] w[i, 0..32]` for `R` rows
+/// (`=` instead of `+=` unless `add`): `x` is the group, input by input
+/// (`[depth][x_step]`, of which the first `R` values of each input are
+/// read), `w` the panel's slice (`[depth][32]`), `out` rows `stride` apart,
+/// written where the lane masks allow.
 ///
 /// # Safety
 /// `x` must hold `(depth - 1) * x_step + R` values, `w` `depth * 32`;
@@ -254,8 +254,8 @@ unsafe fn kernel<const R: usize>(
     depth: usize,
     out: *mut f32,
     stride: usize,
-    low: __mmask16,
-    high: __mmask16,
+    (low, high): (__mmask16, __mmask16),
+    add: bool,
 ) {
     // SAFETY: every access below is within the bounds the caller promised;
     // prefetches are hints that never fault, wherever they point; the
@@ -280,7 +280,11 @@ unsafe fn kernel<const R: usize>(
         for (r, acc) in acc.iter().enumerate() {
             for (half, (mask, sum)) in [(low, acc[0]), (high, acc[1])].into_iter().enumerate() {
                 let lanes = out.add(r * stride + 16 * half);
-                let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, lanes), sum);
+                let sum = if add {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, lanes), sum)
+                } else {
+                    sum
+                };
                 _mm512_mask_storeu_ps(lanes, mask, sum);
             }
         }

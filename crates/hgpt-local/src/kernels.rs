@@ -276,9 +276,10 @@ impl Dense {
     }
 
     /// Columns `columns` of the layer's output on `m` rows, written to
-    /// `dst` (`[m, out]`): filled with the bias (and residual), plus the
-    /// product (one `gemm` call, or a dot product per column for a single
-    /// row), then the activation.
+    /// `dst` (`[m, out]`): the product (one `gemm` call, or a dot product
+    /// per column for a single row), then the bias, the residual and the
+    /// activation in one pass; a packed weight adds its product to the bias
+    /// and residual instead.
     ///
     /// # Safety
     /// `dst` must have room for `m * out` values, and nothing else may
@@ -308,36 +309,54 @@ impl Dense {
         if c0 == c1 || m == 0 {
             return Ok(());
         }
-        for row in 0..m {
-            let start = row * n + c0;
-            // SAFETY: in `dst` (the caller's promise); these columns are ours.
-            let fill = unsafe { dst.uninit_block(start, c1 - c0) };
-            for (j, d) in fill.iter_mut().enumerate() {
-                let b = bias.map_or(0.0, |b| b[c0 + j]);
-                d.write(match residual {
-                    Some(r) => b + r[start + j],
-                    None => b,
-                });
+        let bias = bias.map(|b| &b[c0..c1]);
+        let residual_row = |row: usize| residual.map(|r| &r[row * n + c0..row * n + c1]);
+        // Whether the bias and residual are still to be added.
+        let add_after = match &self.weight {
+            // SAFETY: the caller's promise; the product writes every value
+            // of the block.
+            Weight::Plain(weight) => {
+                unsafe { plain_product(weight, xs, m, dst, c0..c1)? };
+                true
             }
-        }
-        match &self.weight {
-            // SAFETY: the block was just initialised; the rest is the
-            // caller's promise.
-            Weight::Plain(weight) => unsafe { plain_product(weight, xs, m, dst, c0..c1)? },
             #[cfg(target_arch = "x86_64")]
             Weight::Packed(packed) => {
                 if !c0.is_multiple_of(PANEL) {
                     candle_core::bail!("linear: column block {c0}..{c1} does not start a panel");
                 }
+                for row in 0..m {
+                    // SAFETY: in `dst` (the caller's promise); these columns
+                    // are ours.
+                    let fill = unsafe { dst.uninit_block(row * n + c0, c1 - c0) };
+                    match (bias, residual_row(row)) {
+                        (Some(b), Some(r)) => fill
+                            .iter_mut()
+                            .zip(b.iter().zip(r))
+                            .for_each(|(d, (b, r))| _ = d.write(b + r)),
+                        (Some(v), None) | (None, Some(v)) => {
+                            fill.iter_mut().zip(v).for_each(|(d, v)| _ = d.write(*v))
+                        }
+                        (None, None) => fill.iter_mut().for_each(|d| _ = d.write(0.0)),
+                    }
+                }
                 // SAFETY: packed weights exist only where AVX-512 does; the
                 // block's m rows of n values are initialised, these columns
                 // are ours, and `xs` holds m x k values.
                 unsafe { packed.accumulate(xs, m, dst.0, c0..c1) };
+                false
             }
-        }
+        };
         for row in 0..m {
-            // SAFETY: as above.
+            // SAFETY: as above; every value of the block is written.
             let values = unsafe { dst.row_block(row * n + c0, c1 - c0) };
+            if add_after {
+                if let Some(b) = bias {
+                    values.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+                }
+                if let Some(r) = residual_row(row) {
+                    values.iter_mut().zip(r).for_each(|(x, r)| *x += r);
+                }
+            }
             match epilogue {
                 Epilogue::Gelu => gelu_in_place(values),
                 Epilogue::GeluTanh => values.iter_mut().for_each(|x| *x = gelu_tanh(*x)),
@@ -353,11 +372,11 @@ impl Dense {
     }
 }
 
-/// Adds `xs W^T` to columns `columns` of `dst` (`[m, out]`) for a plain
+/// Writes `xs W^T` to columns `columns` of `dst` (`[m, out]`) for a plain
 /// weight: one `gemm` call, or a dot product per column for a single row.
 ///
 /// # Safety
-/// `dst` must hold `m * out` initialised values, with nothing else accessing
+/// `dst` must have room for `m * out` values, with nothing else accessing
 /// these columns meanwhile; `xs` must hold `m * in` values.
 unsafe fn plain_product(
     weight: &Tensor,
@@ -374,10 +393,10 @@ unsafe fn plain_product(
         candle_core::bail!("linear: input {m}x{k} does not fit the weight {k}x{n}");
     }
     if m == 1 {
-        // SAFETY: as above; the block was just initialised.
-        let row = unsafe { dst.row_block(c0, c1 - c0) };
+        // SAFETY: as above.
+        let row = unsafe { dst.uninit_block(c0, c1 - c0) };
         for (j, y) in row.iter_mut().enumerate() {
-            *y += dot(&ws[(c0 + j) * k..(c0 + j + 1) * k], xs);
+            y.write(dot(&ws[(c0 + j) * k..(c0 + j + 1) * k], xs));
         }
     } else {
         // SAFETY: the pointers and strides describe `dst` (columns
@@ -392,7 +411,7 @@ unsafe fn plain_product(
                 dst.at(c0),
                 1,
                 n as isize,
-                true,
+                false,
                 xs.as_ptr(),
                 1,
                 k as isize,

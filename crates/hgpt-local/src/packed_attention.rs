@@ -199,7 +199,9 @@ impl Shape {
                 queries[i * PANEL + c] = q;
             }
         }
-        scores.clear();
+        // The kernel writes the queries' lanes of every row; the other
+        // lanes keep what an earlier panel left there, and nothing reads
+        // them into the output.
         scores.resize(len * PANEL, 0.0);
         let (low, high) = lane_masks(count);
         for group in (0..len).step_by(ROWS) {
@@ -216,8 +218,8 @@ impl Shape {
                     d,
                     scores.as_mut_ptr().add(group * PANEL),
                     PANEL,
-                    low,
-                    high,
+                    (low, high),
+                    false,
                 );
             }
         }
@@ -248,8 +250,8 @@ impl Shape {
                         len,
                         dst.at(row * self.hidden + panel.head * d + p * PANEL),
                         self.hidden,
-                        low,
-                        high,
+                        (low, high),
+                        false,
                     );
                 }
             }
