@@ -1018,6 +1018,22 @@ def make_gpt2_tokenizer(work: Path):
                              model_max_length=64)
 
 
+# Beam search settings the generation fixtures also decode with: the default stopping rule, stopping
+# as soon as every beam is done, and the "never" rule with a length penalty that favours long
+# sequences.
+BEAM_SETTINGS = [
+    {"num_beams": 3},
+    {"num_beams": 4, "early_stopping": True, "length_penalty": 0.5},
+    {"num_beams": 3, "early_stopping": "never", "length_penalty": 2.0},
+]
+
+
+def beam_cases(generate) -> list:
+    """`generate(**settings)` -> ids under each of BEAM_SETTINGS."""
+    return [{"settings": settings, "generated_ids": generate(**settings).tolist()}
+            for settings in BEAM_SETTINGS]
+
+
 def make_vit_gpt2(folder: Path, images_dir: Path, work: Path) -> None:
     """ViT encoder + GPT-2 decoder with cross-attention (nlpconnect/vit-gpt2-image-captioning's
     architecture). The encoder is narrower than the decoder, so `enc_to_dec_proj` is used."""
@@ -1069,8 +1085,13 @@ def make_vit_gpt2(folder: Path, images_dir: Path, work: Path) -> None:
         with torch.no_grad():
             generated = model.generate(pixel_values, generation_config=pipe.generation_config)[0]
             out = model(pixel_values=pixel_values, decoder_input_ids=generated[None, :-1])
+            beams = beam_cases(lambda **settings: model.generate(
+                pixel_values, generation_config=pipe.generation_config, **settings)[0])
         text = pipe(str(path))
         assert text == [{"generated_text": tokenizer.decode(generated, skip_special_tokens=True)}]
+        beam_text = pipe(str(path), generate_kwargs=BEAM_SETTINGS[0])
+        assert beam_text == [{"generated_text": tokenizer.decode(
+            beams[0]["generated_ids"], skip_special_tokens=True)}]
         cases.append({
             "image": f"images/{image_name}",
             "pixel_values": F32(pixel_values[0]),
@@ -1078,6 +1099,8 @@ def make_vit_gpt2(folder: Path, images_dir: Path, work: Path) -> None:
             "generated_ids": generated.tolist(),
             "logits": F32(out.logits[0]),
             "pipeline": plain(text),
+            "beam_search": beams,
+            "beam_pipeline": plain(beam_text),
         })
     write_json(folder / "expected.json", meta(name, "image-to-text", model, {
         "image_processor": type(processor).__name__,
@@ -1086,7 +1109,9 @@ def make_vit_gpt2(folder: Path, images_dir: Path, work: Path) -> None:
                  "config (max_length 12 from generation_config.json), starting with "
                  "decoder_start_token_id; logits: [len(generated_ids) - 1, vocab] of the decoder "
                  "fed generated_ids[:-1] (row i predicts generated_ids[i + 1]); pipeline: the "
-                 "image-to-text pipeline's output.",
+                 "image-to-text pipeline's output; beam_search: generate() with each of "
+                 "BEAM_SETTINGS over the same generation config; beam_pipeline: the pipeline "
+                 "with generate_kwargs the first of them.",
         "cases": cases,
     }))
 
@@ -1157,6 +1182,8 @@ def make_blip_caption(folder: Path, images_dir: Path, work: Path) -> None:
             image_embeds = model.vision_model(pixel_values=pixel_values)[0]
             logits = model.text_decoder(input_ids=generated[None, :-1],
                                         encoder_hidden_states=image_embeds).logits[0]
+            beams = beam_cases(lambda **settings: model.generate(
+                pixel_values, generation_config=pipe.generation_config, **settings)[0])
         text = pipe(str(path))
         assert text == [{"generated_text": tokenizer.decode(generated, skip_special_tokens=True)}]
         cases.append({
@@ -1166,6 +1193,7 @@ def make_blip_caption(folder: Path, images_dir: Path, work: Path) -> None:
             "generated_ids": generated.tolist(),
             "logits": F32(logits),
             "pipeline": plain(text),
+            "beam_search": beams,
         })
     write_json(folder / "expected.json", meta(name, "image-to-text", model, {
         "image_processor": type(processor).__name__,
@@ -1173,7 +1201,8 @@ def make_blip_caption(folder: Path, images_dir: Path, work: Path) -> None:
                  "vision model after post_layernorm); generated_ids: greedy generate() with the "
                  "pipeline's generation config (max_length 10), starting with [DEC]; logits: "
                  "[len(generated_ids) - 1, vocab] of the text decoder fed generated_ids[:-1]; "
-                 "pipeline: the image-to-text pipeline's output.",
+                 "pipeline: the image-to-text pipeline's output; beam_search: generate() with "
+                 "each of BEAM_SETTINGS over the same generation config.",
         "cases": cases,
     }))
 
@@ -1210,6 +1239,10 @@ def make_blip_vqa(folder: Path, images_dir: Path, work: Path) -> None:
                 encoder_hidden_states=image_embeds)[0]
             logits = model.text_decoder(input_ids=generated[None, :-1],
                                         encoder_hidden_states=question_embeds).logits[0]
+            beams = beam_cases(lambda **settings: model.generate(
+                input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
+                pixel_values=pixel_values, generation_config=pipe.generation_config,
+                **settings)[0])
         cases.append({
             "image": f"images/{image_name}",
             "question": question,
@@ -1219,6 +1252,7 @@ def make_blip_vqa(folder: Path, images_dir: Path, work: Path) -> None:
             "generated_ids": generated.tolist(),
             "logits": F32(logits),
             "answer": tokenizer.decode(generated, skip_special_tokens=True).strip(),
+            "beam_search": beams,
         })
     write_json(folder / "expected.json", meta(name, "visual-question-answering", model, {
         "image_processor": type(processor).__name__,
@@ -1227,7 +1261,8 @@ def make_blip_vqa(folder: Path, images_dir: Path, work: Path) -> None:
                  "question_embeds: [len(input_ids), 32] (the text encoder over the image); "
                  "generated_ids: greedy generate() (max_length 10) starting with [DEC]; logits: "
                  "[len(generated_ids) - 1, vocab] of the text decoder fed generated_ids[:-1] over "
-                 "question_embeds; answer: the pipeline's postprocess of generated_ids.",
+                 "question_embeds; answer: the pipeline's postprocess of generated_ids; "
+                 "beam_search: generate() with each of BEAM_SETTINGS.",
         "cases": cases,
     }))
 

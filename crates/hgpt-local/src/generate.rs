@@ -1,7 +1,8 @@
 //! Text generation for the captioning and visual question answering
 //! decoders: the generation settings a transformers pipeline resolves from a
 //! model's files, the tokenizer that turns generated ids back into text, and
-//! greedy decoding with the logits processors those settings switch on.
+//! greedy decoding or beam search with the logits processors those settings
+//! switch on.
 
 use crate::error::LocalError;
 use crate::files::ModelFiles;
@@ -42,10 +43,28 @@ pub struct GenerationConfig {
     pub repetition_penalty: f32,
     /// `no_repeat_ngram_size` (0: off).
     pub no_repeat_ngram_size: usize,
-    /// `num_beams` (hgpt decodes greedily; more beams are reported).
+    /// `num_beams`: more than one decodes by beam search.
     pub num_beams: usize,
-    /// `do_sample` (hgpt decodes greedily; sampling is reported).
+    /// `length_penalty`: a finished beam's score is its log-probability
+    /// divided by its new tokens to this power.
+    pub length_penalty: f32,
+    /// `early_stopping`: when beam search stops.
+    pub early_stopping: EarlyStopping,
+    /// `do_sample` (hgpt decodes deterministically; sampling is reported).
     pub do_sample: bool,
+}
+
+/// When beam search stops (transformers' `early_stopping`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyStopping {
+    /// `False` (the default): when the best running beam, scored at its
+    /// current length, cannot beat the worst of `num_beams` finished ones.
+    Heuristic,
+    /// `True`: as soon as `num_beams` sequences are finished.
+    Done,
+    /// `"never"`: the same test, with the best running beam scored at the
+    /// longest length it could reach when the length penalty is positive.
+    Never,
 }
 
 impl Default for GenerationConfig {
@@ -62,6 +81,8 @@ impl Default for GenerationConfig {
             repetition_penalty: 1.0,
             no_repeat_ngram_size: 0,
             num_beams: 1,
+            length_penalty: 1.0,
+            early_stopping: EarlyStopping::Heuristic,
             do_sample: false,
         }
     }
@@ -132,11 +153,35 @@ impl GenerationConfig {
         }
         config.no_repeat_ngram_size = count(fields, "no_repeat_ngram_size")?.unwrap_or(0);
         config.num_beams = count(fields, "num_beams")?.unwrap_or(1).max(1);
+        if let Some(penalty) = fields.get("length_penalty").filter(|v| !v.is_null()) {
+            config.length_penalty = penalty
+                .as_f64()
+                .filter(|p| p.is_finite())
+                .ok_or_else(|| format!("length_penalty must be a number, not {penalty}"))?
+                as f32;
+        }
+        config.early_stopping = match fields.get("early_stopping") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => EarlyStopping::Heuristic,
+            Some(Value::Bool(true)) => EarlyStopping::Done,
+            Some(Value::String(s)) if s == "never" => EarlyStopping::Never,
+            Some(other) => {
+                return Err(format!(
+                    "early_stopping must be true, false or \"never\", not {other}"
+                ));
+            }
+        };
         config.do_sample = fields
             .get("do_sample")
             .and_then(Value::as_bool)
             .unwrap_or(false);
         Ok(config)
+    }
+
+    /// The shortest sequence, for a prompt of `prompt_len` tokens, that may
+    /// end.
+    pub fn min_total(&self, prompt_len: usize) -> usize {
+        self.min_length
+            .max(self.min_new_tokens.map_or(0, |n| prompt_len + n))
     }
 
     /// The longest sequence for a prompt of `prompt_len` tokens.
@@ -147,17 +192,15 @@ impl GenerationConfig {
         }
     }
 
-    /// Log the settings hgpt does not apply (it decodes greedily).
+    /// Log the settings hgpt does not apply (it does not sample).
     pub fn warn_unapplied(&self, model: &str) {
-        if self.num_beams > 1 {
-            tracing::warn!(
-                model,
-                num_beams = self.num_beams,
-                "beam search is not implemented; decoding greedily"
-            );
-        }
         if self.do_sample {
-            tracing::warn!(model, "sampling is not implemented; decoding greedily");
+            let instead = if self.num_beams > 1 {
+                "beam search"
+            } else {
+                "greedy decoding"
+            };
+            tracing::warn!(model, "sampling is not implemented; {instead} instead");
         }
     }
 }
@@ -175,6 +218,8 @@ fn generation_fields(config: &Value) -> Map<String, Value> {
         "repetition_penalty",
         "no_repeat_ngram_size",
         "num_beams",
+        "length_penalty",
+        "early_stopping",
         "do_sample",
     ];
     KEYS.iter()
@@ -222,6 +267,20 @@ pub struct Generated {
     pub log_prob: f64,
 }
 
+/// Decoding from `prompt` as `config` says: beam search with more than one
+/// beam, greedy otherwise.
+pub fn generate<D: StepDecoder + Clone>(
+    mut decoder: D,
+    prompt: &[u32],
+    config: &GenerationConfig,
+) -> Result<Generated, LocalError> {
+    if config.num_beams > 1 {
+        beam_search(decoder, prompt, config)
+    } else {
+        greedy(&mut decoder, prompt, config)
+    }
+}
+
 /// Greedy decoding from `prompt` with `config`'s limits and logits
 /// processors (repetition penalty, no-repeat n-grams, minimum length, in
 /// transformers' order). Generation stops after an end token or at the
@@ -235,31 +294,15 @@ pub fn greedy(
         return Err(LocalError::Compute("generation needs a prompt".into()));
     }
     let max_total = config.max_total(prompt.len());
-    let min_total = config
-        .min_length
-        .max(config.min_new_tokens.map_or(0, |n| prompt.len() + n));
+    let min_total = config.min_total(prompt.len());
     let mut ids = prompt.to_vec();
     let mut log_prob = 0.0;
     let mut logits = decoder.feed(prompt)?;
     while ids.len() < max_total {
-        if logits.len() != decoder.vocab_size() {
-            return Err(LocalError::Compute(format!(
-                "the decoder gave {} logits for a vocabulary of {}",
-                logits.len(),
-                decoder.vocab_size()
-            )));
-        }
+        check_logits(&logits, decoder.vocab_size())?;
         let raw_log_norm = log_sum_exp(&logits);
         let mut processed = logits.clone();
-        penalise_repetition(&mut processed, &ids, config.repetition_penalty);
-        ban_repeated_ngrams(&mut processed, &ids, config.no_repeat_ngram_size);
-        if ids.len() < min_total {
-            for &eos in &config.eos_token_ids {
-                if let Some(l) = processed.get_mut(eos as usize) {
-                    *l = f32::NEG_INFINITY;
-                }
-            }
-        }
+        process(&mut processed, &ids, config, min_total);
         let next = first_max(&processed);
         log_prob += f64::from(logits[next as usize]) - raw_log_norm;
         ids.push(next);
@@ -269,6 +312,268 @@ pub fn greedy(
         logits = decoder.feed(&[next])?;
     }
     Ok(Generated { ids, log_prob })
+}
+
+/// The score transformers gives a beam that must not be chosen.
+const NEVER: f32 = -1.0e9;
+
+/// One running hypothesis of beam search.
+#[derive(Clone)]
+struct Beam<D> {
+    ids: Vec<u32>,
+    /// The sum of its tokens' processed log-probabilities.
+    score: f32,
+    /// The sum of its tokens' raw log-probabilities.
+    raw: f64,
+    decoder: D,
+    /// The logits of its next token.
+    logits: Vec<f32>,
+}
+
+/// A finished hypothesis (or an empty slot, scored [`NEVER`]).
+#[derive(Clone)]
+struct Finished {
+    ids: Vec<u32>,
+    /// Its score divided by its length to the length penalty.
+    score: f32,
+    raw: f64,
+    done: bool,
+}
+
+/// One continuation of a running beam.
+struct Candidate {
+    beam: usize,
+    token: u32,
+    /// The beam's score plus the token's processed log-probability.
+    score: f32,
+    raw: f64,
+    /// Whether it ends the sequence (an end token or the length limit).
+    stops: bool,
+}
+
+/// Beam search as transformers 4.57's `_beam_search` runs it for one input:
+/// `num_beams` running hypotheses, each step's best `2 * num_beams` (more
+/// with several end tokens) continuations by summed log-probability after
+/// the logits processors, finished ones scored by length
+/// (`length_penalty`) and kept `num_beams` at a time, and its stopping
+/// rules (`early_stopping`). Each hypothesis has its own decoder (a clone,
+/// which shares what the hypotheses have in common). Returns the best
+/// finished sequence; its `log_prob` is the sum of its tokens' raw
+/// log-probabilities.
+pub fn beam_search<D: StepDecoder + Clone>(
+    mut decoder: D,
+    prompt: &[u32],
+    config: &GenerationConfig,
+) -> Result<Generated, LocalError> {
+    if prompt.is_empty() {
+        return Err(LocalError::Compute("generation needs a prompt".into()));
+    }
+    let beams = config.num_beams.max(1);
+    let max_total = config.max_total(prompt.len());
+    let min_total = config.min_total(prompt.len());
+    let vocab = decoder.vocab_size();
+    let keep = 2.max(1 + config.eos_token_ids.len()) * beams;
+    let logits = decoder.feed(prompt)?;
+    if prompt.len() >= max_total {
+        return Ok(Generated {
+            ids: prompt.to_vec(),
+            log_prob: 0.0,
+        });
+    }
+    // Every beam starts as the prompt; all but the first are out of the
+    // running until the first step has fanned out.
+    let mut running: Vec<Beam<D>> = (0..beams)
+        .map(|b| Beam {
+            ids: prompt.to_vec(),
+            score: if b == 0 { 0.0 } else { NEVER },
+            raw: 0.0,
+            decoder: decoder.clone(),
+            logits: logits.clone(),
+        })
+        .collect();
+    let mut finished = vec![
+        Finished {
+            ids: prompt.to_vec(),
+            score: NEVER,
+            raw: 0.0,
+            done: false,
+        };
+        beams
+    ];
+    let mut may_improve = true;
+    loop {
+        let length = running[0].ids.len();
+        let candidates = top_continuations(&running, vocab, keep, config, min_total, max_total)?;
+        // The next running beams: the best continuations that do not stop.
+        let running_scores: Vec<f32> = candidates
+            .iter()
+            .map(|c| if c.stops { c.score + NEVER } else { c.score })
+            .collect();
+        let order = descending(&running_scores);
+        // Finished hypotheses: the best `beams` of those kept so far and the
+        // top `beams` candidates that just stopped.
+        let penalty = ((length + 1 - prompt.len()) as f32).powf(config.length_penalty);
+        let full = finished.iter().all(|f| f.done) && config.early_stopping == EarlyStopping::Done;
+        let mut merged = finished.clone();
+        for (k, c) in candidates.iter().enumerate() {
+            let just_finished = c.stops && k < beams;
+            let mut score = c.score / penalty;
+            for (applies, offset) in [
+                (full, NEVER),
+                (!may_improve, NEVER),
+                (!just_finished, NEVER),
+            ] {
+                if applies {
+                    score += offset;
+                }
+            }
+            let mut ids = running[c.beam].ids.clone();
+            ids.push(c.token);
+            merged.push(Finished {
+                ids,
+                score,
+                raw: c.raw,
+                done: just_finished,
+            });
+        }
+        let merged_scores: Vec<f32> = merged.iter().map(|f| f.score).collect();
+        finished = descending(&merged_scores)
+            .into_iter()
+            .take(beams)
+            .map(|i| merged[i].clone())
+            .collect();
+        running = order
+            .into_iter()
+            .take(beams)
+            .map(|k| {
+                let c = &candidates[k];
+                let source = &running[c.beam];
+                let mut ids = source.ids.clone();
+                ids.push(c.token);
+                Beam {
+                    ids,
+                    score: running_scores[k],
+                    raw: c.raw,
+                    decoder: source.decoder.clone(),
+                    logits: Vec::new(),
+                }
+            })
+            .collect();
+        // Could a running beam still beat the worst finished one?
+        let length = length + 1;
+        let best_length =
+            if config.early_stopping == EarlyStopping::Never && config.length_penalty > 0.0 {
+                max_total - prompt.len()
+            } else {
+                length - prompt.len()
+            };
+        let best_possible = running[0].score / (best_length as f32).powf(config.length_penalty);
+        let worst_finished = finished
+            .iter()
+            .map(|f| f.score)
+            .fold(f32::INFINITY, f32::min);
+        may_improve &= finished
+            .iter()
+            .any(|f| best_possible > if f.done { worst_finished } else { NEVER });
+        let all_done = finished.iter().all(|f| f.done);
+        if !may_improve
+            || (all_done && config.early_stopping == EarlyStopping::Done)
+            || candidates.iter().all(|c| c.stops)
+        {
+            break;
+        }
+        for beam in &mut running {
+            let last = beam.ids[beam.ids.len() - 1];
+            beam.logits = beam.decoder.feed(&[last])?;
+        }
+    }
+    let best = finished.swap_remove(0);
+    Ok(Generated {
+        ids: best.ids,
+        log_prob: best.raw,
+    })
+}
+
+/// The `keep` best continuations of the running beams by summed processed
+/// log-probability, best first (ties to the lower beam, then token).
+fn top_continuations<D>(
+    running: &[Beam<D>],
+    vocab: usize,
+    keep: usize,
+    config: &GenerationConfig,
+    min_total: usize,
+    max_total: usize,
+) -> Result<Vec<Candidate>, LocalError> {
+    let mut candidates = Vec::with_capacity(running.len() * keep);
+    for (b, beam) in running.iter().enumerate() {
+        check_logits(&beam.logits, vocab)?;
+        let raw = log_softmax(&beam.logits);
+        let mut processed = raw.clone();
+        process(&mut processed, &beam.ids, config, min_total);
+        let scores: Vec<f32> = processed.iter().map(|lp| lp + beam.score).collect();
+        for v in descending(&scores).into_iter().take(keep) {
+            let stops =
+                config.eos_token_ids.contains(&(v as u32)) || beam.ids.len() + 1 >= max_total;
+            candidates.push(Candidate {
+                beam: b,
+                token: v as u32,
+                score: scores[v],
+                raw: beam.raw + f64::from(raw[v]),
+                stops,
+            });
+        }
+    }
+    let scores: Vec<f32> = candidates.iter().map(|c| c.score).collect();
+    let order = descending(&scores);
+    let mut slots: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
+    Ok(order
+        .into_iter()
+        .take(keep)
+        .filter_map(|i| slots[i].take())
+        .collect())
+}
+
+/// The indices of `values` from the largest down, equal values in index
+/// order.
+fn descending(values: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    order
+}
+
+/// `log_softmax` of `logits` in f32, as PyTorch computes it.
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let log_sum = sum.ln() as f32;
+    logits.iter().map(|&l| l - max - log_sum).collect()
+}
+
+/// The logits processors the settings switch on, in transformers' order:
+/// repetition penalty, no-repeat n-grams, then the end tokens banned while
+/// the sequence is shorter than `min_total`.
+fn process(values: &mut [f32], ids: &[u32], config: &GenerationConfig, min_total: usize) {
+    penalise_repetition(values, ids, config.repetition_penalty);
+    ban_repeated_ngrams(values, ids, config.no_repeat_ngram_size);
+    if ids.len() < min_total {
+        for &eos in &config.eos_token_ids {
+            if let Some(l) = values.get_mut(eos as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// Refuses logits that do not cover the vocabulary.
+fn check_logits(logits: &[f32], vocab: usize) -> Result<(), LocalError> {
+    if logits.len() == vocab {
+        Ok(())
+    } else {
+        Err(LocalError::Compute(format!(
+            "the decoder gave {} logits for a vocabulary of {vocab}",
+            logits.len()
+        )))
+    }
 }
 
 /// `log(sum(exp(x)))`, computed stably in f64.
@@ -520,6 +825,41 @@ mod tests {
         let config =
             GenerationConfig::from_fields(&fields(json!({"eos_token_id": [3, 5]}))).unwrap();
         assert_eq!(config.eos_token_ids, vec![3, 5]);
+        for (value, key) in [
+            (json!({"early_stopping": "soon"}), "early_stopping"),
+            (json!({"length_penalty": "long"}), "length_penalty"),
+        ] {
+            let err = GenerationConfig::from_fields(&fields(value)).unwrap_err();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn beam_settings_are_read_as_transformers_names_them() {
+        let config = GenerationConfig::from_fields(&fields(json!({
+            "num_beams": 4, "early_stopping": "never", "length_penalty": 2.0
+        })))
+        .unwrap();
+        assert_eq!(
+            (
+                config.num_beams,
+                config.early_stopping,
+                config.length_penalty
+            ),
+            (4, EarlyStopping::Never, 2.0)
+        );
+        let config =
+            GenerationConfig::from_fields(&fields(json!({"early_stopping": true}))).unwrap();
+        assert_eq!(config.early_stopping, EarlyStopping::Done);
+        let config = GenerationConfig::from_fields(&fields(json!({}))).unwrap();
+        assert_eq!(
+            (
+                config.num_beams,
+                config.early_stopping,
+                config.length_penalty
+            ),
+            (1, EarlyStopping::Heuristic, 1.0)
+        );
     }
 
     /// Scripted logits: step i returns `steps[i]`.

@@ -48,7 +48,9 @@ fn vit_gpt2_states_logits_and_greedy_ids_match_transformers() {
         assert!(diff < 1e-4, "{what}: logits differ by {diff}");
 
         let image = decode_image(TASK, &image_bytes(&case)).unwrap();
-        let got_ids = captioner.generate_ids(&image, None).unwrap();
+        let got_ids = captioner
+            .generate_ids(&image, captioner.generation())
+            .unwrap();
         assert_eq!(got_ids, want_ids, "{what}");
         stopped_early |= got_ids.len() < 12;
 
@@ -75,7 +77,9 @@ fn the_loaded_family_is_the_registered_one_and_max_new_tokens_is_honoured() {
     let captioner = ImageCaptioner::load_vit_gpt2(&files, &Device::Cpu).unwrap();
     let image = decode_image(TASK, &image_bytes(case)).unwrap();
     // Greedy decoding is a prefix of the longer run.
-    assert_eq!(captioner.generate_ids(&image, Some(3)).unwrap(), want[..4]);
+    let mut three = captioner.generation().clone();
+    three.max_new_tokens = Some(3);
+    assert_eq!(captioner.generate_ids(&image, &three).unwrap(), want[..4]);
     let short = text_of(
         pipe.run(TASK, &args(image_bytes(case), json!({"max_new_tokens": 3})))
             .unwrap(),
@@ -236,7 +240,9 @@ fn blip_image_states_logits_and_captions_match_transformers() {
         assert!(diff < 1e-4, "{what}: logits differ by {diff}");
 
         assert_eq!(
-            captioner.generate_ids(&image, None).unwrap(),
+            captioner
+                .generate_ids(&image, captioner.generation())
+                .unwrap(),
             want,
             "{what}"
         );
@@ -271,4 +277,75 @@ fn blip_checkpoints_that_do_not_fit_their_processor_or_weights_are_refused() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("bos_token_id"), "{err}");
+}
+
+#[test]
+fn beam_search_matches_transformers() {
+    let mut differ = 0;
+    for (fixture, captioner) in [
+        (
+            "vit-gpt2-caption",
+            ImageCaptioner::load_vit_gpt2(&model_files("vit-gpt2-caption"), &Device::Cpu),
+        ),
+        (
+            "blip-caption",
+            ImageCaptioner::load_blip(&model_files("blip-caption"), &Device::Cpu),
+        ),
+    ] {
+        let captioner = captioner.unwrap();
+        for case in cases(fixture) {
+            let what = format!("{fixture} {}", case["image"]);
+            let image = decode_image(TASK, &image_bytes(&case)).unwrap();
+            differ += check_beams(&case, captioner.generation(), &what, |generation| {
+                captioner.generate_ids(&image, generation).unwrap()
+            });
+        }
+    }
+    // Beam search is not greedy decoding in disguise.
+    assert!(differ > 0);
+}
+
+#[test]
+fn requests_choose_beam_search_by_the_wire_protocols_parameters() {
+    let files = model_files("vit-gpt2-caption");
+    let pipe = pipeline::load(TASK, &files, &Device::Cpu).unwrap();
+    let case = cases("vit-gpt2-caption")
+        .into_iter()
+        .find(|c| c["beam_pipeline"] != c["pipeline"])
+        .expect("a fixture whose beam caption differs");
+    let want = case["beam_pipeline"][0]["generated_text"].as_str().unwrap();
+    for name in ["generation_parameters", "generate_kwargs"] {
+        let request = args(image_bytes(&case), json!({ name: {"num_beams": 3} }));
+        assert_eq!(text_of(pipe.run(TASK, &request).unwrap()), want, "{name}");
+    }
+    for (parameters, named) in [
+        (
+            json!({"generation_parameters": {"num_beams": 0}}),
+            "num_beams",
+        ),
+        (
+            json!({"generation_parameters": {"num_beams": 17}}),
+            "num_beams",
+        ),
+        (
+            json!({"generation_parameters": {"early_stopping": "soon"}}),
+            "early_stopping",
+        ),
+        (
+            json!({"generation_parameters": {"temperature": 0.7}}),
+            "temperature",
+        ),
+        (
+            json!({"generation_parameters": [3]}),
+            "generation_parameters",
+        ),
+    ] {
+        let err = pipe
+            .run(TASK, &args(image_bytes(&case), parameters.clone()))
+            .unwrap_err();
+        assert!(
+            matches!(&err, LocalError::BadInput { message, .. } if message.contains(named)),
+            "{parameters}: {err}"
+        );
+    }
 }

@@ -30,6 +30,7 @@ fn blip_question_states_logits_and_answers_match_transformers() {
     let generation = GenerationConfig::load(&files, "text_config").unwrap();
     let answerer = answerer();
     let pipe = pipeline::load(TASK, &files, &Device::Cpu).unwrap();
+    let mut differ = 0;
     for case in cases("blip-vqa") {
         let question = case["question"].as_str().unwrap();
         let what = format!("{} {question:?}", case["image"]);
@@ -64,10 +65,16 @@ fn blip_question_states_logits_and_answers_match_transformers() {
         let generated = model.answer(&pixels, &input_ids, &generation).unwrap();
         assert_eq!(generated.ids, want, "{what}");
         assert_eq!(
-            answerer.answer_ids(&image, question).unwrap(),
+            answerer
+                .generate(&image, question, answerer.generation())
+                .unwrap()
+                .ids,
             want,
             "{what}"
         );
+        differ += check_beams(&case, answerer.generation(), &what, |generation| {
+            answerer.generate(&image, question, generation).unwrap().ids
+        });
 
         // Through the pipeline, the question as the wire protocol sends it
         // and as a plan's text argument.
@@ -94,6 +101,8 @@ fn blip_question_states_logits_and_answers_match_transformers() {
             );
         }
     }
+    // Beam search is not greedy decoding in disguise.
+    assert!(differ > 0);
 }
 
 #[test]

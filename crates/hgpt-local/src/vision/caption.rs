@@ -1,6 +1,7 @@
 //! Image captioning (image-to-text) as the transformers pipeline does it: the
-//! model's image processor, greedy generation with the model's generation
-//! settings, then the tokenizer's `decode(skip_special_tokens=True)`.
+//! model's image processor, generation (greedy, or beam search) with the
+//! model's generation settings, then the tokenizer's
+//! `decode(skip_special_tokens=True)`.
 //!
 //! Families: vision-encoder-decoder ViT + GPT-2
 //! (`nlpconnect/vit-gpt2-image-captioning`) and BLIP
@@ -9,10 +10,10 @@
 use super::encoder::{VitConfig, VitModel};
 use super::gpt2::{Gpt2Config, Gpt2Decoder};
 use super::preprocess::{ImageProcessor, ProcessorKind, decode_image};
-use super::{image_bytes, number_arg};
-use crate::error::{LocalError, bad_input};
+use super::{generation_for, image_bytes};
+use crate::error::LocalError;
 use crate::files::{ModelFiles, WEIGHTS};
-use crate::generate::{GenerationConfig, GenerationTokenizer, greedy};
+use crate::generate::{GenerationConfig, GenerationTokenizer, generate};
 use crate::pipeline::Pipeline;
 use candle_core::{Device, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
@@ -164,8 +165,8 @@ impl CaptionModel for VitGpt2 {
         generation: &GenerationConfig,
     ) -> Result<Vec<u32>, LocalError> {
         let states = self.encode(pixel_values)?;
-        let mut session = self.decoder.session(&states)?;
-        Ok(greedy(&mut session, &[self.start_token], generation)?.ids)
+        let session = self.decoder.session(&states)?;
+        Ok(generate(session, &[self.start_token], generation)?.ids)
     }
 }
 
@@ -238,28 +239,25 @@ impl ImageCaptioner {
         &self.generation
     }
 
-    /// The generated ids for an image, with optional `max_new_tokens`.
+    /// The generated ids for an image under `generation` (see
+    /// [`ImageCaptioner::generation`] for the model's own settings).
     pub fn generate_ids(
         &self,
         image: &image::RgbImage,
-        max_new_tokens: Option<usize>,
+        generation: &GenerationConfig,
     ) -> Result<Vec<u32>, LocalError> {
         let task = TaskKind::ImageToText;
         let pixel_values = self.processor.preprocess(task, image, &self.device)?;
-        let mut generation = self.generation.clone();
-        if let Some(n) = max_new_tokens {
-            generation.max_new_tokens = Some(n);
-        }
-        self.model.generate(&pixel_values, &generation)
+        self.model.generate(&pixel_values, generation)
     }
 
-    /// The caption of an image.
+    /// The caption of an image under `generation`.
     pub fn caption(
         &self,
         image: &image::RgbImage,
-        max_new_tokens: Option<usize>,
+        generation: &GenerationConfig,
     ) -> Result<String, LocalError> {
-        let ids = self.generate_ids(image, max_new_tokens)?;
+        let ids = self.generate_ids(image, generation)?;
         self.tokenizer.decode(&ids)
     }
 }
@@ -275,18 +273,9 @@ impl Pipeline for ImageCaptioner {
                 "an image captioner cannot do {task}"
             )));
         }
-        let max_new_tokens = match number_arg(task, args, "max_new_tokens")? {
-            None => None,
-            Some(n) if n >= 1.0 && n.fract() == 0.0 && n <= 4096.0 => Some(n as usize),
-            Some(n) => {
-                return Err(bad_input(
-                    task,
-                    format!("max_new_tokens must be an integer from 1 to 4096, not {n}"),
-                ));
-            }
-        };
+        let generation = generation_for(task, args, &self.generation)?;
         let image = decode_image(task, image_bytes(task, args)?)?;
-        Ok(InferenceOutput::Text(self.caption(&image, max_new_tokens)?))
+        Ok(InferenceOutput::Text(self.caption(&image, &generation)?))
     }
 
     fn weight_bytes(&self) -> u64 {

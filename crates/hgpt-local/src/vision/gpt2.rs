@@ -249,7 +249,9 @@ impl Gpt2Decoder {
     }
 }
 
-/// One caption being generated: the caches of every layer.
+/// One caption being generated: the caches of every layer (cloned, it
+/// shares the caches it has so far).
+#[derive(Clone)]
 pub struct Gpt2Session<'a> {
     decoder: &'a Gpt2Decoder,
     caches: Vec<LayerCache>,

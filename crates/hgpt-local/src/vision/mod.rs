@@ -59,6 +59,7 @@ pub use vit::{ImageClassifier, VitForImageClassification};
 pub use yolos::YolosForObjectDetection;
 
 use crate::error::{LocalError, bad_input};
+use crate::generate::{EarlyStopping, GenerationConfig};
 use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::task::TaskKind;
 use serde_json::Value;
@@ -71,6 +72,85 @@ fn image_bytes(task: TaskKind, args: &ResolvedArgs) -> Result<&[u8], LocalError>
         None => Err(bad_input(task, "no image given")),
     }
 }
+
+/// The generation settings of a request: the model's, then the
+/// `max_new_tokens` argument and the wire protocol's `generation_parameters`
+/// (transformers' `generate_kwargs` are read the same way): `max_new_tokens`,
+/// `num_beams` and `early_stopping`. Other generation parameters are
+/// refused by name, since hgpt does not sample.
+fn generation_for(
+    task: TaskKind,
+    args: &ResolvedArgs,
+    model: &GenerationConfig,
+) -> Result<GenerationConfig, LocalError> {
+    let mut generation = model.clone();
+    let mut set = |key: &str, value: &Value| -> Result<(), LocalError> {
+        let integer = |low: u64, high: u64| {
+            value
+                .as_u64()
+                .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
+                .filter(|n| (low..=high).contains(n))
+                .map(|n| n as usize)
+                .ok_or_else(|| {
+                    bad_input(
+                        task,
+                        format!("{key} must be an integer from {low} to {high}, not {value}"),
+                    )
+                })
+        };
+        match key {
+            "max_new_tokens" => generation.max_new_tokens = Some(integer(1, 4096)?),
+            "num_beams" => generation.num_beams = integer(1, MAX_BEAMS)?,
+            "early_stopping" => {
+                generation.early_stopping = match value {
+                    Value::Bool(false) => EarlyStopping::Heuristic,
+                    Value::Bool(true) => EarlyStopping::Done,
+                    Value::String(s) if s == "never" => EarlyStopping::Never,
+                    _ => {
+                        return Err(bad_input(
+                            task,
+                            format!("early_stopping must be true, false or \"never\", not {value}"),
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(bad_input(
+                    task,
+                    format!(
+                        "the generation parameter {key} is not supported (hgpt takes \
+                         max_new_tokens, num_beams and early_stopping)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    };
+    if let Some(value) = args.other.get("max_new_tokens").filter(|v| !v.is_null()) {
+        set("max_new_tokens", value)?;
+    }
+    for name in ["generation_parameters", "generate_kwargs"] {
+        match args.other.get(name) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(parameters)) => {
+                for (key, value) in parameters.iter().filter(|(_, v)| !v.is_null()) {
+                    set(key, value)?;
+                }
+            }
+            Some(other) => {
+                return Err(bad_input(
+                    task,
+                    format!("{name} must be an object, not {other}"),
+                ));
+            }
+        }
+    }
+    Ok(generation)
+}
+
+/// The most beams a request may ask for (each is one more decoder pass per
+/// token).
+const MAX_BEAMS: u64 = 16;
 
 /// A numeric argument (a JSON number or a numeric string), if present.
 fn number_arg(task: TaskKind, args: &ResolvedArgs, key: &str) -> Result<Option<f64>, LocalError> {

@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor};
 use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::output::{Blob, InferenceOutput};
 use hgpt_local::ModelFiles;
+use hgpt_local::generate::{EarlyStopping, GenerationConfig};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -101,4 +102,40 @@ pub fn edit_config(dir: &Path, edit: impl FnOnce(&mut Value)) {
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut config);
     std::fs::write(path, config.to_string()).unwrap();
+}
+
+/// `base` with a fixture's beam search settings (`num_beams`,
+/// `early_stopping`, `length_penalty`) applied.
+pub fn beam_config(base: &GenerationConfig, settings: &Value) -> GenerationConfig {
+    let mut config = base.clone();
+    config.num_beams = settings["num_beams"].as_u64().unwrap() as usize;
+    config.early_stopping = match &settings["early_stopping"] {
+        Value::Null | Value::Bool(false) => EarlyStopping::Heuristic,
+        Value::Bool(true) => EarlyStopping::Done,
+        Value::String(s) if s == "never" => EarlyStopping::Never,
+        other => panic!("early_stopping {other}"),
+    };
+    if let Some(penalty) = settings["length_penalty"].as_f64() {
+        config.length_penalty = penalty as f32;
+    }
+    config
+}
+
+/// Checks generation under each of a case's `beam_search` settings with
+/// `generate`, and returns how many runs differ from greedy decoding.
+pub fn check_beams(
+    case: &Value,
+    base: &GenerationConfig,
+    what: &str,
+    generate: impl Fn(&GenerationConfig) -> Vec<u32>,
+) -> usize {
+    let greedy = ids(&case["generated_ids"]);
+    let mut differ = 0;
+    for beam in case["beam_search"].as_array().unwrap() {
+        let want = ids(&beam["generated_ids"]);
+        let got = generate(&beam_config(base, &beam["settings"]));
+        assert_eq!(got, want, "{what} with {}", beam["settings"]);
+        differ += usize::from(want != greedy);
+    }
+    differ
 }
