@@ -1399,6 +1399,7 @@ def timm_resnet_name(name: str) -> str:
 
 
 PANOPTIC_LABELS = {0: "person", 1: "car", 2: "road", 3: "sky"}
+PANOPTIC_IMAGES = ["gradient_40x30.png", "shapes_64x48.png", "portrait_36x52.png"]
 
 
 def make_detr_panoptic(folder: Path, images_dir: Path) -> None:
@@ -1430,6 +1431,13 @@ def make_detr_panoptic(folder: Path, images_dir: Path) -> None:
         for param_name, param in model.mask_head.named_parameters():
             if param_name.startswith("gn") and param_name.endswith("weight"):
                 param.copy_(1.0 + torch.randn(param.shape, generator=gen) * 0.1)
+        # Centre the class logits over the fixture images, so that each query's own features,
+        # not one class's head start, decide its label: segments of several classes, and
+        # semantic maps with more than one.
+        logits = torch.cat([
+            model(**processor(images=load_rgb(images_dir / image_name), return_tensors="pt"))
+            .logits[0] for image_name in PANOPTIC_IMAGES])
+        model.detr.class_labels_classifier.bias[:-1] -= logits[:, :-1].mean(0)
     save_checkpoint(model, processor, folder)
     model = DetrForSegmentation.from_pretrained(folder).eval()
     processor = DetrImageProcessor.from_pretrained(folder)
@@ -1444,7 +1452,7 @@ def make_detr_panoptic(folder: Path, images_dir: Path) -> None:
         return out
 
     cases = []
-    for image_name in ["gradient_40x30.png", "shapes_64x48.png", "portrait_36x52.png"]:
+    for image_name in PANOPTIC_IMAGES:
         path = images_dir / image_name
         image = load_rgb(path)
         inputs = processor(images=image, return_tensors="pt")
@@ -1465,16 +1473,22 @@ def make_detr_panoptic(folder: Path, images_dir: Path) -> None:
             "pipeline_threshold_0_5": low,
             "pipeline_threshold_0_5_overlap_0_8": segments(
                 path, threshold=0.5, overlap_mask_area_threshold=0.8),
+            "pipeline_instance_threshold_0_5": segments(path, subtask="instance", threshold=0.5),
+            "pipeline_semantic": segments(path, subtask="semantic"),
         })
     counts = [len(case["pipeline_threshold_0_5"]) for case in cases]
     assert sum(counts) >= 5, f"too few segments to exercise the post-processing: {counts}"
+    assert any(len(case["pipeline_semantic"]) > 1 for case in cases), "one class per semantic map"
+    labels = {s["label"] for case in cases for s in case["pipeline_threshold_0_5"]}
+    assert len(labels) > 1, f"every segment is {labels}"
     write_json(folder / "expected.json", meta(name, "image-segmentation", model, {
         "image_processor": type(processor).__name__,
         "id2label": {str(k): v for k, v in PANOPTIC_LABELS.items()},
         "notes": "original_size/processed_size: [height, width]; logits: [num_queries, "
                  "num_labels + 1]; pred_masks: [num_queries, H/4, W/4]; pipeline*: the "
                  "image-segmentation pipeline's panoptic output (default threshold 0.9, then "
-                 "0.5, then 0.5 with overlap_mask_area_threshold 0.8), each mask as 0/1 per "
+                 "0.5, then 0.5 with overlap_mask_area_threshold 0.8), its instance output "
+                 "(threshold 0.5) and its semantic output (score null), each mask as 0/1 per "
                  "pixel of the original image, row-major.",
         "cases": cases,
     }))

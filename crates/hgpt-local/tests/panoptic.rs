@@ -30,12 +30,14 @@ fn assert_same_segments(output: InferenceOutput, want: &Value, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: {got:?}");
     for (g, w) in got.iter().zip(want) {
         assert_eq!(g.label, w["label"].as_str().unwrap(), "{what}");
-        let score = g.score.unwrap();
-        assert!(
-            (score - w["score"].as_f64().unwrap()).abs() < 1e-5,
-            "{what}: score {score} vs {}",
-            w["score"]
-        );
+        match (g.score, w["score"].as_f64()) {
+            (Some(score), Some(want)) => assert!(
+                (score - want).abs() < 1e-5,
+                "{what}: score {score} vs {want}"
+            ),
+            (None, None) => {}
+            (score, want) => panic!("{what}: score {score:?} vs {want:?}"),
+        }
         let png = base64::engine::general_purpose::STANDARD
             .decode(&g.mask)
             .unwrap();
@@ -81,11 +83,21 @@ fn detr_panoptic_matches_transformers() {
             &case["pipeline_threshold_0_5_overlap_0_8"],
             &format!("{what} overlap 0.8"),
         );
+        assert_same_segments(
+            run(json!({"threshold": 0.5, "subtask": "instance"})),
+            &case["pipeline_instance_threshold_0_5"],
+            &format!("{what} instance"),
+        );
+        assert_same_segments(
+            run(json!({"subtask": "semantic"})),
+            &case["pipeline_semantic"],
+            &format!("{what} semantic"),
+        );
     }
 }
 
 #[test]
-fn bad_settings_and_other_subtasks_are_refused() {
+fn bad_settings_and_unknown_subtasks_are_refused() {
     let pipe = pipeline::load(TASK, &model_files(NAME), &Device::Cpu).unwrap();
     let case = &cases(NAME)[0];
     for (params, needle) in [
@@ -97,7 +109,8 @@ fn bad_settings_and_other_subtasks_are_refused() {
             json!({"mask_threshold": "high"}),
             "mask_threshold must be a number",
         ),
-        (json!({"subtask": "semantic"}), "subtask \"semantic\""),
+        (json!({"subtask": "stuff"}), "subtask must be"),
+        (json!({"subtask": 3}), "subtask must be"),
     ] {
         let err = pipe
             .run(TASK, &args(image_bytes(case), params.clone()))

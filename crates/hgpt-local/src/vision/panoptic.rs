@@ -1,6 +1,6 @@
 //! `DetrForSegmentation` (`facebook/detr-resnet-50-panoptic`) and the
-//! image-segmentation pipeline's panoptic output, as transformers (4.57)
-//! computes them.
+//! image-segmentation pipeline's panoptic, instance and semantic outputs, as
+//! transformers (4.57) computes them.
 //!
 //! On top of DETR's detections, an attention map of each query over the
 //! encoder's output (softmax over heads and pixels together) goes through a
@@ -8,9 +8,12 @@
 //! maps (an FPN with group norms and nearest-neighbour upsampling) into a
 //! mask per query at a quarter of the input's resolution. The
 //! post-processing keeps confident queries, weighs their masks by their
-//! scores and gives each pixel to the best one (`compute_segments`).
+//! scores and gives each pixel to the best one (`compute_segments`, which
+//! the pipeline's panoptic and instance outputs share for DETR); the
+//! semantic output gives each pixel the class with the most mask
+//! probability, summed over queries.
 
-use super::conv::{Conv, GroupNorm, Interpolation, Rows, resize, resize_values};
+use super::conv::{Conv, GroupNorm, Interpolation, Rows, resize, resize_values, taps};
 use super::detr::{DetrConfig, DetrForObjectDetection};
 use super::encoder::{class_count, class_names};
 use super::preprocess::{ImageProcessor, ProcessorKind, decode_image};
@@ -375,6 +378,112 @@ pub fn panoptic_segments(
     (segmentation, segments)
 }
 
+/// `post_process_semantic_segmentation` for one image: the class of each
+/// pixel of a `target` `(height, width)` image. Each query's class
+/// probabilities ("no object" dropped) times its mask probabilities, summed
+/// over queries, are resized bilinearly (`align_corners=False`, as
+/// [`resize_values`] computes it) and the best class is taken (the first on
+/// ties). The resize goes a band of rows at a time, so that the resized
+/// scores of every class are never all held.
+pub fn semantic_map(prediction: &PanopticPrediction, target: (usize, usize)) -> Vec<usize> {
+    let classes = prediction
+        .logits
+        .first()
+        .map_or(0, |l| l.len().saturating_sub(1));
+    let (h, w) = prediction.size;
+    let (out_h, out_w) = target;
+    let area = h * w;
+    if classes == 0 || area == 0 || prediction.masks.len() < prediction.logits.len() * area {
+        return vec![0; out_h * out_w];
+    }
+    let probabilities: Vec<Vec<f32>> = prediction
+        .logits
+        .iter()
+        .map(|logits| {
+            let mut p = logits.clone();
+            crate::kernels::softmax_in_place(&mut p);
+            p.truncate(classes);
+            p
+        })
+        .collect();
+    // `[h * w, classes]`: the class scores at the masks' resolution.
+    let mut scores = vec![0f32; area * classes];
+    scores
+        .par_chunks_mut(classes)
+        .enumerate()
+        .for_each(|(pixel, out)| {
+            for (query, p) in probabilities.iter().enumerate() {
+                let mask = 1.0 / (1.0 + (-prediction.masks[query * area + pixel]).exp());
+                out.iter_mut().zip(p).for_each(|(o, p)| *o += p * mask);
+            }
+        });
+    let bilinear = Interpolation::Bilinear {
+        align_corners: false,
+    };
+    let columns = taps(bilinear, w, out_w);
+    let rows = taps(bilinear, h, out_h);
+    // A source row resized across: `[out_w, classes]`.
+    let across = |y: usize| -> Vec<f32> {
+        let mut row = vec![0f32; out_w * classes];
+        for (out, taps) in row.chunks_mut(classes).zip(&columns) {
+            for &(x, weight) in taps {
+                let pixel = &scores[(y * w + x) * classes..(y * w + x + 1) * classes];
+                out.iter_mut()
+                    .zip(pixel)
+                    .for_each(|(o, v)| *o += weight * v);
+            }
+        }
+        row
+    };
+    const BAND: usize = 16;
+    let mut map = vec![0usize; out_h * out_w];
+    map.par_chunks_mut(BAND * out_w.max(1))
+        .enumerate()
+        .for_each(|(band, labels)| {
+            let first = band * BAND;
+            let band_rows = &rows[first..(first + BAND).min(out_h)];
+            let low = band_rows
+                .iter()
+                .flatten()
+                .map(|&(y, _)| y)
+                .min()
+                .unwrap_or(0);
+            let high = band_rows
+                .iter()
+                .flatten()
+                .map(|&(y, _)| y)
+                .max()
+                .unwrap_or(0);
+            let resized: Vec<Vec<f32>> = (low..=high).map(across).collect();
+            let mut values = vec![0f32; classes];
+            for (row_labels, taps) in labels.chunks_mut(out_w.max(1)).zip(band_rows) {
+                for (x, label) in row_labels.iter_mut().enumerate() {
+                    values.fill(0.0);
+                    for &(y, weight) in taps {
+                        let source = &resized[y - low][x * classes..(x + 1) * classes];
+                        values
+                            .iter_mut()
+                            .zip(source)
+                            .for_each(|(o, v)| *o += weight * v);
+                    }
+                    *label = first_max(&values);
+                }
+            }
+        });
+    map
+}
+
+/// The index of the first largest value.
+fn first_max(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
 /// Python's `round(x, 6)`.
 fn round6(x: f64) -> f64 {
     format!("{x:.6}").parse().unwrap_or(x)
@@ -450,6 +559,40 @@ impl PanopticSegmenter {
     }
 }
 
+/// Which of the image-segmentation pipeline's outputs a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subtask {
+    /// Segments with scores, each pixel in at most one (the default). For
+    /// DETR, `"instance"` is the same computation.
+    Panoptic,
+    /// One mask per class present, without scores.
+    Semantic,
+}
+
+impl PanopticSegmenter {
+    /// The pipeline's semantic output: a mask per class present, classes in
+    /// id order, no scores.
+    pub fn semantic(&self, image: &RgbImage) -> std::result::Result<Vec<Segment>, LocalError> {
+        let prediction = self.predict(image)?;
+        let (width, height) = image.dimensions();
+        let map = semantic_map(&prediction, (height as usize, width as usize));
+        let mut present: Vec<usize> = map.clone();
+        present.sort_unstable();
+        present.dedup();
+        present
+            .into_par_iter()
+            .map(|class| {
+                let label = self
+                    .labels
+                    .get(class)
+                    .cloned()
+                    .unwrap_or_else(|| format!("LABEL_{class}"));
+                mask_segment(label, None, &map, class, (width, height))
+            })
+            .collect()
+    }
+}
+
 impl Pipeline for PanopticSegmenter {
     fn tasks(&self) -> &[TaskKind] {
         &[TaskKind::ImageSegmentation]
@@ -465,14 +608,21 @@ impl Pipeline for PanopticSegmenter {
                 "a panoptic segmenter cannot do {task}"
             )));
         }
-        if let Some(subtask) = args.other.get("subtask").and_then(|v| v.as_str())
-            && subtask != "panoptic"
-        {
-            return Err(bad_input(
-                task,
-                format!("DETR segments panoptically here; subtask {subtask:?} is not available"),
-            ));
-        }
+        let subtask = match args.other.get("subtask") {
+            None | Some(serde_json::Value::Null) => Subtask::Panoptic,
+            Some(serde_json::Value::String(s)) if s == "panoptic" || s == "instance" => {
+                Subtask::Panoptic
+            }
+            Some(serde_json::Value::String(s)) if s == "semantic" => Subtask::Semantic,
+            Some(other) => {
+                return Err(bad_input(
+                    task,
+                    format!(
+                        "subtask must be \"panoptic\", \"instance\" or \"semantic\", not {other}"
+                    ),
+                ));
+            }
+        };
         let defaults = PanopticSettings::default();
         let setting = |key: &str, default: f64| -> std::result::Result<f64, LocalError> {
             let value = number_arg(task, args, key)?.unwrap_or(default);
@@ -494,7 +644,10 @@ impl Pipeline for PanopticSegmenter {
             )?,
         };
         let image = decode_image(task, image_bytes(task, args)?)?;
-        Ok(InferenceOutput::Segments(self.segment(&image, settings)?))
+        Ok(InferenceOutput::Segments(match subtask {
+            Subtask::Panoptic => self.segment(&image, settings)?,
+            Subtask::Semantic => self.semantic(&image)?,
+        }))
     }
 
     fn weight_bytes(&self) -> u64 {
@@ -538,6 +691,29 @@ mod tests {
         assert_eq!(segments.len(), 2);
         assert_eq!((segments[0].id, segments[0].label_id), (1, 0));
         assert_eq!((segments[1].id, segments[1].label_id), (2, 1));
+    }
+
+    #[test]
+    fn semantic_classes_follow_the_masks_at_any_size() {
+        // Query 0 says class 0 on the left, query 1 class 1 on the right;
+        // the "no object" query's mask covers everything but counts for
+        // nothing.
+        let logits = vec![
+            vec![10.0, 0.0, 0.0],
+            vec![0.0, 10.0, 0.0],
+            vec![0.0, 0.0, 10.0],
+        ];
+        let masks = vec![5.0, -5.0, -5.0, 5.0, 9.0, 9.0];
+        let prediction = prediction(logits, masks, (1, 2));
+        assert_eq!(semantic_map(&prediction, (1, 2)), vec![0, 1]);
+        // Resized to 2x4: the left half is class 0, the right half class 1.
+        assert_eq!(
+            semantic_map(&prediction, (2, 4)),
+            vec![0, 0, 1, 1, 0, 0, 1, 1]
+        );
+        // More output rows than a band.
+        let tall = semantic_map(&prediction, (40, 2));
+        assert!(tall.chunks(2).all(|row| row == [0, 1]));
     }
 
     #[test]
