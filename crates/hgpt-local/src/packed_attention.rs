@@ -348,14 +348,9 @@ mod tests {
 
     /// Small deterministic values in [-2, 2).
     fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed;
-        (0..len)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
+        crate::few_rows::test_values(len, seed)
+            .into_iter()
+            .map(|v| 2.0 * v)
             .collect()
     }
 

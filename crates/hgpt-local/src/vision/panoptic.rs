@@ -13,11 +13,11 @@
 //! semantic output gives each pixel the class with the most mask
 //! probability, summed over queries.
 
-use super::conv::{Conv, GroupNorm, Interpolation, Rows, resize, resize_values, taps};
+use super::conv::{Conv, GroupNorm, Interpolation, Rows, resize, resize_values};
 use super::detr::{DetrConfig, DetrForObjectDetection};
 use super::encoder::{class_count, class_names};
 use super::preprocess::{ImageProcessor, ProcessorKind, decode_image};
-use super::segformer::mask_segment;
+use super::segformer::{class_segments, mask_segment, resized_argmax};
 use super::{image_bytes, number_arg};
 use crate::error::{LocalError, bad_input};
 use crate::files::{ModelFiles, WEIGHTS};
@@ -381,20 +381,17 @@ pub fn panoptic_segments(
 /// `post_process_semantic_segmentation` for one image: the class of each
 /// pixel of a `target` `(height, width)` image. Each query's class
 /// probabilities ("no object" dropped) times its mask probabilities, summed
-/// over queries, are resized bilinearly (`align_corners=False`, as
-/// [`resize_values`] computes it) and the best class is taken (the first on
-/// ties). The resize goes a band of rows at a time, so that the resized
-/// scores of every class are never all held.
-pub fn semantic_map(prediction: &PanopticPrediction, target: (usize, usize)) -> Vec<usize> {
+/// over queries, are resized bilinearly (`align_corners=False`) and the best
+/// class is taken (the first on ties), without holding the resized scores
+/// of every class ([`resized_argmax`]).
+pub fn semantic_map(prediction: &PanopticPrediction, target: (usize, usize)) -> Vec<u32> {
     let classes = prediction
         .logits
         .first()
         .map_or(0, |l| l.len().saturating_sub(1));
-    let (h, w) = prediction.size;
-    let (out_h, out_w) = target;
-    let area = h * w;
+    let area = prediction.size.0 * prediction.size.1;
     if classes == 0 || area == 0 || prediction.masks.len() < prediction.logits.len() * area {
-        return vec![0; out_h * out_w];
+        return vec![0; target.0 * target.1];
     }
     let probabilities: Vec<Vec<f32>> = prediction
         .logits
@@ -417,71 +414,7 @@ pub fn semantic_map(prediction: &PanopticPrediction, target: (usize, usize)) -> 
                 out.iter_mut().zip(p).for_each(|(o, p)| *o += p * mask);
             }
         });
-    let bilinear = Interpolation::Bilinear {
-        align_corners: false,
-    };
-    let columns = taps(bilinear, w, out_w);
-    let rows = taps(bilinear, h, out_h);
-    // A source row resized across: `[out_w, classes]`.
-    let across = |y: usize| -> Vec<f32> {
-        let mut row = vec![0f32; out_w * classes];
-        for (out, taps) in row.chunks_mut(classes).zip(&columns) {
-            for &(x, weight) in taps {
-                let pixel = &scores[(y * w + x) * classes..(y * w + x + 1) * classes];
-                out.iter_mut()
-                    .zip(pixel)
-                    .for_each(|(o, v)| *o += weight * v);
-            }
-        }
-        row
-    };
-    const BAND: usize = 16;
-    let mut map = vec![0usize; out_h * out_w];
-    map.par_chunks_mut(BAND * out_w.max(1))
-        .enumerate()
-        .for_each(|(band, labels)| {
-            let first = band * BAND;
-            let band_rows = &rows[first..(first + BAND).min(out_h)];
-            let low = band_rows
-                .iter()
-                .flatten()
-                .map(|&(y, _)| y)
-                .min()
-                .unwrap_or(0);
-            let high = band_rows
-                .iter()
-                .flatten()
-                .map(|&(y, _)| y)
-                .max()
-                .unwrap_or(0);
-            let resized: Vec<Vec<f32>> = (low..=high).map(across).collect();
-            let mut values = vec![0f32; classes];
-            for (row_labels, taps) in labels.chunks_mut(out_w.max(1)).zip(band_rows) {
-                for (x, label) in row_labels.iter_mut().enumerate() {
-                    values.fill(0.0);
-                    for &(y, weight) in taps {
-                        let source = &resized[y - low][x * classes..(x + 1) * classes];
-                        values
-                            .iter_mut()
-                            .zip(source)
-                            .for_each(|(o, v)| *o += weight * v);
-                    }
-                    *label = first_max(&values);
-                }
-            }
-        });
-    map
-}
-
-/// The index of the first largest value.
-fn first_max(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best
+    resized_argmax(&scores, classes, prediction.size, target)
 }
 
 /// Python's `round(x, 6)`.
@@ -576,20 +509,7 @@ impl PanopticSegmenter {
         let prediction = self.predict(image)?;
         let (width, height) = image.dimensions();
         let map = semantic_map(&prediction, (height as usize, width as usize));
-        let mut present: Vec<usize> = map.clone();
-        present.sort_unstable();
-        present.dedup();
-        present
-            .into_par_iter()
-            .map(|class| {
-                let label = self
-                    .labels
-                    .get(class)
-                    .cloned()
-                    .unwrap_or_else(|| format!("LABEL_{class}"));
-                mask_segment(label, None, &map, class, (width, height))
-            })
-            .collect()
+        class_segments(&map, &self.labels, (width, height))
     }
 }
 
@@ -711,7 +631,6 @@ mod tests {
             semantic_map(&prediction, (2, 4)),
             vec![0, 0, 1, 1, 0, 0, 1, 1]
         );
-        // More output rows than a band.
         let tall = semantic_map(&prediction, (40, 2));
         assert!(tall.chunks(2).all(|row| row == [0, 1]));
     }

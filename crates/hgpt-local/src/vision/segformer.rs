@@ -513,21 +513,7 @@ impl Segmenter {
     /// (255 inside, 0 outside, as a PNG) and no score.
     pub fn segment(&self, image: &RgbImage) -> Result<Vec<Segment>, LocalError> {
         let classes = self.classes(image)?;
-        let (width, height) = image.dimensions();
-        let mut present: Vec<u32> = classes.clone();
-        present.sort_unstable();
-        present.dedup();
-        present
-            .into_par_iter()
-            .map(|class| {
-                let label = self
-                    .labels
-                    .get(class as usize)
-                    .cloned()
-                    .unwrap_or_else(|| format!("LABEL_{class}"));
-                mask_segment(label, None, &classes, class, (width, height))
-            })
-            .collect()
+        class_segments(&classes, &self.labels, image.dimensions())
     }
 }
 
@@ -551,7 +537,7 @@ fn bilinear_taps(input: usize, output: usize) -> Vec<(usize, usize, f64)> {
 /// is interpolated in f64 and rounded to f32, exactly as candle's
 /// `upsample_bilinear2d` computes it, but the resized maps (150 classes of
 /// a whole image) are never held, and rows go in parallel.
-fn resized_argmax(
+pub(crate) fn resized_argmax(
     by_pixel: &[f32],
     classes: usize,
     (in_h, in_w): (usize, usize),
@@ -582,6 +568,29 @@ fn resized_argmax(
             }
         });
     out
+}
+
+/// One unscored segment per class in `classes` (a class per pixel of a
+/// `(width, height)` image), in class order, named by `labels` (`LABEL_{id}`
+/// past their end).
+pub(crate) fn class_segments(
+    classes: &[u32],
+    labels: &[String],
+    (width, height): (u32, u32),
+) -> Result<Vec<Segment>, LocalError> {
+    let mut present = classes.to_vec();
+    present.sort_unstable();
+    present.dedup();
+    present
+        .into_par_iter()
+        .map(|class| {
+            let label = labels
+                .get(class as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("LABEL_{class}"));
+            mask_segment(label, None, classes, class, (width, height))
+        })
+        .collect()
 }
 
 /// A segment whose mask is the pixels of `map` equal to `id` (255 inside, 0
