@@ -314,6 +314,26 @@ impl Encoder {
         Self::load_styled(cfg, LayerStyle::Vit, vb)
     }
 
+    /// These layers for inputs of a few hundred tokens at most (ViLT's image
+    /// patches and text), where repacking the weights on every call costs
+    /// more than the few-rows kernel loses: see [`Dense::for_few_rows`].
+    pub(crate) fn for_few_rows(self) -> Result<Self> {
+        let layers = self
+            .layers
+            .into_iter()
+            .map(|layer| {
+                Ok(Layer {
+                    qkv: layer.qkv.for_few_rows()?,
+                    attention_output: layer.attention_output.for_few_rows()?,
+                    intermediate: layer.intermediate.for_few_rows()?,
+                    output: layer.output.for_few_rows()?,
+                    ..layer
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
     /// Layers named and built as `style` says.
     pub(crate) fn load_styled(cfg: &VitConfig, style: LayerStyle, vb: VarBuilder) -> Result<Self> {
         let vb = vb.pp("layer");

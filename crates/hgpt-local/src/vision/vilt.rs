@@ -114,7 +114,7 @@ impl ViltForQuestionAnswering {
                 (text.modality_type_vocab_size, d),
                 "token_type_embeddings.weight",
             )?,
-            encoder: Encoder::load(cfg, vilt.pp("encoder"))?,
+            encoder: Encoder::load(cfg, vilt.pp("encoder"))?.for_few_rows()?,
             layernorm: layer_norm(d, cfg.layer_norm_eps, vilt.pp("layernorm"))?,
             pooler: linear(d, d, vilt.pp("pooler.dense"))?,
             classifier_in: linear(d, 2 * d, classifier.pp("0"))?,
