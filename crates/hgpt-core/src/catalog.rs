@@ -91,9 +91,23 @@ impl Catalog {
         Self::from_jsonl(BUILTIN_CATALOG, "built-in catalog")
     }
 
-    /// Read JSONL text; blank lines and `#` comments are skipped.
+    /// Read JSONL text; blank lines and `#` comments are skipped. Any line
+    /// that is not a catalog entry refuses the whole text.
     pub fn from_jsonl(text: &str, source_name: &str) -> Result<Self, CatalogError> {
+        Self::read_jsonl(text, source_name, BadLines::Refuse).map(|(catalog, _)| catalog)
+    }
+
+    /// Read JSONL text as Python's `json` writes it: `NaN`, `Infinity` and
+    /// `-Infinity` are read (as unknown values: no count is infinite), and
+    /// with [`BadLines::Skip`] a line that is not a catalog entry is left
+    /// out and returned with the entries instead of refusing the rest.
+    pub fn read_jsonl(
+        text: &str,
+        source_name: &str,
+        bad_lines: BadLines,
+    ) -> Result<(Self, Vec<CatalogError>), CatalogError> {
         let mut entries = Vec::new();
+        let mut skipped = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -104,25 +118,43 @@ impl Catalog {
                 line: index + 1,
                 message,
             };
-            let value: Value =
-                serde_json::from_str(line).map_err(|e| error(format!("invalid JSON: {e}")))?;
-            entries.push(entry_from_json(&value).map_err(error)?);
+            let entry = serde_json::from_str::<Value>(&python_non_finite_as_null(line))
+                .map_err(|e| error(format!("invalid JSON: {e}")))
+                .and_then(|value| entry_from_json(&value).map_err(error));
+            match (entry, bad_lines) {
+                (Ok(entry), _) => entries.push(entry),
+                (Err(e), BadLines::Skip) => skipped.push(e),
+                (Err(e), BadLines::Refuse) => return Err(e),
+            }
         }
-        Ok(Self { entries })
+        Ok((Self { entries }, skipped))
     }
 
-    /// Read and concatenate several JSONL files, in order.
+    /// Read and concatenate several JSONL files, in order, refusing any bad
+    /// line.
     pub fn from_files<P: AsRef<Path>>(paths: &[P]) -> Result<Self, CatalogError> {
+        Self::read_files(paths, BadLines::Refuse).map(|(catalog, _)| catalog)
+    }
+
+    /// [`Catalog::read_jsonl`] over several files, in order; the skipped
+    /// lines of all of them come back with the catalog.
+    pub fn read_files<P: AsRef<Path>>(
+        paths: &[P],
+        bad_lines: BadLines,
+    ) -> Result<(Self, Vec<CatalogError>), CatalogError> {
         let mut entries = Vec::new();
+        let mut skipped = Vec::new();
         for path in paths {
             let path = path.as_ref();
             let text = std::fs::read_to_string(path).map_err(|e| CatalogError::Read {
                 path: path.display().to_string(),
                 message: e.to_string(),
             })?;
-            entries.extend(Self::from_jsonl(&text, &path.display().to_string())?.entries);
+            let (catalog, bad) = Self::read_jsonl(&text, &path.display().to_string(), bad_lines)?;
+            entries.extend(catalog.entries);
+            skipped.extend(bad);
         }
-        Ok(Self { entries })
+        Ok((Self { entries }, skipped))
     }
 
     /// Every entry, in file order.
@@ -153,6 +185,55 @@ impl Catalog {
         }
         tasks.iter().flat_map(|t| self.ranked(t)).collect()
     }
+}
+
+/// What reading a catalog does with a line that is not an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BadLines {
+    /// Leave it out and report it (the default: one broken line does not
+    /// cost the whole catalog).
+    #[default]
+    Skip,
+    /// Refuse the whole catalog.
+    Refuse,
+}
+
+/// `line` with the bare `NaN`, `Infinity` and `-Infinity` tokens Python's
+/// `json` writes (outside strings) turned into `null`.
+fn python_non_finite_as_null(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line.contains("NaN") && !line.contains("Infinity") {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    let mut in_string = false;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            let len = match c {
+                '\\' => rest.chars().take(2).map(char::len_utf8).sum(),
+                _ => c.len_utf8(),
+            };
+            in_string = c != '"';
+            out.push_str(&rest[..len]);
+            rest = &rest[len..];
+            continue;
+        }
+        let token = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|t| rest.starts_with(t));
+        match token {
+            Some(token) => {
+                out.push_str("null");
+                rest = &rest[token.len()..];
+            }
+            None => {
+                in_string = c == '"';
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn entry_from_json(value: &Value) -> Result<CatalogEntry, String> {
@@ -251,5 +332,43 @@ mod tests {
                 .ranked(&TaskName::Known(TaskKind::ObjectDetection))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn python_non_finite_numbers_read_as_unknown() {
+        let text = concat!(
+            r#"{"id": "a/b", "task": "image-to-text", "downloads": NaN, "likes": Infinity, "#,
+            r#""meta": {"score": -Infinity}, "description": "says \"NaN\" and Infinity"}"#,
+        );
+        let catalog = Catalog::from_jsonl(text, "p0_models.jsonl").unwrap();
+        let entry = &catalog.entries()[0];
+        assert_eq!((entry.downloads, entry.likes), (None, None));
+        assert_eq!(entry.description, r#"says "NaN" and Infinity"#);
+        assert_eq!(
+            python_non_finite_as_null(r#"{"a": [NaN, -Infinity], "b": "\\", "c": NaN}"#),
+            r#"{"a": [null, null], "b": "\\", "c": null}"#
+        );
+    }
+
+    #[test]
+    fn a_broken_line_is_skipped_and_named_unless_strict() {
+        let text = "{\"id\": \"a/b\", \"task\": \"t\"}\n{not json\n{\"task\": \"t\"}\n{\"id\": \"c/d\", \"task\": \"t\"}";
+        let (catalog, skipped) = Catalog::read_jsonl(text, "f.jsonl", BadLines::Skip).unwrap();
+        let ids: Vec<&str> = catalog.entries().iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["a/b", "c/d"]);
+        let lines: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[0].starts_with("f.jsonl:2: invalid JSON"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with("f.jsonl:3: missing \"id\""),
+            "{}",
+            lines[1]
+        );
+        let err = Catalog::read_jsonl(text, "f.jsonl", BadLines::Refuse).unwrap_err();
+        assert!(err.to_string().starts_with("f.jsonl:2:"), "{err}");
     }
 }

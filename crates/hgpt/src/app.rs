@@ -8,7 +8,7 @@ use hgpt_controller::{
 };
 use hgpt_core::backend::ChatModel;
 use hgpt_core::backend::InferenceBackend;
-use hgpt_core::catalog::Catalog;
+use hgpt_core::catalog::{BadLines, Catalog};
 use hgpt_core::pipeline::{Pipeline, PipelineConfig};
 use hgpt_core::prompt::{Prompts, parse_demos};
 use hgpt_core::routing::RoutedBackend;
@@ -21,13 +21,24 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The catalog the settings name: the given files, or the built-in one.
+/// The catalog the settings name: the given files, or the built-in one. A
+/// line of a file that is not an entry is skipped with a warning naming the
+/// file and line, unless `[catalog] strict` refuses the catalog instead.
 pub fn catalog(settings: &Settings) -> Result<Catalog> {
     if settings.catalog_files.is_empty() {
-        Catalog::builtin().context("the built-in catalog is invalid")
-    } else {
-        Catalog::from_files(&settings.catalog_files).context("cannot load the model catalog")
+        return Catalog::builtin().context("the built-in catalog is invalid");
     }
+    let bad_lines = if settings.catalog_strict {
+        BadLines::Refuse
+    } else {
+        BadLines::Skip
+    };
+    let (catalog, skipped) = Catalog::read_files(&settings.catalog_files, bad_lines)
+        .context("cannot load the model catalog")?;
+    for line in &skipped {
+        eprintln!("warning: catalog line skipped: {line}");
+    }
+    Ok(catalog)
 }
 
 /// The default prompts with the config file's replacements applied.

@@ -149,11 +149,31 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
+        // The reader went away (`hgpt models list | head`): stop quietly, as
+        // command-line tools do.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `error` comes from writing to a pipe whose reader has closed it.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `text` and a newline on stdout; an error (a closed pipe among them)
+/// returns instead of panicking as `println!` does.
+fn print_line(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -163,7 +183,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let pipeline = app::pipeline(&settings).await?;
             let record = run_once(&pipeline, &request, &[], !json).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&record)?);
+                print_line(&serde_json::to_string_pretty(&record)?)?;
             }
             Ok(exit_code(&record))
         }
@@ -175,7 +195,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     for warning in &plan.warnings {
                         eprintln!("note: {warning}");
                     }
-                    println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
+                    print_line(&serde_json::to_string_pretty(&plan.to_json())?)?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {

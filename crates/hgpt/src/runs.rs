@@ -60,7 +60,7 @@ pub fn list(
 ) -> Result<ExitCode> {
     let Some(store) = open(settings)? else {
         if json {
-            println!("{{\"data\": [], \"next\": null}}");
+            crate::print_line(r#"{"data": [], "next": null}"#)?;
         } else {
             eprintln!("no runs yet (no store in {})", settings.data_dir.display());
         }
@@ -156,7 +156,7 @@ pub fn show(settings: &Settings, id: &str, events: bool) -> Result<ExitCode> {
     if events {
         value["events"] = serde_json::to_value(store.events(id, 0)?)?;
     }
-    println!("{}", serde_json::to_string_pretty(&value)?);
+    crate::print_line(&serde_json::to_string_pretty(&value)?)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -212,6 +212,10 @@ struct HfSection {
 struct CatalogSection {
     #[serde(default)]
     files: Vec<PathBuf>,
+    /// Refuse a catalog with a line that is not an entry (instead of
+    /// skipping the line with a warning).
+    #[serde(default)]
+    strict: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -317,6 +321,9 @@ pub struct Settings {
     pub hf_endpoints: BTreeMap<String, String>,
     /// Catalog files; empty means the built-in catalog.
     pub catalog_files: Vec<PathBuf>,
+    /// Whether a bad catalog line refuses the catalog (else it is skipped
+    /// with a warning).
+    pub catalog_strict: bool,
     /// Media root.
     pub media_root: PathBuf,
     /// Output directory.
@@ -519,6 +526,7 @@ impl Settings {
             )?,
             hf_endpoints: file.huggingface.endpoints.clone(),
             catalog_files,
+            catalog_strict: file.catalog.strict,
             media_root: args
                 .media_root
                 .clone()

@@ -419,6 +419,87 @@ async fn models_list_ranks_the_catalog() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_references_catalog_format_loads_with_nan_and_a_broken_line() {
+    let ws = Workspace::new();
+    let hf = inference_server().await;
+    // As Python's json writes the reference's p0_models.jsonl: NaN for
+    // missing numbers; and one line cut short.
+    let catalog = ws.dir.path().join("p0_models.jsonl");
+    std::fs::write(
+        &catalog,
+        concat!(
+            r#"{"id": "det/nan", "task": "object-detection", "downloads": NaN, "likes": NaN, "meta": {"tags": ["detr"]}, "description": "no counts"}"#,
+            "\n",
+            r#"{"id": "det/cut", "task": "object-detec"#,
+            "\n",
+            r#"{"id": "det/ok", "task": "object-detection", "downloads": 5, "likes": Infinity}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let args = ["models", "list", "--task", "object-detection", "--json"];
+    let mut command = ws.command(None, &hf, &args);
+    command.env("HGPT_CATALOG", &catalog);
+    let out = output(command, "").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: catalog line skipped:") && stderr.contains("p0_models.jsonl:2:"),
+        "{stderr}"
+    );
+    let list = json(&out);
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["det/ok", "det/nan"]);
+    assert!(list[1].get("downloads").is_none());
+
+    // `[catalog] strict = true` refuses it instead.
+    std::fs::write(
+        ws.dir.path().join("hgpt.toml"),
+        "[catalog]\nstrict = true\n",
+    )
+    .unwrap();
+    let mut command = ws.command(None, &hf, &args);
+    command.env("HGPT_CATALOG", &catalog);
+    let out = output(command, "").await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("p0_models.jsonl:2: invalid JSON"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_into_a_closed_pipe_ends_quietly() {
+    let ws = Workspace::new();
+    let hf = inference_server().await;
+    let mut command = ws.command(None, &hf, &["models", "list"]);
+    command.env_remove("HGPT_CATALOG");
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before the table is written, as `head`
+        // does after its lines.
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_planning_failure_exits_non_zero_with_the_servers_message() {
     let ws = Workspace::new();
     let llm = FakeLlm::scripted(vec![LlmReply::error(401, "invalid api key")]).await;
