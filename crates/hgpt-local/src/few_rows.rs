@@ -144,10 +144,12 @@ impl PackedWeight {
                                 group,
                                 weights,
                                 depth,
-                                out.add(row * n + first),
-                                n,
-                                (low, high),
-                                true,
+                                Target {
+                                    at: out.add(row * n + first),
+                                    stride: n,
+                                    masks: (low, high),
+                                    add: true,
+                                },
                             );
                         }
                         row += group;
@@ -197,11 +199,20 @@ pub(crate) fn lane_masks(width: usize) -> (__mmask16, __mmask16) {
     (mask(width), mask(width.saturating_sub(16)))
 }
 
+/// Where a kernel call writes: `R` rows `stride` apart from `at`, in the
+/// lanes the two masks allow, added to what is there (`add`) or over it.
+#[derive(Clone, Copy)]
+pub(crate) struct Target {
+    pub(crate) at: *mut f32,
+    pub(crate) stride: usize,
+    pub(crate) masks: (__mmask16, __mmask16),
+    pub(crate) add: bool,
+}
+
 /// [`kernel`] for a group of `rows` (1 to [`ROWS`]) rows.
 ///
 /// # Safety
 /// As for [`kernel`].
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn kernel_rows(
     rows: usize,
@@ -209,53 +220,50 @@ pub(crate) unsafe fn kernel_rows(
     x_step: usize,
     w: *const f32,
     depth: usize,
-    out: *mut f32,
-    stride: usize,
-    (low, high): (__mmask16, __mmask16),
-    add: bool,
+    target: Target,
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match rows {
-            14 => kernel::<14>(x, x_step, w, depth, out, stride, (low, high), add),
-            13 => kernel::<13>(x, x_step, w, depth, out, stride, (low, high), add),
-            12 => kernel::<12>(x, x_step, w, depth, out, stride, (low, high), add),
-            11 => kernel::<11>(x, x_step, w, depth, out, stride, (low, high), add),
-            10 => kernel::<10>(x, x_step, w, depth, out, stride, (low, high), add),
-            9 => kernel::<9>(x, x_step, w, depth, out, stride, (low, high), add),
-            8 => kernel::<8>(x, x_step, w, depth, out, stride, (low, high), add),
-            7 => kernel::<7>(x, x_step, w, depth, out, stride, (low, high), add),
-            6 => kernel::<6>(x, x_step, w, depth, out, stride, (low, high), add),
-            5 => kernel::<5>(x, x_step, w, depth, out, stride, (low, high), add),
-            4 => kernel::<4>(x, x_step, w, depth, out, stride, (low, high), add),
-            3 => kernel::<3>(x, x_step, w, depth, out, stride, (low, high), add),
-            2 => kernel::<2>(x, x_step, w, depth, out, stride, (low, high), add),
-            _ => kernel::<1>(x, x_step, w, depth, out, stride, (low, high), add),
+            14 => kernel::<14>(x, x_step, w, depth, target),
+            13 => kernel::<13>(x, x_step, w, depth, target),
+            12 => kernel::<12>(x, x_step, w, depth, target),
+            11 => kernel::<11>(x, x_step, w, depth, target),
+            10 => kernel::<10>(x, x_step, w, depth, target),
+            9 => kernel::<9>(x, x_step, w, depth, target),
+            8 => kernel::<8>(x, x_step, w, depth, target),
+            7 => kernel::<7>(x, x_step, w, depth, target),
+            6 => kernel::<6>(x, x_step, w, depth, target),
+            5 => kernel::<5>(x, x_step, w, depth, target),
+            4 => kernel::<4>(x, x_step, w, depth, target),
+            3 => kernel::<3>(x, x_step, w, depth, target),
+            2 => kernel::<2>(x, x_step, w, depth, target),
+            _ => kernel::<1>(x, x_step, w, depth, target),
         }
     }
 }
 
 /// `out[r, 0..32] += sum_i x[i * x_step + r] w[i, 0..32]` for `R` rows
-/// (`=` instead of `+=` unless `add`): `x` is the group, input by input
-/// (`[depth][x_step]`, of which the first `R` values of each input are
-/// read), `w` the panel's slice (`[depth][32]`), `out` rows `stride` apart,
-/// written where the lane masks allow.
+/// of `target` (`=` instead of `+=` unless it adds): `x` is the group,
+/// input by input (`[depth][x_step]`, of which the first `R` values of each
+/// input are read), `w` the panel's slice (`[depth][32]`).
 ///
 /// # Safety
-/// `x` must hold `(depth - 1) * x_step + R` values, `w` `depth * 32`;
-/// `out`'s `R` rows must hold the masked lanes, with nothing else accessing
-/// them.
-#[allow(clippy::too_many_arguments)]
+/// `x` must hold `(depth - 1) * x_step + R` values, `w` `depth * 32`; the
+/// target's `R` rows must hold the masked lanes, with nothing else
+/// accessing them.
 #[inline(always)]
 unsafe fn kernel<const R: usize>(
     x: *const f32,
     x_step: usize,
     w: *const f32,
     depth: usize,
-    out: *mut f32,
-    stride: usize,
-    (low, high): (__mmask16, __mmask16),
-    add: bool,
+    Target {
+        at: out,
+        stride,
+        masks: (low, high),
+        add,
+    }: Target,
 ) {
     // SAFETY: every access below is within the bounds the caller promised;
     // prefetches are hints that never fault, wherever they point; the
@@ -309,13 +317,9 @@ pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        test_values(len, seed)
-    }
-
     #[test]
     fn packing_round_trips() {
-        let weight = values(37 * 70, 1);
+        let weight = test_values(37 * 70, 1);
         let packed = PackedWeight::pack(&weight, 37, 70).unwrap();
         assert_eq!(packed.unpack(), weight);
         assert!(PackedWeight::pack(&weight, 37, 71).is_none());
@@ -336,10 +340,10 @@ mod tests {
             (150, 50, 513),
             (3, 17, 1),
         ] {
-            let x = values(m * k, 2);
-            let weight = values(n * k, 3);
+            let x = test_values(m * k, 2);
+            let weight = test_values(n * k, 3);
             let packed = PackedWeight::pack(&weight, n, k).unwrap();
-            let start = values(m * n, 4);
+            let start = test_values(m * n, 4);
             for columns in [0..n, 0..n.min(PANEL), (n / PANEL * PANEL)..n] {
                 let mut out = start.clone();
                 // SAFETY: AVX-512 checked above; `out` is m x n; the

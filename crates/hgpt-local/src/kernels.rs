@@ -573,7 +573,7 @@ impl OutPtr {
 }
 
 /// The contiguous f32 data of a CPU tensor.
-fn cpu_f32<'a>(
+pub(crate) fn cpu_f32<'a>(
     what: &str,
     storage: &'a Storage,
     layout: &Layout,

@@ -10,7 +10,7 @@
 //! is transposed between the two products. A panel's scores (keys x 32
 //! values) stay in L2 for texts of thousands of tokens.
 
-use crate::few_rows::{PANEL, ROWS, kernel_rows, lane_masks};
+use crate::few_rows::{PANEL, ROWS, Target, kernel_rows, lane_masks};
 use crate::kernels::OutPtr;
 use rayon::prelude::*;
 use std::arch::x86_64::{
@@ -216,10 +216,12 @@ impl Shape {
                     rows,
                     queries.as_ptr(),
                     d,
-                    scores.as_mut_ptr().add(group * PANEL),
-                    PANEL,
-                    (low, high),
-                    false,
+                    Target {
+                        at: scores.as_mut_ptr().add(group * PANEL),
+                        stride: PANEL,
+                        masks: (low, high),
+                        add: false,
+                    },
                 );
             }
         }
@@ -248,10 +250,12 @@ impl Shape {
                         PANEL,
                         head_inputs.values.as_ptr().add(p * len * PANEL),
                         len,
-                        dst.at(row * self.hidden + panel.head * d + p * PANEL),
-                        self.hidden,
-                        (low, high),
-                        false,
+                        Target {
+                            at: dst.at(row * self.hidden + panel.head * d + p * PANEL),
+                            stride: self.hidden,
+                            masks: (low, high),
+                            add: false,
+                        },
                     );
                 }
             }

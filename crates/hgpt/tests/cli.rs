@@ -127,6 +127,15 @@ async fn inference_server() -> FakeHf {
     .await
 }
 
+/// The ids of `hgpt models list --json`'s entries, in order.
+fn catalog_ids(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect()
+}
+
 fn json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
@@ -391,12 +400,7 @@ async fn models_list_ranks_the_catalog() {
         String::from_utf8_lossy(&out.stderr)
     );
     let list = json(&out);
-    let ids: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap())
-        .collect();
+    let ids = catalog_ids(&list);
     assert_eq!(ids, ["det/a", "det/b"]);
     assert_eq!(list[0]["downloads"], 100);
 
@@ -448,12 +452,7 @@ async fn the_references_catalog_format_loads_with_nan_and_a_broken_line() {
         "{stderr}"
     );
     let list = json(&out);
-    let ids: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap())
-        .collect();
+    let ids = catalog_ids(&list);
     assert_eq!(ids, ["det/ok", "det/nan"]);
     assert!(list[1].get("downloads").is_none());
 

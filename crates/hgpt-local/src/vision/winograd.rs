@@ -14,8 +14,8 @@
 //! time per thread, so that each band's transformed tiles stay in cache.
 
 use super::conv::Rows;
-use crate::kernels::{Dense, Epilogue, op_f32};
-use candle_core::{DType, Device, Layout, Result, Storage, Tensor};
+use crate::kernels::{Dense, Epilogue, cpu_f32};
+use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
 /// Positions in a transformed tile.
@@ -111,7 +111,7 @@ impl Winograd {
             .to_dtype(DType::F32)?
             .contiguous()?;
         let (input_storage, input_layout) = pixels.storage_and_layout();
-        let input = cpu_values("winograd input", &input_storage, input_layout)?;
+        let input = cpu_f32("winograd input", &input_storage, input_layout)?;
         let residual = residual
             .map(|r| {
                 r.to_device(&Device::Cpu)?
@@ -121,7 +121,7 @@ impl Winograd {
             .transpose()?;
         let residual_guard = residual.as_ref().map(|r| r.storage_and_layout());
         let residual = match &residual_guard {
-            Some((storage, layout)) => Some(cpu_values("winograd residual", storage, layout)?),
+            Some((storage, layout)) => Some(cpu_f32("winograd residual", storage, layout)?),
             None => None,
         };
         if input.len() != h * w * self.inputs
@@ -310,14 +310,6 @@ fn combine(out: &mut [f32], a: &[f32], b: &[f32], sign: f32) {
 fn sum_of_three(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32], sign: f32) {
     for (((o, a), b), c) in out.iter_mut().zip(a).zip(b).zip(c) {
         *o = if sign > 0.0 { a + b + c } else { a - b - c };
-    }
-}
-
-/// The values of a contiguous f32 tensor on the CPU.
-fn cpu_values<'a>(what: &str, storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
-    match storage {
-        Storage::Cpu(cpu) => op_f32(what, cpu, layout),
-        _ => candle_core::bail!("{what}: not on the CPU"),
     }
 }
 
