@@ -12,11 +12,21 @@
 
 mod config;
 mod decode;
+mod directory;
+mod hub;
+mod mapping;
+mod providers;
 mod request;
+mod router;
 
 pub use config::{DEFAULT_BASE_URL, HfConfig};
 pub use decode::decode_response;
+pub use directory::{Lookup, ProviderDirectory};
+pub use hub::{DEFAULT_HUB_ENDPOINT, HubApi, HubError, ListedModel, card_summary};
+pub use mapping::{MappingError, MappingStatus, ModelProviders, ProviderEntry, parse_model_info};
+pub use providers::PROVIDER_NAMES;
 pub use request::{WireBody, WireRequest, build_request, is_local_only};
+pub use router::{DEFAULT_ROUTER_URL, ProviderOrder, RouterBackend, RouterConfig};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -55,7 +65,7 @@ pub struct HfBackend {
 }
 
 /// A base URL without trailing slashes, checked to be http(s).
-fn normalized_base(url: &str) -> Result<String, HfError> {
+pub(crate) fn normalized_base(url: &str) -> Result<String, HfError> {
     let trimmed = url.trim().trim_end_matches('/');
     let rest = trimmed
         .strip_prefix("http://")
@@ -84,7 +94,7 @@ fn host_of(url: &str) -> &str {
 
 /// Whether a model id is safe to put into a URL path (`org/name` of the Hub's
 /// characters, no empty or dot segments).
-fn valid_model_id(model: &str) -> bool {
+pub(crate) fn valid_model_id(model: &str) -> bool {
     !model.is_empty()
         && model.split('/').all(|segment| {
             !segment.is_empty()
@@ -98,7 +108,7 @@ fn valid_model_id(model: &str) -> bool {
 
 /// The message of an error body: `{"error": "..." | ["...", ...], "error_type"?}`,
 /// else the body text, else the status's reason.
-fn error_message(status: StatusCode, body: &[u8]) -> (String, Option<f64>) {
+pub(crate) fn error_message(status: StatusCode, body: &[u8]) -> (String, Option<f64>) {
     if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) {
         let message = match map.get("error") {
             Some(Value::String(s)) => Some(s.clone()),
@@ -157,7 +167,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// The text of an error and its sources.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut message = err.to_string();
     let mut source = err.source();
     while let Some(inner) = source {
@@ -172,9 +182,9 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// A successful response's content type and body.
-struct Reply {
-    content_type: Option<String>,
-    body: Bytes,
+pub(crate) struct Reply {
+    pub(crate) content_type: Option<String>,
+    pub(crate) body: Bytes,
 }
 
 impl HfBackend {
@@ -220,6 +230,11 @@ impl HfBackend {
         }
     }
 
+    /// The HTTP client (shared with the router's polls and Hub calls).
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     fn with_auth(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.config.token {
             Some(token) => builder.header(AUTHORIZATION, format!("Bearer {token}")),
@@ -235,20 +250,39 @@ impl HfBackend {
             .min(self.config.retry_max_delay)
     }
 
-    /// Send one request with retries and loading waits; the body of the
-    /// successful response.
+    /// Send one request with the configured token, retries and loading
+    /// waits; the body of the successful response.
     async fn send(
         &self,
         model: &str,
         url: &str,
         wire: &WireRequest,
     ) -> Result<Reply, InferenceError> {
+        let auth = self.config.token.as_ref().map(|t| format!("Bearer {t}"));
+        self.send_with(model, url, wire, auth.as_deref(), &[]).await
+    }
+
+    /// [`Self::send`] with an explicit `Authorization` value and extra headers
+    /// (a provider called with its own key, `Prefer: wait`).
+    pub(crate) async fn send_with(
+        &self,
+        model: &str,
+        url: &str,
+        wire: &WireRequest,
+        authorization: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, InferenceError> {
         let max_retries = self.config.max_retries;
         let mut retries = 0u32;
         let mut loading_since: Option<Instant> = None;
         loop {
-            let mut builder =
-                self.with_auth(self.client.post(url).timeout(self.config.request_timeout));
+            let mut builder = self.client.post(url).timeout(self.config.request_timeout);
+            if let Some(value) = authorization {
+                builder = builder.header(AUTHORIZATION, value);
+            }
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
             if let Some(accept) = wire.accept {
                 builder = builder.header(ACCEPT, accept);
             }
@@ -353,7 +387,7 @@ impl HfBackend {
 
 /// A 2xx JSON body that is an error document (`{"error": ...}` alone or with
 /// `error_type`), which some servers send with status 200.
-fn error_in_success(body: &[u8]) -> Option<String> {
+pub(crate) fn error_in_success(body: &[u8]) -> Option<String> {
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
         return None;
     };

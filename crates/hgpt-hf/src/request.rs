@@ -106,7 +106,7 @@ fn passthrough_parameters(task: TaskKind) -> &'static [&'static str] {
 
 /// Build `parameters` from the allowed extra arguments plus an explicit
 /// `parameters` object, if the plan gave one.
-fn parameters(task: TaskKind, args: &ResolvedArgs) -> Map<String, Value> {
+pub(crate) fn parameters(task: TaskKind, args: &ResolvedArgs) -> Map<String, Value> {
     let mut out = Map::new();
     if let Some(Value::Object(given)) = args.other.get("parameters") {
         out.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -131,7 +131,7 @@ fn with_parameters(inputs: Value, params: Map<String, Value>) -> Value {
     Value::Object(body)
 }
 
-fn bad_input(task: TaskKind, message: impl Into<String>) -> InferenceError {
+pub(crate) fn bad_input(task: TaskKind, message: impl Into<String>) -> InferenceError {
     InferenceError::BadInput {
         task,
         message: message.into(),
@@ -143,7 +143,7 @@ fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|s| !s.trim().is_empty())
 }
 
-fn require_text(task: TaskKind, args: &ResolvedArgs) -> Result<String, InferenceError> {
+pub(crate) fn require_text(task: TaskKind, args: &ResolvedArgs) -> Result<String, InferenceError> {
     non_empty(args.text.clone()).ok_or_else(|| {
         bad_input(
             task,
@@ -152,7 +152,7 @@ fn require_text(task: TaskKind, args: &ResolvedArgs) -> Result<String, Inference
     })
 }
 
-fn require_media(
+pub(crate) fn require_media(
     task: TaskKind,
     args: &ResolvedArgs,
     kind: ResourceKind,

@@ -10,6 +10,7 @@ pub mod hub;
 pub mod inproc;
 pub mod models;
 pub mod openai;
+pub mod router;
 
 use std::path::PathBuf;
 
