@@ -16,7 +16,8 @@ use crate::execute::{Finished, into_task_output, output_text, resolve_args, trun
 use crate::plan::{Plan, PlanError, PlanTask, PlanTaskView, parse_and_postprocess};
 use crate::prompt::{Prompts, TokenCounter, history_as_text, render, trim_history};
 use crate::record::{
-    ModelChoice, RunEvent, RunMode, RunRecord, StageTimings, TaskOutput, TaskRecord, TaskStatus,
+    ModelChoice, RunEvent, RunMode, RunRecord, SkippedModel, StageTimings, TaskOutput, TaskRecord,
+    TaskStatus,
 };
 use crate::scheduler::{Node, NodeOutcome, run_graph};
 use crate::selection::{self, Selection, SelectionConfig};
@@ -399,6 +400,7 @@ impl Pipeline {
             inference_slots: Semaphore::new(self.config.max_concurrency.max(1)),
             selection_slots: Semaphore::new(MAX_CONCURRENT_SELECTIONS),
             selection_tasks: Mutex::new(BTreeMap::new()),
+            skipped: Mutex::new(BTreeMap::new()),
             llm: self.llm.clone(),
             backend: self.backend.clone(),
             media: self.media.clone(),
@@ -474,6 +476,8 @@ struct RunContext {
     plan: Plan,
     selections: Mutex<BTreeMap<usize, SharedSelection>>,
     selection_tasks: Mutex<BTreeMap<usize, AbortHandle>>,
+    /// Per task, the catalog models selection did not offer, and why.
+    skipped: Mutex<BTreeMap<usize, Vec<SkippedModel>>>,
     selection_slots: Semaphore,
     inference_slots: Semaphore,
     finished: Mutex<BTreeMap<usize, Finished>>,
@@ -518,7 +522,7 @@ impl RunContext {
             let id = task.id;
             let handle = tokio::spawn(async move {
                 let result = match this.selection_slots.acquire().await {
-                    Ok(_slot) => this.select(&catalog, kind, &args).await,
+                    Ok(_slot) => this.select(id, &catalog, kind, &args).await,
                     Err(_) => Err("model selection was cancelled".to_string()),
                 };
                 this.last_selection_ms
@@ -563,6 +567,7 @@ impl RunContext {
 
     async fn select(
         &self,
+        id: usize,
         catalog: &Catalog,
         kind: TaskKind,
         args: &Value,
@@ -580,6 +585,13 @@ impl RunContext {
         }
         let config = &self.config.selection;
         let found = selection::candidates(catalog, self.backend.as_ref(), kind, config).await;
+        let first_refusal = found
+            .refused
+            .first()
+            .map(|skipped| format!("{}: {}", skipped.id, skipped.reason));
+        if !found.refused.is_empty() {
+            lock(&self.skipped).insert(id, found.refused);
+        }
         selection::choose(
             self.llm.as_ref(),
             &self.prompts.select,
@@ -593,7 +605,7 @@ impl RunContext {
         .map_err(|e| match e {
             selection::SelectionError::NoModel { task, .. } => selection::SelectionError::NoModel {
                 task,
-                reason: found.first_refusal,
+                reason: first_refusal,
             }
             .to_string(),
         })
@@ -608,6 +620,7 @@ impl RunContext {
             args: task.args.clone(),
             model: None,
             endpoint: None,
+            skipped_models: Vec::new(),
             status: TaskStatus::Failed,
             output: None,
             error: None,
@@ -629,6 +642,7 @@ impl RunContext {
         record.status = status;
         record.error = Some(reason);
         record.finished_ms = Some(self.now_ms());
+        record.skipped_models = lock(&self.skipped).get(&id).cloned().unwrap_or_default();
         let snapshot = record.clone();
         drop(records);
         self.emit(RunEvent::TaskFinished {
@@ -642,6 +656,10 @@ impl RunContext {
         result: Result<(TaskOutput, BTreeMap<String, Value>), String>,
     ) -> bool {
         record.finished_ms = Some(self.now_ms());
+        record.skipped_models = lock(&self.skipped)
+            .get(&record.id)
+            .cloned()
+            .unwrap_or_default();
         let ok = match result {
             Ok((output, inputs)) => {
                 record.status = TaskStatus::Ok;

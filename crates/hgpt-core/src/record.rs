@@ -15,6 +15,16 @@ pub struct ModelChoice {
     pub reason: String,
 }
 
+/// A catalog model selection did not offer, and why (no provider serves
+/// it, no local family runs it, access denied, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedModel {
+    /// The model id.
+    pub id: String,
+    /// Why it was not offered.
+    pub reason: String,
+}
+
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -94,6 +104,9 @@ pub struct TaskRecord {
     /// Where the model ran (`huggingface`, `local`, `controller-llm`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Top-ranked catalog models that were not offered to selection, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_models: Vec<SkippedModel>,
     /// How it ended.
     pub status: TaskStatus,
     /// What it produced.

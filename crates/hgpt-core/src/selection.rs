@@ -12,7 +12,7 @@ use crate::backend::{
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::lenient_json;
 use crate::prompt::{StagePrompt, render};
-use crate::record::ModelChoice;
+use crate::record::{ModelChoice, SkippedModel};
 use crate::shape::{ChoiceShape, OutputShape};
 use crate::task::TaskKind;
 use futures::future::join_all;
@@ -61,8 +61,8 @@ pub enum SelectionError {
 pub struct Candidates {
     /// Usable models, best first.
     pub usable: Vec<Candidate>,
-    /// `"id: reason"` of the best-ranked model that was not usable.
-    pub first_refusal: Option<String>,
+    /// The considered models that are not usable, best-ranked first, and why.
+    pub refused: Vec<SkippedModel>,
 }
 
 /// Settings of selection.
@@ -103,13 +103,17 @@ pub async fn candidates(
         .collect();
     let checks = entries.iter().map(|e| backend.availability(task, &e.id));
     let results = join_all(checks).await;
-    let first_refusal = entries
+    let refused = entries
         .iter()
         .zip(&results)
-        .find_map(|(entry, availability)| match availability {
-            Availability::Unavailable(reason) => Some(format!("{}: {reason}", entry.id)),
+        .filter_map(|(entry, availability)| match availability {
+            Availability::Unavailable(reason) => Some(SkippedModel {
+                id: entry.id.clone(),
+                reason: reason.clone(),
+            }),
             _ => None,
-        });
+        })
+        .collect();
     let ready = |a: &Availability| a.is_usable() && !matches!(a, Availability::Pullable(_));
     let any_ready = results.iter().any(ready);
     let usable = entries
@@ -129,10 +133,7 @@ pub async fn candidates(
             availability,
         })
         .collect();
-    Candidates {
-        usable,
-        first_refusal,
-    }
+    Candidates { usable, refused }
 }
 
 /// One line per candidate for the selection prompt.

@@ -7,13 +7,13 @@ use hgpt_controller::{
     ControllerSettings, EmbeddedController, Engine, EngineOptions, HubAccess, ModelSpec, Sampling,
 };
 use hgpt_core::backend::ChatModel;
-use hgpt_core::backend::InferenceBackend;
+use hgpt_core::backend::{InferenceBackend, MediaStore};
 use hgpt_core::catalog::{BadLines, Catalog};
 use hgpt_core::pipeline::{Pipeline, PipelineConfig};
 use hgpt_core::prompt::{Prompts, parse_demos};
 use hgpt_core::routing::RoutedBackend;
 use hgpt_core::selection::SelectionConfig;
-use hgpt_hf::{HfBackend, HfConfig};
+use hgpt_hf::{HfBackend, HfConfig, RouterBackend, RouterConfig};
 use hgpt_llm::{OpenAiClient, OpenAiConfig};
 use hgpt_local::{AutoPull, LocalBackend, LocalConfig, ModelCache};
 use hgpt_media::{LocalMedia, MediaConfig};
@@ -214,19 +214,62 @@ pub async fn controller(settings: &Settings) -> Result<(Arc<dyn ChatModel>, usiz
     Ok((Arc::new(controller), context))
 }
 
-/// The whole pipeline.
-pub async fn pipeline(settings: &Settings) -> Result<Pipeline> {
-    let (llm, context_window) = controller(settings).await?;
-    let remote = HfBackend::new(HfConfig {
-        base_url: settings.hf_base_url.clone(),
+/// Remote inference: a self-hosted server of the wire protocol for every
+/// model when `[huggingface] base_url` is set, else the Hugging Face router
+/// and its providers (result files downloaded through `media`).
+pub fn remote_backend(
+    settings: &Settings,
+    media: Arc<dyn MediaStore>,
+) -> Result<Arc<dyn InferenceBackend>> {
+    let http = HfConfig {
         token: settings.hf_token.clone(),
         request_timeout: settings.hf_timeout,
         max_retries: settings.hf_max_retries,
         max_loading_wait: settings.hf_max_loading_wait,
         model_endpoints: settings.hf_endpoints.clone(),
         ..HfConfig::default()
-    })
-    .context("cannot set up the inference backend")?;
+    };
+    if let Some(base_url) = &settings.hf_base_url {
+        let backend = HfBackend::new(HfConfig {
+            base_url: base_url.clone(),
+            ..http
+        })
+        .context("cannot set up the inference backend")?;
+        return Ok(Arc::new(backend));
+    }
+    let router = RouterConfig {
+        router_url: settings.hf_router_url.clone(),
+        hub_endpoint: settings.hf_hub_endpoint.clone(),
+        providers: settings.hf_providers.clone(),
+        provider_keys: settings.hf_provider_keys.clone(),
+        provider_urls: settings.hf_provider_urls.clone(),
+        mapping_ttl: settings.hf_mapping_ttl,
+        mapping_cache_dir: Some(settings.hf_mapping_cache_dir.clone()),
+        job_timeout: settings.hf_job_timeout,
+        ..RouterConfig::default()
+    };
+    let backend = RouterBackend::new(
+        HfConfig {
+            base_url: format!(
+                "{}/hf-inference",
+                settings.hf_router_url.trim_end_matches('/')
+            ),
+            ..http
+        },
+        router,
+        media,
+    )
+    .context("cannot set up hosted inference")?;
+    Ok(Arc::new(backend))
+}
+
+/// The whole pipeline.
+pub async fn pipeline(settings: &Settings) -> Result<Pipeline> {
+    let (llm, context_window) = controller(settings).await?;
+    let media = Arc::new(
+        LocalMedia::new(media_config(settings)).context("cannot set up the media folders")?,
+    );
+    let remote = remote_backend(settings, media.clone())?;
     let mut local: Vec<Arc<dyn InferenceBackend>> = vec![Arc::new(local_backend(settings, true))];
     if let Some(url) = &settings.local_endpoint {
         let server = HfBackend::new(HfConfig {
@@ -238,9 +281,7 @@ pub async fn pipeline(settings: &Settings) -> Result<Pipeline> {
         .with_context(|| format!("cannot use the local model server at {url}"))?;
         local.push(Arc::new(server));
     }
-    let backend = RoutedBackend::new(settings.inference_mode, local, Arc::new(remote));
-    let media =
-        LocalMedia::new(media_config(settings)).context("cannot set up the media folders")?;
+    let backend = RoutedBackend::new(settings.inference_mode, local, remote);
     let config = PipelineConfig {
         selection: SelectionConfig {
             considered: settings.considered.max(settings.candidates),
@@ -258,7 +299,7 @@ pub async fn pipeline(settings: &Settings) -> Result<Pipeline> {
     Ok(Pipeline::new(
         llm,
         Arc::new(backend),
-        Arc::new(media),
+        media,
         Arc::new(catalog(settings)?),
         Arc::new(prompts(&settings.prompts)?),
         config,

@@ -4,6 +4,7 @@
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use hgpt_core::routing::InferenceMode;
+use hgpt_hf::ProviderOrder;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,9 +40,15 @@ pub struct SettingsArgs {
     /// Never download anything (models, the controller); also HF_HUB_OFFLINE=1.
     #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub offline: Option<bool>,
-    /// Base URL of the Hugging Face inference protocol; requests go to {base}/models/{id}.
+    /// Base URL of a self-hosted server of the Hugging Face inference protocol for every remote model (requests go to {base}/models/{id}) [default: the Hugging Face router and its providers].
     #[arg(long, global = true, env = "HGPT_HF_BASE_URL", value_name = "URL")]
     pub hf_base_url: Option<String>,
+    /// The Hugging Face router [default: https://router.huggingface.co].
+    #[arg(long, global = true, env = "HGPT_HF_ROUTER_URL", value_name = "URL")]
+    pub hf_router_url: Option<String>,
+    /// Inference providers to use, in order, separated by ',' (hf-inference, fal-ai, replicate, together), or 'auto': every one, in the order of the Hub's mapping [default: auto].
+    #[arg(long, global = true, env = "HGPT_HF_PROVIDERS", value_name = "LIST")]
+    pub hf_providers: Option<String>,
     /// Hugging Face token.
     #[arg(
         long,
@@ -198,6 +205,16 @@ struct LlmSection {
 #[serde(deny_unknown_fields)]
 struct HfSection {
     base_url: Option<String>,
+    router_url: Option<String>,
+    providers: Option<ProvidersSetting>,
+    /// A provider's own key: that provider is called directly with it.
+    #[serde(default)]
+    provider_keys: BTreeMap<String, String>,
+    /// A provider's own API base URL (a proxy), used with its key.
+    #[serde(default)]
+    provider_urls: BTreeMap<String, String>,
+    mapping_ttl_secs: Option<f64>,
+    job_timeout_secs: Option<f64>,
     token: Option<String>,
     timeout_secs: Option<f64>,
     max_retries: Option<u32>,
@@ -205,6 +222,33 @@ struct HfSection {
     /// Per-model base URLs (a dedicated endpoint or a model server).
     #[serde(default)]
     endpoints: BTreeMap<String, String>,
+}
+
+/// `providers = "auto"` or `providers = ["fal-ai", ...]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ProvidersSetting {
+    Word(String),
+    List(Vec<String>),
+}
+
+/// The provider order from a setting: `auto`, or names hgpt can call.
+fn provider_order(names: &[String]) -> Result<ProviderOrder> {
+    if names.len() == 1 && names[0].eq_ignore_ascii_case("auto") {
+        return Ok(ProviderOrder::Auto);
+    }
+    if names.is_empty() {
+        bail!("huggingface.providers: name at least one provider, or \"auto\"");
+    }
+    for name in names {
+        if !hgpt_hf::PROVIDER_NAMES.contains(&name.as_str()) {
+            bail!(
+                "huggingface.providers: unknown provider {name:?} (hgpt calls {} through the router)",
+                hgpt_hf::PROVIDER_NAMES.join(", ")
+            );
+        }
+    }
+    Ok(ProviderOrder::Only(names.to_vec()))
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -307,8 +351,25 @@ pub struct Settings {
     pub offline: bool,
     /// LLM retries.
     pub llm_max_retries: u32,
-    /// Inference base URL.
-    pub hf_base_url: String,
+    /// A self-hosted inference server for every remote model (`None`: the
+    /// router and its providers).
+    pub hf_base_url: Option<String>,
+    /// The Hugging Face router.
+    pub hf_router_url: String,
+    /// The Hub whose API says which provider serves a model (`HF_ENDPOINT`).
+    pub hf_hub_endpoint: String,
+    /// Which providers, in which order.
+    pub hf_providers: ProviderOrder,
+    /// Providers' own keys.
+    pub hf_provider_keys: BTreeMap<String, String>,
+    /// Providers' own API base URLs.
+    pub hf_provider_urls: BTreeMap<String, String>,
+    /// How long a provider mapping is trusted.
+    pub hf_mapping_ttl: Duration,
+    /// Where provider mappings are cached.
+    pub hf_mapping_cache_dir: PathBuf,
+    /// How long a queued provider job may take.
+    pub hf_job_timeout: Duration,
     /// Inference token.
     pub hf_token: Option<String>,
     /// Inference call timeout.
@@ -512,8 +573,53 @@ impl Settings {
             hf_base_url: args
                 .hf_base_url
                 .clone()
-                .or(file.huggingface.base_url.clone())
-                .unwrap_or_else(|| hgpt_hf::DEFAULT_BASE_URL.to_string()),
+                .or(file.huggingface.base_url.clone()),
+            hf_router_url: args
+                .hf_router_url
+                .clone()
+                .or(file.huggingface.router_url.clone())
+                .unwrap_or_else(|| hgpt_hf::DEFAULT_ROUTER_URL.to_string()),
+            hf_hub_endpoint: env
+                .var("HF_ENDPOINT")
+                .filter(|e| !e.is_empty())
+                .unwrap_or_else(|| hgpt_hf::DEFAULT_HUB_ENDPOINT.to_string()),
+            hf_providers: match (&args.hf_providers, &file.huggingface.providers) {
+                (Some(list), _) => provider_order(
+                    &list
+                        .split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>(),
+                )?,
+                (None, Some(ProvidersSetting::Word(word))) => {
+                    provider_order(std::slice::from_ref(word))?
+                }
+                (None, Some(ProvidersSetting::List(list))) => provider_order(list)?,
+                (None, None) => ProviderOrder::Auto,
+            },
+            hf_provider_keys: {
+                let mut keys = file.huggingface.provider_keys.clone();
+                for (provider, variable) in [
+                    ("fal-ai", "FAL_KEY"),
+                    ("replicate", "REPLICATE_API_TOKEN"),
+                    ("together", "TOGETHER_API_KEY"),
+                ] {
+                    if let Some(key) = env.var(variable).filter(|k| !k.is_empty()) {
+                        keys.entry(provider.to_string()).or_insert(key);
+                    }
+                }
+                keys
+            },
+            hf_provider_urls: file.huggingface.provider_urls.clone(),
+            hf_mapping_ttl: seconds(
+                file.huggingface.mapping_ttl_secs.unwrap_or(6.0 * 3600.0),
+                "huggingface.mapping_ttl_secs",
+            )?,
+            hf_mapping_cache_dir: default_cache_dir(env).join("provider-mappings"),
+            hf_job_timeout: seconds(
+                file.huggingface.job_timeout_secs.unwrap_or(600.0),
+                "huggingface.job_timeout_secs",
+            )?,
             hf_token: args.hf_token.clone().or(file.huggingface.token.clone()),
             hf_timeout: seconds(
                 file.huggingface.timeout_secs.unwrap_or(120.0),
@@ -687,7 +793,9 @@ mod tests {
         assert_eq!(s.candidates, 3);
         assert_eq!(s.concurrency, 2);
         assert_eq!(s.description_length, 100);
-        assert_eq!(s.hf_base_url, "https://router.huggingface.co/hf-inference");
+        assert_eq!(s.hf_base_url, None);
+        assert_eq!(s.hf_router_url, "https://router.huggingface.co");
+        assert_eq!(s.hf_providers, ProviderOrder::Auto);
     }
 
     #[test]

@@ -800,3 +800,116 @@ async fn local_mode_runs_the_signature_request_in_process() {
         assert!(prompt.contains(needle), "{needle:?} not in {prompt}");
     }
 }
+
+/// Hosted inference: the Hub's provider mappings decide which catalog models
+/// selection is offered, the record says why the others were skipped, the
+/// task runs through the router's provider, and a second run reads the
+/// mappings from the disk cache without asking the Hub again.
+#[tokio::test(flavor = "multi_thread")]
+async fn hosted_inference_offers_only_models_a_provider_serves() {
+    use hgpt_testkit::router::{FakeRouter, model_info};
+    const SPEAK: &str =
+        r#"[{"task": "text-to-speech", "id": 0, "dep": [-1], "args": {"text": "hello there"}}]"#;
+    let ws = Workspace::new();
+    let catalog = ws.dir.path().join("tts.jsonl");
+    std::fs::write(
+        &catalog,
+        concat!(
+            r#"{"id": "tts/unknown", "task": "text-to-speech", "downloads": 300}"#,
+            "\n",
+            r#"{"id": "tts/image-only", "task": "text-to-speech", "downloads": 200}"#,
+            "\n",
+            r#"{"id": "hexgrad/Kokoro-82M", "task": "text-to-speech", "downloads": 100}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let models = [
+        (
+            "hexgrad/Kokoro-82M".to_string(),
+            model_info(
+                "text-to-speech",
+                &[("fal-ai", "fal-ai/kokoro", "text-to-speech", "live")],
+            ),
+        ),
+        (
+            "tts/image-only".to_string(),
+            model_info(
+                "text-to-image",
+                &[("fal-ai", "fal-ai/flux", "text-to-image", "live")],
+            ),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let router = FakeRouter::start(models, BTreeMap::new(), BTreeMap::new()).await;
+    let llm = controller(SPEAK).await;
+    let unused = inference_server().await;
+    let run = || {
+        let mut command = ws.command(Some(&llm), &unused, &["run", "--json", "say hello"]);
+        command
+            .env_remove("HGPT_HF_BASE_URL")
+            .env("HGPT_CATALOG", &catalog)
+            .env("HF_ENDPOINT", router.url())
+            .env("HGPT_HF_ROUTER_URL", router.url())
+            .env("HF_TOKEN", "hf_test")
+            .env("HGPT_ALLOW_PRIVATE_URLS", "true")
+            .env("XDG_CACHE_HOME", ws.dir.path().join("cache"))
+            .env("HOME", ws.dir.path());
+        command
+    };
+    let out = output(run(), "").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = json(&out);
+    let task = &record["tasks"][0];
+    assert_eq!(task["status"], "ok", "{task:#}");
+    assert_eq!(task["model"]["id"], "hexgrad/Kokoro-82M");
+    let skipped = task["skipped_models"].as_array().unwrap();
+    assert_eq!(skipped[0]["id"], "tts/unknown");
+    assert!(
+        skipped[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not know")
+    );
+    assert_eq!(skipped[1]["id"], "tts/image-only");
+    assert!(
+        skipped[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("fal-ai serves it for text-to-image"),
+        "{skipped:?}"
+    );
+    let audio = task["output"]["generated_audio"].as_str().unwrap();
+    assert!(std::fs::read(audio).unwrap().starts_with(b"RIFF"));
+    let speech = router
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "POST")
+        .unwrap();
+    assert_eq!(speech.path, "/fal-ai/fal-ai/kokoro");
+    assert_eq!(speech.json.unwrap()["text"], "hello there");
+    assert!(
+        unused.calls().is_empty(),
+        "no self-hosted server is involved"
+    );
+
+    // The known models' mappings are on disk now; the unknown one is too.
+    let hub_calls = router.hub_calls().len();
+    assert_eq!(hub_calls, 3);
+    let again = output(run(), "").await;
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        router.hub_calls().len(),
+        hub_calls,
+        "a warm run asks the Hub nothing"
+    );
+}
