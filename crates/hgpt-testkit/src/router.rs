@@ -405,17 +405,20 @@ fn fal_ai(shared: &Shared, rest: &str, call: &RouterCall, faults: &Faults) -> Re
     json_reply(200, result_of(shared, &job))
 }
 
-fn prediction_output(shared: &Shared, faults: &Faults, input: &Value) -> Value {
+/// What a prediction makes: judged by its input, and by the model's name
+/// for video.
+fn prediction_output(shared: &Shared, faults: &Faults, input: &Value, path: &str) -> Value {
     if input.get("audio").is_some() {
         json!("hello from replicate")
     } else if input.get("text").is_some() {
         json!(result_url(shared, faults, "speech.wav"))
     } else if input.get("image").is_some() {
         json!([result_url(shared, faults, "edited.png")])
-    } else if input
-        .get("prompt")
-        .and_then(Value::as_str)
-        .is_some_and(|p| p.contains("video"))
+    } else if path.contains("video")
+        || input
+            .get("prompt")
+            .and_then(Value::as_str)
+            .is_some_and(|p| p.contains("video"))
     {
         json!(result_url(shared, faults, "video.mp4"))
     } else {
@@ -431,7 +434,11 @@ fn replicate(shared: &Shared, rest: &str, call: &RouterCall, faults: &Faults) ->
             .and_then(|b| b.get("input"))
             .cloned()
             .unwrap_or(Value::Null);
-        let job = submit(shared, "pred", prediction_output(shared, faults, &input));
+        let job = submit(
+            shared,
+            "pred",
+            prediction_output(shared, faults, &input, &call.path),
+        );
         return json_reply(
             201,
             json!({"id": job, "status": "starting", "output": null, "error": null,

@@ -1,6 +1,8 @@
 //! Shared helpers of the hgpt-hf integration tests.
 #![allow(dead_code)]
 
+pub mod hosted;
+
 use bytes::Bytes;
 use hgpt_core::backend::{InferenceBackend, InferenceError, InferenceRequest, ResolvedArgs};
 use hgpt_core::output::{Blob, InferenceOutput};
