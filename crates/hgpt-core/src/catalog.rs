@@ -14,7 +14,7 @@ use std::path::Path;
 pub const BUILTIN_CATALOG: &str = include_str!("../assets/catalog.jsonl");
 
 /// One model of the catalog.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CatalogEntry {
     /// Hub id, `org/name`.
     pub id: String,
@@ -32,6 +32,16 @@ pub struct CatalogEntry {
     /// A short description.
     #[serde(default)]
     pub description: String,
+    /// Hosted inference providers serving it for its task, in the Hub's
+    /// order (from `hgpt models sync`; empty when unknown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<String>,
+    /// `config.json`'s `architectures`, when the catalog has them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub architectures: Vec<String>,
+    /// `config.json`'s `model_type`, when the catalog has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_type: Option<String>,
 }
 
 impl CatalogEntry {
@@ -261,6 +271,24 @@ fn entry_from_json(value: &Value) -> Result<CatalogEntry, String> {
                 .collect()
         })
         .unwrap_or_default();
+    let strings = |value: Option<&Value>| -> Vec<String> {
+        value
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|item| {
+                        // `["fal-ai", ...]`, or the Hub's list form of a
+                        // provider mapping.
+                        item.as_str()
+                            .or_else(|| item.get("provider").and_then(Value::as_str))
+                    })
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let config = object.get("config");
     Ok(CatalogEntry {
         id: id.to_string(),
         task: TaskName::parse(task).as_str().to_string(),
@@ -268,6 +296,12 @@ fn entry_from_json(value: &Value) -> Result<CatalogEntry, String> {
         likes: count("likes"),
         tags,
         description: text("description").unwrap_or_default().to_string(),
+        providers: strings(object.get("providers")),
+        architectures: strings(config.and_then(|c| c.get("architectures"))),
+        model_type: config
+            .and_then(|c| c.get("model_type"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
     })
 }
 
@@ -311,6 +345,26 @@ mod tests {
     }
 
     #[test]
+    fn synced_lines_keep_providers_and_config() {
+        let catalog = Catalog::from_jsonl(
+            concat!(
+                r#"{"id": "a/b", "task": "text-to-image", "providers": ["fal-ai", "together"], "#,
+                r#""config": {"architectures": ["X"], "model_type": "x"}}"#,
+                "\n",
+                r#"{"id": "c/d", "task": "text-to-image", "providers": [{"provider": "replicate"}, 3]}"#,
+            ),
+            "synced.jsonl",
+        )
+        .unwrap();
+        let entries = catalog.entries();
+        assert_eq!(entries[0].providers, ["fal-ai", "together"]);
+        assert_eq!(entries[0].architectures, ["X"]);
+        assert_eq!(entries[0].model_type.as_deref(), Some("x"));
+        assert_eq!(entries[1].providers, ["replicate"]);
+        assert!(entries[1].architectures.is_empty());
+    }
+
+    #[test]
     fn descriptions_are_cut() {
         let entry = CatalogEntry {
             id: "a/b".into(),
@@ -319,6 +373,7 @@ mod tests {
             likes: None,
             tags: vec![],
             description: "one  two\nthree four".into(),
+            ..CatalogEntry::default()
         };
         assert_eq!(entry.short_description(100), "one two three four");
         assert_eq!(entry.short_description(7), "one two…");

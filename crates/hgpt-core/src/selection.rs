@@ -365,6 +365,7 @@ mod tests {
                 likes: Some(3),
                 tags: vec!["detr".into()],
                 description: "A detector.".into(),
+                ..CatalogEntry::default()
             },
             endpoint: "huggingface".into(),
             availability: Availability::Unknown,

@@ -96,6 +96,20 @@ impl HubApi {
         }
     }
 
+    /// A client with its own HTTP client (rustls).
+    pub fn connect(
+        endpoint: &str,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, crate::HfError> {
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(concat!("hgpt/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| crate::HfError::Client(error_chain(&e)))?;
+        Ok(Self::new(endpoint, token, client, timeout))
+    }
+
     /// The Hub endpoint in use.
     pub fn endpoint(&self) -> &str {
         &self.endpoint

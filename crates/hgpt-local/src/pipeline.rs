@@ -453,6 +453,24 @@ fn unsupported(task: TaskKind, id: &str, kind: &ModelKind) -> LocalError {
     ))
 }
 
+/// The name of the family that runs a model with these `config.json` fields
+/// for `task` (as a catalog or the Hub API lists them), if any.
+pub fn family_name(
+    task: TaskKind,
+    architectures: &[String],
+    model_type: Option<&str>,
+) -> Option<&'static str> {
+    let kind = ModelKind {
+        model_type: model_type.map(str::to_string),
+        architectures: architectures.to_vec(),
+        ..ModelKind::default()
+    };
+    FAMILIES
+        .iter()
+        .find(|f| f.accepts(&kind, task))
+        .map(|f| f.name)
+}
+
 /// Whether hgpt has a local pipeline for this task type.
 pub fn supports(task: TaskKind) -> bool {
     FAMILIES.iter().any(|f| f.serves(task))

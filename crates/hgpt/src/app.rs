@@ -21,20 +21,26 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The catalog the settings name: the given files, or the built-in one. A
-/// line of a file that is not an entry is skipped with a warning naming the
-/// file and line, unless `[catalog] strict` refuses the catalog instead.
+/// The catalog the settings name: the given files, else the one `hgpt
+/// models sync` wrote into the data directory, else the built-in one. A line
+/// of a file that is not an entry is skipped with a warning naming the file
+/// and line, unless `[catalog] strict` refuses the catalog instead.
 pub fn catalog(settings: &Settings) -> Result<Catalog> {
-    if settings.catalog_files.is_empty() {
+    let synced = crate::sync::synced_catalog_path(settings);
+    let files = if !settings.catalog_files.is_empty() {
+        settings.catalog_files.clone()
+    } else if synced.is_file() {
+        vec![synced]
+    } else {
         return Catalog::builtin().context("the built-in catalog is invalid");
-    }
+    };
     let bad_lines = if settings.catalog_strict {
         BadLines::Refuse
     } else {
         BadLines::Skip
     };
-    let (catalog, skipped) = Catalog::read_files(&settings.catalog_files, bad_lines)
-        .context("cannot load the model catalog")?;
+    let (catalog, skipped) =
+        Catalog::read_files(&files, bad_lines).context("cannot load the model catalog")?;
     for line in &skipped {
         eprintln!("warning: catalog line skipped: {line}");
     }

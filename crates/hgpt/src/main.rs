@@ -5,6 +5,7 @@ mod app;
 mod progress;
 mod runs;
 mod settings;
+mod sync;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -120,6 +121,18 @@ enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Build the catalog from the Hub API: the most downloaded models of each
+    /// task type with downloads, likes, tags, the providers serving them and
+    /// a description from the model card, written to the data directory and
+    /// used from then on (unless catalog files are configured).
+    Sync {
+        /// Only this task type (repeatable) [default: every task type].
+        #[arg(long = "task", value_name = "TASK")]
+        tasks: Vec<String>,
+        /// Models per task type.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Download a model's configs, tokenizer and safetensors weights into the
     /// Hugging Face cache (HF_HUB_CACHE or HF_HOME; from HF_ENDPOINT).
     Pull {
@@ -227,6 +240,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Models {
             command: ModelsCommand::Pull { id },
         } => pull(&settings, id).await,
+        Command::Models {
+            command: ModelsCommand::Sync { tasks, limit },
+        } => sync::sync(&settings, &tasks, limit)
+            .await
+            .map(|_| ExitCode::SUCCESS),
     }
 }
 
@@ -342,9 +360,18 @@ fn models_list(settings: &Settings, task: Option<&str>, json: bool) -> Result<Ex
     };
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;
+        let listed: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|entry| {
+                let mut value = serde_json::to_value(entry)?;
+                value["local_family"] = local_family(entry).into();
+                Ok(value)
+            })
+            .collect::<Result<_>>()?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&listed)?)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let runs_on: Vec<String> = entries.iter().map(|e| runs_on(e)).collect();
     let width = entries.iter().map(|e| e.id.len()).max().unwrap_or(2).max(2);
     let task_width = entries
         .iter()
@@ -352,25 +379,50 @@ fn models_list(settings: &Settings, task: Option<&str>, json: bool) -> Result<Ex
         .max()
         .unwrap_or(4)
         .max(4);
+    let runs_width = runs_on.iter().map(String::len).max().unwrap_or(7).max(7);
     writeln!(
         out,
-        "{:<width$}  {:<task_width$}  {:>10}  DESCRIPTION",
-        "ID", "TASK", "DOWNLOADS"
+        "{:<width$}  {:<task_width$}  {:>10}  {:<runs_width$}  DESCRIPTION",
+        "ID", "TASK", "DOWNLOADS", "RUNS ON"
     )?;
-    for entry in entries {
+    for (entry, runs_on) in entries.into_iter().zip(runs_on) {
         let downloads = entry
             .downloads
             .map_or_else(|| "-".to_string(), |d| d.to_string());
         writeln!(
             out,
-            "{:<width$}  {:<task_width$}  {:>10}  {}",
+            "{:<width$}  {:<task_width$}  {:>10}  {:<runs_width$}  {}",
             entry.id,
             entry.task,
             downloads,
+            runs_on,
             entry.short_description(60)
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The local family that runs a catalog entry, when its config is known.
+fn local_family(entry: &hgpt_core::catalog::CatalogEntry) -> Option<&'static str> {
+    let TaskName::Known(task) = entry.task_name() else {
+        return None;
+    };
+    hgpt_local::pipeline::family_name(task, &entry.architectures, entry.model_type.as_deref())
+}
+
+/// Where a catalog entry can run: `local (family)` and the providers that
+/// serve it, as far as the catalog knows; `-` when it knows neither.
+fn runs_on(entry: &hgpt_core::catalog::CatalogEntry) -> String {
+    let mut places: Vec<String> = Vec::new();
+    if let Some(family) = local_family(entry) {
+        places.push(format!("local ({family})"));
+    }
+    places.extend(entry.providers.iter().cloned());
+    if places.is_empty() {
+        "-".to_string()
+    } else {
+        places.join(", ")
+    }
 }
 
 async fn pull(settings: &Settings, id: String) -> Result<ExitCode> {

@@ -913,3 +913,128 @@ async fn hosted_inference_offers_only_models_a_provider_serves() {
         "a warm run asks the Hub nothing"
     );
 }
+
+/// `hgpt models sync` builds the catalog from the Hub API (listings, provider
+/// mappings, model cards), and `models list` then ranks it and says where
+/// each model can run.
+#[tokio::test(flavor = "multi_thread")]
+async fn models_sync_builds_the_catalog_from_the_hub() {
+    use hgpt_testkit::router::FakeRouter;
+    let listings: BTreeMap<String, Value> = [
+        (
+            "text-to-image".to_string(),
+            serde_json::json!([
+                {"id": "black-forest-labs/FLUX.1-dev", "downloads": 900, "likes": 50,
+                 "pipeline_tag": "text-to-image", "tags": ["diffusers"],
+                 "inferenceProviderMapping": [
+                    {"provider": "fal-ai", "providerId": "fal-ai/flux/dev", "task": "text-to-image", "status": "live"},
+                    {"provider": "together", "providerId": "flux", "task": "text-to-image", "status": "live"}]},
+                {"id": "nobody/sd", "downloads": 10, "likes": 1, "pipeline_tag": "text-to-image", "tags": []},
+            ]),
+        ),
+        (
+            "image-classification".to_string(),
+            serde_json::json!([
+                {"id": "google/vit-base-patch16-224", "downloads": 500, "likes": 20,
+                 "pipeline_tag": "image-classification", "tags": ["vision"],
+                 "config": {"architectures": ["ViTForImageClassification"], "model_type": "vit"},
+                 "inferenceProviderMapping": [
+                    {"provider": "hf-inference", "providerId": "google/vit-base-patch16-224",
+                     "task": "image-classification", "status": "live"}]},
+            ]),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let cards: BTreeMap<String, String> = [(
+        "black-forest-labs/FLUX.1-dev".to_string(),
+        "---\nlicense: other\n---\n# FLUX\n\nA 12B rectified flow transformer that draws images from text.\n".to_string(),
+    )]
+    .into_iter()
+    .collect();
+    let router = FakeRouter::start(BTreeMap::new(), listings, cards).await;
+    let ws = Workspace::new();
+    let hf = inference_server().await;
+    let data = ws.dir.path().join("data");
+    let command = |args: &[&str]| {
+        let mut command = ws.command(None, &hf, args);
+        command
+            .env_remove("HGPT_CATALOG")
+            .env("HF_ENDPOINT", router.url())
+            .env("HGPT_DATA_DIR", &data);
+        command
+    };
+    let args = [
+        "models",
+        "sync",
+        "--task",
+        "text-to-image",
+        "--task",
+        "image-classification",
+        "--task",
+        "text-to-speech",
+        "--limit",
+        "5",
+    ];
+    let out = output(command(&args), "").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("wrote 3 models of 3 task types"),
+        "{stderr}"
+    );
+    let listing = router
+        .hub_calls()
+        .into_iter()
+        .find(|c| {
+            c.query
+                .as_deref()
+                .is_some_and(|q| q.contains("text-to-image"))
+        })
+        .unwrap();
+    let query = listing.query.unwrap();
+    for part in [
+        "sort=downloads",
+        "direction=-1",
+        "limit=5",
+        "expand=inferenceProviderMapping",
+        "expand=downloads",
+    ] {
+        assert!(query.contains(part), "{query}");
+    }
+
+    let out = output(command(&["models", "list", "--json"]), "").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = json(&out);
+    assert_eq!(
+        catalog_ids(&list),
+        [
+            "black-forest-labs/FLUX.1-dev",
+            "nobody/sd",
+            "google/vit-base-patch16-224"
+        ]
+    );
+    assert_eq!(list[0]["downloads"], 900);
+    assert_eq!(
+        list[0]["providers"],
+        serde_json::json!(["fal-ai", "together"])
+    );
+    assert_eq!(
+        list[0]["description"],
+        "A 12B rectified flow transformer that draws images from text."
+    );
+    assert_eq!(list[2]["local_family"], "ViT");
+
+    let out = output(
+        command(&["models", "list", "--task", "image-classification"]),
+        "",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("RUNS ON"), "{text}");
+    assert!(text.contains("local (ViT), hf-inference"), "{text}");
+}
