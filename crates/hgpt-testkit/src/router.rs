@@ -73,6 +73,8 @@ struct Shared {
     listings: BTreeMap<String, Value>,
     cards: BTreeMap<String, String>,
     faults: Mutex<Faults>,
+    /// (Hub API, provider) answer delays.
+    delays: Mutex<(std::time::Duration, std::time::Duration)>,
     calls: Mutex<Vec<RouterCall>>,
     polls: Mutex<BTreeMap<String, usize>>,
     results: Mutex<BTreeMap<String, Value>>,
@@ -127,6 +129,7 @@ impl FakeRouter {
             listings,
             cards,
             faults: Mutex::new(Faults::default()),
+            delays: Mutex::new(Default::default()),
             calls: Mutex::new(Vec::new()),
             polls: Mutex::new(BTreeMap::new()),
             results: Mutex::new(BTreeMap::new()),
@@ -150,6 +153,12 @@ impl FakeRouter {
     /// Change how the providers behave from now on.
     pub fn set_faults(&self, faults: Faults) {
         *lock(&self.shared.faults) = faults;
+    }
+
+    /// Answer the Hub API after `hub` and provider submissions after
+    /// `provider` (as a benchmark's stand-in for network and model time).
+    pub fn set_delays(&self, hub: std::time::Duration, provider: std::time::Duration) {
+        *lock(&self.shared.delays) = (hub, provider);
     }
 
     /// Every request so far.
@@ -215,6 +224,17 @@ async fn handle(
     lock(&shared.calls).push(call.clone());
     let faults = lock(&shared.faults).clone();
     let path = call.path.clone();
+    let (hub_delay, provider_delay) = *lock(&shared.delays);
+    let delay = if path.starts_with("/api/") {
+        hub_delay
+    } else if call.method == "POST" {
+        provider_delay
+    } else {
+        std::time::Duration::ZERO
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(rest) = path.strip_prefix("/api/models") {
         return hub_api(&shared, rest, &call);
     }

@@ -9,18 +9,22 @@
 //!    plan + one selection + critical path + answer, and with what the
 //!    reference's design would take (one selection per step along the chain,
 //!    0.5 s polling).
+//! 3. Hosted end to end: the same through the router, a cold run (provider
+//!    mappings read from the Hub API, all candidates at once) and warm runs
+//!    (from the cache: no Hub call).
 
 use hgpt_core::catalog::Catalog;
 use hgpt_core::pipeline::{Pipeline, PipelineConfig};
 use hgpt_core::prompt::Prompts;
 use hgpt_core::record::{RunEvent, TaskStatus};
 use hgpt_core::task::TaskKind;
-use hgpt_hf::{HfBackend, HfConfig};
+use hgpt_hf::{HfBackend, HfConfig, RouterBackend, RouterConfig};
 use hgpt_llm::{OpenAiClient, OpenAiConfig};
 use hgpt_media::{LocalMedia, MediaConfig};
 use hgpt_testkit::hf::{FakeHf, HfReply, canned_reply, sample_png};
 use hgpt_testkit::inproc::{FakeBackend, MemoryMedia, ScriptedLlm};
 use hgpt_testkit::openai::{FakeLlm, LlmReply};
+use hgpt_testkit::router::{FakeRouter, model_info};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -225,6 +229,115 @@ async fn end_to_end(llm_latency: Duration, task_latency: Duration, runs: usize) 
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The same run through hosted inference (the fake Hub API and router):
+/// the first run reads each candidate's provider mapping from the Hub (all
+/// candidates of a run at once), later runs from the cache.
+async fn hosted_end_to_end(
+    llm_latency: Duration,
+    task_latency: Duration,
+    hub_latency: Duration,
+    runs: usize,
+) {
+    let plan = layered_plan(3);
+    let controller = FakeLlm::from_fn(move |call| {
+        let system = call.system();
+        let text = if system.starts_with("#1") {
+            plan.clone()
+        } else if system.starts_with("#2") {
+            format!(
+                "{{\"id\": \"{}\", \"reason\": \"first\"}}",
+                call.first_candidate()
+            )
+        } else {
+            "done".to_string()
+        };
+        LlmReply::text(text).with_delay(llm_latency)
+    })
+    .await;
+    let models = catalog()
+        .entries()
+        .iter()
+        .map(|e| {
+            let info = model_info(&e.task, &[("hf-inference", &e.id, &e.task, "live")]);
+            (e.id.clone(), info)
+        })
+        .collect();
+    let router = FakeRouter::start(models, Default::default(), Default::default()).await;
+    router.set_delays(hub_latency, task_latency);
+    let dir = std::env::temp_dir().join(format!("hgpt-bench-hosted-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let llm = OpenAiClient::new(OpenAiConfig {
+        base_url: controller.url(),
+        model: "fake-model".into(),
+        ..OpenAiConfig::default()
+    });
+    let media = LocalMedia::new(MediaConfig {
+        media_root: dir.clone(),
+        out_dir: dir.join("out"),
+        allow_private_urls: true,
+        ..MediaConfig::default()
+    });
+    let (Ok(llm), Ok(media)) = (llm, media) else {
+        eprintln!("cannot set up the hosted benchmark");
+        return;
+    };
+    let media = Arc::new(media);
+    let backend = RouterBackend::new(
+        HfConfig {
+            token: Some("hf_bench".into()),
+            ..HfConfig::default()
+        },
+        RouterConfig {
+            router_url: router.url().to_string(),
+            hub_endpoint: router.url().to_string(),
+            ..RouterConfig::default()
+        },
+        media.clone(),
+    );
+    let Ok(backend) = backend else {
+        eprintln!("cannot set up the hosted benchmark");
+        return;
+    };
+    let pipeline = Pipeline::new(
+        Arc::new(llm),
+        Arc::new(backend),
+        media,
+        Arc::new(catalog()),
+        Arc::new(Prompts::default()),
+        PipelineConfig::default(),
+    );
+    let mut walls = Vec::new();
+    let mut hub_calls = Vec::new();
+    for _ in 0..runs.max(2) {
+        let before = router.hub_calls().len();
+        let started = Instant::now();
+        let record = pipeline.run("bench", &[], None).await;
+        walls.push(started.elapsed());
+        hub_calls.push(router.hub_calls().len() - before);
+        let ok = record
+            .as_ref()
+            .is_ok_and(|r| r.tasks.iter().all(|t| t.status == TaskStatus::Ok));
+        assert!(ok, "{record:?}");
+    }
+    let cold = walls[0];
+    let mut warm = walls[1..].to_vec();
+    warm.sort();
+    let lower = llm_latency * 3 + task_latency * 4;
+    let warm_p50 = percentile(&warm, 0.5);
+    println!(
+        "hosted end to end (router, Hub API {} ms/call): cold run {:.0} ms with {} Hub calls; \
+         warm runs p50 {:.0} ms with {} Hub calls; lower bound {:.0} ms (warm +{:.1}%)",
+        hub_latency.as_millis(),
+        cold.as_secs_f64() * 1e3,
+        hub_calls[0],
+        warm_p50.as_secs_f64() * 1e3,
+        hub_calls[1..].iter().sum::<usize>(),
+        lower.as_secs_f64() * 1e3,
+        (warm_p50.as_secs_f64() / lower.as_secs_f64() - 1.0) * 100.0,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     // `cargo test --benches` runs this once with --bench absent: keep it short.
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -238,5 +351,12 @@ fn main() {
         overhead(12, iterations).await;
         let runs = if quick { 1 } else { 5 };
         end_to_end(Duration::from_millis(100), Duration::from_millis(200), runs).await;
+        hosted_end_to_end(
+            Duration::from_millis(100),
+            Duration::from_millis(200),
+            Duration::from_millis(150),
+            runs + 1,
+        )
+        .await;
     });
 }
