@@ -537,9 +537,28 @@ impl Settings {
             .or(file.llm.api_key.clone());
         let mut llm_base_url = args.llm_base_url.clone().or(file.llm.base_url.clone());
         let mut llm_model = args.llm_model.clone().or(file.llm.model.clone());
+        let hf_token = args.hf_token.clone().or(file.huggingface.token.clone());
+        let hf_router_url = args
+            .hf_router_url
+            .clone()
+            .or(file.huggingface.router_url.clone())
+            .unwrap_or_else(|| hgpt_hf::DEFAULT_ROUTER_URL.to_string());
+        let router_chat = format!("{}/v1", hf_router_url.trim_end_matches('/'));
         if llm_base_url.is_none() && llm_api_key.is_some() {
             llm_base_url = Some("https://api.openai.com/v1".to_string());
             llm_model.get_or_insert_with(|| "gpt-4o-mini".to_string());
+        } else if llm_base_url.is_none() && llm_model.is_some() && hf_token.is_some() {
+            // A model named with no server and no OpenAI key: the Hugging
+            // Face router's OpenAI-compatible chat, paid by HF_TOKEN.
+            llm_base_url = Some(router_chat.clone());
+        }
+        let mut llm_api_key = llm_api_key;
+        if llm_api_key.is_none()
+            && llm_base_url
+                .as_deref()
+                .is_some_and(|url| url.trim_end_matches('/') == router_chat)
+        {
+            llm_api_key = hf_token.clone();
         }
         let settings = Self {
             llm_base_url,
@@ -574,11 +593,7 @@ impl Settings {
                 .hf_base_url
                 .clone()
                 .or(file.huggingface.base_url.clone()),
-            hf_router_url: args
-                .hf_router_url
-                .clone()
-                .or(file.huggingface.router_url.clone())
-                .unwrap_or_else(|| hgpt_hf::DEFAULT_ROUTER_URL.to_string()),
+            hf_router_url,
             hf_hub_endpoint: env
                 .var("HF_ENDPOINT")
                 .filter(|e| !e.is_empty())
@@ -620,7 +635,7 @@ impl Settings {
                 file.huggingface.job_timeout_secs.unwrap_or(600.0),
                 "huggingface.job_timeout_secs",
             )?,
-            hf_token: args.hf_token.clone().or(file.huggingface.token.clone()),
+            hf_token,
             hf_timeout: seconds(
                 file.huggingface.timeout_secs.unwrap_or(120.0),
                 "huggingface.timeout_secs",
@@ -847,6 +862,81 @@ mod tests {
         };
         let s = Settings::resolve(&args, &FakeEnv(vec![("OPENAI_API_KEY", "sk-x")])).unwrap();
         assert_eq!(s.llm_api_key.as_deref(), Some("mine"));
+    }
+
+    #[test]
+    fn a_model_and_an_hf_token_use_the_routers_chat() {
+        let args = SettingsArgs {
+            llm_model: Some("openai/gpt-oss-120b:cheapest".into()),
+            hf_token: Some("hf_abc".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args, &FakeEnv(vec![])).unwrap();
+        assert_eq!(
+            s.llm_base_url.as_deref(),
+            Some("https://router.huggingface.co/v1")
+        );
+        assert_eq!(s.llm_api_key.as_deref(), Some("hf_abc"));
+        // An OpenAI key still means OpenAI.
+        let s = Settings::resolve(&args, &FakeEnv(vec![("OPENAI_API_KEY", "sk-x")])).unwrap();
+        assert_eq!(s.llm_base_url.as_deref(), Some("https://api.openai.com/v1"));
+        // The router named explicitly takes the HF token as its key.
+        let args = SettingsArgs {
+            llm_base_url: Some("https://router.huggingface.co/v1/".into()),
+            llm_model: Some("m".into()),
+            hf_token: Some("hf_abc".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args, &FakeEnv(vec![])).unwrap();
+        assert_eq!(s.llm_api_key.as_deref(), Some("hf_abc"));
+        // No token: the embedded controller, as before.
+        let args = SettingsArgs {
+            llm_model: Some("m".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Settings::resolve(&args, &FakeEnv(vec![]))
+                .unwrap()
+                .llm_base_url,
+            None
+        );
+    }
+
+    #[test]
+    fn provider_order_and_keys() {
+        let (_dir, path) = config(
+            "[huggingface]\nproviders = [\"together\", \"fal-ai\"]\n[huggingface.provider_keys]\nreplicate = \"r8_file\"\n",
+        );
+        let args = SettingsArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let env = FakeEnv(vec![
+            ("FAL_KEY", "fal_env"),
+            ("REPLICATE_API_TOKEN", "r8_env"),
+        ]);
+        let s = Settings::resolve(&args, &env).unwrap();
+        assert_eq!(
+            s.hf_providers,
+            ProviderOrder::Only(vec!["together".into(), "fal-ai".into()])
+        );
+        assert_eq!(s.hf_provider_keys["fal-ai"], "fal_env");
+        assert_eq!(s.hf_provider_keys["replicate"], "r8_file", "the file wins");
+        let flag = SettingsArgs {
+            config: Some(path),
+            hf_providers: Some("auto".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Settings::resolve(&flag, &env).unwrap().hf_providers,
+            ProviderOrder::Auto
+        );
+        let bad = SettingsArgs {
+            hf_providers: Some("fal-ai, nosuch".into()),
+            ..Default::default()
+        };
+        let err = format!("{:#}", Settings::resolve(&bad, &env).unwrap_err());
+        assert!(err.contains("unknown provider \"nosuch\""), "{err}");
     }
 
     #[test]

@@ -1038,3 +1038,35 @@ async fn models_sync_builds_the_catalog_from_the_hub() {
     assert!(text.contains("RUNS ON"), "{text}");
     assert!(text.contains("local (ViT), hf-inference"), "{text}");
 }
+
+/// The router's OpenAI-compatible chat as the controller: a model id (with
+/// a routing suffix) and HF_TOKEN are all it takes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_routers_chat_is_a_controller_that_needs_only_an_hf_token() {
+    let ws = Workspace::new();
+    let llm = controller(PLAN).await;
+    let hf = inference_server().await;
+    let mut command = ws.command(None, &hf, &["run", "--json", "describe /a.jpg"]);
+    command
+        .env("HGPT_HF_ROUTER_URL", format!("http://{}", llm.addr()))
+        .env("HF_TOKEN", "hf_router")
+        .env("HGPT_LLM_MODEL", "openai/gpt-oss-120b:fastest");
+    let out = output(command, "").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = json(&out);
+    assert_eq!(record["mode"], "tasks");
+    assert!(record["answer"].as_str().unwrap().starts_with("All done."));
+    let calls = llm.calls();
+    assert!(
+        calls.len() >= 3,
+        "plan, selection and answer went to the router"
+    );
+    for call in &calls {
+        assert_eq!(call.model, "openai/gpt-oss-120b:fastest");
+        assert_eq!(call.authorization.as_deref(), Some("Bearer hf_router"));
+    }
+}
