@@ -307,8 +307,37 @@ fn hf_inference_serves(task: TaskKind, providers: &ModelProviders) -> bool {
 
 #[async_trait]
 impl InferenceBackend for RouterBackend {
+    /// `huggingface`, followed by the enabled providers hgpt can call for
+    /// the model and whether hf-inference has it warm, once its mapping is
+    /// known (selection checks availability first, so the LLM sees them).
     fn endpoint(&self, model: &str) -> String {
-        self.http.endpoint(model)
+        if self.self_hosted(model) {
+            return self.http.endpoint(model);
+        }
+        let label = self.http.config().endpoint_label.clone();
+        let Some(providers) = self.directory.cached(model) else {
+            return label;
+        };
+        let mut names: Vec<&str> = Vec::new();
+        for entry in &providers.entries {
+            let name = entry.provider.as_str();
+            let usable = provider(name).is_some()
+                && self.enabled(name)
+                && entry.status != MappingStatus::Error;
+            if usable && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        if names.is_empty() {
+            return label;
+        }
+        let warm =
+            providers.inference.as_deref() == Some("warm") && names.contains(&"hf-inference");
+        format!(
+            "{label} ({}{})",
+            names.join(", "),
+            if warm { "; warm on hf-inference" } else { "" }
+        )
     }
 
     fn runs_task(&self, task: TaskKind) -> bool {

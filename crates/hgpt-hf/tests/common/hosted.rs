@@ -134,13 +134,14 @@ pub fn models() -> BTreeMap<String, Value> {
                 ],
             ),
         ),
-        (
-            DETR,
-            model_info(
+        (DETR, {
+            let mut info = model_info(
                 "object-detection",
                 &[("hf-inference", DETR, "object-detection", "live")],
-            ),
-        ),
+            );
+            info["inference"] = "warm".into();
+            info
+        }),
         (
             "google/vit-base-patch16-224",
             model_info(
