@@ -7,6 +7,7 @@ use crate::mapping::ModelProviders;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::OnceCell;
@@ -14,6 +15,9 @@ use tokio::sync::OnceCell;
 /// How long a failed lookup is remembered, so that the candidates of one run
 /// share the failure instead of each asking again.
 const FAILURE_TTL: Duration = Duration::from_secs(30);
+/// How long "the Hub does not know this model" is trusted at most (a model
+/// may be created or made public meanwhile).
+const UNKNOWN_TTL: Duration = Duration::from_secs(600);
 
 /// What the Hub said about a model, and when.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,13 +29,15 @@ pub struct Lookup {
 }
 
 impl Lookup {
+    /// Whether it is younger than its time limit; a time in the future (a
+    /// clock change, a doctored file) is not fresh.
     fn fresh(&self, ttl: Duration) -> bool {
-        let ttl = if self.result.is_ok() {
-            ttl
-        } else {
-            FAILURE_TTL
+        let ttl = match &self.result {
+            Ok(Some(_)) => ttl,
+            Ok(None) => ttl.min(UNKNOWN_TTL),
+            Err(_) => FAILURE_TTL,
         };
-        self.fetched_at.elapsed().map_or(true, |age| age < ttl)
+        self.fetched_at.elapsed().is_ok_and(|age| age < ttl)
     }
 }
 
@@ -124,7 +130,7 @@ impl ProviderDirectory {
         let dir = self.disk.as_ref()?;
         // Model ids are checked before any lookup reaches the Hub; a name
         // that is not one never gets a file.
-        if !crate::valid_model_id(model) {
+        if !crate::hub::valid_hub_id(model) {
             return None;
         }
         Some(dir.join(format!("{}.json", model.replace('/', "--"))))
@@ -145,7 +151,7 @@ impl ProviderDirectory {
         }
         Some(Lookup {
             result: Ok(entry.providers),
-            fetched_at: UNIX_EPOCH + Duration::from_secs(entry.fetched_at_unix),
+            fetched_at: UNIX_EPOCH.checked_add(Duration::from_secs(entry.fetched_at_unix))?,
         })
     }
 
@@ -166,7 +172,12 @@ impl ProviderDirectory {
                 tokio::fs::create_dir_all(dir).await?;
             }
             // Write then rename, so a concurrent reader never sees half a file.
-            let partial = path.with_extension(format!("json.{}.partial", std::process::id()));
+            static WRITES: AtomicUsize = AtomicUsize::new(0);
+            let partial = path.with_extension(format!(
+                "json.{}-{}.partial",
+                std::process::id(),
+                WRITES.fetch_add(1, Ordering::Relaxed)
+            ));
             tokio::fs::write(&partial, text).await?;
             tokio::fs::rename(&partial, &path).await
         };

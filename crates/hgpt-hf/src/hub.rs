@@ -13,6 +13,12 @@ use std::time::Duration;
 /// The public Hub.
 pub const DEFAULT_HUB_ENDPOINT: &str = "https://huggingface.co";
 
+/// Whether `id` can be a Hub model id (`name` or `org/name`, at most 96
+/// characters of the Hub's set), so that it never reaches another Hub route.
+pub(crate) fn valid_hub_id(id: &str) -> bool {
+    id.len() <= 96 && id.split('/').count() <= 2 && valid_model_id(id)
+}
+
 /// Why a Hub API call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HubError {
@@ -148,7 +154,7 @@ impl HubApi {
     /// The providers serving `model`, its `pipeline_tag` and hf-inference
     /// state, in one call; `None` when the Hub does not know the model.
     pub async fn model_providers(&self, model: &str) -> Result<Option<ModelProviders>, HubError> {
-        if !valid_model_id(model) {
+        if !valid_hub_id(model) {
             return Err(HubError::ModelId(model.to_string()));
         }
         let url = format!(
@@ -218,7 +224,7 @@ impl HubApi {
 
     /// The model card's text (`README.md`), if the repository has one.
     pub async fn model_card(&self, model: &str) -> Result<Option<String>, HubError> {
-        if !valid_model_id(model) {
+        if !valid_hub_id(model) {
             return Err(HubError::ModelId(model.to_string()));
         }
         let url = format!("{}/{model}/resolve/main/README.md", self.endpoint);

@@ -259,11 +259,15 @@ impl HfBackend {
         wire: &WireRequest,
     ) -> Result<Reply, InferenceError> {
         let auth = self.config.token.as_ref().map(|t| format!("Bearer {t}"));
-        self.send_with(model, url, wire, auth.as_deref(), &[]).await
+        self.send_with(model, url, wire, auth.as_deref(), &[], false)
+            .await
     }
 
     /// [`Self::send`] with an explicit `Authorization` value and extra headers
-    /// (a provider called with its own key, `Prefer: wait`).
+    /// (a provider called with its own key, `Prefer: wait`). A `once`
+    /// request (submitting a billed job) is not repeated after a connection
+    /// failure or a server error, which may come after the job was accepted;
+    /// only a 429 (not accepted) is retried.
     pub(crate) async fn send_with(
         &self,
         model: &str,
@@ -271,8 +275,10 @@ impl HfBackend {
         wire: &WireRequest,
         authorization: Option<&str>,
         headers: &[(&str, &str)],
+        once: bool,
     ) -> Result<Reply, InferenceError> {
         let max_retries = self.config.max_retries;
+        let transient_retries = if once { 0 } else { max_retries };
         let mut retries = 0u32;
         let mut loading_since: Option<Instant> = None;
         loop {
@@ -314,7 +320,7 @@ impl HfBackend {
                 }
                 Err(err) => {
                     let message = error_chain(&err);
-                    if retries < max_retries {
+                    if retries < transient_retries {
                         let delay = self.backoff(retries);
                         retries += 1;
                         tracing::debug!(model, %message, ?delay, retries, "inference call failed; retrying");
@@ -366,7 +372,8 @@ impl HfBackend {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+            let retryable =
+                status == StatusCode::TOO_MANY_REQUESTS || (status.is_server_error() && !once);
             if retryable && retries < max_retries {
                 let delay = retry_after(&headers)
                     .map(|d| d.min(self.config.retry_max_delay))

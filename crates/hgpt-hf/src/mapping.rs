@@ -104,12 +104,25 @@ impl<'de> Deserialize<'de> for RawMapping {
 }
 
 impl RawMapping {
-    fn entries(&self) -> Result<Vec<ProviderEntry>, MappingError> {
+    /// The readable entries; one the Hub describes in a way hgpt does not
+    /// know (a new status, a missing field) is left out with a warning
+    /// instead of costing the model its other providers.
+    fn entries(&self) -> Vec<ProviderEntry> {
+        let read = |result: Result<ProviderEntry, MappingError>| match result {
+            Ok(entry) => Some(entry),
+            Err(err) => {
+                tracing::warn!(%err, "ignoring a provider mapping entry");
+                None
+            }
+        };
         match self {
-            RawMapping::List(items) => items.iter().map(|item| entry(None, item)).collect(),
+            RawMapping::List(items) => items
+                .iter()
+                .filter_map(|item| read(entry(None, item)))
+                .collect(),
             RawMapping::Object(pairs) => pairs
                 .iter()
-                .map(|(provider, value)| entry(Some(provider), value))
+                .filter_map(|(provider, value)| read(entry(Some(provider), value)))
                 .collect(),
         }
     }
@@ -162,7 +175,7 @@ pub fn parse_model_info(body: &[u8]) -> Result<ModelProviders, MappingError> {
         .map_err(|e| MappingError(format!("not a model info object: {e}")))?;
     Ok(ModelProviders {
         entries: match &info.mapping {
-            Some(raw) => raw.entries()?,
+            Some(raw) => raw.entries(),
             None => Vec::new(),
         },
         pipeline_tag: info
@@ -229,12 +242,42 @@ mod tests {
     }
 
     #[test]
+    fn entries_hgpt_cannot_read_are_left_out() {
+        let body = br#"{"inferenceProviderMapping": {
+            "fal-ai": {"status": "live", "task": "t"},
+            "together": {"status": "retired", "providerId": "p", "task": "t"},
+            "replicate": {"status": "live", "providerId": "r", "task": "t"}}}"#;
+        let info = parse_model_info(body).unwrap();
+        assert_eq!(info.entries.len(), 1);
+        assert_eq!(info.entries[0].provider, "replicate");
+        let cases = [
+            (
+                Some("fal-ai"),
+                r#"{"status": "live", "task": "t"}"#,
+                "providerId",
+            ),
+            (
+                Some("fal-ai"),
+                r#"{"status": "gone", "providerId": "p", "task": "t"}"#,
+                "status",
+            ),
+            (
+                None,
+                r#"{"providerId": "p", "task": "t", "status": "live"}"#,
+                "provider",
+            ),
+        ];
+        for (provider, bad, needle) in cases {
+            let value: Value = serde_json::from_str(bad).unwrap();
+            let err = entry(provider, &value).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
     fn unreadable_mappings_name_the_problem() {
         for (body, needle) in [
-            (&br#"{"inferenceProviderMapping": {"fal-ai": {"status": "live", "task": "t"}}}"#[..], "providerId"),
-            (br#"{"inferenceProviderMapping": {"fal-ai": {"status": "gone", "providerId": "p", "task": "t"}}}"#, "status"),
-            (br#"{"inferenceProviderMapping": [{"providerId": "p", "task": "t", "status": "live"}]}"#, "provider"),
-            (br#"{"inferenceProviderMapping": 3}"#, "mapping"),
+            (&br#"{"inferenceProviderMapping": 3}"#[..], "mapping"),
             (b"[1, 2]", "model info"),
             (b"<html>", "model info"),
         ] {

@@ -5,10 +5,11 @@
 
 use crate::directory::ProviderDirectory;
 use crate::hub::HubApi;
+use crate::hub::valid_hub_id;
 use crate::mapping::{MappingStatus, ModelProviders, ProviderEntry};
 use crate::providers::{Call, Provider, provider};
 use crate::request::is_local_only;
-use crate::{HfBackend, HfConfig, HfError, normalized_base, valid_model_id};
+use crate::{HfBackend, HfConfig, HfError, normalized_base};
 use async_trait::async_trait;
 use hgpt_core::backend::{
     Availability, InferenceBackend, InferenceError, InferenceRequest, MediaStore,
@@ -18,6 +19,7 @@ use hgpt_core::task::TaskKind;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The Hugging Face router.
@@ -250,7 +252,12 @@ impl RouterBackend {
         }
     }
 
-    fn call<'a>(&'a self, request: &'a InferenceRequest, route: &Route<'a>) -> Call<'a> {
+    fn call<'a>(
+        &'a self,
+        request: &'a InferenceRequest,
+        route: &Route<'a>,
+        deadline: Instant,
+    ) -> Call<'a> {
         let name = route.provider.name();
         let (base, via_router, authorization) = match self.router.provider_keys.get(name) {
             Some(key) => (
@@ -282,7 +289,8 @@ impl RouterBackend {
             http: &self.http,
             media: self.media.as_ref(),
             poll_interval: self.router.poll_interval,
-            deadline: Instant::now() + self.router.job_timeout,
+            deadline,
+            accepted: AtomicBool::new(false),
             job_timeout: self.router.job_timeout,
         }
     }
@@ -296,13 +304,15 @@ fn hf_inference_serves(task: TaskKind, providers: &ModelProviders) -> bool {
         return true;
     };
     let task = task.as_str();
-    tag == task
-        || (matches!(task, "feature-extraction" | "sentence-similarity")
-            && matches!(tag, "feature-extraction" | "sentence-similarity"))
-        || (matches!(
-            task,
-            "text-generation" | "conversational" | "text2text-generation"
-        ) && matches!(tag, "text-generation" | "text2text-generation"))
+    match tag {
+        "text-generation" => matches!(task, "text-generation" | "conversational"),
+        "text2text-generation" => matches!(task, "text-generation" | "text2text-generation"),
+        "image-text-to-text" => task == "conversational",
+        "feature-extraction" | "sentence-similarity" => {
+            matches!(task, "feature-extraction" | "sentence-similarity")
+        }
+        tag => tag == task,
+    }
 }
 
 #[async_trait]
@@ -351,7 +361,7 @@ impl InferenceBackend for RouterBackend {
         if is_local_only(task) {
             return Availability::Unavailable(format!("{task} runs on local models only"));
         }
-        if !valid_model_id(model) {
+        if !valid_hub_id(model) {
             return Availability::Unavailable(format!("invalid model id {model:?}"));
         }
         match self.directory.lookup(model).await.result {
@@ -378,7 +388,7 @@ impl InferenceBackend for RouterBackend {
                 request.task
             )));
         }
-        if !valid_model_id(model) {
+        if !valid_hub_id(model) {
             return Err(InferenceError::BadInput {
                 task: request.task,
                 message: format!("invalid model id {model:?}"),
@@ -389,16 +399,22 @@ impl InferenceBackend for RouterBackend {
             .routes(request.task, &providers)
             .map_err(InferenceError::Unsupported)?;
         let mut failures = Vec::new();
+        // One time limit for the task, whichever providers it takes.
+        let deadline = Instant::now() + self.router.job_timeout;
         for route in &routes {
             let name = route.provider.name();
             tracing::debug!(model, provider = name, task = %request.task, "hosted inference");
-            match route.provider.run(&self.call(request, route)).await {
+            let call = self.call(request, route, deadline);
+            match route.provider.run(&call).await {
                 Ok(output) => return Ok(output),
                 // Bad input fails on every provider alike; a timeout has
-                // used the task's time.
+                // used the task's time; a job the provider accepted may
+                // still run (and be billed): another provider would pay
+                // for the task twice.
                 Err(err @ (InferenceError::BadInput { .. } | InferenceError::Timeout { .. })) => {
                     return Err(err);
                 }
+                Err(err) if call.accepted.load(Ordering::Relaxed) => return Err(err),
                 Err(err) => {
                     tracing::debug!(model, provider = name, %err, "provider failed");
                     failures.push(err);

@@ -209,6 +209,29 @@ async fn mappings_are_fetched_once_and_cached_on_disk() {
 }
 
 #[tokio::test]
+async fn cache_files_from_the_future_or_beyond_time_are_not_trusted() {
+    let cache = tempfile::tempdir().unwrap();
+    let file = cache.path().join("black-forest-labs--FLUX.1-dev.json");
+    // 2096 and u64::MAX seconds: both claim "the Hub does not know it".
+    for stamp in [4_000_000_000u64, u64::MAX] {
+        let entry = serde_json::json!({"model": T2I, "fetched_at_unix": stamp, "providers": null});
+        std::fs::write(&file, entry.to_string()).unwrap();
+        let dir = cache.path().to_path_buf();
+        let s = setup_with(|router, _| router.mapping_cache_dir = Some(dir)).await;
+        assert_eq!(
+            s.backend.availability(TaskKind::TextToImage, T2I).await,
+            Availability::Available,
+            "stamp {stamp}"
+        );
+        assert_eq!(
+            s.fake.hub_calls().len(),
+            1,
+            "stamp {stamp}: asked the Hub again"
+        );
+    }
+}
+
+#[tokio::test]
 async fn hf_inference_goes_through_the_router() {
     let s = setup().await;
     let output = s
@@ -484,6 +507,56 @@ async fn bad_provider_answers_fail_clearly() {
     };
     let err = failure("fal-ai", TaskKind::TextToImage, T2I, text("x"), not_media).await;
     assert!(err.to_string().contains("image"), "{err}");
+}
+
+#[tokio::test]
+async fn polls_ride_out_an_overloaded_gateway() {
+    for (provider, task, model) in [
+        ("fal-ai", TaskKind::TextToVideo, T2V),
+        ("replicate", TaskKind::TextToImage, T2I),
+        ("together", TaskKind::TextToVideo, T2V),
+    ] {
+        let s = setup_with(|router, _| router.providers = only(&[provider])).await;
+        s.fake.set_faults(Faults {
+            flaky_polls: 3,
+            ..Faults::default()
+        });
+        let output = s
+            .backend
+            .infer(&request(task, model, text("a fox")))
+            .await
+            .unwrap_or_else(|e| panic!("{provider}: {e}"));
+        assert!(matches!(output, InferenceOutput::Media(_)), "{provider}");
+        let posts = s.fake.calls().iter().filter(|c| c.method == "POST").count();
+        assert_eq!(posts, 1, "{provider}: the job was submitted once");
+    }
+}
+
+#[tokio::test]
+async fn an_accepted_job_that_fails_is_not_paid_for_twice() {
+    let s = setup_with(|router, _| router.providers = only(&["fal-ai", "together"])).await;
+    s.fake.set_faults(Faults {
+        jobs_fail: true,
+        ..Faults::default()
+    });
+    let err = s
+        .backend
+        .infer(&request(TaskKind::TextToVideo, T2V, text("a fox")))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("GPU worker crashed"), "{err}");
+    let posts: Vec<_> = s
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "POST")
+        .map(|c| c.path)
+        .collect();
+    assert_eq!(
+        posts.len(),
+        1,
+        "no second provider after fal-ai accepted the job: {posts:?}"
+    );
 }
 
 #[tokio::test]

@@ -65,6 +65,9 @@ pub struct Faults {
     pub results_not_media: bool,
     /// How many status polls say "still running" before a job completes.
     pub polls_before_done: usize,
+    /// How many status polls (of all jobs) first answer 503, as a gateway
+    /// under load does.
+    pub flaky_polls: usize,
 }
 
 struct Shared {
@@ -79,6 +82,7 @@ struct Shared {
     polls: Mutex<BTreeMap<String, usize>>,
     results: Mutex<BTreeMap<String, Value>>,
     jobs: AtomicUsize,
+    flaky_answered: AtomicUsize,
 }
 
 /// A running fake Hub API and router. Dropping it stops it.
@@ -134,6 +138,7 @@ impl FakeRouter {
             polls: Mutex::new(BTreeMap::new()),
             results: Mutex::new(BTreeMap::new()),
             jobs: AtomicUsize::new(0),
+            flaky_answered: AtomicUsize::new(0),
         });
         let app = Router::new()
             .fallback(handle)
@@ -259,6 +264,13 @@ async fn handle(
             Some(task) => canned_reply(task).into_response(),
             None => not_found(model),
         };
+    }
+    let is_poll = call.method == "GET"
+        && ["/fal-ai/", "/replicate/", "/together/"]
+            .iter()
+            .any(|p| path.starts_with(p));
+    if is_poll && shared.flaky_answered.fetch_add(1, Ordering::Relaxed) < faults.flaky_polls {
+        return json_reply(503, json!({"error": "upstream overloaded"}));
     }
     if let Some(rest) = path.strip_prefix("/fal-ai/") {
         return fal_ai(&shared, rest, &call, &faults);

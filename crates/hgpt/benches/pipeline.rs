@@ -143,9 +143,11 @@ async fn overhead(width: usize, iterations: usize) {
     );
 }
 
-async fn end_to_end(llm_latency: Duration, task_latency: Duration, runs: usize) {
+/// A controller that plans three 4-task chains, picks the first candidate
+/// and answers "done", each call after `llm_latency`.
+async fn controller(llm_latency: Duration) -> FakeLlm {
     let plan = layered_plan(3);
-    let controller = FakeLlm::from_fn(move |call| {
+    FakeLlm::from_fn(move |call| {
         let system = call.system();
         let text = if system.starts_with("#1") {
             plan.clone()
@@ -159,7 +161,11 @@ async fn end_to_end(llm_latency: Duration, task_latency: Duration, runs: usize) 
         };
         LlmReply::text(text).with_delay(llm_latency)
     })
-    .await;
+    .await
+}
+
+async fn end_to_end(llm_latency: Duration, task_latency: Duration, runs: usize) {
+    let controller = controller(llm_latency).await;
     let inference = FakeHf::start(Arc::new(move |call: &hgpt_testkit::hf::HfCall| {
         if call.is_status {
             return HfReply::status_loaded(true);
@@ -238,22 +244,7 @@ async fn hosted_end_to_end(
     hub_latency: Duration,
     runs: usize,
 ) {
-    let plan = layered_plan(3);
-    let controller = FakeLlm::from_fn(move |call| {
-        let system = call.system();
-        let text = if system.starts_with("#1") {
-            plan.clone()
-        } else if system.starts_with("#2") {
-            format!(
-                "{{\"id\": \"{}\", \"reason\": \"first\"}}",
-                call.first_candidate()
-            )
-        } else {
-            "done".to_string()
-        };
-        LlmReply::text(text).with_delay(llm_latency)
-    })
-    .await;
+    let controller = controller(llm_latency).await;
     let models = catalog()
         .entries()
         .iter()

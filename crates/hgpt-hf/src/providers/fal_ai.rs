@@ -78,8 +78,10 @@ impl Provider for FalAi {
             .filter(|job| valid_job_id(job))
             .ok_or_else(|| call.malformed("the queue answered no usable request_id"))?
             .to_string();
+        call.mark_accepted();
         let job_path = match text_field(&submitted, "response_url") {
             Some(url) => response_path(url)
+                .filter(|path| path.ends_with(&format!("/requests/{job}")))
                 .ok_or_else(|| call.malformed(format!("unusable response_url {url:?}")))?,
             None => format!("/{id}/requests/{job}"),
         };
@@ -148,6 +150,8 @@ fn payload(call: &Call<'_>) -> Result<Value, InferenceError> {
     }
     body.extend(params);
     if task == TaskKind::TextToImage
+        && body.contains_key("width")
+        && body.contains_key("height")
         && let (Some(width), Some(height)) = (body.remove("width"), body.remove("height"))
     {
         body.insert(
@@ -202,15 +206,8 @@ fn response_path(url: &str) -> Option<String> {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let path = &rest[rest.find('/')?..];
     let path = path.split(['?', '#']).next().unwrap_or(path);
-    let safe = path.len() > 1
-        && path.split('/').skip(1).all(|segment| {
-            !segment.is_empty()
-                && segment != "."
-                && segment != ".."
-                && segment
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        });
+    // The same characters as a Hub id, segment by segment.
+    let safe = path.strip_prefix('/').is_some_and(crate::valid_model_id);
     safe.then(|| path.to_string())
 }
 

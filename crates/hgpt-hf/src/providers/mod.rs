@@ -20,6 +20,7 @@ use hgpt_core::output::{Blob, InferenceOutput};
 use hgpt_core::task::{ResourceKind, TaskKind};
 use reqwest::header::AUTHORIZATION;
 use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// One provider behind the router.
@@ -76,8 +77,11 @@ pub(crate) struct Call<'a> {
     pub media: &'a dyn MediaStore,
     /// Between two polls of a queued job.
     pub poll_interval: Duration,
-    /// When a queued job is given up.
+    /// When the task is given up, over all its requests and polls.
     pub deadline: Instant,
+    /// Set once the provider accepted a job (it has an id): failing over to
+    /// another provider from then on could pay for the task twice.
+    pub accepted: AtomicBool,
     /// The job time limit (for messages).
     pub job_timeout: Duration,
 }
@@ -111,7 +115,9 @@ impl Call<'_> {
         self.post(path, &wire, headers).await
     }
 
-    /// POST a wire request to `{base}{path}`.
+    /// POST a wire request to `{base}{path}`, within the deadline. Requests
+    /// to third-party providers start billed work: they are not repeated
+    /// after a failure that may come after the provider accepted them.
     pub async fn post(
         &self,
         path: &str,
@@ -120,16 +126,19 @@ impl Call<'_> {
     ) -> Result<crate::Reply, InferenceError> {
         let url = format!("{}{path}", self.base);
         tracing::debug!(provider = self.entry.provider, %url, "provider call");
-        let reply = self
-            .http
-            .send_with(
-                self.model(),
-                &url,
-                wire,
-                self.authorization.as_deref(),
-                headers,
-            )
-            .await?;
+        let once = self.entry.provider != "hf-inference";
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let send = self.http.send_with(
+            self.model(),
+            &url,
+            wire,
+            self.authorization.as_deref(),
+            headers,
+            once,
+        );
+        let reply = tokio::time::timeout(remaining, send)
+            .await
+            .map_err(|_| self.timeout())??;
         if let Some(message) = error_in_success(&reply.body) {
             return Err(InferenceError::Server {
                 model: self.model().to_string(),
@@ -166,9 +175,27 @@ impl Call<'_> {
         }
     }
 
+    /// Record that the provider accepted a job.
+    pub fn mark_accepted(&self) {
+        self.accepted.store(true, Ordering::Relaxed);
+    }
+
     /// GET `{base}{path}` (a job's status or result), as a JSON object; a
-    /// 404 names the job as unknown.
+    /// 404 names the job as unknown. Connection failures, 429s and server
+    /// errors are retried each poll interval until the deadline.
     pub async fn get_json(&self, path: &str, job: &str) -> Result<Value, InferenceError> {
+        loop {
+            match self.get_json_once(path, job).await {
+                Err(err) if transient(&err) && self.deadline > Instant::now() => {
+                    tracing::debug!(provider = self.entry.provider, %err, "poll failed; retrying");
+                    self.wait_for_next_poll().await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn get_json_once(&self, path: &str, job: &str) -> Result<Value, InferenceError> {
         let url = format!("{}{path}", self.base);
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         let mut request = self
@@ -236,7 +263,8 @@ impl Call<'_> {
         if remaining.is_zero() {
             return Err(self.timeout());
         }
-        tokio::time::sleep(self.poll_interval.min(remaining)).await;
+        let interval = self.poll_interval.max(MIN_POLL_INTERVAL);
+        tokio::time::sleep(interval.min(remaining)).await;
         Ok(())
     }
 
@@ -291,6 +319,19 @@ impl Call<'_> {
     }
 }
 
+/// The shortest pause between two polls, whatever the configuration says.
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Whether a poll's failure may pass: no answer, rate limited, or a gateway
+/// or overload status (a 500 is the job's own failure, reported at once).
+fn transient(err: &InferenceError) -> bool {
+    match err {
+        InferenceError::Transport { .. } => true,
+        InferenceError::Server { status, .. } => matches!(*status, 429 | 502 | 503 | 504),
+        _ => false,
+    }
+}
+
 /// A URL cut for messages (data URLs are long).
 fn short(url: &str) -> String {
     if url.len() <= 80 {
@@ -337,9 +378,27 @@ pub(crate) fn data_url(blob: &Blob, default_mime: &str) -> String {
     format!("data:{mime};base64,{}", B64.encode(&blob.bytes))
 }
 
-/// The task's parameters (as hf-inference takes them) as a JSON object.
+/// The task's parameters (as hf-inference takes them) as a JSON object,
+/// nulls dropped at every depth (as the Python client's `filter_none`).
 pub(crate) fn parameters(request: &InferenceRequest) -> serde_json::Map<String, Value> {
     crate::request::parameters(request.task, &request.args)
+        .into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| (k, without_nulls(v)))
+        .collect()
+}
+
+fn without_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_nulls).collect()),
+        other => other,
+    }
 }
 
 /// A string field of a JSON object.

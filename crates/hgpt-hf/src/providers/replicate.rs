@@ -81,6 +81,7 @@ impl Provider for Replicate {
                         .filter(|job| valid_job_id(job))
                         .ok_or_else(|| call.malformed("a running prediction without a usable id"))?
                         .to_string();
+                    call.mark_accepted();
                     call.wait_for_next_poll().await?;
                     prediction = call
                         .get_json(&format!("/v1/predictions/{job}"), &job)

@@ -39,15 +39,28 @@ impl Provider for Together {
         let task = request.task;
         let model = call.entry.provider_id.clone();
         let mut params = parameters(request);
-        if let Some(steps) = params.remove("num_inference_steps") {
+        // Images and videos take `steps` (speech keeps its parameters).
+        if task != TaskKind::TextToSpeech
+            && let Some(steps) = params.remove("num_inference_steps")
+        {
             params.insert("steps".into(), steps);
+        }
+        if task == TaskKind::TextToVideo
+            && let Some(size) = params.remove("target_size")
+        {
+            for side in ["width", "height"] {
+                if let Some(value) = size.get(side) {
+                    params.insert(side.into(), value.clone());
+                }
+            }
         }
         match task {
             TaskKind::TextToSpeech => {
                 let mut body = Map::new();
                 body.insert("input".into(), json!(require_text(task, &request.args)?));
-                body.insert("model".into(), json!(model));
                 body.extend(params);
+                // Last: a parameter must not pick another model.
+                body.insert("model".into(), json!(model));
                 let reply = call
                     .post_json("/v1/audio/speech", Value::Object(body), &[])
                     .await?;
@@ -58,8 +71,8 @@ impl Provider for Together {
             TaskKind::TextToVideo => {
                 let mut body = Map::new();
                 body.insert("prompt".into(), json!(require_text(task, &request.args)?));
-                body.insert("model".into(), json!(model));
                 body.extend(params);
+                body.insert("model".into(), json!(model));
                 video(call, Value::Object(body)).await
             }
             _ => {
@@ -109,6 +122,7 @@ async fn video(call: &Call<'_>, body: Value) -> Result<InferenceOutput, Inferenc
         .filter(|id| valid_job_id(id))
         .ok_or_else(|| call.malformed("the video job has no usable id"))?
         .to_string();
+    call.mark_accepted();
     loop {
         match text_field(&job, "status") {
             None | Some("queued") | Some("in_progress") => {
