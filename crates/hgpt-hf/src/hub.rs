@@ -10,6 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// The largest Hub API answer read (a listing of a few hundred models with
+/// their configs is a few MiB; a model card rarely 100 KiB).
+const MAX_ANSWER_BYTES: usize = 32 << 20;
+
 /// The public Hub.
 pub const DEFAULT_HUB_ENDPOINT: &str = "https://huggingface.co";
 
@@ -136,11 +140,27 @@ impl HubApi {
             endpoint: self.endpoint.clone(),
             message: error_chain(&err),
         };
-        let response = request.send().await.map_err(transport)?;
+        let mut response = request.send().await.map_err(transport)?;
         let status = response.status();
-        let body = response.bytes().await.map_err(transport)?;
+        let too_big = || HubError::Malformed {
+            what: what.to_string(),
+            message: format!("the answer is over {} MiB", MAX_ANSWER_BYTES >> 20),
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+        {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
         tracing::debug!(what, status = status.as_u16(), "Hub API call");
-        Ok((status, body))
+        Ok((status, bytes::Bytes::from(body)))
     }
 
     fn status_error(what: &str, status: StatusCode, body: &[u8]) -> HubError {
