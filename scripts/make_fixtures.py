@@ -12,6 +12,10 @@ deterministically (fixed seeds, one CPU thread, no network):
   logits and the transformers pipeline outputs for them.
 * vit-imgcls-bin/: vit-imgcls's weights as pytorch_model.bin only (a repository without
   safetensors).
+* audio/: a 0.1 s stereo tone as WAV, FLAC, OGG/Vorbis and MP3 (written by soundfile), with
+  soundfile's decoding of each, and resampling references: torchaudio's `resample`
+  (windowed sinc, Hann window), which transformers' speech pipelines call, ported line by line
+  to torch ops here because torchaudio has no build for this torch.
 
 Usage (see scripts/requirements-fixtures.txt for the pinned packages):
 
@@ -139,6 +143,7 @@ GENERATED = [
     "dpt-depth",
     "dpt-hybrid-depth",
     "depth-anything-depth",
+    "audio",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -1882,6 +1887,75 @@ def make_depth_anything(folder: Path, images_dir: Path) -> None:
     }))
 
 
+def torchaudio_resample(waveform: torch.Tensor, orig_freq: int, new_freq: int,
+                        lowpass_filter_width: int = 6, rolloff: float = 0.99) -> torch.Tensor:
+    """torchaudio.functional.resample (sinc_interp_hann) for a 1-D float32 waveform, as
+    torchaudio 2.x computes it: the kernel in the waveform's dtype, one conv1d."""
+    gcd = math.gcd(orig_freq, new_freq)
+    orig, new = orig_freq // gcd, new_freq // gcd
+    dtype = waveform.dtype
+    base_freq = min(orig, new) * rolloff
+    width = math.ceil(lowpass_filter_width * orig / base_freq)
+    idx = torch.arange(-width, width + orig, dtype=dtype)[None, None] / orig
+    t = torch.arange(0, -new, -1, dtype=dtype)[:, None, None] / new + idx
+    t *= base_freq
+    t = t.clamp_(-lowpass_filter_width, lowpass_filter_width)
+    window = torch.cos(t * math.pi / lowpass_filter_width / 2) ** 2
+    t *= math.pi
+    scale = base_freq / orig
+    kernels = torch.where(t == 0, torch.tensor(1.0).to(t), t.sin() / t)
+    kernels *= window * scale
+    length = waveform.shape[-1]
+    padded = torch.nn.functional.pad(waveform[None], (width, width + orig))
+    out = torch.nn.functional.conv1d(padded[:, None], kernels, stride=orig)
+    out = out.transpose(1, 2).reshape(1, -1)
+    target = math.ceil(new * length / orig)
+    return out[0, :target]
+
+
+def make_audio(folder: Path) -> None:
+    """A 0.1 s stereo tone (440 Hz left, 660 Hz right, 44.1 kHz) in four formats with
+    soundfile's decoding of each (channels averaged), and resampling references."""
+    import soundfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rate = 44_100
+    n = int(rate * 0.1)
+    time = np.arange(n) / rate
+    stereo = np.stack([0.5 * np.sin(2 * np.pi * 440 * time),
+                       0.3 * np.sin(2 * np.pi * 660 * time)], axis=1).astype(np.float32)
+    files = {
+        "tone.wav": ("WAV", "PCM_16"),
+        "tone.flac": ("FLAC", "PCM_16"),
+        "tone.ogg": ("OGG", "VORBIS"),
+        "tone.mp3": ("MP3", "MPEG_LAYER_III"),
+    }
+    decoded = {}
+    for name, (fmt, subtype) in files.items():
+        path = folder / name
+        soundfile.write(path, stereo, rate, format=fmt, subtype=subtype)
+        data, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
+        decoded[name] = {"rate": file_rate, "samples": F32(data.mean(axis=1))}
+
+    rng = np.random.default_rng(seed_for("audio-resample"))
+    cases = []
+    for orig_freq, new_freq in [(44_100, 16_000), (22_050, 16_000), (8_000, 16_000),
+                                (48_000, 16_000), (16_000, 22_050)]:
+        count = orig_freq // 20
+        t = np.arange(count) / orig_freq
+        signal = (0.4 * np.sin(2 * np.pi * (200 + 3000 * t) * t)
+                  + 0.05 * rng.standard_normal(count)).astype(np.float32)
+        output = torchaudio_resample(torch.from_numpy(signal), orig_freq, new_freq)
+        cases.append({"from": orig_freq, "to": new_freq, "input": F32(signal),
+                      "output": F32(output)})
+    write_json(folder / "expected.json", {
+        "versions": {**versions(), "soundfile": soundfile.__version__,
+                     "libsndfile": soundfile.__libsndfile_version__},
+        "decoded": decoded,
+        "resample": cases,
+    })
+
+
 def make_vit_bin(vit_folder: Path, folder: Path) -> None:
     """vit-imgcls as a repository without safetensors: the same weights as PyTorch's
     pytorch_model.bin (torch.save's zip format), with its config, processor config and
@@ -1959,6 +2033,8 @@ def main() -> None:
     make_detr_timm(out / "detr-det", out / "detr-det-timm")
     print("writing detr-panoptic", file=sys.stderr)
     make_detr_panoptic(out / "detr-panoptic", out / "images")
+    print("writing audio", file=sys.stderr)
+    make_audio(out / "audio")
     if not args.skip_minilm:
         print("writing minilm", file=sys.stderr)
         make_minilm(out / "minilm", args.hub_dir)
