@@ -12,6 +12,11 @@ deterministically (fixed seeds, one CPU thread, no network):
   logits and the transformers pipeline outputs for them.
 * vit-imgcls-bin/: vit-imgcls's weights as pytorch_model.bin only (a repository without
   safetensors).
+* wav2vec2-ctc/, wav2vec2-ctc-stable/, wav2vec2-audiocls/: tiny wav2vec2 checkpoints (group-norm
+  feature encoder with post-norm layers as in wav2vec2-base; layer-norm encoder with pre-norm
+  layers as in the large and XLSR models, its positional convolution saved with the old
+  weight_g / weight_v names; a sequence classification head), clips as 16 kHz WAV files, and
+  the transformers speech-recognition and audio-classification pipeline outputs.
 * audio/: a 0.1 s stereo tone as WAV, FLAC, OGG/Vorbis and MP3 (written by soundfile), with
   soundfile's decoding of each, and resampling references: torchaudio's `resample`
   (windowed sinc, Hann window), which transformers' speech pipelines call, ported line by line
@@ -102,6 +107,12 @@ from transformers import (
     ViTImageProcessor,
     VisionEncoderDecoderConfig,
     VisionEncoderDecoderModel,
+    Wav2Vec2Config,
+    Wav2Vec2CTCTokenizer,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForCTC,
+    Wav2Vec2ForSequenceClassification,
+    Wav2Vec2Processor,
     YolosConfig,
     YolosForObjectDetection,
     YolosImageProcessor,
@@ -144,6 +155,9 @@ GENERATED = [
     "dpt-hybrid-depth",
     "depth-anything-depth",
     "audio",
+    "wav2vec2-ctc",
+    "wav2vec2-ctc-stable",
+    "wav2vec2-audiocls",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -1956,6 +1970,115 @@ def make_audio(folder: Path) -> None:
     })
 
 
+W2V_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "O", "N", "I", "H", "S", "R",
+             "D", "L", "'"]
+W2V_LABELS = {0: "neutral", 1: "happy", 2: "sad", 3: "angry"}
+
+
+def w2v_clips(folder: Path) -> list[str]:
+    """Three 16 kHz mono clips as 16-bit WAV (a chirp, tones in noise, a short burst);
+    returns their file names."""
+    import soundfile
+
+    rng = np.random.default_rng(seed_for("wav2vec2-clips"))
+    rate = 16_000
+    clips = {}
+    t = np.arange(int(rate * 0.6)) / rate
+    clips["chirp.wav"] = 0.5 * np.sin(2 * np.pi * (150 + 900 * t) * t)
+    t = np.arange(rate) / rate
+    clips["tones.wav"] = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 1250 * t)
+                          + 0.05 * rng.standard_normal(t.size))
+    clips["burst.wav"] = 0.4 * rng.standard_normal(int(rate * 0.2)) * np.hanning(int(rate * 0.2))
+    for name, samples in clips.items():
+        soundfile.write(folder / name, samples.astype(np.float32), rate, subtype="PCM_16")
+    return list(clips)
+
+
+def w2v_config(stable: bool, **extra) -> Wav2Vec2Config:
+    return Wav2Vec2Config(
+        vocab_size=len(W2V_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=37, conv_dim=(16, 16, 16), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3),
+        conv_bias=stable, feat_extract_norm="layer" if stable else "group",
+        do_stable_layer_norm=stable, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+        pad_token_id=0, apply_spec_augment=False, layerdrop=0.0, initializer_range=INIT_RANGE,
+        **extra)
+
+
+def w2v_processor(work: Path) -> Wav2Vec2Processor:
+    vocab = work / "w2v-vocab.json"
+    vocab.write_text(json.dumps({t: i for i, t in enumerate(W2V_VOCAB)}), encoding="utf-8")
+    tokenizer = Wav2Vec2CTCTokenizer(str(vocab), unk_token="<unk>", pad_token="<pad>",
+                                     word_delimiter_token="|")
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16_000, padding_value=0.0,
+                                         do_normalize=True, return_attention_mask=False)
+    return Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer)
+
+
+def rename_weight_norm(folder: Path) -> None:
+    """Save the positional convolution's weight norm under the old names (weight_g,
+    weight_v) that most Hub checkpoints use."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    renamed = {k.replace("parametrizations.weight.original0", "weight_g")
+               .replace("parametrizations.weight.original1", "weight_v"): v
+               for k, v in tensors.items()}
+    save_file(renamed, path, metadata={"format": "pt"})
+
+
+def make_wav2vec2(out: Path, work: Path) -> None:
+    clips_dir = out / "wav2vec2-ctc"
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    names = w2v_clips(clips_dir)
+    import soundfile
+    clips = {n: soundfile.read(clips_dir / n, dtype="float32")[0] for n in names}
+    processor = w2v_processor(work)
+    for name, stable in (("wav2vec2-ctc", False), ("wav2vec2-ctc-stable", True)):
+        folder = out / name
+        model = build_model(Wav2Vec2ForCTC, w2v_config(stable), name)
+        save_checkpoint(model, processor, folder)
+        if stable:
+            rename_weight_norm(folder)
+        asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
+                       feature_extractor=processor.feature_extractor, device="cpu")
+        cases = []
+        for clip, samples in clips.items():
+            inputs = processor.feature_extractor(samples, sampling_rate=16_000, return_tensors="pt")
+            with torch.no_grad():
+                logits = model(inputs.input_values).logits[0]
+            ids = logits.argmax(-1).tolist()
+            case = {"clip": clip, "frames": logits.shape[0], "predicted_ids": ids,
+                    "pipeline": plain(asr(samples.copy()))}
+            if clip == "burst.wav":
+                case["input_values"] = F32(inputs.input_values[0])
+                case["logits"] = F32(logits)
+            cases.append(case)
+        write_json(folder / "expected.json", {
+            **meta(name, "automatic-speech-recognition", model,
+                   {"clips_folder": "wav2vec2-ctc", "stable_layer_norm": stable}),
+            "cases": cases,
+        })
+    name = "wav2vec2-audiocls"
+    folder = out / name
+    config = w2v_config(False, classifier_proj_size=8, **label_kwargs(W2V_LABELS))
+    model = build_model(Wav2Vec2ForSequenceClassification, config, name)
+    save_checkpoint(model, processor.feature_extractor, folder)
+    classify = pipeline("audio-classification", model=model,
+                        feature_extractor=processor.feature_extractor, device="cpu")
+    cases = []
+    for clip, samples in clips.items():
+        inputs = processor.feature_extractor(samples, sampling_rate=16_000, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(inputs.input_values).logits[0]
+        cases.append({"clip": clip, "logits": F32(logits),
+                      "pipeline": plain(classify(samples.copy(), top_k=4))})
+    write_json(folder / "expected.json", {
+        **meta(name, "audio-classification", model, {"clips_folder": "wav2vec2-ctc"}),
+        "cases": cases,
+    })
+
+
 def make_vit_bin(vit_folder: Path, folder: Path) -> None:
     """vit-imgcls as a repository without safetensors: the same weights as PyTorch's
     pytorch_model.bin (torch.save's zip format), with its config, processor config and
@@ -2035,6 +2158,9 @@ def main() -> None:
     make_detr_panoptic(out / "detr-panoptic", out / "images")
     print("writing audio", file=sys.stderr)
     make_audio(out / "audio")
+    with tempfile.TemporaryDirectory() as tmp:
+        print("writing wav2vec2-ctc, wav2vec2-ctc-stable, wav2vec2-audiocls", file=sys.stderr)
+        make_wav2vec2(out, Path(tmp))
     if not args.skip_minilm:
         print("writing minilm", file=sys.stderr)
         make_minilm(out / "minilm", args.hub_dir)

@@ -20,6 +20,7 @@ pub mod pull;
 pub mod safetensors;
 pub mod text;
 pub mod vision;
+pub mod wav2vec2;
 
 pub use backend::{AutoPull, LoadedModel, LocalBackend, LocalConfig};
 pub use error::LocalError;

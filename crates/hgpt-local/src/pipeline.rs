@@ -389,6 +389,27 @@ pub static FAMILIES: &[Family] = &[
             )?))
         },
     },
+    Family {
+        name: "wav2vec2",
+        model_types: &["wav2vec2"],
+        heads: &[
+            (
+                Head::Class("Wav2Vec2ForCTC"),
+                TaskKind::AutomaticSpeechRecognition,
+            ),
+            (
+                Head::Class("Wav2Vec2ForSequenceClassification"),
+                TaskKind::AudioClassification,
+            ),
+        ],
+        parts: None,
+        backbones: &[],
+        load: |task, files, device| {
+            Ok(Box::new(crate::wav2vec2::Wav2Vec2Pipeline::load(
+                task, files, device,
+            )?))
+        },
+    },
 ];
 
 /// Load the pipeline serving `task` for a cached model.

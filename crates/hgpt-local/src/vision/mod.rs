@@ -21,7 +21,7 @@
 //!   (DPT, Depth Anything), which run their necks on the channels-last
 //!   convolutions and resizes of `conv`.
 
-mod attention;
+pub(crate) mod attention;
 mod bit;
 pub mod blip;
 pub mod caption;
@@ -31,7 +31,7 @@ pub mod depth;
 pub mod detection;
 pub mod detr;
 pub mod dpt;
-mod encoder;
+pub(crate) mod encoder;
 pub mod gpt2;
 pub mod panoptic;
 pub mod preprocess;

@@ -287,6 +287,31 @@ def check_depth_estimation(url, model_id, expected, fixtures):
     return ["depth-estimation"]
 
 
+def read_clip(fixtures, expected, case):
+    with open(os.path.join(fixtures, expected["clips_folder"], case["clip"]), "rb") as f:
+        return f.read()
+
+
+def check_speech_recognition(client, model_id, expected, fixtures):
+    for case in expected["cases"]:
+        what = f"{model_id} {case['clip']}"
+        # Raw WAV bytes without a Content-Type, as the client sends them.
+        got = client.automatic_speech_recognition(read_clip(fixtures, expected, case))
+        check(got.text == case["pipeline"]["text"], f"{what}: {got.text!r} != {case['pipeline']['text']!r}")
+    return ["automatic-speech-recognition"]
+
+
+def check_audio_classification(client, model_id, expected, fixtures):
+    for case in expected["cases"]:
+        what = f"{model_id} {case['clip']}"
+        audio = read_clip(fixtures, expected, case)
+        # The model has four labels: the default top 5 is all of them.
+        same_labels(client.audio_classification(audio), case["pipeline"], what)
+        # With parameters: JSON with the audio as base64.
+        same_labels(client.audio_classification(audio, top_k=2), case["pipeline"][:2], what + " top_k=2")
+    return ["audio-classification"]
+
+
 def run_checks(client, model, fixtures, url):
     task = model["task"]
     model_id = model["id"]
@@ -316,6 +341,10 @@ def run_checks(client, model, fixtures, url):
         return check_visual_question_answering(client, model_id, expected, fixtures)
     if task == "depth-estimation":
         return check_depth_estimation(url, model_id, expected, fixtures)
+    if task == "automatic-speech-recognition":
+        return check_speech_recognition(client, model_id, expected, fixtures)
+    if task == "audio-classification":
+        return check_audio_classification(client, model_id, expected, fixtures)
     raise CheckFailed(f"{model_id}: the server serves {task} and this script has no check for it; add one")
 
 

@@ -1,0 +1,771 @@
+//! wav2vec2: speech recognition with a CTC head (`Wav2Vec2ForCTC`, greedy
+//! CTC decoding as `Wav2Vec2CTCTokenizer` does it) and audio classification
+//! (`Wav2Vec2ForSequenceClassification`), as the transformers pipelines run
+//! them: the waveform at the feature extractor's rate, normalised to zero
+//! mean and unit variance, through the convolutional feature encoder, the
+//! positional convolution and the transformer encoder (post-norm layers as
+//! in wav2vec2-base, pre-norm "stable" layers as in the large and XLSR
+//! models).
+
+use crate::audio;
+use crate::error::{LocalError, bad_input};
+use crate::files::{ModelFiles, WEIGHTS};
+use crate::kernels::{Dense, Epilogue, dense_activation};
+use crate::pipeline::Pipeline;
+use crate::text::postprocess::ScoreFunction;
+use crate::vision::attention::self_attention;
+use candle_core::{D, Device, Result, Tensor};
+use candle_nn::{Activation, LayerNorm, VarBuilder, layer_norm};
+use hgpt_core::backend::ResolvedArgs;
+use hgpt_core::output::{InferenceOutput, ScoredLabel};
+use hgpt_core::task::TaskKind;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+/// Longest audio accepted, in seconds (wav2vec2 attends over all of it at
+/// once; the pipelines chunk only when asked).
+const MAX_SECONDS: u32 = 600;
+/// Labels returned by default (the audio-classification pipeline's `top_k`).
+const DEFAULT_TOP_K: usize = 5;
+
+fn default_true() -> bool {
+    true
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_proj() -> usize {
+    256
+}
+fn default_gelu() -> Activation {
+    Activation::Gelu
+}
+
+/// The parts of `config.json` the model needs.
+#[derive(Debug, Clone, Deserialize)]
+struct Config {
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    #[serde(default = "default_gelu")]
+    hidden_act: Activation,
+    conv_dim: Vec<usize>,
+    conv_kernel: Vec<usize>,
+    conv_stride: Vec<usize>,
+    #[serde(default)]
+    conv_bias: bool,
+    #[serde(default)]
+    feat_extract_norm: Option<String>,
+    #[serde(default = "default_gelu")]
+    feat_extract_activation: Activation,
+    #[serde(default)]
+    do_stable_layer_norm: bool,
+    num_conv_pos_embeddings: usize,
+    num_conv_pos_embedding_groups: usize,
+    #[serde(default = "default_eps")]
+    layer_norm_eps: f64,
+    #[serde(default)]
+    pad_token_id: Option<u32>,
+    #[serde(default = "default_vocab")]
+    vocab_size: usize,
+    #[serde(default = "default_proj")]
+    classifier_proj_size: usize,
+    #[serde(default)]
+    use_weighted_layer_sum: bool,
+    #[serde(default)]
+    id2label: BTreeMap<String, String>,
+    #[serde(default)]
+    problem_type: Option<String>,
+}
+
+/// `preprocessor_config.json`.
+#[derive(Debug, Clone, Deserialize)]
+struct FeatureExtractor {
+    #[serde(default = "default_rate")]
+    sampling_rate: u32,
+    #[serde(default = "default_true")]
+    do_normalize: bool,
+}
+
+fn default_vocab() -> usize {
+    32
+}
+
+fn default_rate() -> u32 {
+    16_000
+}
+
+/// One convolution of the feature encoder and what follows it.
+#[derive(Debug, Clone)]
+struct ConvLayer {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    norm: ConvNorm,
+}
+
+#[derive(Debug, Clone)]
+enum ConvNorm {
+    None,
+    /// GroupNorm with one group per channel: each channel over time.
+    PerChannel {
+        weight: Tensor,
+        bias: Tensor,
+    },
+    /// LayerNorm over the channels of each frame.
+    Layer(LayerNorm),
+}
+
+/// One transformer layer.
+#[derive(Debug, Clone)]
+struct Layer {
+    qkv: Dense,
+    out: Dense,
+    layer_norm: LayerNorm,
+    intermediate: Dense,
+    output: Dense,
+    final_layer_norm: LayerNorm,
+}
+
+/// The encoder model shared by both heads.
+#[derive(Debug, Clone)]
+struct Wav2Vec2 {
+    convs: Vec<ConvLayer>,
+    conv_activation: Activation,
+    projection_norm: LayerNorm,
+    projection: Dense,
+    pos_conv_weight: Tensor,
+    pos_conv_bias: Tensor,
+    pos_conv_groups: usize,
+    pos_conv_kernel: usize,
+    encoder_norm: LayerNorm,
+    layers: Vec<Layer>,
+    stable: bool,
+    heads: usize,
+    activation: Activation,
+}
+
+const GROUP_NORM_EPS: f64 = 1e-5;
+
+impl Wav2Vec2 {
+    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let layers_count = cfg.conv_dim.len();
+        if cfg.conv_kernel.len() != layers_count || cfg.conv_stride.len() != layers_count {
+            candle_core::bail!("conv_dim, conv_kernel and conv_stride differ in length");
+        }
+        let norm_kind = cfg.feat_extract_norm.as_deref().unwrap_or("group");
+        if !matches!(norm_kind, "group" | "layer") {
+            candle_core::bail!("unknown feat_extract_norm {norm_kind:?}");
+        }
+        let fe = vb.pp("feature_extractor").pp("conv_layers");
+        let mut convs = Vec::with_capacity(layers_count);
+        let mut inputs = 1;
+        for i in 0..layers_count {
+            let vb = fe.pp(i);
+            let (outputs, kernel) = (cfg.conv_dim[i], cfg.conv_kernel[i]);
+            let weight = vb.pp("conv").get((outputs, inputs, kernel), "weight")?;
+            let bias = if cfg.conv_bias {
+                Some(vb.pp("conv").get(outputs, "bias")?)
+            } else {
+                None
+            };
+            let norm = match (norm_kind, i) {
+                ("group", 0) => ConvNorm::PerChannel {
+                    weight: vb.pp("layer_norm").get(outputs, "weight")?,
+                    bias: vb.pp("layer_norm").get(outputs, "bias")?,
+                },
+                ("group", _) => ConvNorm::None,
+                _ => ConvNorm::Layer(layer_norm(outputs, GROUP_NORM_EPS, vb.pp("layer_norm"))?),
+            };
+            convs.push(ConvLayer {
+                weight,
+                bias,
+                stride: cfg.conv_stride[i],
+                norm,
+            });
+            inputs = outputs;
+        }
+        let hidden = cfg.hidden_size;
+        let heads = cfg.num_attention_heads;
+        if heads == 0 || !hidden.is_multiple_of(heads) {
+            candle_core::bail!("hidden_size {hidden} is not a multiple of {heads} heads");
+        }
+        let fp = vb.pp("feature_projection");
+        let projection_norm = layer_norm(inputs, cfg.layer_norm_eps, fp.pp("layer_norm"))?;
+        let projection = Dense::load(inputs, hidden, fp.pp("projection"))?;
+
+        let enc = vb.pp("encoder");
+        let groups = cfg.num_conv_pos_embedding_groups;
+        let kernel = cfg.num_conv_pos_embeddings;
+        if groups == 0 || !hidden.is_multiple_of(groups) {
+            candle_core::bail!("hidden_size {hidden} is not a multiple of {groups} groups");
+        }
+        let pos = enc.pp("pos_conv_embed").pp("conv");
+        let shape = (hidden, hidden / groups, kernel);
+        // Weight norm over every dimension but the kernel's: new checkpoints
+        // name its parts `parametrizations.weight.original{0,1}`, older
+        // ones `weight_g` / `weight_v`.
+        let (g, v) = if pos.contains_tensor("weight_g") {
+            (
+                pos.get((1, 1, kernel), "weight_g")?,
+                pos.get(shape, "weight_v")?,
+            )
+        } else {
+            let p = pos.pp("parametrizations").pp("weight");
+            (
+                p.get((1, 1, kernel), "original0")?,
+                p.get(shape, "original1")?,
+            )
+        };
+        let norm = v.sqr()?.sum_keepdim(0)?.sum_keepdim(1)?.sqrt()?;
+        let pos_conv_weight = v.broadcast_div(&norm)?.broadcast_mul(&g)?;
+        let pos_conv_bias = pos.get(hidden, "bias")?;
+        let encoder_norm = layer_norm(hidden, cfg.layer_norm_eps, enc.pp("layer_norm"))?;
+        let scale = 1.0 / ((hidden / heads) as f64).sqrt();
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let vb = enc.pp("layers").pp(i);
+                let att = vb.pp("attention");
+                let part = |name: &str| -> Result<(Tensor, Tensor)> {
+                    let p = att.pp(name);
+                    Ok((p.get((hidden, hidden), "weight")?, p.get(hidden, "bias")?))
+                };
+                let (q, k, v) = (part("q_proj")?, part("k_proj")?, part("v_proj")?);
+                let q = ((q.0 * scale)?, (q.1 * scale)?);
+                let ff = vb.pp("feed_forward");
+                Ok(Layer {
+                    qkv: Dense::from_parts(&[q.0, k.0, v.0], &[q.1, k.1, v.1])?,
+                    out: Dense::load(hidden, hidden, att.pp("out_proj"))?,
+                    layer_norm: layer_norm(hidden, cfg.layer_norm_eps, vb.pp("layer_norm"))?,
+                    intermediate: Dense::load(
+                        hidden,
+                        cfg.intermediate_size,
+                        ff.pp("intermediate_dense"),
+                    )?,
+                    output: Dense::load(cfg.intermediate_size, hidden, ff.pp("output_dense"))?,
+                    final_layer_norm: layer_norm(
+                        hidden,
+                        cfg.layer_norm_eps,
+                        vb.pp("final_layer_norm"),
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            convs,
+            conv_activation: cfg.feat_extract_activation,
+            projection_norm,
+            projection,
+            pos_conv_weight,
+            pos_conv_bias,
+            pos_conv_groups: groups,
+            pos_conv_kernel: kernel,
+            encoder_norm,
+            layers,
+            stable: cfg.do_stable_layer_norm,
+            heads,
+            activation: cfg.hidden_act,
+        })
+    }
+
+    /// The frames the feature encoder makes of `samples` samples.
+    fn frames(&self, samples: usize) -> usize {
+        self.convs.iter().fold(samples, |length, conv| {
+            let kernel = conv.weight.dims().get(2).copied().unwrap_or(1);
+            if length < kernel {
+                0
+            } else {
+                (length - kernel) / conv.stride + 1
+            }
+        })
+    }
+
+    /// The last hidden states `[frames, hidden]` of normalised samples.
+    fn forward(&self, input: &Tensor) -> Result<Tensor> {
+        // [1, 1, samples] -> [1, channels, frames]
+        let mut x = input.unsqueeze(0)?.unsqueeze(0)?;
+        for conv in &self.convs {
+            x = x.conv1d(&conv.weight, 0, conv.stride, 1, 1)?;
+            if let Some(bias) = &conv.bias {
+                x = x.broadcast_add(&bias.reshape((1, (), 1))?)?;
+            }
+            x = match &conv.norm {
+                ConvNorm::None => x,
+                ConvNorm::PerChannel { weight, bias } => {
+                    let mean = x.mean_keepdim(D::Minus1)?;
+                    let centred = x.broadcast_sub(&mean)?;
+                    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+                    centred
+                        .broadcast_div(&(var + GROUP_NORM_EPS)?.sqrt()?)?
+                        .broadcast_mul(&weight.reshape((1, (), 1))?)?
+                        .broadcast_add(&bias.reshape((1, (), 1))?)?
+                }
+                ConvNorm::Layer(norm) => x.transpose(1, 2)?.apply(norm)?.transpose(1, 2)?,
+            };
+            x = x.apply(&self.conv_activation)?;
+        }
+        let features = x.transpose(1, 2)?.squeeze(0)?.contiguous()?;
+        let hidden = self
+            .projection
+            .forward(&features.apply(&self.projection_norm)?, Epilogue::Bias)?;
+        // The positional convolution, "same" padded (an even kernel drops
+        // its last frame).
+        let frames = hidden.dim(0)?;
+        let pos = hidden
+            .t()?
+            .unsqueeze(0)?
+            .contiguous()?
+            .conv1d(
+                &self.pos_conv_weight,
+                self.pos_conv_kernel / 2,
+                1,
+                1,
+                self.pos_conv_groups,
+            )?
+            .broadcast_add(&self.pos_conv_bias.reshape((1, (), 1))?)?
+            .narrow(2, 0, frames)?
+            .apply(&Activation::Gelu)?
+            .squeeze(0)?
+            .t()?;
+        let mut x = (hidden + pos)?;
+        if !self.stable {
+            x = x.apply(&self.encoder_norm)?;
+        }
+        for layer in &self.layers {
+            x = if self.stable {
+                let normed = x.apply(&layer.layer_norm)?;
+                let attended = self.attention(layer, &normed, &x)?;
+                let inner = dense_activation(
+                    &layer.intermediate,
+                    &attended.apply(&layer.final_layer_norm)?,
+                    self.activation,
+                )?;
+                layer
+                    .output
+                    .forward(&inner, Epilogue::Residual(&attended))?
+            } else {
+                let attended = self.attention(layer, &x, &x)?.apply(&layer.layer_norm)?;
+                let inner = dense_activation(&layer.intermediate, &attended, self.activation)?;
+                layer
+                    .output
+                    .forward(&inner, Epilogue::Residual(&attended))?
+                    .apply(&layer.final_layer_norm)?
+            };
+        }
+        if self.stable {
+            x = x.apply(&self.encoder_norm)?;
+        }
+        Ok(x)
+    }
+
+    /// `residual + out_proj(attention(x))`.
+    fn attention(&self, layer: &Layer, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let qkv = layer.qkv.forward(&x.unsqueeze(0)?, Epilogue::Bias)?;
+        let context = self_attention(&qkv, self.heads, false)?.squeeze(0)?;
+        layer.out.forward(&context, Epilogue::Residual(residual))
+    }
+}
+
+/// What the model's head does.
+#[derive(Debug, Clone)]
+enum Head {
+    /// Per-frame vocabulary logits, greedily decoded.
+    Ctc { lm_head: Dense, vocab: Vocabulary },
+    /// Mean-pooled projection, then class logits.
+    Classify {
+        projector: Dense,
+        classifier: Dense,
+        labels: Vec<String>,
+        function: ScoreFunction,
+    },
+}
+
+/// `Wav2Vec2CTCTokenizer`'s decoding: consecutive repeats collapsed, the
+/// padding (CTC blank) dropped, the word delimiter read as a space.
+#[derive(Debug, Clone)]
+struct Vocabulary {
+    tokens: HashMap<u32, String>,
+    pad: String,
+    word_delimiter: String,
+    replace_word_delimiter: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct TokenizerConfig {
+    #[serde(default)]
+    pad_token: Option<Value>,
+    #[serde(default)]
+    word_delimiter_token: Option<Value>,
+    #[serde(default)]
+    replace_word_delimiter_char: Option<String>,
+    #[serde(default)]
+    clean_up_tokenization_spaces: Option<bool>,
+}
+
+/// A special token as `tokenizer_config.json` writes it: a string or
+/// `{"content": ...}`.
+fn token_text(value: &Option<Value>) -> Option<String> {
+    match value.as_ref()? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(map) => map.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+impl Vocabulary {
+    fn load(files: &ModelFiles) -> std::result::Result<(Self, bool), LocalError> {
+        let vocab: BTreeMap<String, Value> = files.json("vocab.json")?;
+        // A multilingual vocabulary nests one per language.
+        let tokens: HashMap<u32, String> = vocab
+            .iter()
+            .filter_map(|(token, id)| Some((u32::try_from(id.as_u64()?).ok()?, token.clone())))
+            .collect();
+        if tokens.is_empty() {
+            return Err(files.load_error(
+                "vocab.json holds no token ids (a vocabulary per language is not supported)",
+            ));
+        }
+        let config: TokenizerConfig = files
+            .json_if_present("tokenizer_config.json")?
+            .unwrap_or_default();
+        let vocabulary = Self {
+            tokens,
+            pad: token_text(&config.pad_token).unwrap_or_else(|| "<pad>".into()),
+            word_delimiter: token_text(&config.word_delimiter_token).unwrap_or_else(|| "|".into()),
+            replace_word_delimiter: config.replace_word_delimiter_char.unwrap_or(" ".into()),
+        };
+        Ok((
+            vocabulary,
+            config.clean_up_tokenization_spaces.unwrap_or(false),
+        ))
+    }
+
+    /// The text of per-frame token ids.
+    fn decode(&self, ids: &[u32], clean_up: bool) -> String {
+        let mut text = String::new();
+        let mut previous = None;
+        for &id in ids {
+            if previous == Some(id) {
+                continue;
+            }
+            previous = Some(id);
+            let Some(token) = self.tokens.get(&id) else {
+                continue;
+            };
+            if *token == self.pad {
+                continue;
+            }
+            if *token == self.word_delimiter {
+                text.push_str(&self.replace_word_delimiter);
+            } else {
+                text.push_str(token);
+            }
+        }
+        let text = text.trim().to_string();
+        if clean_up {
+            clean_up_spaces(&text)
+        } else {
+            text
+        }
+    }
+}
+
+/// transformers' `clean_up_tokenization`.
+fn clean_up_spaces(text: &str) -> String {
+    [
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ]
+    .iter()
+    .fold(text.to_string(), |acc, (from, to)| acc.replace(from, to))
+}
+
+/// A loaded wav2vec2 checkpoint with its head.
+pub struct Wav2Vec2Pipeline {
+    model: Wav2Vec2,
+    head: Head,
+    clean_up: bool,
+    extractor: FeatureExtractor,
+    device: Device,
+    weight_bytes: u64,
+    task: TaskKind,
+}
+
+impl Wav2Vec2Pipeline {
+    /// Load for speech recognition (a CTC head) or audio classification.
+    pub fn load(
+        task: TaskKind,
+        files: &ModelFiles,
+        device: &Device,
+    ) -> std::result::Result<Self, LocalError> {
+        files.require(&["config.json", "preprocessor_config.json", WEIGHTS])?;
+        let cfg: Config = files.json("config.json")?;
+        let extractor: FeatureExtractor = files.json("preprocessor_config.json")?;
+        if cfg.use_weighted_layer_sum {
+            return Err(LocalError::Unsupported(format!(
+                "{}: use_weighted_layer_sum is not supported",
+                files.id()
+            )));
+        }
+        let weights = files.weights(device)?;
+        let weight_bytes = weights.bytes;
+        let failed = |e: candle_core::Error| files.load_error(format!("{}: {e}", weights.file));
+        let model = Wav2Vec2::load(&cfg, weights.vb.pp("wav2vec2")).map_err(failed)?;
+        let hidden = cfg.hidden_size;
+        let (head, clean_up) = match task {
+            TaskKind::AutomaticSpeechRecognition => {
+                let (vocab, clean_up) = Vocabulary::load(files)?;
+                let lm_head = Dense::load(hidden, cfg.vocab_size, weights.vb.pp("lm_head"))
+                    .map_err(failed)?;
+                if cfg
+                    .pad_token_id
+                    .is_some_and(|pad| vocab.tokens.get(&pad) != Some(&vocab.pad))
+                {
+                    return Err(files.load_error(format!(
+                        "config.json's pad_token_id does not name the tokenizer's pad token {:?}",
+                        vocab.pad
+                    )));
+                }
+                (Head::Ctc { lm_head, vocab }, clean_up)
+            }
+            TaskKind::AudioClassification => {
+                let labels = crate::vision::encoder::class_names(
+                    &cfg.id2label,
+                    crate::vision::encoder::class_count(&cfg.id2label),
+                );
+                let proj = cfg.classifier_proj_size;
+                let projector =
+                    Dense::load(hidden, proj, weights.vb.pp("projector")).map_err(failed)?;
+                let classifier =
+                    Dense::load(proj, labels.len(), weights.vb.pp("classifier")).map_err(failed)?;
+                let function = ScoreFunction::for_model(cfg.problem_type.as_deref(), labels.len());
+                (
+                    Head::Classify {
+                        projector,
+                        classifier,
+                        labels,
+                        function,
+                    },
+                    false,
+                )
+            }
+            other => {
+                return Err(LocalError::Unsupported(format!(
+                    "wav2vec2 does not do {other}"
+                )));
+            }
+        };
+        Ok(Self {
+            model,
+            head,
+            clean_up,
+            extractor,
+            device: device.clone(),
+            weight_bytes,
+            task,
+        })
+    }
+
+    /// The feature extractor's input for mono samples at its rate:
+    /// normalised to zero mean and unit variance (numpy's `var` + 1e-7).
+    fn input_values(&self, samples: &[f32]) -> Vec<f32> {
+        if !self.extractor.do_normalize {
+            return samples.to_vec();
+        }
+        let n = samples.len().max(1) as f64;
+        let mean = samples.iter().map(|&s| f64::from(s)).sum::<f64>() / n;
+        let var = samples
+            .iter()
+            .map(|&s| (f64::from(s) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let scale = 1.0 / (var + 1e-7).sqrt();
+        samples
+            .iter()
+            .map(|&s| ((f64::from(s) - mean) * scale) as f32)
+            .collect()
+    }
+
+    /// The last hidden states of raw mono samples at the model's rate.
+    fn hidden_states(&self, samples: &[f32]) -> std::result::Result<Tensor, LocalError> {
+        if self.model.frames(samples.len()) == 0 {
+            return Err(bad_input(
+                self.task,
+                "the audio is too short for the model's feature encoder",
+            ));
+        }
+        let input = Tensor::from_vec(self.input_values(samples), samples.len(), &self.device)?;
+        Ok(self.model.forward(&input)?)
+    }
+
+    /// Per-frame CTC logits `[frames, vocabulary]` (speech recognition
+    /// checkpoints only).
+    pub fn ctc_logits(&self, samples: &[f32]) -> std::result::Result<Vec<Vec<f32>>, LocalError> {
+        let Head::Ctc { lm_head, .. } = &self.head else {
+            return Err(LocalError::Unsupported("not a CTC checkpoint".into()));
+        };
+        let hidden = self.hidden_states(samples)?;
+        Ok(lm_head.forward(&hidden, Epilogue::Bias)?.to_vec2()?)
+    }
+
+    /// Class logits (audio classification checkpoints only).
+    pub fn class_logits(&self, samples: &[f32]) -> std::result::Result<Vec<f32>, LocalError> {
+        let Head::Classify {
+            projector,
+            classifier,
+            ..
+        } = &self.head
+        else {
+            return Err(LocalError::Unsupported(
+                "not a classification checkpoint".into(),
+            ));
+        };
+        let hidden = self.hidden_states(samples)?;
+        let pooled = projector
+            .forward(&hidden, Epilogue::Bias)?
+            .mean_keepdim(0)?;
+        Ok(classifier
+            .forward(&pooled, Epilogue::Bias)?
+            .squeeze(0)?
+            .to_vec1()?)
+    }
+
+    /// Transcribe raw mono samples at the model's rate.
+    pub fn transcribe(&self, samples: &[f32]) -> std::result::Result<String, LocalError> {
+        let Head::Ctc { vocab, .. } = &self.head else {
+            return Err(LocalError::Unsupported("not a CTC checkpoint".into()));
+        };
+        let ids: Vec<u32> = self
+            .ctc_logits(samples)?
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                        if v > best.1 { (i, v) } else { best }
+                    })
+                    .0 as u32
+            })
+            .collect();
+        Ok(vocab.decode(&ids, self.clean_up))
+    }
+
+    /// Classify raw mono samples at the model's rate: scores sorted, cut to
+    /// `top_k`.
+    pub fn classify(
+        &self,
+        samples: &[f32],
+        top_k: Option<usize>,
+    ) -> std::result::Result<Vec<ScoredLabel>, LocalError> {
+        let Head::Classify {
+            labels, function, ..
+        } = &self.head
+        else {
+            return Err(LocalError::Unsupported(
+                "not a classification checkpoint".into(),
+            ));
+        };
+        let scores = function.apply(&self.class_logits(samples)?);
+        let mut labelled: Vec<ScoredLabel> = scores
+            .iter()
+            .zip(labels)
+            .map(|(&score, label)| ScoredLabel {
+                label: label.clone(),
+                score: f64::from(score),
+            })
+            .collect();
+        labelled.sort_by(|a, b| b.score.total_cmp(&a.score));
+        labelled.truncate(top_k.unwrap_or(DEFAULT_TOP_K));
+        Ok(labelled)
+    }
+
+    /// The sample rate the model takes.
+    pub fn sampling_rate(&self) -> u32 {
+        self.extractor.sampling_rate
+    }
+}
+
+impl Pipeline for Wav2Vec2Pipeline {
+    fn tasks(&self) -> &[TaskKind] {
+        std::slice::from_ref(&self.task)
+    }
+
+    fn run(
+        &self,
+        task: TaskKind,
+        args: &ResolvedArgs,
+    ) -> std::result::Result<InferenceOutput, LocalError> {
+        if task != self.task {
+            return Err(LocalError::Unsupported(format!(
+                "this wav2vec2 checkpoint does {}, not {task}",
+                self.task
+            )));
+        }
+        let blob = args
+            .audio
+            .as_ref()
+            .filter(|b| !b.bytes.is_empty())
+            .ok_or_else(|| bad_input(task, "missing argument `audio`"))?;
+        let audio = audio::load(&blob.bytes, self.sampling_rate(), MAX_SECONDS)
+            .map_err(|e| bad_input(task, e.to_string()))?;
+        match task {
+            TaskKind::AutomaticSpeechRecognition => Ok(InferenceOutput::Transcription {
+                text: self.transcribe(&audio.samples)?,
+                chunks: None,
+            }),
+            _ => {
+                let top_k =
+                    match args.other.get("top_k") {
+                        None | Some(Value::Null) => None,
+                        Some(value) => {
+                            Some(value.as_u64().filter(|&k| k > 0).ok_or_else(|| {
+                                bad_input(task, "top_k must be a positive integer")
+                            })? as usize)
+                        }
+                    };
+                Ok(InferenceOutput::Labels(
+                    self.classify(&audio.samples, top_k)?,
+                ))
+            }
+        }
+    }
+
+    fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctc_decoding_collapses_repeats_and_drops_blanks() {
+        let tokens: HashMap<u32, String> = ["<pad>", "<s>", "</s>", "<unk>", "|", "A", "B", "'"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as u32, t.to_string()))
+            .collect();
+        let vocab = Vocabulary {
+            tokens,
+            pad: "<pad>".into(),
+            word_delimiter: "|".into(),
+            replace_word_delimiter: " ".into(),
+        };
+        // A A <pad> A | | B <pad> B </s> 99 (unknown id)
+        let ids = [5, 5, 0, 5, 4, 4, 6, 0, 6, 2, 99];
+        assert_eq!(vocab.decode(&ids, false), "AA BB</s>");
+        assert_eq!(vocab.decode(&[4, 5, 4, 0, 4, 6, 4], false), "A  B");
+        assert_eq!(clean_up_spaces("A 's B ."), "A's B.");
+    }
+}

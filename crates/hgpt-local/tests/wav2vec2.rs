@@ -1,0 +1,178 @@
+//! wav2vec2 speech recognition and audio classification against the
+//! transformers pipelines on tiny checkpoints (`tests/fixtures/wav2vec2-*`,
+//! written by `scripts/make_fixtures.py`): a base-style model (group norm,
+//! post-norm layers), a large-style one (layer norms, pre-norm layers, the
+//! old weight-norm names) and a classifier.
+
+use candle_core::Device;
+use hgpt_core::backend::ResolvedArgs;
+use hgpt_core::output::{Blob, InferenceOutput};
+use hgpt_core::task::TaskKind;
+use hgpt_local::ModelFiles;
+use hgpt_local::audio::decode;
+use hgpt_local::wav2vec2::Wav2Vec2Pipeline;
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn expected(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixtures().join(name).join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn files(name: &str) -> ModelFiles {
+    ModelFiles::from_dir(name, fixtures().join(name))
+}
+
+fn clip(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join("wav2vec2-ctc").join(name)).unwrap()
+}
+
+fn floats(value: &Value) -> Vec<f32> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn audio_args(bytes: Vec<u8>) -> ResolvedArgs {
+    ResolvedArgs {
+        audio: Some(Blob::sniffed(bytes)),
+        ..ResolvedArgs::default()
+    }
+}
+
+#[test]
+fn ctc_transcripts_match_the_pipeline() {
+    for name in ["wav2vec2-ctc", "wav2vec2-ctc-stable"] {
+        let model = Wav2Vec2Pipeline::load(
+            TaskKind::AutomaticSpeechRecognition,
+            &files(name),
+            &Device::Cpu,
+        )
+        .unwrap();
+        // Loaded through the family table too, as the backend loads it.
+        let registered = hgpt_local::pipeline::load(
+            TaskKind::AutomaticSpeechRecognition,
+            &files(name),
+            &Device::Cpu,
+        )
+        .unwrap();
+        for case in expected(name)["cases"].as_array().unwrap() {
+            let clip_name = case["clip"].as_str().unwrap();
+            let samples = decode(&clip(clip_name), 60).unwrap().samples;
+            let logits = model.ctc_logits(&samples).unwrap();
+            assert_eq!(
+                logits.len() as u64,
+                case["frames"].as_u64().unwrap(),
+                "{name} {clip_name}"
+            );
+            if let Some(reference) = case.get("logits") {
+                let reference = reference.as_array().unwrap();
+                let mut worst = 0f32;
+                for (ours, theirs) in logits.iter().zip(reference) {
+                    for (a, b) in ours.iter().zip(floats(theirs)) {
+                        worst = worst.max((a - b).abs());
+                    }
+                }
+                assert!(worst < 1e-4, "{name} {clip_name}: logits off by {worst}");
+            }
+            let ids: Vec<u64> = logits
+                .iter()
+                .map(|row| {
+                    row.iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.total_cmp(b.1))
+                        .unwrap()
+                        .0 as u64
+                })
+                .collect();
+            let want: Vec<u64> = case["predicted_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            assert_eq!(ids, want, "{name} {clip_name}: frame ids");
+            let text = case["pipeline"]["text"].as_str().unwrap();
+            assert_eq!(
+                model.transcribe(&samples).unwrap(),
+                text,
+                "{name} {clip_name}"
+            );
+            let output = registered
+                .run(
+                    TaskKind::AutomaticSpeechRecognition,
+                    &audio_args(clip(clip_name)),
+                )
+                .unwrap();
+            assert_eq!(
+                output,
+                InferenceOutput::Transcription {
+                    text: text.to_string(),
+                    chunks: None
+                }
+            );
+        }
+    }
+}
+
+#[test]
+fn audio_classification_matches_the_pipeline() {
+    let name = "wav2vec2-audiocls";
+    let model =
+        hgpt_local::pipeline::load(TaskKind::AudioClassification, &files(name), &Device::Cpu)
+            .unwrap();
+    let direct =
+        Wav2Vec2Pipeline::load(TaskKind::AudioClassification, &files(name), &Device::Cpu).unwrap();
+    for case in expected(name)["cases"].as_array().unwrap() {
+        let clip_name = case["clip"].as_str().unwrap();
+        let samples = decode(&clip(clip_name), 60).unwrap().samples;
+        let logits = direct.class_logits(&samples).unwrap();
+        for (a, b) in logits.iter().zip(floats(&case["logits"])) {
+            assert!((a - b).abs() < 1e-4, "{clip_name}: {a} vs {b}");
+        }
+        let mut args = audio_args(clip(clip_name));
+        args.other.insert("top_k".into(), 4.into());
+        let InferenceOutput::Labels(labels) =
+            model.run(TaskKind::AudioClassification, &args).unwrap()
+        else {
+            panic!("labels expected")
+        };
+        let want = case["pipeline"].as_array().unwrap();
+        assert_eq!(labels.len(), want.len());
+        for (ours, theirs) in labels.iter().zip(want) {
+            assert_eq!(ours.label, theirs["label"].as_str().unwrap(), "{clip_name}");
+            assert!((ours.score - theirs["score"].as_f64().unwrap()).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn bad_audio_is_refused_with_a_reason() {
+    let model = hgpt_local::pipeline::load(
+        TaskKind::AutomaticSpeechRecognition,
+        &files("wav2vec2-ctc"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let task = TaskKind::AutomaticSpeechRecognition;
+    let err = model.run(task, &ResolvedArgs::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("missing argument `audio`"),
+        "{err}"
+    );
+    let err = model
+        .run(task, &audio_args(b"<html>no</html>".to_vec()))
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown format"), "{err}");
+    // Shorter than the feature encoder's first window.
+    let tiny = hgpt_local::audio::encode_wav(&[0.1; 8], 16_000).unwrap();
+    let err = model.run(task, &audio_args(tiny)).unwrap_err();
+    assert!(err.to_string().contains("too short"), "{err}");
+}
