@@ -17,6 +17,9 @@ deterministically (fixed seeds, one CPU thread, no network):
   layers as in the large and XLSR models, its positional convolution saved with the old
   weight_g / weight_v names; a sequence classification head), clips as 16 kHz WAV files, and
   the transformers speech-recognition and audio-classification pipeline outputs.
+* ast-audiocls/: a tiny Audio Spectrogram Transformer classifier (32 mel bins, 100 frames), its
+  feature extractor's log-mel filter banks (transformers' numpy path, taken without torchaudio)
+  and the audio-classification pipeline's outputs on the wav2vec2 clips.
 * audio/: a 0.1 s stereo tone as WAV, FLAC, OGG/Vorbis and MP3 (written by soundfile), with
   soundfile's decoding of each, and resampling references: torchaudio's `resample`
   (windowed sinc, Hann window), which transformers' speech pipelines call, ported line by line
@@ -158,6 +161,7 @@ GENERATED = [
     "wav2vec2-ctc",
     "wav2vec2-ctc-stable",
     "wav2vec2-audiocls",
+    "ast-audiocls",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -2079,6 +2083,39 @@ def make_wav2vec2(out: Path, work: Path) -> None:
     })
 
 
+AST_LABELS = {0: "Speech", 1: "Music", 2: "Dog", 3: "Siren", 4: "Silence"}
+
+
+def make_ast(out: Path) -> None:
+    import soundfile
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
+
+    name = "ast-audiocls"
+    folder = out / name
+    clips_dir = out / "wav2vec2-ctc"
+    extractor = ASTFeatureExtractor(num_mel_bins=32, max_length=100, do_normalize=True)
+    config = ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=37, patch_size=16, frequency_stride=10, time_stride=10,
+                       max_length=100, num_mel_bins=32, initializer_range=INIT_RANGE,
+                       **label_kwargs(AST_LABELS))
+    model = build_model(ASTForAudioClassification, config, name)
+    save_checkpoint(model, extractor, folder)
+    classify = pipeline("audio-classification", model=model, feature_extractor=extractor,
+                        device="cpu")
+    cases = []
+    for clip in ("chirp.wav", "tones.wav", "burst.wav"):
+        samples = soundfile.read(clips_dir / clip, dtype="float32")[0]
+        inputs = extractor(samples, sampling_rate=16_000, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(inputs.input_values).logits[0]
+        cases.append({"clip": clip, "input_values": F32(inputs.input_values[0]),
+                      "logits": F32(logits), "pipeline": plain(classify(samples.copy(), top_k=5))})
+    write_json(folder / "expected.json", {
+        **meta(name, "audio-classification", model, {"clips_folder": "wav2vec2-ctc"}),
+        "cases": cases,
+    })
+
+
 def make_vit_bin(vit_folder: Path, folder: Path) -> None:
     """vit-imgcls as a repository without safetensors: the same weights as PyTorch's
     pytorch_model.bin (torch.save's zip format), with its config, processor config and
@@ -2161,6 +2198,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         print("writing wav2vec2-ctc, wav2vec2-ctc-stable, wav2vec2-audiocls", file=sys.stderr)
         make_wav2vec2(out, Path(tmp))
+    print("writing ast-audiocls", file=sys.stderr)
+    make_ast(out)
     if not args.skip_minilm:
         print("writing minilm", file=sys.stderr)
         make_minilm(out / "minilm", args.hub_dir)

@@ -2,6 +2,7 @@
 //! read from the Hugging Face cache layout. CPU by default; the `cuda` and
 //! `metal` features pass through to candle.
 
+pub mod ast;
 pub mod audio;
 pub mod backend;
 mod bert;

@@ -410,6 +410,17 @@ pub static FAMILIES: &[Family] = &[
             )?))
         },
     },
+    Family {
+        name: "Audio Spectrogram Transformer",
+        model_types: &["audio-spectrogram-transformer"],
+        heads: &[(
+            Head::Class("ASTForAudioClassification"),
+            TaskKind::AudioClassification,
+        )],
+        parts: None,
+        backbones: &[],
+        load: |_, files, device| Ok(Box::new(crate::ast::AstClassifier::load(files, device)?)),
+    },
 ];
 
 /// Load the pipeline serving `task` for a cached model.
