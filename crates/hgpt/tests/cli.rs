@@ -1070,3 +1070,81 @@ async fn the_routers_chat_is_a_controller_that_needs_only_an_hf_token() {
         assert_eq!(call.authorization.as_deref(), Some("Bearer hf_router"));
     }
 }
+
+/// "What does /a.wav say, and what kind of sound is it?" in local mode:
+/// speech recognition (wav2vec2) and audio classification (AST) on the
+/// fixture checkpoints, the WAV read from the media root.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_mode_transcribes_and_classifies_audio_in_process() {
+    const PLAN: &str = r#"[{"task": "automatic-speech-recognition", "id": 0, "dep": [-1], "args": {"audio": "/a.wav"}},
+        {"task": "audio-classification", "id": 1, "dep": [-1], "args": {"audio": "/a.wav"}}]"#;
+    let ws = Workspace::new();
+    let clip = fixtures_dir().join("wav2vec2-ctc").join("chirp.wav");
+    std::fs::copy(&clip, ws.dir.path().join("media/a.wav")).unwrap();
+    let catalog = ws.dir.path().join("audio-catalog.jsonl");
+    std::fs::write(
+        &catalog,
+        format!(
+            "{{\"id\": \"{}\", \"task\": \"automatic-speech-recognition\", \"downloads\": 10}}\n\
+             {{\"id\": \"{}\", \"task\": \"audio-classification\", \"downloads\": 10}}\n",
+            fixture_id("wav2vec2-ctc"),
+            fixture_id("ast-audiocls")
+        ),
+    )
+    .unwrap();
+    let hub = Hub::new();
+    hub.with_fixtures();
+    let (llm, hf) = (controller(PLAN).await, inference_server().await);
+    let mut command = ws.command(
+        Some(&llm),
+        &hf,
+        &[
+            "run",
+            "--json",
+            "what does /a.wav say, and what kind of sound is it?",
+        ],
+    );
+    command
+        .env("HGPT_CATALOG", &catalog)
+        .env("HF_HUB_CACHE", hub.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HGPT_INFERENCE_MODE", "local");
+    let out = output(command, "").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = json(&out);
+    assert_eq!(hf.call_count(), 0, "nothing went to the remote endpoint");
+    let tasks = record["tasks"].as_array().unwrap();
+    for task in tasks {
+        assert_eq!(task["status"], "ok", "{task:#}");
+        assert_eq!(task["endpoint"], "local", "{task:#}");
+    }
+    let read = |folder: &str| -> Value {
+        let text =
+            std::fs::read_to_string(fixtures_dir().join(folder).join("expected.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let asr = read("wav2vec2-ctc");
+    let chirp = asr["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["clip"] == "chirp.wav")
+        .unwrap();
+    assert_eq!(
+        tasks[0]["output"]["generated_text"], chirp["pipeline"]["text"],
+        "{:#}",
+        tasks[0]
+    );
+    let ast = read("ast-audiocls");
+    let best = &ast["cases"][0]["pipeline"][0]["label"];
+    assert_eq!(ast["cases"][0]["clip"], "chirp.wav");
+    assert_eq!(
+        tasks[1]["output"]["predicted"][0]["label"], *best,
+        "{:#}",
+        tasks[1]
+    );
+}
