@@ -14,17 +14,16 @@ use crate::error::{LocalError, bad_input};
 use crate::files::{ModelFiles, WEIGHTS};
 use crate::kernels::{Dense, Epilogue};
 use crate::pipeline::Pipeline;
-use crate::text::postprocess::ScoreFunction;
+use crate::text::postprocess::{classification_args, ranked_labels};
 use crate::vision::encoder::{Encoder, VitConfig, class_count, class_names};
 use candle_core::{Device, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder, layer_norm};
 use hgpt_core::backend::ResolvedArgs;
-use hgpt_core::output::{InferenceOutput, ScoredLabel};
+use hgpt_core::output::InferenceOutput;
 use hgpt_core::task::TaskKind;
 use rustfft::FftPlanner;
 use rustfft::num_complex::Complex;
 use serde::Deserialize;
-use serde_json::Value;
 
 const FRAME_LENGTH: usize = 400;
 const HOP_LENGTH: usize = 160;
@@ -32,7 +31,6 @@ const FFT_LENGTH: usize = 512;
 const PREEMPHASIS: f64 = 0.97;
 const MEL_FLOOR: f64 = 1.192_092_955_078_125e-7;
 const MAX_SECONDS: u32 = 600;
-const DEFAULT_TOP_K: usize = 5;
 
 /// `preprocessor_config.json` of an `ASTFeatureExtractor`.
 #[derive(Debug, Clone, Deserialize)]
@@ -209,6 +207,10 @@ struct AstModel {
 impl AstModel {
     fn load(cfg: &VitConfig, shape: &AstShape, labels: usize, vb: VarBuilder) -> Result<Self> {
         let hidden = cfg.hidden_size;
+        let heads = cfg.num_attention_heads;
+        if heads == 0 || !hidden.is_multiple_of(heads) {
+            candle_core::bail!("hidden_size {hidden} is not a multiple of {heads} heads");
+        }
         let patch = cfg.patch_size;
         if patch == 0 || shape.frequency_stride == 0 || shape.time_stride == 0 {
             candle_core::bail!("patch_size and the strides must be positive");
@@ -233,7 +235,16 @@ impl AstModel {
             patch_bias: projection.get(hidden, "bias")?,
             cls_token: emb.get((1, 1, hidden), "cls_token")?,
             distillation_token: emb.get((1, 1, hidden), "distillation_token")?,
-            position_embeddings: emb.get((1, rows * cols + 2, hidden), "position_embeddings")?,
+            position_embeddings: emb.get(
+                (
+                    1,
+                    rows.checked_mul(cols)
+                        .and_then(|n| n.checked_add(2))
+                        .ok_or_else(|| candle_core::Error::Msg("too many patches".into()))?,
+                    hidden,
+                ),
+                "position_embeddings",
+            )?,
             encoder: Encoder::load(cfg, base.pp("encoder"))?,
             layernorm: layer_norm(hidden, cfg.layer_norm_eps, base.pp("layernorm"))?,
             head_norm: layer_norm(
@@ -273,7 +284,6 @@ pub struct AstClassifier {
     bank: FilterBank,
     extractor: ExtractorConfig,
     labels: Vec<String>,
-    function: ScoreFunction,
     device: Device,
     weight_bytes: u64,
 }
@@ -300,7 +310,6 @@ impl AstClassifier {
         Ok(Self {
             model,
             bank: FilterBank::new(extractor.num_mel_bins, extractor.sampling_rate),
-            function: ScoreFunction::for_model(cfg.problem_type.as_deref(), labels.len()),
             extractor,
             labels,
             device: device.clone(),
@@ -311,7 +320,9 @@ impl AstClassifier {
     /// The model's input for mono samples at its rate: `[max_length][mel
     /// bins]` log filter banks, zero-padded or cut, normalised.
     pub fn input_values(&self, samples: &[f32]) -> Vec<Vec<f32>> {
-        let mut bank = self.bank.compute(samples);
+        // Frames past `max_length` are cut anyway: do not compute them.
+        let needed = (self.extractor.max_length.max(1) - 1) * HOP_LENGTH + FRAME_LENGTH;
+        let mut bank = self.bank.compute(&samples[..samples.len().min(needed)]);
         bank.resize(
             self.extractor.max_length,
             vec![0.0; self.extractor.num_mel_bins],
@@ -364,25 +375,9 @@ impl Pipeline for AstClassifier {
         if audio.samples.len() < FRAME_LENGTH {
             return Err(bad_input(task, "the audio is shorter than one 25 ms frame"));
         }
-        let top_k = match args.other.get("top_k") {
-            None | Some(Value::Null) => DEFAULT_TOP_K,
-            Some(value) => value
-                .as_u64()
-                .filter(|&k| k > 0)
-                .ok_or_else(|| bad_input(task, "top_k must be a positive integer"))?
-                as usize,
-        };
-        let scores = self.function.apply(&self.logits(&audio.samples)?);
-        let mut labelled: Vec<ScoredLabel> = scores
-            .iter()
-            .zip(&self.labels)
-            .map(|(&score, label)| ScoredLabel {
-                label: label.clone(),
-                score: f64::from(score),
-            })
-            .collect();
-        labelled.sort_by(|a, b| b.score.total_cmp(&a.score));
-        labelled.truncate(top_k);
+        let (top_k, function) = classification_args(task, args)?;
+        let logits = self.logits(&audio.samples)?;
+        let labelled = ranked_labels(&logits, &self.labels, top_k, function);
         Ok(InferenceOutput::Labels(labelled))
     }
 

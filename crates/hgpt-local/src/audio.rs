@@ -12,6 +12,9 @@ use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
+/// The highest sample rate accepted (above any audio format in use).
+pub const MAX_RATE: u32 = 384_000;
+
 /// Mono samples in [-1, 1] at a sample rate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Audio {
@@ -92,9 +95,23 @@ pub fn container_of(bytes: &[u8]) -> &'static str {
 }
 
 /// Decode a whole file into mono samples at its own rate: channels are
-/// averaged (as `ffmpeg -ac 1` does). Audio longer than `max_seconds` is
-/// refused as soon as decoding passes the limit.
+/// averaged. Audio longer than `max_seconds` is refused as soon as decoding
+/// passes the limit, and rates outside 1 Hz to 384 kHz are refused. A file
+/// that makes the decoding library panic (a header with impossible values)
+/// is reported as undecodable.
 pub fn decode(bytes: &[u8], max_seconds: u32) -> Result<Audio, AudioError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_unguarded(bytes, max_seconds)
+    })) {
+        Ok(result) => result,
+        Err(_) => Err(AudioError::Decode {
+            format: container_of(bytes).to_string(),
+            message: "the file's headers hold impossible values".into(),
+        }),
+    }
+}
+
+fn decode_unguarded(bytes: &[u8], max_seconds: u32) -> Result<Audio, AudioError> {
     let container = container_of(bytes);
     let format_name = container.to_string();
     let mut hint = Hint::new();
@@ -110,7 +127,11 @@ pub fn decode(bytes: &[u8], max_seconds: u32) -> Result<Audio, AudioError> {
         .format(
             &hint,
             source,
-            &FormatOptions::default(),
+            // Trim encoder delay and padding (MP3), as ffmpeg does.
+            &FormatOptions {
+                enable_gapless: true,
+                ..FormatOptions::default()
+            },
             &MetadataOptions::default(),
         )
         .map_err(|_| AudioError::Unsupported {
@@ -159,6 +180,9 @@ pub fn decode(bytes: &[u8], max_seconds: u32) -> Result<Audio, AudioError> {
         };
         let spec = *decoded.spec();
         rate = spec.rate;
+        if !(1..=MAX_RATE).contains(&rate) {
+            return Err(AudioError::Rate(rate));
+        }
         let channels = spec.channels.count().max(1);
         let mut buffer = SampleBuffer::<f32>::new(decoded.capacity() as u64, spec);
         buffer.copy_interleaved_ref(decoded);
@@ -188,15 +212,17 @@ fn gcd(a: u32, b: u32) -> u32 {
 }
 
 /// Resample with torchaudio's `resample` (windowed sinc, Hann window, six
-/// zero crossings, rolloff 0.99), which transformers' speech-recognition
-/// pipeline applies to raw samples at another rate; computed in f32 as it is
-/// for f32 waveforms.
+/// zero crossings, rolloff 0.99), as transformers' speech pipelines resample
+/// raw samples given at another rate, computed in f32 as it is for f32
+/// waveforms. (For files, the Python pipelines resample with ffmpeg, which
+/// differs slightly.) Each output phase uses only the taps inside the
+/// window's six zero crossings (torchaudio's others are zero to within
+/// 1e-15), so the work does not depend on how the two rates divide.
 pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, AudioError> {
-    if from == 0 {
-        return Err(AudioError::Rate(from));
-    }
-    if to == 0 {
-        return Err(AudioError::Rate(to));
+    for rate in [from, to] {
+        if !(1..=MAX_RATE).contains(&rate) {
+            return Err(AudioError::Rate(rate));
+        }
     }
     if from == to || samples.is_empty() {
         return Ok(samples.to_vec());
@@ -208,38 +234,49 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, AudioEr
     let base_freq = orig.min(new) as f64 * ROLLOFF;
     let width = (ZERO_CROSSINGS * orig as f64 / base_freq).ceil() as usize;
     let taps = 2 * width + orig;
-    // kernel[phase][tap], as torchaudio builds it for an f32 waveform.
-    let mut kernel = vec![0f32; new * taps];
-    for phase in 0..new {
-        for tap in 0..taps {
-            let idx = (tap as f32 - width as f32) / orig as f32;
-            let mut t = -(phase as f32) / new as f32 + idx;
-            t *= base_freq as f32;
-            t = t.clamp(-(ZERO_CROSSINGS as f32), ZERO_CROSSINGS as f32);
-            let window = (t * std::f32::consts::PI / ZERO_CROSSINGS as f32 / 2.0)
-                .cos()
-                .powi(2);
-            let t = t * std::f32::consts::PI;
-            let sinc = if t == 0.0 { 1.0 } else { t.sin() / t };
-            kernel[phase * taps + tap] = sinc * (window * (base_freq / orig as f64) as f32);
-        }
-    }
+    // Per phase: the first tap inside the window and the kernel values from
+    // there, as torchaudio builds them for an f32 waveform.
+    let reach = ZERO_CROSSINGS * orig as f64 / base_freq;
+    let phases: Vec<(usize, Vec<f32>)> = (0..new)
+        .map(|phase| {
+            let centre = width as f64 + orig as f64 * phase as f64 / new as f64;
+            let first = (centre - reach).floor().max(0.0) as usize;
+            let last = ((centre + reach).ceil() as usize).min(taps - 1);
+            let values = (first..=last)
+                .map(|tap| {
+                    let idx = (tap as f32 - width as f32) / orig as f32;
+                    let mut t = -(phase as f32) / new as f32 + idx;
+                    t *= base_freq as f32;
+                    t = t.clamp(-(ZERO_CROSSINGS as f32), ZERO_CROSSINGS as f32);
+                    let window = (t * std::f32::consts::PI / ZERO_CROSSINGS as f32 / 2.0)
+                        .cos()
+                        .powi(2);
+                    let t = t * std::f32::consts::PI;
+                    let sinc = if t == 0.0 { 1.0 } else { t.sin() / t };
+                    sinc * (window * (base_freq / orig as f64) as f32)
+                })
+                .collect();
+            (first, values)
+        })
+        .collect();
     // Pad `width` zeros before and `width + orig` after, then one output
     // block of `new` samples per `orig` input samples.
     let length = samples.len();
     let mut padded = vec![0f32; width + length + width + orig];
     padded[width..width + length].copy_from_slice(samples);
-    let blocks = length / orig + 1;
     let target = (new as u64 * length as u64).div_ceil(orig as u64) as usize;
-    let mut out = Vec::with_capacity(blocks * new);
-    for block in 0..blocks {
-        let window = &padded[block * orig..block * orig + taps];
-        for phase in 0..new {
-            let row = &kernel[phase * taps..(phase + 1) * taps];
-            out.push(row.iter().zip(window).map(|(k, x)| k * x).sum::<f32>());
-        }
-    }
-    out.truncate(target);
+    let out = (0..target)
+        .map(|n| {
+            let (block, phase) = (n / new, n % new);
+            let (first, values) = &phases[phase];
+            let start = block * orig + first;
+            values
+                .iter()
+                .zip(&padded[start..start + values.len()])
+                .map(|(k, x)| k * x)
+                .sum::<f32>()
+        })
+        .collect();
     Ok(out)
 }
 
@@ -348,6 +385,54 @@ mod tests {
             resample(&[1.0], 0, 16_000).unwrap_err(),
             AudioError::Rate(0)
         );
+    }
+
+    /// A 16-bit mono WAV header claiming `rate`, with a few samples.
+    fn wav_claiming(rate: u32) -> Vec<u8> {
+        let data = [0u8; 64];
+        let mut out = Vec::new();
+        out.extend(b"RIFF");
+        out.extend((36 + data.len() as u32).to_le_bytes());
+        out.extend(b"WAVEfmt ");
+        out.extend(16u32.to_le_bytes());
+        out.extend(1u16.to_le_bytes()); // PCM
+        out.extend(1u16.to_le_bytes()); // mono
+        out.extend(rate.to_le_bytes());
+        out.extend(rate.wrapping_mul(2).to_le_bytes());
+        out.extend(2u16.to_le_bytes());
+        out.extend(16u16.to_le_bytes());
+        out.extend(b"data");
+        out.extend((data.len() as u32).to_le_bytes());
+        out.extend(data);
+        out
+    }
+
+    #[test]
+    fn impossible_headers_are_errors_not_crashes() {
+        assert!(decode(&wav_claiming(0), 60).is_err());
+        assert_eq!(
+            decode(&wav_claiming(u32::MAX), 60).unwrap_err(),
+            AudioError::Rate(u32::MAX)
+        );
+        assert!(decode(&wav_claiming(8_000), 60).is_ok());
+        assert_eq!(
+            resample(&[0.0; 4], 16_000, 400_000).unwrap_err(),
+            AudioError::Rate(400_000)
+        );
+    }
+
+    #[test]
+    fn rates_that_barely_divide_resample_quickly() {
+        // 44100 and 44099 share no factor: torchaudio's kernel table would
+        // hold two billion values; the windowed taps are a dozen per phase.
+        let input = tone(44_100, 0.2, 440.0);
+        let output = resample(&input, 44_100, 44_099).unwrap();
+        assert_eq!(output.len(), (44_099 * input.len()).div_ceil(44_100));
+        let reference = tone(44_099, 0.2, 440.0);
+        let worst = (output.len() / 4..output.len() * 3 / 4)
+            .map(|i| (output[i] - reference[i]).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 2e-3, "off by {worst}");
     }
 
     #[test]

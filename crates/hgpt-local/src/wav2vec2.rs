@@ -12,7 +12,7 @@ use crate::error::{LocalError, bad_input};
 use crate::files::{ModelFiles, WEIGHTS};
 use crate::kernels::{Dense, Epilogue, dense_activation};
 use crate::pipeline::Pipeline;
-use crate::text::postprocess::ScoreFunction;
+use crate::text::postprocess::{ScoreFunction, classification_args, ranked_labels};
 use crate::vision::attention::self_attention;
 use candle_core::{D, Device, Result, Tensor};
 use candle_nn::{Activation, LayerNorm, VarBuilder, layer_norm};
@@ -23,11 +23,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
-/// Longest audio accepted, in seconds (wav2vec2 attends over all of it at
-/// once; the pipelines chunk only when asked).
-const MAX_SECONDS: u32 = 600;
-/// Labels returned by default (the audio-classification pipeline's `top_k`).
-const DEFAULT_TOP_K: usize = 5;
+/// Longest audio accepted, in seconds: the model sees all of it at once
+/// (the transformers pipeline chunks only when asked, which hgpt does not
+/// do yet), and its first feature map holds 3200 x 512 values per second.
+const MAX_SECONDS: u32 = 120;
 
 fn default_true() -> bool {
     true
@@ -75,9 +74,11 @@ struct Config {
     #[serde(default)]
     use_weighted_layer_sum: bool,
     #[serde(default)]
-    id2label: BTreeMap<String, String>,
+    add_adapter: bool,
     #[serde(default)]
-    problem_type: Option<String>,
+    adapter_attn_dim: Option<usize>,
+    #[serde(default)]
+    id2label: BTreeMap<String, String>,
 }
 
 /// `preprocessor_config.json`.
@@ -154,6 +155,15 @@ impl Wav2Vec2 {
         let layers_count = cfg.conv_dim.len();
         if cfg.conv_kernel.len() != layers_count || cfg.conv_stride.len() != layers_count {
             candle_core::bail!("conv_dim, conv_kernel and conv_stride differ in length");
+        }
+        if cfg
+            .conv_kernel
+            .iter()
+            .chain(&cfg.conv_stride)
+            .any(|&v| v == 0)
+            || cfg.num_conv_pos_embeddings == 0
+        {
+            candle_core::bail!("convolution kernels and strides must be positive");
         }
         let norm_kind = cfg.feat_extract_norm.as_deref().unwrap_or("group");
         if !matches!(norm_kind, "group" | "layer") {
@@ -326,7 +336,7 @@ impl Wav2Vec2 {
             )?
             .broadcast_add(&self.pos_conv_bias.reshape((1, (), 1))?)?
             .narrow(2, 0, frames)?
-            .apply(&Activation::Gelu)?
+            .apply(&self.conv_activation)?
             .squeeze(0)?
             .t()?;
         let mut x = (hidden + pos)?;
@@ -378,7 +388,6 @@ enum Head {
         projector: Dense,
         classifier: Dense,
         labels: Vec<String>,
-        function: ScoreFunction,
     },
 }
 
@@ -388,8 +397,10 @@ enum Head {
 struct Vocabulary {
     tokens: HashMap<u32, String>,
     pad: String,
+    unk: String,
     word_delimiter: String,
     replace_word_delimiter: String,
+    lower_case: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -402,6 +413,10 @@ struct TokenizerConfig {
     replace_word_delimiter_char: Option<String>,
     #[serde(default)]
     clean_up_tokenization_spaces: Option<bool>,
+    #[serde(default)]
+    unk_token: Option<Value>,
+    #[serde(default)]
+    do_lower_case: bool,
 }
 
 /// A special token as `tokenizer_config.json` writes it: a string or
@@ -433,8 +448,10 @@ impl Vocabulary {
         let vocabulary = Self {
             tokens,
             pad: token_text(&config.pad_token).unwrap_or_else(|| "<pad>".into()),
+            unk: token_text(&config.unk_token).unwrap_or_else(|| "<unk>".into()),
             word_delimiter: token_text(&config.word_delimiter_token).unwrap_or_else(|| "|".into()),
             replace_word_delimiter: config.replace_word_delimiter_char.unwrap_or(" ".into()),
+            lower_case: config.do_lower_case,
         };
         Ok((
             vocabulary,
@@ -451,9 +468,8 @@ impl Vocabulary {
                 continue;
             }
             previous = Some(id);
-            let Some(token) = self.tokens.get(&id) else {
-                continue;
-            };
+            // An id the vocabulary lacks reads as the unknown token.
+            let token = self.tokens.get(&id).unwrap_or(&self.unk);
             if *token == self.pad {
                 continue;
             }
@@ -463,7 +479,10 @@ impl Vocabulary {
                 text.push_str(token);
             }
         }
-        let text = text.trim().to_string();
+        let mut text = text.trim().to_string();
+        if self.lower_case {
+            text = text.to_lowercase();
+        }
         if clean_up {
             clean_up_spaces(&text)
         } else {
@@ -511,9 +530,18 @@ impl Wav2Vec2Pipeline {
         files.require(&["config.json", "preprocessor_config.json", WEIGHTS])?;
         let cfg: Config = files.json("config.json")?;
         let extractor: FeatureExtractor = files.json("preprocessor_config.json")?;
-        if cfg.use_weighted_layer_sum {
+        let unsupported = if cfg.use_weighted_layer_sum {
+            Some("use_weighted_layer_sum")
+        } else if cfg.add_adapter {
+            Some("an adapter after the encoder (add_adapter)")
+        } else if cfg.adapter_attn_dim.is_some() {
+            Some("per-language attention adapters (adapter_attn_dim, as in MMS)")
+        } else {
+            None
+        };
+        if let Some(what) = unsupported {
             return Err(LocalError::Unsupported(format!(
-                "{}: use_weighted_layer_sum is not supported",
+                "{}: hgpt's wav2vec2 does not run {what}",
                 files.id()
             )));
         }
@@ -527,10 +555,12 @@ impl Wav2Vec2Pipeline {
                 let (vocab, clean_up) = Vocabulary::load(files)?;
                 let lm_head = Dense::load(hidden, cfg.vocab_size, weights.vb.pp("lm_head"))
                     .map_err(failed)?;
-                if cfg
-                    .pad_token_id
-                    .is_some_and(|pad| vocab.tokens.get(&pad) != Some(&vocab.pad))
-                {
+                if cfg.pad_token_id.is_some_and(|pad| {
+                    vocab
+                        .tokens
+                        .get(&pad)
+                        .is_some_and(|token| *token != vocab.pad)
+                }) {
                     return Err(files.load_error(format!(
                         "config.json's pad_token_id does not name the tokenizer's pad token {:?}",
                         vocab.pad
@@ -548,13 +578,11 @@ impl Wav2Vec2Pipeline {
                     Dense::load(hidden, proj, weights.vb.pp("projector")).map_err(failed)?;
                 let classifier =
                     Dense::load(proj, labels.len(), weights.vb.pp("classifier")).map_err(failed)?;
-                let function = ScoreFunction::for_model(cfg.problem_type.as_deref(), labels.len());
                 (
                     Head::Classify {
                         projector,
                         classifier,
                         labels,
-                        function,
                     },
                     false,
                 )
@@ -661,32 +689,20 @@ impl Wav2Vec2Pipeline {
     }
 
     /// Classify raw mono samples at the model's rate: scores sorted, cut to
-    /// `top_k`.
+    /// `top_k` (`None`: every label).
     pub fn classify(
         &self,
         samples: &[f32],
         top_k: Option<usize>,
+        function: ScoreFunction,
     ) -> std::result::Result<Vec<ScoredLabel>, LocalError> {
-        let Head::Classify {
-            labels, function, ..
-        } = &self.head
-        else {
+        let Head::Classify { labels, .. } = &self.head else {
             return Err(LocalError::Unsupported(
                 "not a classification checkpoint".into(),
             ));
         };
-        let scores = function.apply(&self.class_logits(samples)?);
-        let mut labelled: Vec<ScoredLabel> = scores
-            .iter()
-            .zip(labels)
-            .map(|(&score, label)| ScoredLabel {
-                label: label.clone(),
-                score: f64::from(score),
-            })
-            .collect();
-        labelled.sort_by(|a, b| b.score.total_cmp(&a.score));
-        labelled.truncate(top_k.unwrap_or(DEFAULT_TOP_K));
-        Ok(labelled)
+        let logits = self.class_logits(samples)?;
+        Ok(ranked_labels(&logits, labels, top_k, function))
     }
 
     /// The sample rate the model takes.
@@ -724,18 +740,12 @@ impl Pipeline for Wav2Vec2Pipeline {
                 chunks: None,
             }),
             _ => {
-                let top_k =
-                    match args.other.get("top_k") {
-                        None | Some(Value::Null) => None,
-                        Some(value) => {
-                            Some(value.as_u64().filter(|&k| k > 0).ok_or_else(|| {
-                                bad_input(task, "top_k must be a positive integer")
-                            })? as usize)
-                        }
-                    };
-                Ok(InferenceOutput::Labels(
-                    self.classify(&audio.samples, top_k)?,
-                ))
+                let (top_k, function) = classification_args(task, args)?;
+                Ok(InferenceOutput::Labels(self.classify(
+                    &audio.samples,
+                    top_k,
+                    function,
+                )?))
             }
         }
     }
@@ -759,12 +769,19 @@ mod tests {
         let vocab = Vocabulary {
             tokens,
             pad: "<pad>".into(),
+            unk: "<unk>".into(),
             word_delimiter: "|".into(),
             replace_word_delimiter: " ".into(),
+            lower_case: false,
         };
         // A A <pad> A | | B <pad> B </s> 99 (unknown id)
         let ids = [5, 5, 0, 5, 4, 4, 6, 0, 6, 2, 99];
-        assert_eq!(vocab.decode(&ids, false), "AA BB</s>");
+        assert_eq!(vocab.decode(&ids, false), "AA BB</s><unk>");
+        let lower = Vocabulary {
+            lower_case: true,
+            ..vocab.clone()
+        };
+        assert_eq!(lower.decode(&[5, 4, 6], false), "a b");
         assert_eq!(vocab.decode(&[4, 5, 4, 0, 4, 6, 4], false), "A  B");
         assert_eq!(clean_up_spaces("A 's B ."), "A's B.");
     }

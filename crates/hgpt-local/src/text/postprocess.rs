@@ -4,7 +4,73 @@
 //! Scores are computed in `f32` like the pipelines' numpy code, so they match
 //! theirs to float precision; they are widened to `f64` only at the end.
 
+use crate::error::{LocalError, bad_input};
+use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::output::{Entity, ScoredLabel};
+use hgpt_core::task::TaskKind;
+use serde_json::Value;
+
+/// Labels the audio-classification pipeline returns when `top_k` is absent.
+const AUDIO_TOP_K: usize = 5;
+
+/// `top_k` and `function_to_apply` as the audio-classification pipeline
+/// reads them: `top_k` absent is 5 and `null` every label;
+/// `function_to_apply` is softmax unless given.
+pub(crate) fn classification_args(
+    task: TaskKind,
+    args: &ResolvedArgs,
+) -> Result<(Option<usize>, ScoreFunction), LocalError> {
+    let top_k = match args.other.get("top_k") {
+        None => Some(AUDIO_TOP_K),
+        Some(Value::Null) => None,
+        Some(value) => Some(
+            value
+                .as_u64()
+                .filter(|&k| k > 0)
+                .and_then(|k| usize::try_from(k).ok())
+                .ok_or_else(|| bad_input(task, "top_k must be a positive integer"))?,
+        ),
+    };
+    let function = match args.other.get("function_to_apply") {
+        None | Some(Value::Null) => ScoreFunction::Softmax,
+        Some(Value::String(name)) => ScoreFunction::parse(name).ok_or_else(|| {
+            bad_input(
+                task,
+                format!("function_to_apply must be softmax, sigmoid or none, not {name:?}"),
+            )
+        })?,
+        Some(other) => {
+            return Err(bad_input(
+                task,
+                format!("function_to_apply must be a string, not {other}"),
+            ));
+        }
+    };
+    Ok((top_k, function))
+}
+
+/// Logits as labelled scores, best first, cut to `top_k` (`None`: all).
+pub(crate) fn ranked_labels(
+    logits: &[f32],
+    labels: &[String],
+    top_k: Option<usize>,
+    function: ScoreFunction,
+) -> Vec<ScoredLabel> {
+    let mut labelled: Vec<ScoredLabel> = function
+        .apply(logits)
+        .iter()
+        .zip(labels)
+        .map(|(&score, label)| ScoredLabel {
+            label: label.clone(),
+            score: f64::from(score),
+        })
+        .collect();
+    labelled.sort_by(|a, b| b.score.total_cmp(&a.score));
+    if let Some(k) = top_k {
+        labelled.truncate(k);
+    }
+    labelled
+}
 
 /// How classification logits become scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +328,42 @@ pub fn char_slice(text: &str, start: usize, end: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audio_classification_arguments_as_the_pipeline_reads_them() {
+        let task = TaskKind::AudioClassification;
+        let with = |pairs: &[(&str, Value)]| ResolvedArgs {
+            other: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            ..ResolvedArgs::default()
+        };
+        assert_eq!(
+            classification_args(task, &with(&[])).unwrap(),
+            (Some(5), ScoreFunction::Softmax)
+        );
+        assert_eq!(
+            classification_args(task, &with(&[("top_k", Value::Null)]))
+                .unwrap()
+                .0,
+            None
+        );
+        let (k, f) = classification_args(
+            task,
+            &with(&[("top_k", 2.into()), ("function_to_apply", "sigmoid".into())]),
+        )
+        .unwrap();
+        assert_eq!((k, f), (Some(2), ScoreFunction::Sigmoid));
+        assert!(classification_args(task, &with(&[("top_k", 0.into())])).is_err());
+        assert!(classification_args(task, &with(&[("function_to_apply", "max".into())])).is_err());
+        let labels = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let ranked = ranked_labels(&[0.0, 2.0, 1.0], &labels, None, ScoreFunction::Softmax);
+        assert_eq!(
+            ranked.iter().map(|l| l.label.as_str()).collect::<Vec<_>>(),
+            ["b", "c", "a"]
+        );
+    }
 
     fn token(word: &str, label: &str, score: f32, start: usize, end: usize) -> TokenPrediction {
         TokenPrediction {
