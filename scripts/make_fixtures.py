@@ -2046,6 +2046,13 @@ def make_wav2vec2(out: Path, work: Path) -> None:
             rename_weight_norm(folder)
         asr = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
                        feature_extractor=processor.feature_extractor, device="cpu")
+        # Long audio through the pipeline's chunking (1 s chunks, 1/6 s strides).
+        long = np.concatenate([clips["tones.wav"], clips["chirp.wav"], clips["burst.wav"],
+                               clips["tones.wav"]])
+        chunked = {"chunk_length_s": 1.0,
+                   "pipeline": plain(asr(long.copy(), chunk_length_s=1.0)),
+                   "pipeline_stride": plain(asr(long.copy(), chunk_length_s=1.0,
+                                                stride_length_s=(0.3, 0.1)))}
         cases = []
         for clip, samples in clips.items():
             inputs = processor.feature_extractor(samples, sampling_rate=16_000, return_tensors="pt")
@@ -2062,6 +2069,7 @@ def make_wav2vec2(out: Path, work: Path) -> None:
             **meta(name, "automatic-speech-recognition", model,
                    {"clips_folder": "wav2vec2-ctc", "stable_layer_norm": stable}),
             "cases": cases,
+            "chunked": {"clips": ["tones.wav", "chirp.wav", "burst.wav", "tones.wav"], **chunked},
         })
     name = "wav2vec2-audiocls"
     folder = out / name

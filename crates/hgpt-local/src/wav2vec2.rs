@@ -23,10 +23,14 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
-/// Longest audio accepted, in seconds: the model sees all of it at once
-/// (the transformers pipeline chunks only when asked, which hgpt does not
-/// do yet), and its first feature map holds 3200 x 512 values per second.
-const MAX_SECONDS: u32 = 120;
+/// Longest audio transcribed, in seconds (in chunks).
+const MAX_SECONDS: u32 = 3600;
+/// Longest audio classified, in seconds: the classifier sees all of it at
+/// once, and its first feature map holds 3200 x 512 values per second.
+const MAX_CLASSIFY_SECONDS: u32 = 120;
+/// Audio longer than this is transcribed in chunks of this length (with
+/// the pipeline's default strides) when the request names no chunking.
+const AUTO_CHUNK_SECONDS: f64 = 30.0;
 
 fn default_true() -> bool {
     true
@@ -491,6 +495,20 @@ impl Vocabulary {
     }
 }
 
+/// The index of each row's largest value (the first of ties).
+fn argmax_rows(rows: &[Vec<f32>]) -> Vec<u32> {
+    rows.iter()
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 { (i, v) } else { best }
+                })
+                .0 as u32
+        })
+        .collect()
+}
+
 /// transformers' `clean_up_tokenization`.
 fn clean_up_spaces(text: &str) -> String {
     [
@@ -668,23 +686,78 @@ impl Wav2Vec2Pipeline {
             .to_vec1()?)
     }
 
+    /// Samples per logit frame (`inputs_to_logits_ratio`).
+    fn samples_per_frame(&self) -> usize {
+        self.model.convs.iter().map(|c| c.stride).product()
+    }
+
+    /// Transcribe long audio as the pipeline does with `chunk_length_s`:
+    /// overlapping chunks, each normalised and run alone, the frames of
+    /// each chunk's strides dropped, the rest decoded as one sequence.
+    /// `stride_s` is the (left, right) overlap in seconds.
+    pub fn transcribe_chunked(
+        &self,
+        samples: &[f32],
+        chunk_length_s: f64,
+        stride_s: (f64, f64),
+    ) -> std::result::Result<String, LocalError> {
+        let task = self.task;
+        let Head::Ctc { vocab, .. } = &self.head else {
+            return Err(LocalError::Unsupported("not a CTC checkpoint".into()));
+        };
+        let rate = f64::from(self.sampling_rate());
+        let align = self.samples_per_frame() as f64;
+        let aligned = |seconds: f64| (seconds * rate / align).round_ties_even() * align;
+        let (chunk_len, left, right) = (
+            aligned(chunk_length_s),
+            aligned(stride_s.0),
+            aligned(stride_s.1),
+        );
+        let valid = |x: f64| x.is_finite() && x >= 0.0;
+        if !(valid(chunk_len) && valid(left) && valid(right)) || chunk_len <= left + right {
+            return Err(bad_input(
+                task,
+                "chunk_length_s must be longer than the two strides together",
+            ));
+        }
+        let (chunk_len, left, right) = (chunk_len as usize, left as usize, right as usize);
+        let step = chunk_len - left - right;
+        let mut ids = Vec::new();
+        let mut start = 0;
+        while start < samples.len() {
+            let end = start + chunk_len;
+            let chunk = &samples[start..end.min(samples.len())];
+            let stride_left = if start == 0 { 0 } else { left };
+            let is_last = end >= samples.len();
+            let stride_right = if is_last { 0 } else { right };
+            // A tail shorter than the encoder's first window adds nothing.
+            if chunk.len() > stride_left && self.model.frames(chunk.len()) > 0 {
+                let frames = argmax_rows(&self.ctc_logits(chunk)?);
+                // The pipeline's `rescale_stride`, from samples to frames.
+                let input_n = chunk.len() as f64;
+                let token_n = (input_n * (1.0 / align)).round_ties_even();
+                let drop_left = (stride_left as f64 / input_n * token_n).round_ties_even() as usize;
+                let drop_right =
+                    (stride_right as f64 / input_n * token_n).round_ties_even() as usize;
+                let keep_to = (token_n as usize)
+                    .saturating_sub(drop_right)
+                    .min(frames.len());
+                ids.extend_from_slice(&frames[drop_left.min(keep_to)..keep_to]);
+            }
+            if is_last {
+                break;
+            }
+            start += step;
+        }
+        Ok(vocab.decode(&ids, self.clean_up))
+    }
+
     /// Transcribe raw mono samples at the model's rate.
     pub fn transcribe(&self, samples: &[f32]) -> std::result::Result<String, LocalError> {
         let Head::Ctc { vocab, .. } = &self.head else {
             return Err(LocalError::Unsupported("not a CTC checkpoint".into()));
         };
-        let ids: Vec<u32> = self
-            .ctc_logits(samples)?
-            .iter()
-            .map(|row| {
-                row.iter()
-                    .enumerate()
-                    .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
-                        if v > best.1 { (i, v) } else { best }
-                    })
-                    .0 as u32
-            })
-            .collect();
+        let ids = argmax_rows(&self.ctc_logits(samples)?);
         Ok(vocab.decode(&ids, self.clean_up))
     }
 
@@ -711,6 +784,46 @@ impl Wav2Vec2Pipeline {
     }
 }
 
+/// A chunk length and its (left, right) strides, in seconds.
+type Chunking = (f64, (f64, f64));
+
+/// `chunk_length_s` and `stride_length_s` (a number or `[left, right]`;
+/// default a sixth of the chunk on each side) as the pipeline reads them;
+/// audio longer than [`AUTO_CHUNK_SECONDS`] is chunked by that length when
+/// the request names none.
+fn chunking(
+    task: TaskKind,
+    args: &ResolvedArgs,
+    seconds: f64,
+) -> std::result::Result<Option<Chunking>, LocalError> {
+    let number = |value: &Value, name: &str| {
+        value
+            .as_f64()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| bad_input(task, format!("{name} must be a non-negative number")))
+    };
+    let length = match args.other.get("chunk_length_s") {
+        None | Some(Value::Null) if seconds > AUTO_CHUNK_SECONDS => AUTO_CHUNK_SECONDS,
+        None | Some(Value::Null) => return Ok(None),
+        Some(value) => number(value, "chunk_length_s")?,
+    };
+    if length == 0.0 {
+        return Ok(None);
+    }
+    let strides = match args.other.get("stride_length_s") {
+        None | Some(Value::Null) => (length / 6.0, length / 6.0),
+        Some(Value::Array(pair)) if pair.len() == 2 => (
+            number(&pair[0], "stride_length_s")?,
+            number(&pair[1], "stride_length_s")?,
+        ),
+        Some(value) => {
+            let stride = number(value, "stride_length_s")?;
+            (stride, stride)
+        }
+    };
+    Ok(Some((length, strides)))
+}
+
 impl Pipeline for Wav2Vec2Pipeline {
     fn tasks(&self) -> &[TaskKind] {
         std::slice::from_ref(&self.task)
@@ -732,13 +845,23 @@ impl Pipeline for Wav2Vec2Pipeline {
             .as_ref()
             .filter(|b| !b.bytes.is_empty())
             .ok_or_else(|| bad_input(task, "missing argument `audio`"))?;
-        let audio = audio::load(&blob.bytes, self.sampling_rate(), MAX_SECONDS)
+        let limit = if task == TaskKind::AutomaticSpeechRecognition {
+            MAX_SECONDS
+        } else {
+            MAX_CLASSIFY_SECONDS
+        };
+        let audio = audio::load(&blob.bytes, self.sampling_rate(), limit)
             .map_err(|e| bad_input(task, e.to_string()))?;
         match task {
-            TaskKind::AutomaticSpeechRecognition => Ok(InferenceOutput::Transcription {
-                text: self.transcribe(&audio.samples)?,
-                chunks: None,
-            }),
+            TaskKind::AutomaticSpeechRecognition => {
+                let text = match chunking(task, args, audio.seconds())? {
+                    Some((length, strides)) => {
+                        self.transcribe_chunked(&audio.samples, length, strides)?
+                    }
+                    None => self.transcribe(&audio.samples)?,
+                };
+                Ok(InferenceOutput::Transcription { text, chunks: None })
+            }
             _ => {
                 let (top_k, function) = classification_args(task, args)?;
                 Ok(InferenceOutput::Labels(self.classify(

@@ -10,6 +10,7 @@ use hgpt_core::output::{Blob, InferenceOutput};
 use hgpt_core::task::TaskKind;
 use hgpt_local::ModelFiles;
 use hgpt_local::audio::decode;
+use hgpt_local::pipeline::Pipeline;
 use hgpt_local::wav2vec2::Wav2Vec2Pipeline;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -175,4 +176,55 @@ fn bad_audio_is_refused_with_a_reason() {
     let tiny = hgpt_local::audio::encode_wav(&[0.1; 8], 16_000).unwrap();
     let err = model.run(task, &audio_args(tiny)).unwrap_err();
     assert!(err.to_string().contains("too short"), "{err}");
+}
+
+#[test]
+fn long_audio_is_transcribed_in_chunks_as_the_pipeline_does() {
+    for name in ["wav2vec2-ctc", "wav2vec2-ctc-stable"] {
+        let expected = expected(name);
+        let chunked = &expected["chunked"];
+        let long: Vec<f32> = chunked["clips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| decode(&clip(c.as_str().unwrap()), 60).unwrap().samples)
+            .collect();
+        let model = Wav2Vec2Pipeline::load(
+            TaskKind::AutomaticSpeechRecognition,
+            &files(name),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let sixth = 1.0 / 6.0;
+        assert_eq!(
+            model
+                .transcribe_chunked(&long, 1.0, (sixth, sixth))
+                .unwrap(),
+            chunked["pipeline"]["text"].as_str().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            model.transcribe_chunked(&long, 1.0, (0.3, 0.1)).unwrap(),
+            chunked["pipeline_stride"]["text"].as_str().unwrap(),
+            "{name}: uneven strides"
+        );
+        // Through the pipeline's arguments.
+        let mut args = audio_args(hgpt_local::audio::encode_wav(&long, 16_000).unwrap());
+        args.other.insert("chunk_length_s".into(), 1.0.into());
+        let output = model
+            .run(TaskKind::AutomaticSpeechRecognition, &args)
+            .unwrap();
+        assert_eq!(
+            output,
+            InferenceOutput::Transcription {
+                text: chunked["pipeline"]["text"].as_str().unwrap().to_string(),
+                chunks: None
+            },
+            "{name}"
+        );
+        assert!(
+            model.transcribe_chunked(&long, 0.2, (0.1, 0.1)).is_err(),
+            "strides as long as the chunk"
+        );
+    }
 }
