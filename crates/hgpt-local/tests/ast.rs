@@ -2,7 +2,10 @@
 //! checkpoint (`tests/fixtures/ast-audiocls`): the feature extractor's
 //! log-mel filter banks, the logits and the audio-classification pipeline.
 
+mod common;
+
 use candle_core::Device;
+use common::{fixtures, floats};
 use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::output::{Blob, InferenceOutput};
 use hgpt_core::task::TaskKind;
@@ -10,20 +13,6 @@ use hgpt_local::ModelFiles;
 use hgpt_local::ast::AstClassifier;
 use hgpt_local::audio::decode;
 use serde_json::Value;
-use std::path::PathBuf;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn floats(value: &Value) -> Vec<f32> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect()
-}
 
 #[test]
 fn filter_banks_logits_and_labels_match_transformers() {

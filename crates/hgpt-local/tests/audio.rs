@@ -3,6 +3,9 @@
 //! (libsndfile's) decoding of one tone in four formats, and torchaudio's
 //! resampler, which transformers' speech pipelines use.
 
+mod common;
+
+use common::floats;
 use hgpt_local::audio::{decode, load, resample};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -14,15 +17,6 @@ fn folder() -> PathBuf {
 fn expected() -> Value {
     let text = std::fs::read_to_string(folder().join("expected.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn floats(value: &Value) -> Vec<f32> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect()
 }
 
 /// The largest difference over the overlap of `ours` shifted by `shift`

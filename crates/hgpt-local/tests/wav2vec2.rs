@@ -4,7 +4,10 @@
 //! post-norm layers), a large-style one (layer norms, pre-norm layers, the
 //! old weight-norm names) and a classifier.
 
+mod common;
+
 use candle_core::Device;
+use common::{fixtures, floats};
 use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::output::{Blob, InferenceOutput};
 use hgpt_core::task::TaskKind;
@@ -13,11 +16,6 @@ use hgpt_local::audio::decode;
 use hgpt_local::pipeline::Pipeline;
 use hgpt_local::wav2vec2::Wav2Vec2Pipeline;
 use serde_json::Value;
-use std::path::PathBuf;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 fn expected(name: &str) -> Value {
     let text = std::fs::read_to_string(fixtures().join(name).join("expected.json")).unwrap();
@@ -30,15 +28,6 @@ fn files(name: &str) -> ModelFiles {
 
 fn clip(name: &str) -> Vec<u8> {
     std::fs::read(fixtures().join("wav2vec2-ctc").join(name)).unwrap()
-}
-
-fn floats(value: &Value) -> Vec<f32> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect()
 }
 
 fn audio_args(bytes: Vec<u8>) -> ResolvedArgs {

@@ -680,6 +680,43 @@ async fn a_download_beyond_the_limit_fails_saying_what_to_pull() {
 
 /// The output of a fixture checkpoint's local pipeline for the workspace's
 /// image, computed in-process.
+/// `hgpt run --json request` in local mode, offline, with a catalog of the
+/// fixture checkpoints `(folder, task)` in a hub cache; asserts success.
+async fn run_on_fixtures(
+    ws: &Workspace,
+    llm: &FakeLlm,
+    hf: &FakeHf,
+    models: &[(&str, &str)],
+    request: &str,
+) -> Output {
+    let catalog = ws.dir.path().join("fixtures-catalog.jsonl");
+    let lines: String = models
+        .iter()
+        .map(|(folder, task)| {
+            format!(
+                "{{\"id\": \"{}\", \"task\": \"{task}\", \"downloads\": 10}}\n",
+                fixture_id(folder)
+            )
+        })
+        .collect();
+    std::fs::write(&catalog, lines).unwrap();
+    let hub = Hub::new();
+    hub.with_fixtures();
+    let mut command = ws.command(Some(llm), hf, &["run", "--json", request]);
+    command
+        .env("HGPT_CATALOG", &catalog)
+        .env("HF_HUB_CACHE", hub.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HGPT_INFERENCE_MODE", "local");
+    let out = output(command, "").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn fixture_output(
     folder: &str,
     task: TaskKind,
@@ -705,47 +742,19 @@ async fn local_mode_runs_the_signature_request_in_process() {
         {"task": "visual-question-answering", "id": 2, "dep": [-1],
          "args": {"image": "/a.jpg", "text": "how many zebras are there?"}}]"#;
     let ws = Workspace::new();
-    let catalog = ws.dir.path().join("local-catalog.jsonl");
-    std::fs::write(
-        &catalog,
-        [
+    let (llm, hf) = (controller(PLAN).await, inference_server().await);
+    let out = run_on_fixtures(
+        &ws,
+        &llm,
+        &hf,
+        &[
             ("vit-gpt2-caption", "image-to-text"),
             ("yolos-det", "object-detection"),
             ("blip-vqa", "visual-question-answering"),
-        ]
-        .iter()
-        .map(|(folder, task)| {
-            format!(
-                "{{\"id\": \"{}\", \"task\": \"{task}\", \"downloads\": 10}}\n",
-                fixture_id(folder)
-            )
-        })
-        .collect::<String>(),
-    )
-    .unwrap();
-    let hub = Hub::new();
-    hub.with_fixtures();
-    let (llm, hf) = (controller(PLAN).await, inference_server().await);
-    let mut command = ws.command(
-        Some(&llm),
-        &hf,
-        &[
-            "run",
-            "--json",
-            "what is in /a.jpg, how many zebras are there?",
         ],
-    );
-    command
-        .env("HGPT_CATALOG", &catalog)
-        .env("HF_HUB_CACHE", hub.path())
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HGPT_INFERENCE_MODE", "local");
-    let out = output(command, "").await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        "what is in /a.jpg, how many zebras are there?",
+    )
+    .await;
     let record = json(&out);
     assert_eq!(hf.call_count(), 0, "nothing went to the remote endpoint");
     let tasks = record["tasks"].as_array().unwrap();
@@ -1081,40 +1090,18 @@ async fn local_mode_transcribes_and_classifies_audio_in_process() {
     let ws = Workspace::new();
     let clip = fixtures_dir().join("wav2vec2-ctc").join("chirp.wav");
     std::fs::copy(&clip, ws.dir.path().join("media/a.wav")).unwrap();
-    let catalog = ws.dir.path().join("audio-catalog.jsonl");
-    std::fs::write(
-        &catalog,
-        format!(
-            "{{\"id\": \"{}\", \"task\": \"automatic-speech-recognition\", \"downloads\": 10}}\n\
-             {{\"id\": \"{}\", \"task\": \"audio-classification\", \"downloads\": 10}}\n",
-            fixture_id("wav2vec2-ctc"),
-            fixture_id("ast-audiocls")
-        ),
-    )
-    .unwrap();
-    let hub = Hub::new();
-    hub.with_fixtures();
     let (llm, hf) = (controller(PLAN).await, inference_server().await);
-    let mut command = ws.command(
-        Some(&llm),
+    let out = run_on_fixtures(
+        &ws,
+        &llm,
         &hf,
         &[
-            "run",
-            "--json",
-            "what does /a.wav say, and what kind of sound is it?",
+            ("wav2vec2-ctc", "automatic-speech-recognition"),
+            ("ast-audiocls", "audio-classification"),
         ],
-    );
-    command
-        .env("HGPT_CATALOG", &catalog)
-        .env("HF_HUB_CACHE", hub.path())
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HGPT_INFERENCE_MODE", "local");
-    let out = output(command, "").await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        "what does /a.wav say, and what kind of sound is it?",
+    )
+    .await;
     let record = json(&out);
     assert_eq!(hf.call_count(), 0, "nothing went to the remote endpoint");
     let tasks = record["tasks"].as_array().unwrap();

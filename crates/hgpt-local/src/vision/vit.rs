@@ -8,7 +8,7 @@ use crate::error::{LocalError, bad_input};
 use crate::files::ModelFiles;
 use crate::files::WEIGHTS;
 use crate::pipeline::Pipeline;
-use crate::text::postprocess::ScoreFunction;
+use crate::text::postprocess::{ScoreFunction, ranked_labels};
 use candle_core::{Device, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
 use hgpt_core::backend::ResolvedArgs;
@@ -141,18 +141,12 @@ impl ImageClassifier {
         let row = logits
             .first()
             .ok_or_else(|| LocalError::Compute("the model returned no logits".into()))?;
-        let scores = function.unwrap_or(self.default_function).apply(row);
-        let mut labelled: Vec<ScoredLabel> = scores
-            .iter()
-            .zip(&self.labels)
-            .map(|(&score, label)| ScoredLabel {
-                label: label.clone(),
-                score: f64::from(score),
-            })
-            .collect();
-        labelled.sort_by(|a, b| b.score.total_cmp(&a.score));
-        labelled.truncate(top_k.unwrap_or(DEFAULT_TOP_K));
-        Ok(labelled)
+        Ok(ranked_labels(
+            row,
+            &self.labels,
+            Some(top_k.unwrap_or(DEFAULT_TOP_K)),
+            function.unwrap_or(self.default_function),
+        ))
     }
 }
 
