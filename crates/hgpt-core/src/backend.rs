@@ -156,6 +156,19 @@ pub struct DownloadProgress {
 /// Receives [`DownloadProgress`] while a backend prepares a model.
 pub type ProgressFn<'a> = &'a (dyn Fn(DownloadProgress) + Send + Sync);
 
+/// How far a running task has got, in its model's own steps (a diffusion
+/// model's denoising steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepProgress {
+    /// Steps done.
+    pub done: u64,
+    /// Steps in all.
+    pub total: u64,
+}
+
+/// Receives [`StepProgress`] while a backend runs a task.
+pub type StepProgressFn<'a> = &'a (dyn Fn(StepProgress) + Send + Sync);
+
 /// Arguments of a task after `<GENERATED>` references and paths are resolved.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ResolvedArgs {
@@ -296,6 +309,15 @@ pub trait InferenceBackend: Send + Sync {
     }
     /// Run one task on one model.
     async fn infer(&self, request: &InferenceRequest) -> Result<InferenceOutput, InferenceError>;
+    /// Run one task, reporting its steps where the model has any. Backends
+    /// whose models report none keep the default, which is [`Self::infer`].
+    async fn infer_with_progress(
+        &self,
+        request: &InferenceRequest,
+        _progress: StepProgressFn<'_>,
+    ) -> Result<InferenceOutput, InferenceError> {
+        self.infer(request).await
+    }
 }
 
 /// Why a resource could not be loaded or stored.

@@ -9,7 +9,7 @@
 
 use crate::backend::{
     ChatMessage, ChatModel, ChatRequest, DownloadProgress, InferenceBackend, InferenceError,
-    InferenceRequest, LlmError, MediaStore, ResolvedArgs,
+    InferenceRequest, LlmError, MediaStore, ResolvedArgs, StepProgress,
 };
 use crate::catalog::Catalog;
 use crate::execute::{Finished, into_task_output, output_text, resolve_args, truncate_chars};
@@ -783,7 +783,7 @@ impl RunContext {
                 Err(error) => Err(error),
                 Ok(()) => match tokio::time::timeout(
                     self.config.task_timeout,
-                    self.backend.infer(&request),
+                    self.infer_reporting_steps(record.id, &request),
                 )
                 .await
                 {
@@ -847,6 +847,35 @@ impl RunContext {
             });
         };
         self.backend.prepare(kind, model, &progress).await
+    }
+
+    /// Run a request, reporting its model's steps as [`RunEvent::TaskProgress`]
+    /// events at most every 200 ms (and always the last step).
+    async fn infer_reporting_steps(
+        &self,
+        id: usize,
+        request: &InferenceRequest,
+    ) -> Result<crate::output::InferenceOutput, InferenceError> {
+        let Some(sink) = self.events.clone() else {
+            return self.backend.infer(request).await;
+        };
+        let last_sent: Mutex<Option<Instant>> = Mutex::new(None);
+        let model = request.model.clone();
+        let progress = move |p: StepProgress| {
+            let mut last = lock(&last_sent);
+            let done = p.done >= p.total;
+            if !done && last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+                return;
+            }
+            *last = Some(Instant::now());
+            let _ = sink.send(RunEvent::TaskProgress {
+                id,
+                model: model.clone(),
+                done: p.done,
+                total: p.total,
+            });
+        };
+        self.backend.infer_with_progress(request, &progress).await
     }
 
     /// Text tasks the controller LLM can do, run with a short instruction.

@@ -262,6 +262,18 @@ pub enum RunEvent {
         /// Bytes to download in all.
         total_bytes: u64,
     },
+    /// A running task's model reports its steps (a diffusion model's
+    /// denoising steps; at most a few times a second, and at the last).
+    TaskProgress {
+        /// Task id.
+        id: usize,
+        /// The model.
+        model: String,
+        /// Steps done.
+        done: u64,
+        /// Steps in all.
+        total: u64,
+    },
     /// A task ended (ok, failed or skipped).
     TaskFinished {
         /// Its record.

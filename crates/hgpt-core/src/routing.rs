@@ -9,7 +9,7 @@
 //! tier the model would run on, so the selection prompt can prefer local ones.
 
 use crate::backend::{
-    Availability, InferenceBackend, InferenceError, InferenceRequest, ProgressFn,
+    Availability, InferenceBackend, InferenceError, InferenceRequest, ProgressFn, StepProgressFn,
 };
 use crate::output::InferenceOutput;
 use crate::task::TaskKind;
@@ -208,6 +208,15 @@ impl InferenceBackend for RoutedBackend {
     async fn infer(&self, request: &InferenceRequest) -> Result<InferenceOutput, InferenceError> {
         let tier = self.tier_for(request.task, &request.model).await?;
         self.tier(tier).infer(request).await
+    }
+
+    async fn infer_with_progress(
+        &self,
+        request: &InferenceRequest,
+        progress: StepProgressFn<'_>,
+    ) -> Result<InferenceOutput, InferenceError> {
+        let tier = self.tier_for(request.task, &request.model).await?;
+        self.tier(tier).infer_with_progress(request, progress).await
     }
 }
 

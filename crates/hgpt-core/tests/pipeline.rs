@@ -709,3 +709,49 @@ async fn planning_and_selection_requests_carry_their_shapes() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_model_reports_its_steps_while_its_task_runs() {
+    let llm = Arc::new(ScriptedLlm::with_plan(DESCRIBE_COUNT_SPEAK));
+    let backend = Arc::new(FakeBackend::new(Duration::from_millis(1000)).with_steps(10));
+    let p = pipeline(llm, backend, PipelineConfig::default());
+    let (record, events) = run(&p, "describe /a.jpg, count the zebras and read it aloud").await;
+    assert!(record.tasks.iter().all(|t| t.status == TaskStatus::Ok));
+    for task in &record.tasks {
+        let position = |wanted: &dyn Fn(&RunEvent) -> bool| events.iter().position(wanted);
+        let started =
+            position(&|e| matches!(e, RunEvent::TaskStarted { id, .. } if *id == task.id)).unwrap();
+        let finished =
+            position(&|e| matches!(e, RunEvent::TaskFinished { record } if record.id == task.id))
+                .unwrap();
+        let steps: Vec<(usize, u64, u64)> = events
+            .iter()
+            .enumerate()
+            .filter_map(|(at, e)| match e {
+                RunEvent::TaskProgress {
+                    id,
+                    model,
+                    done,
+                    total,
+                } if *id == task.id => {
+                    assert_eq!(Some(model), task.model.as_ref().map(|m| &m.id));
+                    Some((at, *done, *total))
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(!steps.is_empty(), "task {} reported no steps", task.id);
+        assert!(
+            steps
+                .iter()
+                .all(|(at, _, _)| started < *at && *at < finished),
+            "steps come between the task's start and end: {steps:?}"
+        );
+        assert!(steps.windows(2).all(|w| w[0].1 < w[1].1), "{steps:?}");
+        assert_eq!(
+            steps.last().map(|s| (s.1, s.2)),
+            Some((10, 10)),
+            "the last step is always sent"
+        );
+    }
+}

@@ -11,7 +11,7 @@ use crate::pipeline::{self, ModelKind, Pipeline};
 use async_trait::async_trait;
 use candle_core::Device;
 use hgpt_core::backend::{
-    Availability, InferenceBackend, InferenceError, InferenceRequest, ProgressFn,
+    Availability, InferenceBackend, InferenceError, InferenceRequest, ProgressFn, StepProgressFn,
 };
 use hgpt_core::output::InferenceOutput;
 use hgpt_core::task::TaskKind;
@@ -336,6 +336,15 @@ impl LocalBackend {
 
     /// Run a request, downloading and loading the model first if needed.
     pub async fn run(&self, request: &InferenceRequest) -> Result<InferenceOutput, LocalError> {
+        self.run_with_progress(request, &|_| {}).await
+    }
+
+    /// [`Self::run`], reporting the model's steps while it runs.
+    pub async fn run_with_progress(
+        &self,
+        request: &InferenceRequest,
+        progress: StepProgressFn<'_>,
+    ) -> Result<InferenceOutput, LocalError> {
         self.pull_if_missing(&request.model, &|_| {}).await?;
         let entry = self.loaded_entry(request.task, &request.model).await?;
         let _turn = entry
@@ -345,7 +354,16 @@ impl LocalBackend {
             .map_err(|_| LocalError::Compute("the model was unloaded".into()))?;
         let pipeline = entry.pipeline.clone();
         let (task, args) = (request.task, request.args.clone());
-        tokio::task::spawn_blocking(move || pipeline.run(task, &args))
+        let (sender, mut steps) = tokio::sync::mpsc::unbounded_channel();
+        let running = tokio::task::spawn_blocking(move || {
+            pipeline.run_with_progress(task, &args, &|step| {
+                let _ = sender.send(step);
+            })
+        });
+        while let Some(step) = steps.recv().await {
+            progress(step);
+        }
+        running
             .await
             .map_err(|e| LocalError::Compute(format!("the model crashed: {e}")))?
     }
@@ -406,6 +424,16 @@ impl InferenceBackend for LocalBackend {
 
     async fn infer(&self, request: &InferenceRequest) -> Result<InferenceOutput, InferenceError> {
         self.run(request)
+            .await
+            .map_err(|e| to_inference_error(&request.model, e))
+    }
+
+    async fn infer_with_progress(
+        &self,
+        request: &InferenceRequest,
+        progress: StepProgressFn<'_>,
+    ) -> Result<InferenceOutput, InferenceError> {
+        self.run_with_progress(request, progress)
             .await
             .map_err(|e| to_inference_error(&request.model, e))
     }

@@ -4,7 +4,7 @@
 use crate::error::LocalError;
 use crate::files::ModelFiles;
 use candle_core::Device;
-use hgpt_core::backend::ResolvedArgs;
+use hgpt_core::backend::{ResolvedArgs, StepProgress};
 use hgpt_core::output::InferenceOutput;
 use hgpt_core::task::TaskKind;
 use serde::Deserialize;
@@ -16,6 +16,16 @@ pub trait Pipeline: Send + Sync {
     fn tasks(&self) -> &[TaskKind];
     /// Run one request.
     fn run(&self, task: TaskKind, args: &ResolvedArgs) -> Result<InferenceOutput, LocalError>;
+    /// Run one request, reporting its steps where the model has any (a
+    /// diffusion model's denoising steps); others keep the default, [`Self::run`].
+    fn run_with_progress(
+        &self,
+        task: TaskKind,
+        args: &ResolvedArgs,
+        _progress: &dyn Fn(StepProgress),
+    ) -> Result<InferenceOutput, LocalError> {
+        self.run(task, args)
+    }
     /// Bytes of weights it holds (for the memory budget).
     fn weight_bytes(&self) -> u64;
 }

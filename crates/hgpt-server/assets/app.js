@@ -402,6 +402,11 @@ function handleEvent(view, type, data) {
         : progressText(view));
       break;
     }
+    case 'task_progress':
+      setStatus(view.bubble, data.done < data.total
+        ? `Task #${data.id} on ${data.model}: step ${data.done} of ${data.total}…`
+        : progressText(view));
+      break;
     case 'task_finished':
       if (data.record) applyTaskRecord(view, data.record);
       setStatus(view.bubble, progressText(view));

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use futures::stream;
 use hgpt_core::backend::{
     Availability, ChatModel, ChatRequest, InferenceBackend, InferenceError, InferenceRequest,
-    LlmError, MediaError, MediaStore, TextStream,
+    LlmError, MediaError, MediaStore, StepProgress, StepProgressFn, TextStream,
 };
 use hgpt_core::output::{Blob, Detection, InferenceOutput, ScoredLabel, Segment};
 use hgpt_core::task::{ResourceKind, TaskKind};
@@ -146,6 +146,7 @@ pub struct FakeBackend {
     latency: Duration,
     responder: Box<BackendResponder>,
     unavailable: Vec<String>,
+    steps: u64,
     in_flight: AtomicUsize,
     peak: AtomicUsize,
     calls: Mutex<Vec<InferenceRequest>>,
@@ -169,6 +170,7 @@ impl FakeBackend {
             latency,
             responder: Box::new(responder),
             unavailable: Vec::new(),
+            steps: 0,
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             calls: Mutex::new(Vec::new()),
@@ -178,6 +180,13 @@ impl FakeBackend {
     /// Report these models as unavailable.
     pub fn with_unavailable(mut self, models: &[&str]) -> Self {
         self.unavailable = models.iter().map(|m| m.to_string()).collect();
+        self
+    }
+
+    /// Report this many steps over each call's latency (as a diffusion
+    /// model reports its denoising steps) to callers that take progress.
+    pub fn with_steps(mut self, steps: u64) -> Self {
+        self.steps = steps;
         self
     }
 
@@ -207,13 +216,28 @@ impl InferenceBackend for FakeBackend {
     }
 
     async fn infer(&self, request: &InferenceRequest) -> Result<InferenceOutput, InferenceError> {
+        self.infer_with_progress(request, &|_| {}).await
+    }
+
+    async fn infer_with_progress(
+        &self,
+        request: &InferenceRequest,
+        progress: StepProgressFn<'_>,
+    ) -> Result<InferenceOutput, InferenceError> {
         if let Ok(mut calls) = self.calls.lock() {
             calls.push(request.clone());
         }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
-        if !self.latency.is_zero() {
+        if self.steps == 0 && !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
+        }
+        for done in 1..=self.steps {
+            tokio::time::sleep(self.latency.div_f64(self.steps as f64)).await;
+            progress(StepProgress {
+                done,
+                total: self.steps,
+            });
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         (self.responder)(request)

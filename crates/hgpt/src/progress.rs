@@ -90,6 +90,16 @@ impl Progress {
                     });
                 }
             }
+            RunEvent::TaskProgress {
+                id,
+                model,
+                done,
+                total,
+            } => {
+                if let Some((_, bar)) = self.line(*id) {
+                    bar.set_message(format!("running on {model}: step {done} of {total}"));
+                }
+            }
             RunEvent::TaskFinished { record } => {
                 if let Some((_, bar)) = self.line(record.id) {
                     let done = match record.status {
