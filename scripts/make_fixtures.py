@@ -2052,7 +2052,9 @@ def make_wav2vec2(out: Path, work: Path) -> None:
         chunked = {"chunk_length_s": 1.0,
                    "pipeline": plain(asr(long.copy(), chunk_length_s=1.0)),
                    "pipeline_stride": plain(asr(long.copy(), chunk_length_s=1.0,
-                                                stride_length_s=(0.3, 0.1)))}
+                                                stride_length_s=(0.3, 0.1))),
+                   "pipeline_words": plain(asr(long.copy(), chunk_length_s=1.0,
+                                               return_timestamps="word"))}
         cases = []
         for clip, samples in clips.items():
             inputs = processor.feature_extractor(samples, sampling_rate=16_000, return_tensors="pt")
@@ -2060,7 +2062,9 @@ def make_wav2vec2(out: Path, work: Path) -> None:
                 logits = model(inputs.input_values).logits[0]
             ids = logits.argmax(-1).tolist()
             case = {"clip": clip, "frames": logits.shape[0], "predicted_ids": ids,
-                    "pipeline": plain(asr(samples.copy()))}
+                    "pipeline": plain(asr(samples.copy())),
+                    "pipeline_chars": plain(asr(samples.copy(), return_timestamps="char")),
+                    "pipeline_words": plain(asr(samples.copy(), return_timestamps="word"))}
             if clip == "burst.wav":
                 case["input_values"] = F32(inputs.input_values[0])
                 case["logits"] = F32(logits)

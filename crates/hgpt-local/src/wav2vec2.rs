@@ -463,6 +463,63 @@ impl Vocabulary {
         ))
     }
 
+    /// The token of an id (an id the vocabulary lacks reads as the unknown
+    /// token).
+    fn token(&self, id: u32) -> &str {
+        self.tokens.get(&id).unwrap_or(&self.unk)
+    }
+
+    /// Each character of the transcript of per-frame ids with the frames it
+    /// spans, as `Wav2Vec2CTCTokenizer` gives `char_offsets`: runs of one
+    /// id, blanks dropped, the word delimiter read as its replacement.
+    fn char_offsets(&self, ids: &[u32]) -> Vec<Offset> {
+        let mut offsets = Vec::new();
+        let mut start = 0;
+        while start < ids.len() {
+            let run = ids[start..]
+                .iter()
+                .take_while(|&&id| id == ids[start])
+                .count();
+            let token = self.token(ids[start]);
+            if token != self.pad {
+                let text = if token == self.word_delimiter {
+                    &self.replace_word_delimiter
+                } else {
+                    token
+                };
+                offsets.push(Offset {
+                    text: text.to_string(),
+                    start,
+                    end: start + run,
+                });
+            }
+            start += run;
+        }
+        offsets
+    }
+
+    /// Words and the frames they span, from character offsets, as
+    /// `Wav2Vec2CTCTokenizer._get_word_offsets` groups them.
+    fn word_offsets(&self, chars: &[Offset]) -> Vec<Offset> {
+        let mut words: Vec<Offset> = Vec::new();
+        let mut in_word = false;
+        for char in chars {
+            let is_space = char.text == self.replace_word_delimiter;
+            match (in_word, is_space) {
+                (true, false) => {
+                    if let Some(word) = words.last_mut() {
+                        word.text.push_str(&char.text);
+                        word.end = char.end;
+                    }
+                }
+                (false, false) => words.push(char.clone()),
+                (_, true) => {}
+            }
+            in_word = !is_space;
+        }
+        words
+    }
+
     /// The text of per-frame token ids.
     fn decode(&self, ids: &[u32], clean_up: bool) -> String {
         let mut text = String::new();
@@ -472,12 +529,11 @@ impl Vocabulary {
                 continue;
             }
             previous = Some(id);
-            // An id the vocabulary lacks reads as the unknown token.
-            let token = self.tokens.get(&id).unwrap_or(&self.unk);
-            if *token == self.pad {
+            let token = self.token(id);
+            if token == self.pad {
                 continue;
             }
-            if *token == self.word_delimiter {
+            if token == self.word_delimiter {
                 text.push_str(&self.replace_word_delimiter);
             } else {
                 text.push_str(token);
@@ -492,6 +548,41 @@ impl Vocabulary {
         } else {
             text
         }
+    }
+}
+
+/// A piece of a transcript and the logit frames `[start, end)` it spans.
+#[derive(Debug, Clone, PartialEq)]
+struct Offset {
+    text: String,
+    start: usize,
+    end: usize,
+}
+
+/// The timestamps a CTC transcription can carry (`return_timestamps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timestamps {
+    /// One chunk per character (spaces included).
+    Char,
+    /// One chunk per word.
+    Word,
+}
+
+/// `return_timestamps` as the pipeline takes it for CTC models: `"char"` or
+/// `"word"`; `true` (which the pipeline refuses for CTC) reads as `"word"`.
+fn timestamps(
+    task: TaskKind,
+    args: &ResolvedArgs,
+) -> std::result::Result<Option<Timestamps>, LocalError> {
+    match args.other.get("return_timestamps") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
+        Some(Value::Bool(true)) => Ok(Some(Timestamps::Word)),
+        Some(Value::String(s)) if s == "word" => Ok(Some(Timestamps::Word)),
+        Some(Value::String(s)) if s == "char" => Ok(Some(Timestamps::Char)),
+        Some(other) => Err(bad_input(
+            task,
+            format!("return_timestamps must be \"char\" or \"word\" for a CTC model, not {other}"),
+        )),
     }
 }
 
@@ -701,10 +792,26 @@ impl Wav2Vec2Pipeline {
         chunk_length_s: f64,
         stride_s: (f64, f64),
     ) -> std::result::Result<String, LocalError> {
+        let ids = self.chunked_frame_ids(samples, chunk_length_s, stride_s)?;
+        Ok(self.vocabulary()?.decode(&ids, self.clean_up))
+    }
+
+    /// The CTC head's vocabulary.
+    fn vocabulary(&self) -> std::result::Result<&Vocabulary, LocalError> {
+        match &self.head {
+            Head::Ctc { vocab, .. } => Ok(vocab),
+            Head::Classify { .. } => Err(LocalError::Unsupported("not a CTC checkpoint".into())),
+        }
+    }
+
+    /// The most likely token of every frame the chunks keep, in order.
+    fn chunked_frame_ids(
+        &self,
+        samples: &[f32],
+        chunk_length_s: f64,
+        stride_s: (f64, f64),
+    ) -> std::result::Result<Vec<u32>, LocalError> {
         let task = self.task;
-        let Head::Ctc { vocab, .. } = &self.head else {
-            return Err(LocalError::Unsupported("not a CTC checkpoint".into()));
-        };
         let rate = f64::from(self.sampling_rate());
         let align = self.samples_per_frame() as f64;
         let aligned = |seconds: f64| (seconds * rate / align).round_ties_even() * align;
@@ -749,16 +856,51 @@ impl Wav2Vec2Pipeline {
             }
             start += step;
         }
-        Ok(vocab.decode(&ids, self.clean_up))
+        Ok(ids)
     }
 
     /// Transcribe raw mono samples at the model's rate.
     pub fn transcribe(&self, samples: &[f32]) -> std::result::Result<String, LocalError> {
-        let Head::Ctc { vocab, .. } = &self.head else {
-            return Err(LocalError::Unsupported("not a CTC checkpoint".into()));
-        };
         let ids = argmax_rows(&self.ctc_logits(samples)?);
-        Ok(vocab.decode(&ids, self.clean_up))
+        Ok(self.vocabulary()?.decode(&ids, self.clean_up))
+    }
+
+    /// A transcript and, when asked, its timestamped chunks (`[{text,
+    /// timestamp: [start, end]}]` in seconds, as the pipeline gives them).
+    fn transcribe_request(
+        &self,
+        samples: &[f32],
+        chunking: Option<Chunking>,
+        timestamps: Option<Timestamps>,
+    ) -> std::result::Result<InferenceOutput, LocalError> {
+        let ids = match chunking {
+            Some((length, strides)) => self.chunked_frame_ids(samples, length, strides)?,
+            None => argmax_rows(&self.ctc_logits(samples)?),
+        };
+        let vocab = self.vocabulary()?;
+        let text = vocab.decode(&ids, self.clean_up);
+        let chunks = timestamps.map(|level| {
+            let chars = vocab.char_offsets(&ids);
+            let offsets = match level {
+                Timestamps::Char => chars,
+                Timestamps::Word => vocab.word_offsets(&chars),
+            };
+            let seconds = |frame: usize| {
+                (frame * self.samples_per_frame()) as f64 / f64::from(self.sampling_rate())
+            };
+            Value::Array(
+                offsets
+                    .into_iter()
+                    .map(|o| {
+                        serde_json::json!({
+                            "text": o.text,
+                            "timestamp": [seconds(o.start), seconds(o.end)],
+                        })
+                    })
+                    .collect(),
+            )
+        });
+        Ok(InferenceOutput::Transcription { text, chunks })
     }
 
     /// Classify raw mono samples at the model's rate: scores sorted, cut to
@@ -853,15 +995,11 @@ impl Pipeline for Wav2Vec2Pipeline {
         let audio = audio::load(&blob.bytes, self.sampling_rate(), limit)
             .map_err(|e| bad_input(task, e.to_string()))?;
         match task {
-            TaskKind::AutomaticSpeechRecognition => {
-                let text = match chunking(task, args, audio.seconds())? {
-                    Some((length, strides)) => {
-                        self.transcribe_chunked(&audio.samples, length, strides)?
-                    }
-                    None => self.transcribe(&audio.samples)?,
-                };
-                Ok(InferenceOutput::Transcription { text, chunks: None })
-            }
+            TaskKind::AutomaticSpeechRecognition => self.transcribe_request(
+                &audio.samples,
+                chunking(task, args, audio.seconds())?,
+                timestamps(task, args)?,
+            ),
             _ => {
                 let (top_k, function) = classification_args(task, args)?;
                 Ok(InferenceOutput::Labels(self.classify(

@@ -217,3 +217,73 @@ fn long_audio_is_transcribed_in_chunks_as_the_pipeline_does() {
         );
     }
 }
+
+/// The output's text and chunks against the pipeline's `{text, chunks}`:
+/// chunk texts equal, timestamps equal to f64 rounding.
+fn assert_same_timed(output: &InferenceOutput, reference: &Value, what: &str) {
+    let InferenceOutput::Transcription { text, chunks } = output else {
+        panic!("{what}: not a transcription: {output:?}");
+    };
+    assert_eq!(text, reference["text"].as_str().unwrap(), "{what}");
+    let ours = chunks.as_ref().and_then(Value::as_array).unwrap();
+    let theirs = reference["chunks"].as_array().unwrap();
+    assert_eq!(ours.len(), theirs.len(), "{what}: {ours:?}");
+    assert!(!theirs.is_empty(), "{what}: the reference has chunks");
+    for (a, b) in ours.iter().zip(theirs) {
+        assert_eq!(a["text"], b["text"], "{what}");
+        for i in 0..2 {
+            let (x, y) = (
+                a["timestamp"][i].as_f64().unwrap(),
+                b["timestamp"][i].as_f64().unwrap(),
+            );
+            assert!((x - y).abs() < 1e-12, "{what}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn character_and_word_timestamps_match_the_pipeline() {
+    for name in ["wav2vec2-ctc", "wav2vec2-ctc-stable"] {
+        let expected = expected(name);
+        let model = Wav2Vec2Pipeline::load(
+            TaskKind::AutomaticSpeechRecognition,
+            &files(name),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let asr = TaskKind::AutomaticSpeechRecognition;
+        for case in expected["cases"].as_array().unwrap() {
+            let clip_name = case["clip"].as_str().unwrap();
+            for (level, key) in [("char", "pipeline_chars"), ("word", "pipeline_words")] {
+                let mut args = audio_args(clip(clip_name));
+                args.other.insert("return_timestamps".into(), level.into());
+                let output = model.run(asr, &args).unwrap();
+                assert_same_timed(&output, &case[key], &format!("{name} {clip_name} {level}"));
+            }
+        }
+        // Chunked: offsets count the frames the chunks keep.
+        let chunked = &expected["chunked"];
+        let long: Vec<f32> = chunked["clips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| decode(&clip(c.as_str().unwrap()), 60).unwrap().samples)
+            .collect();
+        let mut args = audio_args(hgpt_local::audio::encode_wav(&long, 16_000).unwrap());
+        args.other.insert("chunk_length_s".into(), 1.0.into());
+        args.other.insert("return_timestamps".into(), "word".into());
+        let output = model.run(asr, &args).unwrap();
+        assert_same_timed(
+            &output,
+            &chunked["pipeline_words"],
+            &format!("{name} chunked"),
+        );
+        // `true` reads as words; anything else is refused by name.
+        args.other.insert("return_timestamps".into(), true.into());
+        assert_eq!(model.run(asr, &args).unwrap(), output);
+        args.other
+            .insert("return_timestamps".into(), "sentence".into());
+        let err = model.run(asr, &args).unwrap_err();
+        assert!(err.to_string().contains("return_timestamps"), "{err}");
+    }
+}
