@@ -10,6 +10,7 @@ pub mod lenient_json;
 pub mod output;
 pub mod pipeline;
 pub mod plan;
+pub mod plan_stream;
 pub mod prompt;
 pub mod record;
 pub mod routing;

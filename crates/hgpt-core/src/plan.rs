@@ -283,84 +283,111 @@ pub fn postprocess(items: Vec<Map<String, Value>>) -> Result<Plan, PlanError> {
     let mut warnings = Vec::new();
     let mut tasks = Vec::new();
     let mut seen = BTreeSet::new();
-    for (position, item) in items.into_iter().enumerate() {
-        let Some(name) = task_field(&item) else {
-            warnings.push(format!(
-                "ignored item #{position}: it has no \"task\" field"
-            ));
+    for (position, item) in items.iter().enumerate() {
+        let Some((task, explicit)) = read_task(position, item, &mut warnings)? else {
             continue;
         };
-        let task = TaskName::parse(name);
-        if let TaskName::Unknown(n) = &task {
-            warnings.push(format!("task #{position} has an unknown task type {n:?}"));
+        if !seen.insert(task.id) {
+            return Err(PlanError::DuplicateId(task.id));
         }
-        let id = match item.get("id") {
-            None | Some(Value::Null) => position,
-            Some(v) => parse_id(v).ok_or_else(|| PlanError::InvalidId {
-                position,
-                id: v.to_string(),
-            })?,
-        };
-        if !seen.insert(id) {
-            return Err(PlanError::DuplicateId(id));
-        }
-        let explicit_dep = item.get("dep").map(parse_deps).unwrap_or_default();
-        let args = parse_args(&item);
-        tasks.push((
-            PlanTask {
-                id,
-                task,
-                dep: Vec::new(),
-                args,
-            },
-            explicit_dep,
-        ));
+        tasks.push((task, explicit));
     }
 
     let tasks = unfold(tasks, &mut warnings);
     let ids: BTreeSet<usize> = tasks.iter().map(|(t, _)| t.id).collect();
     let mut plan_tasks = Vec::with_capacity(tasks.len());
-    for (mut task, explicit) in tasks {
-        let referenced = task.referenced_ids();
-        if let Some(&missing) = referenced.iter().find(|r| !ids.contains(r)) {
-            return Err(PlanError::UnknownReference {
-                task: task.id,
-                reference: missing,
-            });
-        }
-        let mut dep: BTreeSet<usize> = referenced;
-        if dep.remove(&task.id) {
-            warnings.push(format!(
-                "task {}: it references its own output, which cannot exist",
-                task.id
-            ));
-        }
-        for d in explicit {
-            if d == task.id {
-                warnings.push(format!("task {}: dropped a dependency on itself", task.id));
-            } else if !ids.contains(&d) {
-                warnings.push(format!(
-                    "task {}: dropped a dependency on missing task {d}",
-                    task.id
-                ));
-            } else if d > task.id && !dep.contains(&d) {
-                warnings.push(format!(
-                    "task {}: dropped a forward dependency on task {d}",
-                    task.id
-                ));
-            } else {
-                dep.insert(d);
-            }
-        }
-        task.dep = dep.into_iter().collect();
-        convert_textless_control(&mut task, &mut warnings);
-        plan_tasks.push(task);
+    for (task, explicit) in tasks {
+        plan_tasks.push(settle_task(task, explicit, &ids, &mut warnings)?);
     }
     check_acyclic(&plan_tasks)?;
     Ok(Plan {
         tasks: plan_tasks,
         warnings,
     })
+}
+
+/// One plan item read into a task and its explicit dependencies (`None`,
+/// with a warning, for an item without a task field). `position` is the
+/// item's place in the list, the id of a task that gives none.
+pub(crate) fn read_task(
+    position: usize,
+    item: &Map<String, Value>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<(PlanTask, Vec<usize>)>, PlanError> {
+    let Some(name) = task_field(item) else {
+        warnings.push(format!(
+            "ignored item #{position}: it has no \"task\" field"
+        ));
+        return Ok(None);
+    };
+    let task = TaskName::parse(name);
+    if let TaskName::Unknown(n) = &task {
+        warnings.push(format!("task #{position} has an unknown task type {n:?}"));
+    }
+    let id = match item.get("id") {
+        None | Some(Value::Null) => position,
+        Some(v) => parse_id(v).ok_or_else(|| PlanError::InvalidId {
+            position,
+            id: v.to_string(),
+        })?,
+    };
+    let explicit_dep = item.get("dep").map(parse_deps).unwrap_or_default();
+    let args = parse_args(item);
+    Ok(Some((
+        PlanTask {
+            id,
+            task,
+            dep: Vec::new(),
+            args,
+        },
+        explicit_dep,
+    )))
+}
+
+/// A task's final form, given the ids of every task in the plan: its
+/// references checked, its dependencies rebuilt from them and its explicit
+/// ones (dropping those on itself, on missing tasks and forward ones no
+/// reference needs), a text-less control task converted.
+pub(crate) fn settle_task(
+    mut task: PlanTask,
+    explicit: Vec<usize>,
+    ids: &BTreeSet<usize>,
+    warnings: &mut Vec<String>,
+) -> Result<PlanTask, PlanError> {
+    let referenced = task.referenced_ids();
+    if let Some(&missing) = referenced.iter().find(|r| !ids.contains(r)) {
+        return Err(PlanError::UnknownReference {
+            task: task.id,
+            reference: missing,
+        });
+    }
+    let mut dep: BTreeSet<usize> = referenced;
+    if dep.remove(&task.id) {
+        warnings.push(format!(
+            "task {}: it references its own output, which cannot exist",
+            task.id
+        ));
+    }
+    for d in explicit {
+        if d == task.id {
+            warnings.push(format!("task {}: dropped a dependency on itself", task.id));
+        } else if !ids.contains(&d) {
+            warnings.push(format!(
+                "task {}: dropped a dependency on missing task {d}",
+                task.id
+            ));
+        } else if d > task.id && !dep.contains(&d) {
+            warnings.push(format!(
+                "task {}: dropped a forward dependency on task {d}",
+                task.id
+            ));
+        } else {
+            dep.insert(d);
+        }
+    }
+    task.dep = dep.into_iter().collect();
+    convert_textless_control(&mut task, warnings);
+    Ok(task)
 }
 
 /// Read and post-process in one step.
