@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -42,6 +43,29 @@ pub async fn run_graph<F, Fut>(
     nodes: &[Node],
     max_concurrency: usize,
     deadline: Option<Instant>,
+    start: F,
+    on_skip: impl FnMut(usize, usize),
+) -> BTreeMap<usize, NodeOutcome>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let (sender, incoming) = mpsc::unbounded_channel();
+    let _ = sender.send(nodes.to_vec());
+    drop(sender);
+    run_growing_graph(incoming, max_concurrency, deadline, start, on_skip).await
+}
+
+/// [`run_graph`] for a graph that grows while it runs: nodes arrive in
+/// batches on `incoming` (a plan read as it streams), and the run ends when
+/// the sender is dropped and every node has ended. A node's dependencies
+/// are the nodes of earlier batches or its own batch; ids not among them
+/// are ignored, and a node whose dependency already failed is skipped at
+/// once. A repeated id is ignored.
+pub async fn run_growing_graph<F, Fut>(
+    mut incoming: mpsc::UnboundedReceiver<Vec<Node>>,
+    max_concurrency: usize,
+    deadline: Option<Instant>,
     mut start: F,
     mut on_skip: impl FnMut(usize, usize),
 ) -> BTreeMap<usize, NodeOutcome>
@@ -49,84 +73,162 @@ where
     F: FnMut(usize) -> Fut,
     Fut: Future<Output = bool> + Send + 'static,
 {
-    let ids: BTreeSet<usize> = nodes.iter().map(|n| n.id).collect();
-    let mut waiting_on: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut dependents: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for node in nodes {
-        let deps: BTreeSet<usize> = node
-            .deps
-            .iter()
-            .copied()
-            .filter(|d| ids.contains(d) && *d != node.id)
-            .collect();
-        waiting_on.insert(node.id, deps.len());
-        for dep in deps {
-            dependents.entry(dep).or_default().push(node.id);
-        }
-    }
-    let mut ready: VecDeque<usize> = nodes
-        .iter()
-        .map(|n| n.id)
-        .filter(|id| waiting_on.get(id) == Some(&0))
-        .collect();
-    let mut outcomes: BTreeMap<usize, NodeOutcome> = BTreeMap::new();
+    let mut graph = Graph::default();
     let mut running: JoinSet<(usize, bool)> = JoinSet::new();
     let mut running_ids: BTreeMap<tokio::task::Id, usize> = BTreeMap::new();
     let cap = max_concurrency.max(1);
+    let mut open = true;
 
     loop {
         while running.len() < cap {
-            let Some(id) = ready.pop_front() else { break };
+            let Some(id) = graph.ready.pop_front() else {
+                break;
+            };
             let body = start(id);
             let handle = running.spawn(async move { (id, body.await) });
             running_ids.insert(handle.id(), id);
         }
-        if running.is_empty() {
+        if running.is_empty() && !open {
             break;
         }
-        let joined = match deadline {
-            Some(deadline) => tokio::select! {
-                joined = running.join_next_with_id() => joined,
-                () = tokio::time::sleep_until(deadline) => {
-                    running.abort_all();
-                    break;
-                }
-            },
-            None => running.join_next_with_id().await,
-        };
-        let Some(joined) = joined else { break };
-        let (id, succeeded) = match joined {
-            Ok((task_id, (id, ok))) => {
-                running_ids.remove(&task_id);
-                (id, ok)
+        let deadline_passed = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
             }
-            Err(error) => match running_ids.remove(&error.id()) {
-                Some(id) => (id, false),
-                None => continue,
-            },
         };
-        if succeeded {
-            outcomes.insert(id, NodeOutcome::Succeeded);
-            for &dependent in dependents.get(&id).map(Vec::as_slice).unwrap_or_default() {
-                if outcomes.contains_key(&dependent) {
-                    continue;
-                }
-                if let Some(count) = waiting_on.get_mut(&dependent) {
-                    *count -= 1;
-                    if *count == 0 {
-                        ready.push_back(dependent);
+        tokio::select! {
+            batch = incoming.recv(), if open => match batch {
+                Some(nodes) => graph.add(nodes, &mut on_skip),
+                None => open = false,
+            },
+            Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
+                let (id, succeeded) = match joined {
+                    Ok((task_id, (id, ok))) => {
+                        running_ids.remove(&task_id);
+                        (id, ok)
+                    }
+                    Err(error) => match running_ids.remove(&error.id()) {
+                        Some(id) => (id, false),
+                        None => continue,
+                    },
+                };
+                graph.finished(id, succeeded, &mut on_skip);
+            }
+            () = deadline_passed => {
+                running.abort_all();
+                break;
+            }
+        }
+    }
+    let Graph {
+        order,
+        mut outcomes,
+        ..
+    } = graph;
+    for id in order {
+        outcomes.entry(id).or_insert(NodeOutcome::Cancelled);
+    }
+    outcomes
+}
+
+/// The scheduler's view of the graph so far.
+#[derive(Default)]
+struct Graph {
+    /// Every node id, in the order added.
+    order: Vec<usize>,
+    ids: BTreeSet<usize>,
+    /// Per node, how many dependencies have not succeeded yet.
+    waiting_on: BTreeMap<usize, usize>,
+    dependents: BTreeMap<usize, Vec<usize>>,
+    ready: VecDeque<usize>,
+    outcomes: BTreeMap<usize, NodeOutcome>,
+}
+
+impl Graph {
+    /// Add a batch of nodes: wire their dependencies, skip those whose
+    /// dependency already did not succeed, queue those with none left.
+    fn add(&mut self, nodes: Vec<Node>, on_skip: &mut impl FnMut(usize, usize)) {
+        let mut batch: Vec<Node> = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            if self.ids.insert(node.id) {
+                self.order.push(node.id);
+                batch.push(node);
+            }
+        }
+        let mut doomed: Vec<(usize, usize)> = Vec::new();
+        for node in &batch {
+            let deps: BTreeSet<usize> = node
+                .deps
+                .iter()
+                .copied()
+                .filter(|d| self.ids.contains(d) && *d != node.id)
+                .collect();
+            let mut waiting = 0;
+            for dep in deps {
+                match self.outcomes.get(&dep) {
+                    Some(NodeOutcome::Succeeded) => {}
+                    Some(_) => doomed.push((node.id, dep)),
+                    None => {
+                        waiting += 1;
+                        self.dependents.entry(dep).or_default().push(node.id);
                     }
                 }
             }
-        } else {
-            outcomes.insert(id, NodeOutcome::Failed);
-            skip_dependents(id, &dependents, &mut outcomes, &mut ready, &mut on_skip);
+            self.waiting_on.insert(node.id, waiting);
+        }
+        for (id, because) in doomed {
+            if self.outcomes.contains_key(&id) {
+                continue;
+            }
+            self.outcomes.insert(id, NodeOutcome::Skipped { because });
+            on_skip(id, because);
+            skip_dependents(
+                id,
+                &self.dependents,
+                &mut self.outcomes,
+                &mut self.ready,
+                on_skip,
+            );
+        }
+        for node in &batch {
+            if self.waiting_on.get(&node.id) == Some(&0) && !self.outcomes.contains_key(&node.id) {
+                self.ready.push_back(node.id);
+            }
         }
     }
-    for node in nodes {
-        outcomes.entry(node.id).or_insert(NodeOutcome::Cancelled);
+
+    /// A node's body ended: release or skip its dependents.
+    fn finished(&mut self, id: usize, succeeded: bool, on_skip: &mut impl FnMut(usize, usize)) {
+        if !succeeded {
+            self.outcomes.insert(id, NodeOutcome::Failed);
+            skip_dependents(
+                id,
+                &self.dependents,
+                &mut self.outcomes,
+                &mut self.ready,
+                on_skip,
+            );
+            return;
+        }
+        self.outcomes.insert(id, NodeOutcome::Succeeded);
+        for &dependent in self
+            .dependents
+            .get(&id)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            if self.outcomes.contains_key(&dependent) {
+                continue;
+            }
+            if let Some(count) = self.waiting_on.get_mut(&dependent) {
+                *count -= 1;
+                if *count == 0 {
+                    self.ready.push_back(dependent);
+                }
+            }
+        }
     }
-    outcomes
 }
 
 fn skip_dependents(
@@ -307,6 +409,77 @@ mod tests {
         assert_eq!(outcomes[&0], NodeOutcome::Succeeded);
         assert_eq!(outcomes[&1], NodeOutcome::Cancelled);
         assert_eq!(outcomes[&2], NodeOutcome::Cancelled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_growing_graph_runs_nodes_as_they_arrive() {
+        let (sender, incoming) = mpsc::unbounded_channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let feeder = {
+            let log = log.clone();
+            async move {
+                sender.send(vec![node(0, &[]), node(1, &[])]).unwrap();
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                log.lock().unwrap().push("batch 2".to_string());
+                // 0 succeeded and 1 failed by now: 2 runs at once, 3 is
+                // skipped at once, and so is 4, which waits for 3.
+                sender
+                    .send(vec![
+                        node(4, &[3]),
+                        node(2, &[0]),
+                        node(3, &[1]),
+                        node(2, &[]),
+                    ])
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                log.lock().unwrap().push("closed".to_string());
+            }
+        };
+        let mut skipped = Vec::new();
+        let run = run_growing_graph(
+            incoming,
+            4,
+            None,
+            |id| {
+                let log = log.clone();
+                async move {
+                    log.lock().unwrap().push(format!("start {id}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    id != 1
+                }
+            },
+            |id, because| skipped.push((id, because)),
+        );
+        let (outcomes, ()) = tokio::join!(run, feeder);
+        assert_eq!(outcomes[&0], NodeOutcome::Succeeded);
+        assert_eq!(outcomes[&1], NodeOutcome::Failed);
+        assert_eq!(outcomes[&2], NodeOutcome::Succeeded);
+        assert_eq!(outcomes[&3], NodeOutcome::Skipped { because: 1 });
+        assert_eq!(outcomes[&4], NodeOutcome::Skipped { because: 3 });
+        assert_eq!(skipped, vec![(3, 1), (4, 3)]);
+        let log = log.lock().unwrap().clone();
+        assert_eq!(
+            log,
+            ["start 0", "start 1", "batch 2", "start 2", "closed"],
+            "the run waited for the sender to close"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_while_waiting_for_nodes_ends_the_run() {
+        let (sender, incoming) = mpsc::unbounded_channel();
+        sender.send(vec![node(0, &[]), node(1, &[7])]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let outcomes =
+            run_growing_graph(incoming, 2, Some(deadline), |_| async { true }, |_, _| {}).await;
+        drop(sender);
+        assert_eq!(outcomes[&0], NodeOutcome::Succeeded);
+        assert_eq!(
+            outcomes[&1],
+            NodeOutcome::Succeeded,
+            "a dependency on an id that is not a node is ignored"
+        );
+        assert_eq!(outcomes.len(), 2);
     }
 
     #[tokio::test]
