@@ -19,7 +19,7 @@ use crate::record::{
     ModelChoice, RunEvent, RunMode, RunRecord, SkippedModel, StageTimings, TaskOutput, TaskRecord,
     TaskStatus,
 };
-use crate::scheduler::{Node, NodeOutcome, run_graph};
+use crate::scheduler::{Node, NodeOutcome, run_growing_graph};
 use crate::selection::{self, Selection, SelectionConfig};
 use crate::shape::{OutputShape, PlanShape};
 use crate::task::{TaskKind, TaskName};
@@ -275,7 +275,13 @@ impl Pipeline {
                 warnings: plan.warnings.clone(),
             });
             let execution_started = Instant::now();
-            let context = self.execute(request, plan, started, events.clone()).await;
+            let (batches, incoming) = mpsc::unbounded_channel();
+            let _ = batches.send(plan.tasks.clone());
+            drop(batches);
+            let context = self
+                .execute(request, incoming, started, events.clone())
+                .await;
+            context.set_order(&plan.tasks);
             timings.execution_ms = ms(execution_started.elapsed());
             timings.selection_ms = context
                 .last_selection_ms
@@ -381,21 +387,16 @@ impl Pipeline {
         Ok(answer)
     }
 
+    /// Run the tasks that arrive on `incoming`, in batches (the whole plan
+    /// at once, or tasks as a streamed plan releases them), until the sender
+    /// is gone and every task has ended.
     async fn execute(
         &self,
         request: &str,
-        plan: Plan,
+        mut incoming: mpsc::UnboundedReceiver<Vec<PlanTask>>,
         started: Instant,
         events: Option<EventSink>,
     ) -> Arc<RunContext> {
-        let nodes: Vec<Node> = plan
-            .tasks
-            .iter()
-            .map(|t| Node {
-                id: t.id,
-                deps: t.dep.clone(),
-            })
-            .collect();
         let context = Arc::new(RunContext {
             inference_slots: Semaphore::new(self.config.max_concurrency.max(1)),
             selection_slots: Semaphore::new(MAX_CONCURRENT_SELECTIONS),
@@ -413,15 +414,34 @@ impl Pipeline {
             finished: Mutex::new(BTreeMap::new()),
             records: Mutex::new(BTreeMap::new()),
             last_selection_ms: AtomicU64::new(0),
-            plan,
+            tasks: Mutex::new(Vec::new()),
         });
-        context.start_selections(&self.catalog);
+        let (nodes, graph_incoming) = mpsc::unbounded_channel();
+        let feeder = {
+            let context = context.clone();
+            let catalog = self.catalog.clone();
+            async move {
+                while let Some(batch) = incoming.recv().await {
+                    context.add_tasks(&batch, &catalog);
+                    let batch_nodes = batch
+                        .iter()
+                        .map(|t| Node {
+                            id: t.id,
+                            deps: t.dep.clone(),
+                        })
+                        .collect();
+                    if nodes.send(batch_nodes).is_err() {
+                        break;
+                    }
+                }
+            }
+        };
         // Tasks wait for their models and dependencies without holding a slot;
         // `inference_slots` caps the tasks actually running.
         let deadline = tokio::time::Instant::now().checked_add(self.config.run_timeout);
-        let outcomes = run_graph(
-            &nodes,
-            nodes.len(),
+        let graph = run_growing_graph(
+            graph_incoming,
+            usize::MAX,
             deadline,
             |id| context.clone().execute_task(id),
             |id, because| {
@@ -432,8 +452,8 @@ impl Pipeline {
                     format!("skipped: task {because} did not succeed"),
                 )
             },
-        )
-        .await;
+        );
+        let (outcomes, ()) = tokio::join!(graph, feeder);
         context.abort_selections();
         let limit = self.config.run_timeout.as_secs_f64();
         for (id, outcome) in outcomes {
@@ -473,7 +493,9 @@ struct RunContext {
     request: String,
     started: Instant,
     events: Option<EventSink>,
-    plan: Plan,
+    /// The tasks handed to execution so far (in plan order once the plan is
+    /// complete, see [`RunContext::set_order`]).
+    tasks: Mutex<Vec<PlanTask>>,
     selections: Mutex<BTreeMap<usize, SharedSelection>>,
     selection_tasks: Mutex<BTreeMap<usize, AbortHandle>>,
     /// Per task, the catalog models selection did not offer, and why.
@@ -504,11 +526,22 @@ impl RunContext {
         ms(self.started.elapsed())
     }
 
-    /// Start selection of every task that needs one, concurrently, now.
-    fn start_selections(self: &Arc<Self>, catalog: &Arc<Catalog>) {
+    /// The task with this id, if it was handed to execution.
+    fn task(&self, id: usize) -> Option<PlanTask> {
+        lock(&self.tasks).iter().find(|t| t.id == id).cloned()
+    }
+
+    /// Take a batch of tasks and start the selection of each that needs
+    /// one, concurrently, now.
+    fn add_tasks(self: &Arc<Self>, batch: &[PlanTask], catalog: &Arc<Catalog>) {
+        lock(&self.tasks).extend(batch.iter().cloned());
         let mut selections = lock(&self.selections);
-        let levels = self.plan.levels();
-        let mut in_level_order: Vec<&PlanTask> = self.plan.tasks.iter().collect();
+        let batch_plan = Plan {
+            tasks: batch.to_vec(),
+            warnings: Vec::new(),
+        };
+        let levels = batch_plan.levels();
+        let mut in_level_order: Vec<&PlanTask> = batch.iter().collect();
         in_level_order.sort_by_key(|t| levels.get(&t.id).copied().unwrap_or_default());
         for task in in_level_order {
             let Some(kind) = task.kind() else { continue };
@@ -631,11 +664,13 @@ impl RunContext {
 
     /// Record a task that never ran (skipped or cancelled).
     fn finish_unrun(&self, id: usize, status: TaskStatus, reason: String) {
-        let Some(task) = self.plan.get(id) else {
+        let Some(task) = self.task(id) else {
             return;
         };
         let mut records = lock(&self.records);
-        let record = records.entry(id).or_insert_with(|| Self::base_record(task));
+        let record = records
+            .entry(id)
+            .or_insert_with(|| Self::base_record(&task));
         if record.finished_ms.is_some() {
             return;
         }
@@ -681,7 +716,7 @@ impl RunContext {
     }
 
     async fn execute_task(self: Arc<Self>, id: usize) -> bool {
-        let Some(task) = self.plan.get(id).cloned() else {
+        let Some(task) = self.task(id) else {
             return false;
         };
         let mut record = Self::base_record(&task);
@@ -927,10 +962,27 @@ impl RunContext {
         })
     }
 
+    /// Put the tasks in the finished plan's order, for the record: the
+    /// plan's tasks that were handed over first, then any it does not have.
+    fn set_order(&self, plan: &[PlanTask]) {
+        let mut tasks = lock(&self.tasks);
+        let mut ordered: Vec<PlanTask> = plan
+            .iter()
+            .filter(|p| tasks.iter().any(|t| t.id == p.id))
+            .cloned()
+            .collect();
+        ordered.extend(
+            tasks
+                .iter()
+                .filter(|t| plan.iter().all(|p| p.id != t.id))
+                .cloned(),
+        );
+        *tasks = ordered;
+    }
+
     fn into_records(self: Arc<Self>) -> Vec<TaskRecord> {
         let mut records = lock(&self.records);
-        self.plan
-            .tasks
+        lock(&self.tasks)
             .iter()
             .map(|task| {
                 records
