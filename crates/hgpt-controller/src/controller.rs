@@ -130,8 +130,12 @@ impl ChatModel for EmbeddedController {
         Ok(generation.text)
     }
 
+    /// Pieces as they are generated; a shaped answer (a plan) cut off at
+    /// the token limit ends with [`LlmError::Unfinished`], as
+    /// [`Self::complete`] reports it.
     async fn stream(&self, request: ChatRequest) -> Result<TextStream, LlmError> {
         let request = self.generate_request(request);
+        let (shaped, max_tokens) = (request.shape.is_some(), request.max_tokens);
         let (tx, rx) = mpsc::unbounded_channel::<Result<String, LlmError>>();
         let engine = self.engine.clone();
         let errors = tx.clone();
@@ -144,6 +148,12 @@ impl ChatModel for EmbeddedController {
             })
             .await;
             let error = match outcome {
+                Ok(Ok(generation)) if shaped && generation.stop == StopCause::Length => {
+                    Some(LlmError::Unfinished {
+                        text: generation.text,
+                        max_tokens,
+                    })
+                }
                 Ok(Ok(_)) => None,
                 Ok(Err(e)) => Some(llm_error(e)),
                 Err(e) => Some(LlmError::Embedded(format!(

@@ -2,6 +2,7 @@
 //! laid out by `scripts/fetch-smollm2.sh`.
 
 use candle_core::Device;
+use futures::StreamExt;
 use hgpt_controller::engine::StopCause;
 use hgpt_controller::prompt_cache::CacheHit;
 use hgpt_controller::{
@@ -205,6 +206,23 @@ async fn a_plan_is_closed_near_the_token_limit_or_reported_unfinished() {
             assert!(text.starts_with('['), "{text}");
         }
         other => panic!("expected an unfinished plan, got {other:?}"),
+    }
+    // Streamed, the pieces come first and the stream ends saying so.
+    let mut stream = llm.stream(request(1)).await.unwrap();
+    let mut streamed = String::new();
+    let mut ending = None;
+    while let Some(piece) = stream.next().await {
+        match piece {
+            Ok(text) => streamed.push_str(&text),
+            Err(error) => ending = Some(error),
+        }
+    }
+    match ending {
+        Some(LlmError::Unfinished {
+            text,
+            max_tokens: 1,
+        }) => assert_eq!(text, streamed),
+        other => panic!("expected the stream to end unfinished, got {other:?}"),
     }
     // Enough to close: a complete plan within the limit, whatever the model
     // was in the middle of.

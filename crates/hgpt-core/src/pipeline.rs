@@ -14,6 +14,7 @@ use crate::backend::{
 use crate::catalog::Catalog;
 use crate::execute::{Finished, into_task_output, output_text, resolve_args, truncate_chars};
 use crate::plan::{Plan, PlanError, PlanTask, PlanTaskView, parse_and_postprocess};
+use crate::plan_stream::{PlanReader, StreamingPlan};
 use crate::prompt::{Prompts, TokenCounter, history_as_text, render, trim_history};
 use crate::record::{
     ModelChoice, RunEvent, RunMode, RunRecord, SkippedModel, StageTimings, TaskOutput, TaskRecord,
@@ -28,7 +29,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
@@ -57,6 +58,9 @@ pub struct PipelineConfig {
     pub fallback_models: usize,
     /// Sampling temperature of the planning and answer calls.
     pub temperature: Option<f32>,
+    /// Read the plan as the controller writes it and start each task as soon
+    /// as it is certain (off: wait for the whole plan).
+    pub stream_plan: bool,
 }
 
 impl Default for PipelineConfig {
@@ -71,6 +75,7 @@ impl Default for PipelineConfig {
             max_result_chars: 2000,
             fallback_models: 1,
             temperature: Some(0.0),
+            stream_plan: true,
         }
     }
 }
@@ -92,6 +97,30 @@ pub struct PlanOutcome {
     pub plan: Result<Plan, PlanError>,
     /// How long planning took.
     pub elapsed: Duration,
+}
+
+/// A plan read as it streamed.
+struct StreamedPlan {
+    /// The planner's raw answer.
+    raw: String,
+    /// The whole-plan reading of it.
+    finished: Result<Plan, PlanError>,
+    /// The tasks handed to execution while it streamed.
+    released: Vec<PlanTask>,
+    /// Why those tasks do not fit the finished plan (or the call failed).
+    problem: Option<String>,
+}
+
+/// How planning ended: the plan for the record, or why the run is chat.
+struct PlanVerdict {
+    raw: String,
+    elapsed: Duration,
+    /// The plan's tasks, in plan order.
+    tasks: Vec<PlanTask>,
+    /// Repairs, and what went wrong after tasks had started.
+    warnings: Vec<String>,
+    /// Why the run is answered as plain chat (nothing was started).
+    chat_reason: Option<String>,
 }
 
 /// The orchestrator: one per process, shared by runs.
@@ -223,70 +252,40 @@ impl Pipeline {
                 let _ = sink.send(event);
             }
         };
-        let outcome = self.plan(request, history).await?;
+        let (batches, incoming) = mpsc::unbounded_channel();
+        let planning = self.plan_and_hand_over(request, history, batches, &emit);
+        let execution = self.execute(request, incoming, started, events.clone());
+        let (verdict, context) = tokio::join!(planning, execution);
+        let verdict = verdict?;
         let mut timings = StageTimings {
-            plan_ms: ms(outcome.elapsed),
+            plan_ms: ms(verdict.elapsed),
             ..StageTimings::default()
-        };
-        let (plan, fallback_reason) = match outcome.plan {
-            Err(e) => (
-                Plan::default(),
-                Some(format!("the plan could not be used: {e}")),
-            ),
-            Ok(plan) if plan.is_empty() => {
-                (plan, Some("the planner found no task to run".to_string()))
-            }
-            Ok(plan) => {
-                let single_text_task = plan.tasks.len() == 1
-                    && plan.tasks[0].kind().is_some_and(TaskKind::is_llm_capable);
-                let reason = single_text_task.then(|| {
-                    format!(
-                        "a single {} task is answered by the controller LLM directly",
-                        plan.tasks[0].task
-                    )
-                });
-                (plan, reason)
-            }
         };
         let mut record = RunRecord {
             request: request.to_string(),
             mode: RunMode::Tasks,
             fallback_reason: None,
-            plan: plan.tasks.iter().map(PlanTaskView::from).collect(),
-            plan_warnings: plan.warnings.clone(),
-            plan_raw: Some(outcome.raw),
+            plan: verdict.tasks.iter().map(PlanTaskView::from).collect(),
+            plan_warnings: verdict.warnings.clone(),
+            plan_raw: Some(verdict.raw),
             tasks: Vec::new(),
             answer: String::new(),
             error: None,
             timings: StageTimings::default(),
             llm_model: self.llm.model_name().to_string(),
         };
-
-        let answer_request = if let Some(reason) = fallback_reason {
-            emit(RunEvent::ChatFallback {
-                reason: reason.clone(),
-            });
+        let answer_request = if let Some(reason) = verdict.chat_reason {
             record.mode = RunMode::Chat;
             record.fallback_reason = Some(reason);
             self.chat_request(request, history)
         } else {
-            emit(RunEvent::Planned {
-                plan: record.plan.clone(),
-                warnings: plan.warnings.clone(),
-            });
-            let execution_started = Instant::now();
-            let (batches, incoming) = mpsc::unbounded_channel();
-            let _ = batches.send(plan.tasks.clone());
-            drop(batches);
-            let context = self
-                .execute(request, incoming, started, events.clone())
-                .await;
-            context.set_order(&plan.tasks);
+            let execution_started = context.first_task_at().unwrap_or(started);
             timings.execution_ms = ms(execution_started.elapsed());
             timings.selection_ms = context
                 .last_selection_ms
                 .load(Ordering::Relaxed)
                 .saturating_sub(timings.plan_ms);
+            context.set_order(&verdict.tasks);
             record.tasks = context.into_records();
             self.answer_request(request, &record.tasks)
         };
@@ -307,6 +306,181 @@ impl Pipeline {
             record: Box::new(record.clone()),
         });
         Ok(record)
+    }
+
+    /// Plan, hand the plan's tasks to execution on `batches` (each as soon
+    /// as it is certain when the plan streams, else the whole plan at once),
+    /// and decide how the run is answered. `batches` is dropped when the plan
+    /// is complete, which lets execution end.
+    async fn plan_and_hand_over(
+        &self,
+        request: &str,
+        history: &[ChatMessage],
+        batches: mpsc::UnboundedSender<Vec<PlanTask>>,
+        emit: &(impl Fn(RunEvent) + Sync),
+    ) -> Result<PlanVerdict, PipelineError> {
+        let started = Instant::now();
+        let streamed = if self.config.stream_plan {
+            self.stream_plan(request, history, &batches, emit).await?
+        } else {
+            let outcome = self.plan(request, history).await?;
+            StreamedPlan {
+                raw: outcome.raw,
+                finished: outcome.plan,
+                released: Vec::new(),
+                problem: None,
+            }
+        };
+        let elapsed = started.elapsed();
+        let StreamedPlan {
+            raw,
+            finished,
+            released,
+            problem,
+        } = streamed;
+        let mut verdict = PlanVerdict {
+            raw,
+            elapsed,
+            tasks: Vec::new(),
+            warnings: Vec::new(),
+            chat_reason: None,
+        };
+        if released.is_empty() {
+            // Nothing started: the whole-plan rules decide.
+            match finished {
+                Err(e) => verdict.chat_reason = Some(format!("the plan could not be used: {e}")),
+                Ok(plan) if plan.is_empty() => {
+                    verdict.chat_reason = Some("the planner found no task to run".to_string());
+                }
+                Ok(plan)
+                    if plan.tasks.len() == 1
+                        && plan.tasks[0].kind().is_some_and(TaskKind::is_llm_capable) =>
+                {
+                    verdict.chat_reason = Some(format!(
+                        "a single {} task is answered by the controller LLM directly",
+                        plan.tasks[0].task
+                    ));
+                }
+                Ok(plan) => {
+                    verdict.tasks = plan.tasks;
+                    verdict.warnings = plan.warnings;
+                }
+            }
+            if verdict.chat_reason.is_none() {
+                emit(RunEvent::Planned {
+                    plan: verdict.tasks.iter().map(PlanTaskView::from).collect(),
+                    warnings: verdict.warnings.clone(),
+                });
+                let _ = batches.send(verdict.tasks.clone());
+            }
+        } else {
+            match (finished, problem) {
+                (Ok(plan), None) => {
+                    let remaining: Vec<PlanTask> = plan
+                        .tasks
+                        .iter()
+                        .filter(|t| released.iter().all(|r| r.id != t.id))
+                        .cloned()
+                        .collect();
+                    verdict.tasks = plan.tasks;
+                    verdict.warnings = plan.warnings;
+                    emit(RunEvent::Planned {
+                        plan: verdict.tasks.iter().map(PlanTaskView::from).collect(),
+                        warnings: verdict.warnings.clone(),
+                    });
+                    if !remaining.is_empty() {
+                        let _ = batches.send(remaining);
+                    }
+                }
+                // The tasks already started stay in the run; nothing else of
+                // the plan runs.
+                (finished, problem) => {
+                    let problem = problem.unwrap_or_else(|| match &finished {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "the plan changed after tasks had started".to_string(),
+                    });
+                    verdict.warnings = finished.map(|p| p.warnings).unwrap_or_default();
+                    verdict.warnings.push(format!(
+                        "the plan could not be used past the tasks already started: {problem}"
+                    ));
+                    verdict.tasks = released;
+                    emit(RunEvent::Planned {
+                        plan: verdict.tasks.iter().map(PlanTaskView::from).collect(),
+                        warnings: verdict.warnings.clone(),
+                    });
+                }
+            }
+        }
+        if let Some(reason) = &verdict.chat_reason {
+            emit(RunEvent::ChatFallback {
+                reason: reason.clone(),
+            });
+        }
+        Ok(verdict)
+    }
+
+    /// Stage 1 streamed: read the plan as it arrives and hand each task to
+    /// execution the moment it is certain (see [`StreamingPlan`]). A failed
+    /// planning call is an error only while nothing has started.
+    async fn stream_plan(
+        &self,
+        request: &str,
+        history: &[ChatMessage],
+        batches: &mpsc::UnboundedSender<Vec<PlanTask>>,
+        emit: &(impl Fn(RunEvent) + Sync),
+    ) -> Result<StreamedPlan, PipelineError> {
+        let mut stream = self
+            .llm
+            .stream(self.plan_request(request, history))
+            .await
+            .map_err(PipelineError::Planning)?;
+        let mut reader = PlanReader::new();
+        let mut plan = StreamingPlan::new();
+        let mut ended: Option<LlmError> = None;
+        while let Some(piece) = stream.next().await {
+            match piece {
+                Ok(text) => {
+                    for item in reader.push(&text) {
+                        let ready = plan.push(&item);
+                        if ready.is_empty() {
+                            continue;
+                        }
+                        for task in &ready {
+                            emit(RunEvent::TaskPlanned {
+                                task: PlanTaskView::from(task),
+                            });
+                        }
+                        let _ = batches.send(ready);
+                    }
+                }
+                Err(error) => {
+                    ended = Some(error);
+                    break;
+                }
+            }
+        }
+        let raw = reader.into_text();
+        let finished = match ended {
+            None => parse_and_postprocess(&raw),
+            Some(LlmError::Unfinished { max_tokens, .. }) => Err(PlanError::Unfinished(max_tokens)),
+            Some(error) if plan.released().is_empty() => {
+                return Err(PipelineError::Planning(error));
+            }
+            Some(error) => {
+                return Ok(StreamedPlan {
+                    finished: parse_and_postprocess(&raw),
+                    raw,
+                    released: plan.released().to_vec(),
+                    problem: Some(format!("the planning call failed: {error}")),
+                });
+            }
+        };
+        Ok(StreamedPlan {
+            problem: plan.reconcile(&finished).err(),
+            released: plan.released().to_vec(),
+            finished,
+            raw,
+        })
     }
 
     /// The request `build` makes from as much recent history as fits.
@@ -415,13 +589,23 @@ impl Pipeline {
             records: Mutex::new(BTreeMap::new()),
             last_selection_ms: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
+            first_task_at: OnceLock::new(),
         });
+        // The time limit counts from the first task handed over.
+        let Some(first) = incoming.recv().await else {
+            return context;
+        };
+        let _ = context.first_task_at.set(Instant::now());
         let (nodes, graph_incoming) = mpsc::unbounded_channel();
         let feeder = {
             let context = context.clone();
             let catalog = self.catalog.clone();
             async move {
-                while let Some(batch) = incoming.recv().await {
+                let mut next = Some(first);
+                while let Some(batch) = match next.take() {
+                    Some(batch) => Some(batch),
+                    None => incoming.recv().await,
+                } {
                     context.add_tasks(&batch, &catalog);
                     let batch_nodes = batch
                         .iter()
@@ -496,6 +680,8 @@ struct RunContext {
     /// The tasks handed to execution so far (in plan order once the plan is
     /// complete, see [`RunContext::set_order`]).
     tasks: Mutex<Vec<PlanTask>>,
+    /// When the first task was handed over.
+    first_task_at: OnceLock<Instant>,
     selections: Mutex<BTreeMap<usize, SharedSelection>>,
     selection_tasks: Mutex<BTreeMap<usize, AbortHandle>>,
     /// Per task, the catalog models selection did not offer, and why.
@@ -524,6 +710,11 @@ impl RunContext {
 
     fn now_ms(&self) -> u64 {
         ms(self.started.elapsed())
+    }
+
+    /// When the first task was handed over (`None`: none was).
+    fn first_task_at(&self) -> Option<Instant> {
+        self.first_task_at.get().copied()
     }
 
     /// The task with this id, if it was handed to execution.

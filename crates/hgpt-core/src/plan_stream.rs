@@ -89,14 +89,11 @@ impl PlanReader {
                 return None;
             }
         }
-        let (value, end) = match crate::lenient_json::parse_value_at(&self.text, at) {
-            Ok(parsed) => parsed,
-            // The object is not complete yet.
-            Err(error) if error.offset >= self.text.len() => return None,
-            Err(_) => {
-                self.done = true;
-                return None;
-            }
+        // An error may only mean the object is not complete yet (a number
+        // cut after its sign reads as malformed): try again with more text.
+        // A truly malformed item is left to the whole-plan reader.
+        let Ok((value, end)) = crate::lenient_json::parse_value_at(&self.text, at) else {
+            return None;
         };
         let Value::Object(item) = value else {
             self.done = true;
@@ -392,14 +389,23 @@ mod tests {
         ];
         for text in plans {
             let whole = parse_and_postprocess(text).unwrap();
+            let (at_once, _) = stream(&[text]);
+            let mut at_once_ids: Vec<usize> = at_once.iter().map(|t| t.id).collect();
+            at_once_ids.sort_unstable();
             for pieces in every_chunking(text) {
                 let (released, verdict) = stream(&pieces);
                 assert_eq!(verdict, Ok(()), "{pieces:?}");
                 for task in &released {
                     assert_eq!(whole.get(task.id), Some(task), "{pieces:?}");
                 }
+                let mut ids: Vec<usize> = released.iter().map(|t| t.id).collect();
+                ids.sort_unstable();
+                assert_eq!(
+                    ids, at_once_ids,
+                    "every chunking releases the same tasks: {pieces:?}"
+                );
             }
-            let (released, _) = stream(&[text]);
+            let released = at_once;
             let ids: Vec<usize> = released.iter().map(|t| t.id).collect();
             if text.contains("<GENERATED>-0,<GENERATED>-1") {
                 assert_eq!(ids, [0, 1], "the unfolded task and its dependent wait");

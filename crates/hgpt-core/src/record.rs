@@ -213,7 +213,14 @@ impl RunRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RunEvent {
-    /// The plan is ready.
+    /// A task of a plan still being written is certain and handed to
+    /// selection (the plan streams; `planned` follows when it is complete).
+    TaskPlanned {
+        /// The task.
+        task: PlanTaskView,
+    },
+    /// The plan is ready (complete; tasks already announced by
+    /// `task_planned` are in it too).
     Planned {
         /// The tasks.
         plan: Vec<PlanTaskView>,

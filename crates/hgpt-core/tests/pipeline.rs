@@ -8,7 +8,8 @@ use hgpt_core::prompt::Prompts;
 use hgpt_core::record::{RunEvent, RunMode, RunRecord, TaskStatus};
 use hgpt_core::task::TaskKind;
 use hgpt_testkit::inproc::{
-    FakeBackend, MemoryMedia, ScriptedLlm, Stage, canned_output, first_candidate_choice, stage_of,
+    Chunking, FakeBackend, MemoryMedia, ScriptedLlm, Stage, canned_output, first_candidate_choice,
+    stage_of,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -753,5 +754,201 @@ async fn a_model_reports_its_steps_while_its_task_runs() {
             Some((10, 10)),
             "the last step is always sent"
         );
+    }
+}
+
+/// A record with its timings cleared, for comparing runs.
+fn timeless(record: &RunRecord) -> serde_json::Value {
+    let mut value = serde_json::to_value(record).unwrap();
+    value["timings"] = serde_json::Value::Null;
+    for task in value["tasks"].as_array_mut().unwrap() {
+        task["started_ms"] = serde_json::Value::Null;
+        task["finished_ms"] = serde_json::Value::Null;
+    }
+    value
+}
+
+/// A controller that plans with `plan` (cut off at a 64-token limit when
+/// `cut_off`), streaming it as `streaming` says.
+fn planner(plan: &'static str, cut_off: bool, streaming: Option<Chunking>) -> ScriptedLlm {
+    let llm = ScriptedLlm::new(move |request| match stage_of(request) {
+        Stage::Plan if cut_off => Err(LlmError::Unfinished {
+            text: plan.to_string(),
+            max_tokens: 64,
+        }),
+        Stage::Plan => Ok(plan.to_string()),
+        Stage::Select => Ok(first_candidate_choice(request)),
+        Stage::Answer => Ok("Here is the answer.".to_string()),
+        Stage::Other => Ok("chat answer".to_string()),
+    });
+    match streaming {
+        Some(chunking) => llm.with_streaming(chunking, Duration::from_millis(5)),
+        None => llm,
+    }
+}
+
+/// Plans for the streaming comparisons: well formed, with escapes, braces
+/// and references inside strings, out of order, unfolded, with text tasks,
+/// and each malformed shape the whole-plan tests cover.
+const STREAMED_PLANS: &[(&str, bool)] = &[
+    (DESCRIBE_COUNT_SPEAK, false),
+    (
+        r#"Sure! ```json
+[{"task": "text-to-image", "id": 0, "dep": [-1], "args": {"text": "a \"red\" {circle} [big] \\ <GENERATED>"}},
+ {'task': 'image-to-text', 'id': 1, 'dep': [0], 'args': {'image': '<GENERATED-0>'}},
+ {"task": "translation", "id": 2, "dep": [1], "args": {"text": "<node>-1", "tgt_lang": "French"}}]
+```"#,
+        false,
+    ),
+    (
+        r#"[{"task": "text-to-speech", "id": 3, "dep": [2], "args": {"text": "<GENERATED>-2"}},
+            {"task": "text-to-image", "id": 0, "dep": [-1], "args": {"text": "x"}},
+            {"task": "image-to-text", "id": 2, "dep": [0, 1], "args": {"image": "<GENERATED>-0"}}]"#,
+        false,
+    ),
+    (
+        r#"[{"task": "text-to-image", "id": 0, "dep": [-1], "args": {"text": "a"}},
+            {"task": "text-to-image", "id": 1, "dep": [-1], "args": {"text": "b"}},
+            {"task": "image-to-text", "id": 2, "dep": [0, 1], "args": {"image": "<GENERATED>-0,<GENERATED>-1"}},
+            {"task": "text-to-speech", "id": 3, "dep": [2], "args": {"text": "<GENERATED>-2"}}]"#,
+        false,
+    ),
+    (
+        r#"[{"task": "juggling", "id": 0, "dep": [-1], "args": {}},
+            {"task": "image-classification", "id": 1, "dep": [-1], "args": {"image": "/a.jpg"}}]"#,
+        false,
+    ),
+    (
+        r#"[{"task": "image-to-text", "id": 0, "dep": [-1], "args": {"image": "/a.jpg an"#,
+        true,
+    ),
+    ("[]", false),
+    ("I am not able to produce JSON today.", false),
+    (
+        r#"[{"task": "summarization", "id": 0, "dep": [-1], "args": {"text": "long text"}}]"#,
+        false,
+    ),
+    (
+        r#"[{"task": "image-to-text", "id": 0, "dep": [-1], "args": {"image": "<GENERATED>-4"}}]"#,
+        false,
+    ),
+    (
+        r#"[{"task": "image-to-text", "id": 0, "dep": [-1], "args": {"image": "/a.jpg"}}}, {"task": "object-detection", "id": 1, "args": {"image": "/a.jpg"}}]"#,
+        false,
+    ),
+];
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_plan_gives_the_whole_plans_record_in_any_chunking() {
+    let whole_config = PipelineConfig {
+        stream_plan: false,
+        ..PipelineConfig::default()
+    };
+    for &(plan, cut_off) in STREAMED_PLANS {
+        let whole = pipeline(
+            Arc::new(planner(plan, cut_off, None)),
+            Arc::new(FakeBackend::new(Duration::from_millis(50))),
+            whole_config.clone(),
+        );
+        let (expected, whole_events) = run(&whole, "the request").await;
+        assert!(
+            !whole_events
+                .iter()
+                .any(|e| matches!(e, RunEvent::TaskPlanned { .. })),
+            "the whole-plan path announces no task early"
+        );
+        for chunking in [Chunking::Bytes(1), Chunking::Bytes(7), Chunking::Words] {
+            let streamed = pipeline(
+                Arc::new(planner(plan, cut_off, Some(chunking))),
+                Arc::new(FakeBackend::new(Duration::from_millis(50))),
+                PipelineConfig::default(),
+            );
+            let (record, events) = run(&streamed, "the request").await;
+            assert_eq!(
+                timeless(&record),
+                timeless(&expected),
+                "{chunking:?}: {plan}"
+            );
+            // Every task announced early is in the plan, announced before it
+            // was chosen a model or started.
+            for (at, event) in events.iter().enumerate() {
+                let RunEvent::TaskPlanned { task } = event else {
+                    continue;
+                };
+                assert!(record.plan.contains(task), "{task:?}");
+                let later = events.iter().position(|e| {
+                    matches!(e, RunEvent::Selecting { id } | RunEvent::TaskStarted { id, .. } if *id == task.id)
+                });
+                assert!(later.is_none_or(|l| l > at), "{chunking:?}: {plan}");
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_starts_before_the_plan_is_complete() {
+    let llm = Arc::new(planner(
+        DESCRIBE_COUNT_SPEAK,
+        false,
+        Some(Chunking::Bytes(4)),
+    ));
+    let p = pipeline(
+        llm,
+        Arc::new(FakeBackend::new(Duration::from_millis(10))),
+        PipelineConfig::default(),
+    );
+    let (record, events) = run(&p, "describe /a.jpg, count the zebras and read it aloud").await;
+    assert!(record.tasks.iter().all(|t| t.status == TaskStatus::Ok));
+    let position = |wanted: &dyn Fn(&RunEvent) -> bool| events.iter().position(wanted).unwrap();
+    let planned = position(&|e| matches!(e, RunEvent::Planned { .. }));
+    let first_finished = position(&|e| matches!(e, RunEvent::TaskFinished { .. }));
+    assert!(
+        first_finished < planned,
+        "task {:?} ran to its end while the plan was still being written",
+        events[first_finished]
+    );
+    let announced = position(&|e| matches!(e, RunEvent::TaskPlanned { task } if task.id == 0));
+    let started = position(&|e| matches!(e, RunEvent::TaskStarted { id: 0, .. }));
+    assert!(announced < started && started < planned);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plan_that_turns_out_malformed_keeps_the_tasks_that_ran() {
+    // Task 0 is certain and runs; the duplicate id makes the finished plan
+    // unusable, so nothing else runs, the record says why, and the answer
+    // is written from what ran.
+    let plan = r#"[{"task": "object-detection", "id": 0, "dep": [-1], "args": {"image": "/a.jpg"}},
+                   {"task": "image-classification", "id": 0, "args": {"image": "/a.jpg"}},
+                   {"task": "image-to-text", "id": 1, "args": {"image": "/a.jpg"}}]"#;
+    for chunking in [Chunking::Bytes(1), Chunking::Words] {
+        let backend = Arc::new(FakeBackend::new(Duration::from_millis(10)));
+        let p = pipeline(
+            Arc::new(planner(plan, false, Some(chunking))),
+            backend.clone(),
+            PipelineConfig::default(),
+        );
+        let (record, _) = run(&p, "look at /a.jpg").await;
+        assert_eq!(record.mode, RunMode::Tasks, "{record:#?}");
+        assert_eq!(record.tasks.len(), 1);
+        assert_eq!(record.tasks[0].task, "object-detection");
+        assert_eq!(record.tasks[0].status, TaskStatus::Ok);
+        assert_eq!(record.plan.len(), 1);
+        let warning = record.plan_warnings.last().unwrap();
+        assert!(
+            warning.contains("two tasks have id 0") && warning.contains("already started"),
+            "{warning}"
+        );
+        assert_eq!(record.answer, "Here is the answer.");
+        assert_eq!(backend.calls().len(), 1);
+        // The whole-plan path answers the same plan as chat.
+        let whole = pipeline(
+            Arc::new(planner(plan, false, None)),
+            Arc::new(FakeBackend::new(Duration::ZERO)),
+            PipelineConfig {
+                stream_plan: false,
+                ..PipelineConfig::default()
+            },
+        );
+        assert_eq!(run(&whole, "look").await.0.mode, RunMode::Chat);
     }
 }

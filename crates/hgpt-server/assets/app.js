@@ -38,8 +38,9 @@ function setAttrs(node, attrs) {
 }
 
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled', 'interrupted']);
-const EVENT_TYPES = ['state', 'planned', 'chat_fallback', 'selecting', 'model_chosen',
-  'task_started', 'task_finished', 'answer_started', 'answer_delta', 'finished'];
+const EVENT_TYPES = ['state', 'task_planned', 'planned', 'chat_fallback', 'selecting', 'model_chosen',
+  'task_started', 'model_download', 'task_progress', 'task_finished', 'answer_started', 'answer_delta',
+  'finished'];
 // Task states in the order they can follow each other; a late event never moves a task back.
 const TASK_RANK = { planned: 0, selecting: 1, chosen: 2, running: 3, done: 4, failed: 4, skipped: 4 };
 const TASK_STATE_OF_STATUS = { ok: 'done', failed: 'failed', skipped: 'skipped' };
@@ -374,6 +375,13 @@ function handleEvent(view, type, data) {
       if (data.error) view.error = data.error;
       applyRunState(view, data.state);
       break;
+    case 'task_planned':
+      if (data.task) {
+        addPlannedTask(view, data.task);
+        drawGraph(view);
+        setStatus(view.bubble, 'Planning; tasks start as they are planned…');
+      }
+      break;
     case 'planned':
       setPlan(view, data.plan || []);
       if (Array.isArray(data.warnings) && data.warnings.length) setNote(view, `Plan repaired: ${data.warnings.join('; ')}`);
@@ -478,14 +486,18 @@ function endRun(view) {
   scrollChat();
 }
 
+/** Adds a planned task, or updates one announced while the plan streamed (keeping its progress). */
+function addPlannedTask(view, t) {
+  const id = Number(t.id);
+  const fields = { task: String(t.task || 'task'), dep: Array.isArray(t.dep) ? t.dep.map(Number) : [], args: t.args || {} };
+  const known = view.tasks.get(id);
+  if (known) Object.assign(known, fields);
+  else view.tasks.set(id, { id, ...fields, state: 'planned', model: null, endpoint: null, record: null });
+}
+
+/** Shows the complete plan; tasks announced earlier keep their state. */
 function setPlan(view, plan) {
-  view.tasks = new Map();
-  for (const t of plan) {
-    view.tasks.set(Number(t.id), {
-      id: Number(t.id), task: String(t.task || 'task'), dep: Array.isArray(t.dep) ? t.dep.map(Number) : [],
-      args: t.args || {}, state: 'planned', model: null, endpoint: null, record: null,
-    });
-  }
+  for (const t of plan) addPlannedTask(view, t);
   drawGraph(view);
 }
 

@@ -4,7 +4,7 @@
 //! store. No sockets involved.
 
 use async_trait::async_trait;
-use futures::stream;
+use futures::{StreamExt, stream};
 use hgpt_core::backend::{
     Availability, ChatModel, ChatRequest, InferenceBackend, InferenceError, InferenceRequest,
     LlmError, MediaError, MediaStore, StepProgress, StepProgressFn, TextStream,
@@ -54,7 +54,42 @@ type Responder = dyn Fn(&ChatRequest) -> Result<String, LlmError> + Send + Sync;
 pub struct ScriptedLlm {
     responder: Box<Responder>,
     delay: Duration,
+    chunking: Chunking,
+    gap: Duration,
     calls: Mutex<Vec<ChatRequest>>,
+}
+
+/// How a streamed answer is cut into pieces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunking {
+    /// After every space (roughly a token each).
+    Words,
+    /// Pieces of at most this many bytes (whole characters).
+    Bytes(usize),
+}
+
+impl Chunking {
+    /// `text` in pieces.
+    pub fn split(self, text: &str) -> Vec<String> {
+        match self {
+            Self::Words => text.split_inclusive(' ').map(str::to_string).collect(),
+            Self::Bytes(size) => {
+                let size = size.max(1);
+                let mut pieces = Vec::new();
+                let mut piece = String::new();
+                for c in text.chars() {
+                    if !piece.is_empty() && piece.len() + c.len_utf8() > size {
+                        pieces.push(std::mem::take(&mut piece));
+                    }
+                    piece.push(c);
+                }
+                if !piece.is_empty() {
+                    pieces.push(piece);
+                }
+                pieces
+            }
+        }
+    }
 }
 
 impl ScriptedLlm {
@@ -65,6 +100,8 @@ impl ScriptedLlm {
         Self {
             responder: Box::new(responder),
             delay: Duration::ZERO,
+            chunking: Chunking::Words,
+            gap: Duration::ZERO,
             calls: Mutex::new(Vec::new()),
         }
     }
@@ -86,6 +123,14 @@ impl ScriptedLlm {
     /// Wait this long before every answer.
     pub fn with_delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// Stream answers in these pieces, waiting `gap` before each (a
+    /// controller writing at a fixed rate).
+    pub fn with_streaming(mut self, chunking: Chunking, gap: Duration) -> Self {
+        self.chunking = chunking;
+        self.gap = gap;
         self
     }
 
@@ -126,13 +171,33 @@ impl ChatModel for ScriptedLlm {
         self.answer(&request).await
     }
 
+    /// The answer in pieces; an answer cut off at the token limit streams
+    /// its text, then the error.
     async fn stream(&self, request: ChatRequest) -> Result<TextStream, LlmError> {
-        let text = self.answer(&request).await?;
-        let pieces: Vec<Result<String, LlmError>> = text
-            .split_inclusive(' ')
-            .map(|p| Ok(p.to_string()))
+        let (text, cut_off) = match self.answer(&request).await {
+            Ok(text) => (text, None),
+            Err(LlmError::Unfinished { text, max_tokens }) => (
+                text.clone(),
+                Some(LlmError::Unfinished { text, max_tokens }),
+            ),
+            Err(error) => return Err(error),
+        };
+        let pieces: Vec<Result<String, LlmError>> = self
+            .chunking
+            .split(&text)
+            .into_iter()
+            .map(Ok)
+            .chain(cut_off.map(Err))
             .collect();
-        Ok(Box::pin(stream::iter(pieces)))
+        let gap = self.gap;
+        Ok(Box::pin(stream::iter(pieces).then(
+            move |piece| async move {
+                if !gap.is_zero() {
+                    tokio::time::sleep(gap).await;
+                }
+                piece
+            },
+        )))
     }
 }
 

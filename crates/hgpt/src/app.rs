@@ -300,6 +300,7 @@ pub async fn pipeline(settings: &Settings) -> Result<Pipeline> {
         context_window,
         fallback_models: settings.fallback_models,
         temperature: settings.llm_temperature,
+        stream_plan: settings.stream_plan,
         ..PipelineConfig::default()
     };
     Ok(Pipeline::new(

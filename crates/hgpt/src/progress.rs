@@ -1,6 +1,7 @@
 //! Live progress on stderr: one line per task (waiting, choosing a model,
 //! running, done/failed/skipped) with elapsed time, while a run goes on.
 
+use hgpt_core::plan::PlanTaskView;
 use hgpt_core::record::{RunEvent, TaskStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::BTreeMap;
@@ -36,19 +37,33 @@ impl Progress {
         self.tasks.get(&id)
     }
 
+    /// A line for a task, unless it has one (a streamed plan announces
+    /// tasks before the plan is complete).
+    fn add_line(&mut self, task: &PlanTaskView) {
+        if self.tasks.contains_key(&task.id) {
+            return;
+        }
+        let bar = self.multi.add(ProgressBar::new_spinner());
+        bar.set_style(style("  {spinner:.cyan} {prefix:.bold} {msg} [{elapsed}]"));
+        bar.set_prefix(format!("#{} {}", task.id, task.task));
+        bar.set_message("waiting");
+        bar.enable_steady_tick(Duration::from_millis(120));
+        self.tasks.insert(task.id, (task.task.clone(), bar));
+    }
+
     /// Update the display for one event.
     pub fn on_event(&mut self, event: &RunEvent) {
         match event {
+            RunEvent::TaskPlanned { task } => {
+                self.header
+                    .set_message("planning (tasks start as they are planned)");
+                self.add_line(task);
+            }
             RunEvent::Planned { plan, .. } => {
                 self.header
                     .finish_with_message(format!("planned {} task(s)", plan.len()));
                 for task in plan {
-                    let bar = self.multi.add(ProgressBar::new_spinner());
-                    bar.set_style(style("  {spinner:.cyan} {prefix:.bold} {msg} [{elapsed}]"));
-                    bar.set_prefix(format!("#{} {}", task.id, task.task));
-                    bar.set_message("waiting");
-                    bar.enable_steady_tick(Duration::from_millis(120));
-                    self.tasks.insert(task.id, (task.task.clone(), bar));
+                    self.add_line(task);
                 }
             }
             RunEvent::ChatFallback { reason } => {

@@ -286,6 +286,7 @@ struct ExecutionSection {
     run_timeout_secs: Option<f64>,
     max_concurrency: Option<usize>,
     fallback_models: Option<usize>,
+    stream_plan: Option<bool>,
 }
 
 /// Replacement prompt templates (inline text) and demonstration files (paths,
@@ -407,6 +408,8 @@ pub struct Settings {
     pub concurrency: usize,
     /// Fallback models per task.
     pub fallback_models: usize,
+    /// Start tasks while the plan is still being written.
+    pub stream_plan: bool,
     /// Prompt replacements.
     pub prompts: PromptsSection,
     /// Where models run.
@@ -690,6 +693,7 @@ impl Settings {
                 .or(file.execution.max_concurrency)
                 .unwrap_or(8),
             fallback_models: file.execution.fallback_models.unwrap_or(1),
+            stream_plan: file.execution.stream_plan.unwrap_or(true),
             prompts,
             inference_mode: match args.inference_mode.clone().or(file.inference.mode.clone()) {
                 Some(mode) => mode.parse().map_err(anyhow::Error::msg)?,
@@ -795,7 +799,7 @@ mod tests {
     #[test]
     fn flags_beat_the_file_which_beats_defaults() {
         let (_dir, path) = config(
-            "[llm]\nbase_url = \"http://file/v1\"\nmodel = \"file-model\"\n[selection]\ncandidates = 3\n[execution]\nmax_concurrency = 2\n",
+            "[llm]\nbase_url = \"http://file/v1\"\nmodel = \"file-model\"\n[selection]\ncandidates = 3\n[execution]\nmax_concurrency = 2\nstream_plan = false\n",
         );
         let args = SettingsArgs {
             config: Some(path),
@@ -807,6 +811,7 @@ mod tests {
         assert_eq!(s.llm_base_url.as_deref(), Some("http://file/v1"));
         assert_eq!(s.candidates, 3);
         assert_eq!(s.concurrency, 2);
+        assert!(!s.stream_plan);
         assert_eq!(s.description_length, 100);
         assert_eq!(s.hf_base_url, None);
         assert_eq!(s.hf_router_url, "https://router.huggingface.co");
