@@ -15,6 +15,7 @@
 
 use hgpt_core::catalog::Catalog;
 use hgpt_core::pipeline::{Pipeline, PipelineConfig};
+use hgpt_core::plan_stream::{PlanReader, StreamingPlan};
 use hgpt_core::prompt::Prompts;
 use hgpt_core::record::{RunEvent, TaskStatus};
 use hgpt_core::task::TaskKind;
@@ -101,6 +102,8 @@ async fn overhead(width: usize, iterations: usize) {
         Arc::new(Prompts::default()),
         PipelineConfig {
             max_concurrency: 64,
+            // Timed from the plan being ready: the whole plan at once.
+            stream_plan: false,
             ..PipelineConfig::default()
         },
     );
@@ -164,7 +167,7 @@ async fn controller(llm_latency: Duration) -> FakeLlm {
     .await
 }
 
-async fn end_to_end(llm_latency: Duration, task_latency: Duration, runs: usize) {
+async fn end_to_end(llm_latency: Duration, task_latency: Duration, runs: usize, stream_plan: bool) {
     let controller = controller(llm_latency).await;
     let inference = FakeHf::start(Arc::new(move |call: &hgpt_testkit::hf::HfCall| {
         if call.is_status {
@@ -203,7 +206,10 @@ async fn end_to_end(llm_latency: Duration, task_latency: Duration, runs: usize) 
         Arc::new(media),
         Arc::new(catalog()),
         Arc::new(Prompts::default()),
-        PipelineConfig::default(),
+        PipelineConfig {
+            stream_plan,
+            ..PipelineConfig::default()
+        },
     );
     let mut walls = Vec::new();
     for _ in 0..runs {
@@ -222,8 +228,13 @@ async fn end_to_end(llm_latency: Duration, task_latency: Duration, runs: usize) 
         llm_latency * 2 + (llm_latency + task_latency) * chain + Duration::from_millis(250) * chain;
     let p50 = percentile(&walls, 0.5);
     println!(
-        "end to end: 12 tasks, chain of {chain}, LLM {} ms/call, model {} ms/call: p50 {:.0} ms (max {:.0} ms); \
+        "end to end ({}): 12 tasks, chain of {chain}, LLM {} ms/call, model {} ms/call: p50 {:.0} ms (max {:.0} ms); \
          lower bound {:.0} ms (+{:.1}%); reference design ~{:.0} ms",
+        if stream_plan {
+            "plan streamed"
+        } else {
+            "whole plan"
+        },
         llm_latency.as_millis(),
         task_latency.as_millis(),
         p50.as_secs_f64() * 1e3,
@@ -233,6 +244,131 @@ async fn end_to_end(llm_latency: Duration, task_latency: Duration, runs: usize) 
         reference.as_secs_f64() * 1e3,
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Six tasks whose long chain comes first: a 4-task chain
+/// (text-to-image -> image-to-text -> text-to-speech -> speech recognition),
+/// then two independent image tasks.
+fn chain_first_plan() -> String {
+    let mut plan = layered_plan(1);
+    plan.pop();
+    plan.push_str(
+        r#",{"task": "object-detection", "id": 4, "dep": [-1], "args": {"image": "/a.png"}},{"task": "image-classification", "id": 5, "dep": [-1], "args": {"image": "/a.png"}}]"#,
+    );
+    plan
+}
+
+/// When each task of `plan` becomes certain, as the controller streams it
+/// one whitespace-delimited piece every `gap` after the role chunk (the
+/// fake server's pieces), and when the plan ends.
+fn certain_times(
+    plan: &str,
+    gap: Duration,
+) -> (Vec<(hgpt_core::plan::PlanTask, Duration)>, Duration) {
+    let mut reader = PlanReader::new();
+    let mut streaming = StreamingPlan::new();
+    let mut times = Vec::new();
+    let pieces: Vec<&str> = plan.split_inclusive(char::is_whitespace).collect();
+    for (index, piece) in pieces.iter().enumerate() {
+        let at = gap * (index as u32 + 2);
+        for item in reader.push(piece) {
+            times.extend(streaming.push(&item).into_iter().map(|task| (task, at)));
+        }
+    }
+    (times, gap * (pieces.len() as u32 + 2))
+}
+
+/// A controller that writes its plan at a fixed token rate: the streamed
+/// plan against the whole plan, and against the streaming floor (each task
+/// from the moment its object is complete, plus its selection and its
+/// chain of runs; the latest of these, plus the answer).
+async fn streamed_plan(llm_latency: Duration, task_latency: Duration, gap: Duration, runs: usize) {
+    let plan = chain_first_plan();
+    let plan_text = plan.clone();
+    let controller = FakeLlm::from_fn(move |call| {
+        let system = call.system();
+        if system.starts_with("#1") {
+            LlmReply::text(plan_text.clone()).with_chunk_delay(gap)
+        } else if system.starts_with("#2") {
+            LlmReply::text(format!(
+                "{{\"id\": \"{}\", \"reason\": \"first\"}}",
+                call.first_candidate()
+            ))
+            .with_delay(llm_latency)
+        } else {
+            LlmReply::text("done").with_delay(llm_latency)
+        }
+    })
+    .await;
+    let backend = Arc::new(FakeBackend::new(task_latency));
+    let mut results = Vec::new();
+    for stream_plan in [false, true] {
+        let Ok(llm) = OpenAiClient::new(OpenAiConfig {
+            base_url: controller.url(),
+            model: "fake-model".into(),
+            ..OpenAiConfig::default()
+        }) else {
+            eprintln!("cannot set up the streamed-plan benchmark");
+            return;
+        };
+        let media = Arc::new(MemoryMedia::with_files([(
+            "/a.png".to_string(),
+            sample_png(),
+        )]));
+        let pipeline = Pipeline::new(
+            Arc::new(llm),
+            backend.clone(),
+            media,
+            Arc::new(catalog()),
+            Arc::new(Prompts::default()),
+            PipelineConfig {
+                stream_plan,
+                ..PipelineConfig::default()
+            },
+        );
+        let mut walls = Vec::new();
+        for _ in 0..runs {
+            let started = Instant::now();
+            let record = pipeline.run("bench", &[], None).await;
+            walls.push(started.elapsed());
+            let ok = record.as_ref().is_ok_and(|r| {
+                r.tasks.len() == 6 && r.tasks.iter().all(|t| t.status == TaskStatus::Ok)
+            });
+            assert!(ok, "{record:?}");
+        }
+        walls.sort();
+        results.push(percentile(&walls, 0.5));
+    }
+    // The floor: tasks from when they are certain; a task starts once its
+    // selection is done and its dependencies have finished.
+    let (certain, plan_end) = certain_times(&plan, gap);
+    let mut finished: std::collections::BTreeMap<usize, Duration> = Default::default();
+    for (task, at) in &certain {
+        let ready = task
+            .dep
+            .iter()
+            .filter_map(|d| finished.get(d))
+            .fold(*at + llm_latency, |a, b| a.max(*b));
+        finished.insert(task.id, ready + task_latency);
+    }
+    let floor = finished.values().fold(plan_end, |a, b| a.max(*b)) + llm_latency;
+    let whole_bound = plan_end + llm_latency + task_latency * 4 + llm_latency;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (whole, streamed) = (results[0], results[1]);
+    println!(
+        "streamed plan: 6 tasks, chain of 4 first, plan at {:.0} tokens/s ({:.0} ms), LLM {} ms/call, model {} ms/call: \
+         whole plan p50 {:.0} ms (bound {:.0} ms); streamed p50 {:.0} ms, floor {:.0} ms (+{:.1}%), {:.2}x the whole-plan bound",
+        1.0 / gap.as_secs_f64(),
+        ms(plan_end),
+        llm_latency.as_millis(),
+        task_latency.as_millis(),
+        ms(whole),
+        ms(whole_bound),
+        ms(streamed),
+        ms(floor),
+        (streamed.as_secs_f64() / floor.as_secs_f64() - 1.0) * 100.0,
+        streamed.as_secs_f64() / whole_bound.as_secs_f64(),
+    );
 }
 
 /// The same run through hosted inference (the fake Hub API and router):
@@ -341,7 +477,22 @@ fn main() {
         overhead(3, iterations).await;
         overhead(12, iterations).await;
         let runs = if quick { 1 } else { 5 };
-        end_to_end(Duration::from_millis(100), Duration::from_millis(200), runs).await;
+        for stream_plan in [false, true] {
+            end_to_end(
+                Duration::from_millis(100),
+                Duration::from_millis(200),
+                runs,
+                stream_plan,
+            )
+            .await;
+        }
+        streamed_plan(
+            Duration::from_millis(100),
+            Duration::from_millis(1000),
+            Duration::from_secs_f64(1.0 / 30.0),
+            if quick { 1 } else { 3 },
+        )
+        .await;
         hosted_end_to_end(
             Duration::from_millis(100),
             Duration::from_millis(200),
