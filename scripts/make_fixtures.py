@@ -162,6 +162,8 @@ GENERATED = [
     "wav2vec2-ctc-stable",
     "wav2vec2-audiocls",
     "ast-audiocls",
+    "vits-tts",
+    "vits-tts-plain",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -2138,6 +2140,170 @@ def make_vit_bin(vit_folder: Path, folder: Path) -> None:
         shutil.copy(vit_folder / name, folder / name)
 
 
+# facebook/mms-tts-eng's vocabulary: characters, "k" (id 0) doubling as the blank.
+MMS_ENG_VOCAB = {"k": 0, "'": 1, "z": 2, "y": 3, "u": 4, "d": 5, "h": 6, "e": 7, "s": 8, "w": 9,
+                 "–": 10, "3": 11, "c": 12, "p": 13, "-": 14, "1": 15, "j": 16, "m": 17, "i": 18,
+                 " ": 19, "f": 20, "l": 21, "o": 22, "0": 23, "b": 24, "r": 25, "a": 26, "4": 27,
+                 "2": 28, "n": 29, "_": 30, "x": 31, "v": 32, "t": 33, "q": 34, "5": 35, "6": 36,
+                 "g": 37}
+
+VITS_TOKENIZER_TEXTS = [
+    "Kick the bucket!",
+    "Hello <unk> WORLD, it's 2024 – the year of the dragon.",
+    "  spaces   around  ",
+    "Café naïve, déjà vu?",
+    "KKK",
+    "?!...",
+]
+
+
+def vits_tokenizer(work: Path, add_blank: bool):
+    """A VitsTokenizer as facebook/mms-tts-eng ships it (vocab.json, tokenizer_config.json,
+    special_tokens_map.json; no tokenizer.json)."""
+    from transformers import VitsTokenizer
+
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "vocab.json").write_text(json.dumps(MMS_ENG_VOCAB, ensure_ascii=False), encoding="utf-8")
+    return VitsTokenizer(str(work / "vocab.json"), pad_token="k", unk_token="<unk>",
+                         language="eng", add_blank=add_blank, normalize=True, phonemize=False,
+                         is_uroman=False)
+
+
+def randomize_vits(model: torch.nn.Module, seed: int, translate: float) -> None:
+    """Redraw every parameter from a seed: weights with unit-variance fan-in scaling (weight
+    norm: unit-norm directions, gains near 1), biases and norms near their neutral values, and
+    the duration predictor's last affine flow shifted by `translate` so that tokens last a few
+    frames each."""
+    gen = torch.Generator().manual_seed(seed ^ 0x5EED)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            owner = modules.get(name.rsplit(".", 1)[0])
+            leaf = name.rsplit(".", 1)[-1]
+            if name.endswith("original0") or name.endswith("weight_g"):
+                p.copy_(1.0 + torch.randn(p.shape, generator=gen) * 0.1)
+            elif isinstance(owner, torch.nn.LayerNorm):
+                base = 1.0 if leaf == "weight" else 0.0
+                p.copy_(base + torch.randn(p.shape, generator=gen) * 0.1)
+            elif leaf == "bias" or leaf in ("translate", "log_scale"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            elif leaf in ("emb_rel_k", "emb_rel_v"):
+                p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5)
+            elif p.dim() >= 2:
+                fan_in = p[0].numel() if not name.startswith("decoder.upsampler") else \
+                    p.shape[0] * p.shape[2] // max(1, p.shape[2] // 2)
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        predictor = model.duration_predictor
+        if hasattr(predictor, "flows"):
+            predictor.flows[0].translate[0] = -translate
+            predictor.flows[0].log_scale[0] = 0.0
+        else:
+            predictor.proj.bias.fill_(translate)
+
+
+def vits_run(model, tokenizer, text: str, speaking_rate: float, speaker_id=None) -> dict:
+    """One synthesis with the noise scales at 0, through the text-to-speech pipeline; the
+    durations before rounding up are captured to check they are not near whole numbers."""
+    from transformers import pipeline as make_pipeline
+
+    model.noise_scale = 0.0
+    model.noise_scale_duration = 0.0
+    model.speaking_rate = speaking_rate
+    captured = {}
+    hook = model.duration_predictor.register_forward_hook(
+        lambda _m, _i, out: captured.__setitem__("log_duration", out.detach().clone()))
+    tts = make_pipeline("text-to-speech", model=model, tokenizer=tokenizer, device="cpu")
+    forward = {} if speaker_id is None else {"forward_params": {"speaker_id": speaker_id}}
+    torch.manual_seed(0)
+    out = tts(text, **forward)
+    hook.remove()
+    ids = tokenizer(text).input_ids
+    raw = torch.exp(captured["log_duration"][0, 0]) / speaking_rate
+    margin = float((raw - torch.floor(raw)).clamp(min=1e-9).min())
+    margin = min(margin, float((torch.ceil(raw) - raw).min()))
+    assert margin > 1e-3, f"a duration is within {margin} of a whole number: {raw.tolist()}"
+    durations = torch.ceil(raw).long().tolist()
+    assert all(1 <= d <= 40 for d in durations), durations
+    waveform = out["audio"][0]
+    hop = int(np.prod(model.config.upsample_rates))
+    assert len(waveform) == sum(durations) * hop
+    assert float(np.abs(waveform).max()) < 0.99, "the waveform saturates"
+    case = {"text": text, "speaking_rate": speaking_rate, "input_ids": ids,
+            "durations": durations, "duration_margin": margin,
+            "sampling_rate": out["sampling_rate"], "samples": len(waveform),
+            "waveform": F32(waveform)}
+    if speaker_id is not None:
+        case["speaker_id"] = speaker_id
+    return case
+
+
+def make_vits(out: Path) -> None:
+    """Two tiny VitsModel checkpoints with mms-tts-eng's character vocabulary: `vits-tts` with
+    the stochastic duration predictor and blanks between characters (as mms-tts-eng), and
+    `vits-tts-plain` with the plain duration predictor, no blanks, two speakers and its weight
+    norms saved under the old names (weight_g, weight_v). References are taken with the noise
+    scales at 0 (the only way to be exact: VitsModel draws torch noise), at speaking rate 1 and
+    another."""
+    from transformers import AutoTokenizer, VitsConfig, VitsModel
+
+    variants = (
+        ("vits-tts", dict(use_stochastic_duration_prediction=True), True, 0.9),
+        ("vits-tts-plain", dict(use_stochastic_duration_prediction=False, num_speakers=2,
+                                speaker_embedding_size=4), False, 1.2),
+    )
+    texts = ["Hello, world!", "Kick it."]
+    for name, extra, add_blank, translate in variants:
+        folder = out / name
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer = vits_tokenizer(Path(tmp), add_blank)
+        config = VitsConfig(
+            vocab_size=len(MMS_ENG_VOCAB), hidden_size=16, num_hidden_layers=2,
+            num_attention_heads=2, window_size=4, ffn_dim=24, ffn_kernel_size=3, flow_size=8,
+            spectrogram_bins=9, upsample_initial_channel=16, upsample_rates=[4, 2],
+            upsample_kernel_sizes=[8, 4], resblock_kernel_sizes=[3, 5],
+            resblock_dilation_sizes=[[1, 3], [1, 2]], depth_separable_num_layers=2,
+            duration_predictor_flow_bins=4, duration_predictor_num_flows=3,
+            duration_predictor_filter_channels=12, prior_encoder_num_flows=2,
+            prior_encoder_num_wavenet_layers=2, posterior_encoder_num_wavenet_layers=1,
+            wavenet_kernel_size=3, wavenet_dilation_rate=2, sampling_rate=16_000,
+            pad_token_id=0, **extra)
+        seed = seed_for(name)
+        torch.manual_seed(seed)
+        model = VitsModel(config)
+        randomize_vits(model, seed, translate)
+        model.eval()
+        save_checkpoint(model, tokenizer, folder)
+        if not add_blank:
+            rename_weight_norm(folder)
+        # The tokenizer files as the MMS repositories have them.
+        (folder / "added_tokens.json").unlink()
+        (folder / "tokenizer_config.json").write_text(json.dumps({
+            "add_blank": add_blank, "clean_up_tokenization_spaces": True, "is_uroman": False,
+            "language": "eng", "model_max_length": 1000000000000000019884624838656,
+            "normalize": True, "pad_token": "k", "phonemize": False,
+            "tokenizer_class": "VitsTokenizer", "unk_token": "<unk>"}, indent=2) + "\n")
+        saved = AutoTokenizer.from_pretrained(folder)
+        for text in texts + VITS_TOKENIZER_TEXTS:
+            assert saved(text).input_ids == tokenizer(text).input_ids, text
+        tokenizer = saved
+        speakers = [None] if config.num_speakers == 1 else [0, 1]
+        cases = []
+        for text in texts:
+            for speaker in speakers:
+                cases.append(vits_run(model, tokenizer, text, 1.0, speaker))
+        cases.append(vits_run(model, tokenizer, texts[0], 1.5, speakers[-1]))
+        tokenized = [{"text": t, "input_ids": tokenizer(t).input_ids}
+                     for t in VITS_TOKENIZER_TEXTS]
+        write_json(folder / "expected.json", {
+            **meta(name, "text-to-speech", model, {"noise_scale": 0.0,
+                                                    "noise_scale_duration": 0.0}),
+            "cases": cases,
+            "tokenizer": tokenized,
+        })
+
+
 # --------------------------------------------------------------------------------------
 
 
@@ -2212,6 +2378,8 @@ def main() -> None:
         make_wav2vec2(out, Path(tmp))
     print("writing ast-audiocls", file=sys.stderr)
     make_ast(out)
+    print("writing vits-tts, vits-tts-plain", file=sys.stderr)
+    make_vits(out)
     if not args.skip_minilm:
         print("writing minilm", file=sys.stderr)
         make_minilm(out / "minilm", args.hub_dir)

@@ -21,6 +21,7 @@ pub mod pull;
 pub mod safetensors;
 pub mod text;
 pub mod vision;
+pub mod vits;
 pub mod wav2vec2;
 
 pub use backend::{AutoPull, LoadedModel, LocalBackend, LocalConfig};

@@ -431,6 +431,14 @@ pub static FAMILIES: &[Family] = &[
         backbones: &[],
         load: |_, files, device| Ok(Box::new(crate::ast::AstClassifier::load(files, device)?)),
     },
+    Family {
+        name: "VITS",
+        model_types: &["vits"],
+        heads: &[(Head::Class("VitsModel"), TaskKind::TextToSpeech)],
+        parts: None,
+        backbones: &[],
+        load: |_, files, device| Ok(Box::new(crate::vits::VitsPipeline::load(files, device)?)),
+    },
 ];
 
 /// Load the pipeline serving `task` for a cached model.
@@ -577,6 +585,7 @@ mod tests {
                 Some(TaskKind::ImageClassification),
             ),
             ("YolosForObjectDetection", Some(TaskKind::ObjectDetection)),
+            ("VitsModel", Some(TaskKind::TextToSpeech)),
             ("BertModel", Some(TaskKind::FeatureExtraction)),
             ("GPT2LMHeadModel", None),
             ("BertForMaskedLM", None),
@@ -684,12 +693,21 @@ mod tests {
                 assert!(supports(*task), "{family:?}");
             }
         }
-        assert!(!supports(TaskKind::TextToSpeech));
+        assert!(supports(TaskKind::TextToSpeech));
+        assert!(!supports(TaskKind::TextToVideo));
         let (_dir, files) = files_with(r#"{"model_type": "bert"}"#, &[]);
-        let err = load(TaskKind::TextToSpeech, &files, &Device::Cpu)
+        let err = load(TaskKind::TextToVideo, &files, &Device::Cpu)
             .err()
             .unwrap();
         assert!(err.to_string().contains("no local pipeline"), "{err}");
+        // Text to speech is VITS's; another model is named as what it is.
+        let err = load(TaskKind::TextToSpeech, &files, &Device::Cpu)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, LocalError::Unsupported(m) if m.contains("VITS checkpoints (VitsModel)") && m.contains("\"bert\"")),
+            "{err}"
+        );
     }
 
     #[test]
