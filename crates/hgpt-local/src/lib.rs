@@ -22,6 +22,7 @@ pub mod safetensors;
 pub mod text;
 pub mod vision;
 pub mod wav2vec2;
+pub mod whisper;
 
 pub use backend::{AutoPull, LoadedModel, LocalBackend, LocalConfig};
 pub use error::LocalError;
