@@ -164,6 +164,7 @@ GENERATED = [
     "ast-audiocls",
     "vits-tts",
     "vits-tts-plain",
+    "whisper-tiny-random",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -2130,6 +2131,196 @@ def make_ast(out: Path) -> None:
     })
 
 
+
+def make_whisper_tokenizer(work: Path):
+    """A Whisper tokenizer with a tiny byte-level BPE and the real special-token layout:
+    the byte vocabulary and trained merges, `<|endoftext|>`, `<|startoftranscript|>`, every
+    language token of transformers' LANGUAGES, `<|translate|>`, `<|transcribe|>`,
+    `<|startoflm|>`, `<|startofprev|>`, `<|nocaptions|>`, `<|notimestamps|>` (all special), then
+    the 1501 timestamp tokens `<|0.00|>` ... `<|30.00|>` (not special), as openai/whisper-*."""
+    from transformers import WhisperTokenizer, WhisperTokenizerFast
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    folder = work / "whisper-tokenizer"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        _, merges = train_byte_bpe()
+        vocab = [bytes_to_unicode()[b] for b in range(256)]
+        for a, b in merges:
+            if a + b not in vocab:
+                vocab.append(a + b)
+        vocab.append("<|endoftext|>")
+        (folder / "vocab.json").write_text(
+            json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False), encoding="utf-8")
+        (folder / "merges.txt").write_text(
+            "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+        slow = WhisperTokenizer(vocab_file=str(folder / "vocab.json"),
+                                merges_file=str(folder / "merges.txt"),
+                                unk_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                model_max_length=64)
+        specials = (["<|startoftranscript|>"] + [f"<|{code}|>" for code in LANGUAGES]
+                    + ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>",
+                       "<|nocaptions|>", "<|notimestamps|>"])
+        slow.add_special_tokens({"additional_special_tokens": specials})
+        slow.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)])
+        slow.save_pretrained(folder)
+    return WhisperTokenizerFast.from_pretrained(folder, from_slow=True)
+
+
+WHISPER_CHUNK_S = 3
+
+
+def make_whisper(out: Path) -> None:
+    """A tiny multilingual Whisper (WhisperForConditionalGeneration) with openai/whisper-*'s
+    token layout and generation config, its feature extractor cut to 3 s windows (80 mel bins,
+    300 frames, 150 encoder positions) so that chunking shows on short clips, and the
+    automatic-speech-recognition pipeline's outputs on the wav2vec2 clips: the default
+    (5-beam) decoding with language detection, greedy decoding, a forced language and the
+    translate task, timestamps, and a 5.6 s clip transcribed in 3 s chunks. Also the log-mel
+    features of the real 30 s extractors (80 and 128 mel bins)."""
+    import soundfile
+    from transformers import (WhisperConfig, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration)
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    name = "whisper-tiny-random"
+    folder = out / name
+    clips_dir = out / "wav2vec2-ctc"
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = make_whisper_tokenizer(Path(tmp))
+    ids = tokenizer.convert_tokens_to_ids
+    eot, sot = ids("<|endoftext|>"), ids("<|startoftranscript|>")
+    translate, transcribe = ids("<|translate|>"), ids("<|transcribe|>")
+    no_timestamps = ids("<|notimestamps|>")
+    lang_to_id = {f"<|{code}|>": ids(f"<|{code}|>") for code in LANGUAGES}
+    space = ids("Ġ")
+    extractor = WhisperFeatureExtractor(feature_size=80, chunk_length=WHISPER_CHUNK_S)
+    config = WhisperConfig(
+        vocab_size=len(tokenizer), num_mel_bins=80, d_model=32, encoder_layers=2,
+        decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=48, decoder_ffn_dim=48, max_source_positions=150,
+        max_target_positions=64, decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot,
+        pad_token_id=eot, activation_function="gelu", init_std=INIT_RANGE,
+        begin_suppress_tokens=[space, eot], suppress_tokens=None,
+    )
+    model = build_model(WhisperForConditionalGeneration, config, name)
+    with torch.no_grad():
+        # Larger decoder weights and a spread of token embeddings, so that the tiny model
+        # emits varied tokens and text as often as timestamps.
+        for param_name, param in model.model.decoder.named_parameters():
+            if param_name.endswith("weight") and "layer_norm" not in param_name:
+                param.mul_(2.0)
+        embed = model.model.decoder.embed_tokens.weight
+        embed[no_timestamps + 1:] *= 0.5
+        # The encoder's sinusoidal positions, as WhisperForConditionalGeneration's init.
+        from transformers.models.whisper.modeling_whisper import sinusoids
+        model.model.encoder.embed_positions.weight.copy_(sinusoids(150, 32))
+    suppress = [1, 2, 7, 8, 9, 10, 14, 25, 26, 27, 28, 29, 31, 58, 59, 60, 61, 62, 63,
+                sot, translate, transcribe, ids("<|startoflm|>"), ids("<|startofprev|>"),
+                ids("<|nocaptions|>")]
+    model.generation_config = GenerationConfig(
+        max_length=40, decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot,
+        pad_token_id=eot, begin_suppress_tokens=[space, eot], suppress_tokens=suppress,
+        forced_decoder_ids=[[1, None], [2, transcribe]], is_multilingual=True,
+        lang_to_id=lang_to_id, task_to_id={"transcribe": transcribe, "translate": translate},
+        no_timestamps_token_id=no_timestamps, max_initial_timestamp_index=50,
+        prev_sot_token_id=ids("<|startofprev|>"),
+    )
+    save_checkpoint(model, extractor, folder)
+    tokenizer.save_pretrained(folder)
+    for extra in ("vocab.json", "merges.txt", "normalizer.json", "added_tokens.json"):
+        (folder / extra).unlink(missing_ok=True)
+    # Loadable from tokenizer.json alone, as the real repositories are.
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    tokenizer_config.pop("from_slow", None)
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    from transformers import WhisperTokenizerFast
+    tokenizer = WhisperTokenizerFast.from_pretrained(folder)
+    model = WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    asr = pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer,
+                   feature_extractor=extractor, device="cpu")
+    # The pipeline's own default, which the model's generation config does not override.
+    assert asr.generation_config.num_beams == 5
+    clips = {n: soundfile.read(clips_dir / n, dtype="float32")[0]
+             for n in ("tones.wav", "chirp.wav", "burst.wav")}
+
+    def generate(features, **kwargs):
+        with torch.no_grad():
+            out = model.generate(features, generation_config=asr.generation_config, **kwargs)
+        return out[0].tolist()
+
+    cases = []
+    for clip, samples in clips.items():
+        features = extractor(samples, sampling_rate=16_000, return_tensors="pt").input_features
+        numpy_features = extractor._np_extract_fbank_features(
+            np.pad(samples, (0, extractor.n_samples - samples.size))[None], "cpu")[0]
+        assert np.abs(numpy_features - features[0].numpy()).max() < 1e-4
+        with torch.no_grad():
+            language = model.detect_language(features, generation_config=asr.generation_config)
+        case = {
+            "clip": clip,
+            "language_id": int(language[0]),
+            "default_ids": generate(features),
+            "pipeline": plain(asr(samples.copy())),
+            "greedy_ids": generate(features, num_beams=1),
+            "greedy_pipeline": plain(asr(samples.copy(), generate_kwargs={"num_beams": 1})),
+            "beam3_pipeline": plain(asr(samples.copy(), generate_kwargs={"num_beams": 3})),
+            "french_pipeline": plain(asr(samples.copy(), generate_kwargs={
+                "language": "french", "num_beams": 1})),
+            "translate_pipeline": plain(asr(samples.copy(), generate_kwargs={
+                "task": "translate", "language": "de", "num_beams": 1})),
+            "timestamps_pipeline": plain(asr(samples.copy(), return_timestamps=True,
+                                             generate_kwargs={"num_beams": 1})),
+            "timestamps_beam_pipeline": plain(asr(samples.copy(), return_timestamps=True)),
+        }
+        if clip == "chirp.wav":
+            # The 0.6 s clip's 60 frames, then padding.
+            case["input_features"] = F32(features[0, :, :100])
+        assert case["pipeline"]["text"] == tokenizer.decode(case["default_ids"],
+                                                             skip_special_tokens=True)
+        cases.append(case)
+    long_clips = ["tones.wav", "chirp.wav", "burst.wav", "tones.wav", "chirp.wav", "tones.wav",
+                  "burst.wav", "tones.wav"]
+    long = np.concatenate([clips[c] for c in long_clips])
+    chunked = {
+        "clips": long_clips,
+        "chunk_length_s": WHISPER_CHUNK_S,
+        "pipeline": plain(asr(long.copy(), chunk_length_s=WHISPER_CHUNK_S)),
+        "greedy_pipeline": plain(asr(long.copy(), chunk_length_s=WHISPER_CHUNK_S,
+                                     generate_kwargs={"num_beams": 1})),
+        "timestamps_pipeline": plain(asr(long.copy(), chunk_length_s=WHISPER_CHUNK_S,
+                                         return_timestamps=True,
+                                         generate_kwargs={"num_beams": 1})),
+    }
+    # The real extractors: 30 s windows of 80 (whisper-tiny ... large-v2) and 128 mel bins
+    # (large-v3); the first 70 frames (the 0.6 s clip, then padding).
+    real = []
+    for mels in (80, 128):
+        full = WhisperFeatureExtractor(feature_size=mels)
+        features = full(clips["chirp.wav"], sampling_rate=16_000, return_tensors="pt")
+        real.append({"feature_size": mels, "clip": "chirp.wav",
+                     "frames": int(features.input_features.shape[-1]),
+                     "input_features": F32(features.input_features[0, :, :70])})
+    write_json(folder / "expected.json", {
+        **meta(name, "automatic-speech-recognition", model, {
+            "clips_folder": "wav2vec2-ctc",
+            "notes": "input_features: [80, 100] log-mel features of the pipeline, the first "
+                     "100 of 300 frames (torch path; "
+                     "the numpy path agrees within 1e-4); *_ids: generate() with the pipeline's "
+                     "generation config (5 beams, max_length 40), the prompt excluded; "
+                     "language_id: detect_language(); *_pipeline: the pipeline with those "
+                     "generate_kwargs; chunked: the clips concatenated, in 3 s chunks "
+                     "(stride 0.5 s); real_extractors: the first 70 frames of the 30 s "
+                     "extractors' features.",
+        }),
+        "cases": cases,
+        "chunked": chunked,
+        "real_extractors": real,
+    })
+
+
 def make_vit_bin(vit_folder: Path, folder: Path) -> None:
     """vit-imgcls as a repository without safetensors: the same weights as PyTorch's
     pytorch_model.bin (torch.save's zip format), with its config, processor config and
@@ -2380,6 +2571,8 @@ def main() -> None:
     make_ast(out)
     print("writing vits-tts, vits-tts-plain", file=sys.stderr)
     make_vits(out)
+    print("writing whisper-tiny-random", file=sys.stderr)
+    make_whisper(out)
     if not args.skip_minilm:
         print("writing minilm", file=sys.stderr)
         make_minilm(out / "minilm", args.hub_dir)

@@ -255,6 +255,12 @@ pub trait StepDecoder {
     fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, LocalError>;
     /// The vocabulary size of the logits.
     fn vocab_size(&self) -> usize;
+    /// The model's own logits processors (Whisper's token suppression and
+    /// timestamp rules), run after those of the generation settings on the
+    /// scores of the token after `ids`: raw logits in greedy decoding,
+    /// log-probabilities in beam search, as transformers passes them. None
+    /// by default.
+    fn process_logits(&self, _ids: &[u32], _scores: &mut [f32]) {}
 }
 
 /// A generated sequence.
@@ -303,6 +309,7 @@ pub fn greedy(
         let raw_log_norm = log_sum_exp(&logits);
         let mut processed = logits.clone();
         process(&mut processed, &ids, config, min_total);
+        decoder.process_logits(&ids, &mut processed);
         let next = first_max(&processed);
         log_prob += f64::from(logits[next as usize]) - raw_log_norm;
         ids.push(next);
@@ -496,7 +503,7 @@ pub fn beam_search<D: StepDecoder + Clone>(
 
 /// The `keep` best continuations of the running beams by summed processed
 /// log-probability, best first (ties to the lower beam, then token).
-fn top_continuations<D>(
+fn top_continuations<D: StepDecoder>(
     running: &[Beam<D>],
     vocab: usize,
     keep: usize,
@@ -510,6 +517,7 @@ fn top_continuations<D>(
         let raw = log_softmax(&beam.logits);
         let mut processed = raw.clone();
         process(&mut processed, &beam.ids, config, min_total);
+        beam.decoder.process_logits(&beam.ids, &mut processed);
         let scores: Vec<f32> = processed.iter().map(|lp| lp + beam.score).collect();
         for v in descending(&scores).into_iter().take(keep) {
             let stops =

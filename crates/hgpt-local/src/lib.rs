@@ -23,6 +23,7 @@ pub mod text;
 pub mod vision;
 pub mod vits;
 pub mod wav2vec2;
+pub mod whisper;
 
 pub use backend::{AutoPull, LoadedModel, LocalBackend, LocalConfig};
 pub use error::LocalError;

@@ -439,6 +439,21 @@ pub static FAMILIES: &[Family] = &[
         backbones: &[],
         load: |_, files, device| Ok(Box::new(crate::vits::VitsPipeline::load(files, device)?)),
     },
+    Family {
+        name: "Whisper",
+        model_types: &["whisper"],
+        heads: &[(
+            Head::Class("WhisperForConditionalGeneration"),
+            TaskKind::AutomaticSpeechRecognition,
+        )],
+        parts: None,
+        backbones: &[],
+        load: |_, files, device| {
+            Ok(Box::new(crate::whisper::WhisperPipeline::load(
+                files, device,
+            )?))
+        },
+    },
 ];
 
 /// Load the pipeline serving `task` for a cached model.

@@ -78,7 +78,7 @@ fn image_bytes(task: TaskKind, args: &ResolvedArgs) -> Result<&[u8], LocalError>
 /// (transformers' `generate_kwargs` are read the same way): `max_new_tokens`,
 /// `num_beams` and `early_stopping`. Other generation parameters are
 /// refused by name, since hgpt does not sample.
-fn generation_for(
+pub(crate) fn generation_for(
     task: TaskKind,
     args: &ResolvedArgs,
     model: &GenerationConfig,
