@@ -758,6 +758,60 @@ mod tests {
     }
 
     #[test]
+    fn diffusers_repositories_are_known_by_their_model_index() {
+        let index = |class: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(
+                dir.path().join("model_index.json"),
+                format!(
+                    r#"{{"_class_name": "{class}", "unet": ["diffusers", "UNet2DConditionModel"]}}"#
+                ),
+            )
+            .unwrap();
+            let files = ModelFiles::from_dir("org/sd", dir.path());
+            (dir, files)
+        };
+        let cases = [
+            ("StableDiffusionPipeline", Some(TaskKind::TextToImage)),
+            (
+                "StableDiffusionImg2ImgPipeline",
+                Some(TaskKind::ImageToImage),
+            ),
+            ("StableDiffusionXLPipeline", None),
+            ("StableDiffusionImageVariationPipeline", None),
+        ];
+        for (class, expected) in cases {
+            let (_dir, files) = index(class);
+            assert_eq!(task_of(&files), expected, "{class}");
+        }
+        assert!(supports(TaskKind::TextToImage) && supports(TaskKind::ImageToImage));
+        let (_dir, files) = index("StableDiffusionXLPipeline");
+        let err = load(TaskKind::TextToImage, &files, &Device::Cpu)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, LocalError::Unsupported(m) if m.contains("SDXL") && m.contains("Stable Diffusion checkpoints")),
+            "{err}"
+        );
+        // A config.json decides when both are present.
+        let (dir, files) = index("StableDiffusionPipeline");
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"architectures": ["ViTForImageClassification"]}"#,
+        )
+        .unwrap();
+        assert_eq!(task_of(&files), Some(TaskKind::ImageClassification));
+        assert_eq!(
+            family_name(
+                TaskKind::TextToImage,
+                &["StableDiffusionPipeline".into()],
+                Some(DIFFUSERS)
+            ),
+            Some("Stable Diffusion")
+        );
+    }
+
+    #[test]
     fn a_sentence_transformers_layout_is_feature_extraction() {
         let (_dir, files) = files_with(
             r#"{"architectures": ["BertForSequenceClassification"]}"#,

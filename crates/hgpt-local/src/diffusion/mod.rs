@@ -21,7 +21,7 @@ mod vae;
 
 use crate::error::{LocalError, bad_input};
 use crate::files::ModelFiles;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{DIFFUSERS, ModelKind, Pipeline};
 use crate::vision::ClipTextEncoder;
 use crate::vision::clip::TowerConfig;
 use crate::vision::preprocess::{Resample, decode_image, resize_like_pil};
@@ -34,7 +34,6 @@ use hgpt_core::task::TaskKind;
 use image::RgbImage;
 use prompt::PromptTokenizer;
 use scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSpacing};
-use serde::Deserialize;
 use serde_json::Value;
 use vae::Autoencoder;
 
@@ -74,13 +73,6 @@ pub const PIPELINE_CLASSES: &[&str] =
 
 /// The scheduler run when the repository names one hgpt does not have.
 const FALLBACK_SCHEDULER: SchedulerKind = SchedulerKind::Ddim;
-
-/// `model_index.json`: the pipeline class.
-#[derive(Debug, Deserialize)]
-struct ModelIndex {
-    #[serde(rename = "_class_name")]
-    class_name: String,
-}
 
 /// A Stable Diffusion pipeline (SD 1.x, 2.x, sd-turbo), loaded.
 pub struct StableDiffusion {
@@ -217,9 +209,16 @@ impl StableDiffusion {
     /// Load a diffusers Stable Diffusion repository.
     pub fn load(files: &ModelFiles, device: &Device) -> Result<Self, LocalError> {
         files.require(REQUIRED_FILES)?;
-        let index: ModelIndex = files.json("model_index.json")?;
-        if !PIPELINE_CLASSES.contains(&index.class_name.as_str()) {
-            return Err(unsupported_pipeline(files.id(), &index.class_name));
+        let kind = ModelKind::read(files)?;
+        let class = kind.architectures.join(", ");
+        if kind.model_type.as_deref() != Some(DIFFUSERS)
+            || !PIPELINE_CLASSES.contains(&class.as_str())
+        {
+            return Err(LocalError::Unsupported(format!(
+                "{} is a {class}; hgpt runs diffusers {} repositories",
+                files.id(),
+                PIPELINE_CLASSES.join(" and ")
+            )));
         }
         let config_error = |file: &str, e: String| files.load_error(format!("{file}: {e}"));
         let unet_config: UnetConfig = files.json("unet/config.json")?;
@@ -348,14 +347,12 @@ impl StableDiffusion {
             None => defaults.steps,
         };
         let guidance_scale = match param(args, "guidance_scale") {
-            Some(value) => number(task, "guidance_scale", value)
-                .filter(|g| *g >= 0.0)
-                .ok_or_else(|| {
-                    bad_input(
-                        task,
-                        format!("guidance_scale must be a number of 0 or more, not {value}"),
-                    )
-                })?,
+            Some(value) => number(value).filter(|g| *g >= 0.0).ok_or_else(|| {
+                bad_input(
+                    task,
+                    format!("guidance_scale must be a number of 0 or more, not {value}"),
+                )
+            })?,
             None => defaults.guidance_scale,
         };
         let negative_prompt = match param(args, "negative_prompt") {
@@ -399,14 +396,16 @@ impl StableDiffusion {
                 None => return Err(bad_input(task, "no image given")),
             };
             let strength = match param(args, "strength") {
-                Some(value) => number(task, "strength", value)
-                    .filter(|s| *s > 0.0 && *s <= 1.0)
-                    .ok_or_else(|| {
-                        bad_input(
-                            task,
-                            format!("strength must be a number in (0, 1], not {value}"),
-                        )
-                    })?,
+                Some(value) => {
+                    number(value)
+                        .filter(|s| *s > 0.0 && *s <= 1.0)
+                        .ok_or_else(|| {
+                            bad_input(
+                                task,
+                                format!("strength must be a number in (0, 1], not {value}"),
+                            )
+                        })?
+                }
                 None => defaults.strength,
             };
             Some(InitImage {
@@ -693,14 +692,6 @@ fn request_task(request: &GenerationRequest) -> TaskKind {
     }
 }
 
-/// The refusal of a diffusers pipeline class hgpt does not run.
-fn unsupported_pipeline(id: &str, class: &str) -> LocalError {
-    LocalError::Unsupported(format!(
-        "{id} is a diffusers {class}; hgpt runs {} repositories",
-        PIPELINE_CLASSES.join(" and ")
-    ))
-}
-
 /// Bytes the weights of a file take as f32 (float16 variants double).
 fn in_memory_bytes(file_bytes: u64, file: &str) -> u64 {
     if file.contains(".fp16.") {
@@ -723,7 +714,7 @@ fn text_param(args: &ResolvedArgs, key: &str) -> Option<String> {
 }
 
 /// A finite number (or numeric string).
-fn number(_task: TaskKind, _key: &str, value: &Value) -> Option<f64> {
+fn number(value: &Value) -> Option<f64> {
     match value {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse().ok(),
@@ -740,7 +731,7 @@ fn bounded_integer(
     low: usize,
     high: usize,
 ) -> Result<usize, LocalError> {
-    number(task, key, value)
+    number(value)
         .filter(|f| f.fract() == 0.0 && *f >= low as f64 && *f <= high as f64)
         .map(|f| f as usize)
         .ok_or_else(|| {
