@@ -731,6 +731,37 @@ mod tests {
     }
 
     #[test]
+    fn pndm_runge_kutta_warm_up_follows_diffusers() {
+        // diffusers 0.36: PNDMScheduler(SD betas, skip_prk_steps=False,
+        // steps_offset=1), 10 steps, sample [1, -0.5], model outputs
+        // [0.1 (i + 1), 0.3 - 0.05 i] at step i.
+        let config = config(
+            r#"{"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                "skip_prk_steps": false, "set_alpha_to_one": false, "steps_offset": 1}"#,
+        );
+        let mut pndm = Scheduler::new(SchedulerKind::Pndm, &config, 10).unwrap();
+        assert_eq!(pndm.timesteps().len(), 19);
+        let device = candle_core::Device::Cpu;
+        let mut sample = Tensor::new(&[1.0f32, -0.5], &device).unwrap();
+        let mut seen = Vec::new();
+        for i in 0..pndm.timesteps().len() {
+            let output =
+                Tensor::new(&[0.1 * (i + 1) as f32, 0.3 - 0.05 * i as f32], &device).unwrap();
+            sample = pndm.step(i, &output, &sample).unwrap();
+            seen.push(sample.to_vec1::<f32>().unwrap());
+        }
+        for (index, want) in [
+            (3, [1.459_785_3, -0.947_768_6]),
+            (12, [2.288_113_8, -2.386_078_8]),
+            (18, [1.839_230_4, -3.844_902_5]),
+        ] {
+            for (got, want) in seen[index].iter().zip(want) {
+                assert!((got - want).abs() < 1e-5, "step {index}: {:?}", seen[index]);
+            }
+        }
+    }
+
+    #[test]
     fn sigmas_and_bad_configs() {
         let trailing = config(
             r#"{"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
