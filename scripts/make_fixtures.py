@@ -24,6 +24,9 @@ deterministically (fixed seeds, one CPU thread, no network):
   soundfile's decoding of each, and resampling references: torchaudio's `resample`
   (windowed sinc, Hann window), which transformers' speech pipelines call, ported line by line
   to torch ops here because torchaudio has no build for this torch.
+* sd-tiny/: a tiny random Stable Diffusion pipeline in the diffusers repository layout (fp16
+  weight variants), with the images diffusers makes from injected latents and noise for the
+  PNDM, DDIM and Euler schedulers, text-to-image and image-to-image.
 
 Usage (see scripts/requirements-fixtures.txt for the pinned packages):
 
@@ -165,6 +168,7 @@ GENERATED = [
     "vits-tts",
     "vits-tts-plain",
     "whisper-tiny-random",
+    "sd-tiny",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -2321,6 +2325,231 @@ def make_whisper(out: Path) -> None:
     })
 
 
+# --------------------------------------------------------------------------------------
+# Stable Diffusion (diffusers)
+# --------------------------------------------------------------------------------------
+
+SD_PROMPT = "a red car in the park"
+
+
+def redraw_diffusion_params(model: torch.nn.Module, seed: int) -> None:
+    """Seeded redraw so a tiny random pipeline gives varied images: weights keep their
+    fan-in scaled init (redrawn from the seed), biases get N(0, 0.1), norm scales 1 + N(0, 0.1);
+    the text encoder's embeddings N(0, 0.2)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            lname = name.lower()
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            elif "norm" in lname and p.dim() == 1:
+                p.copy_(1.0 + torch.randn(p.shape, generator=gen) * 0.1)
+            elif p.dim() >= 2:
+                fan_in = p[0].numel()
+                scale = INIT_RANGE if "embedding" in lname else 1.0 / math.sqrt(fan_in)
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+
+
+def make_diffusion(out: Path) -> None:
+    """sd-tiny/: a tiny random StableDiffusionPipeline in the real repository layout
+    (model_index.json; unet/, vae/, text_encoder/, tokenizer/ (vocab.json + merges.txt, as SD 1.5
+    ships it), scheduler/ with SD 1.5's PNDM config), and the images diffusers 0.36 makes from
+    injected latents: PNDM, DDIM (epsilon and v-prediction), Euler (trailing, one step, no
+    guidance as the turbo models run), with and without classifier-free guidance, and
+    img2img with PNDM and Euler, recording the noise diffusers draws from its generator."""
+    import diffusers
+    from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler,
+                           StableDiffusionImg2ImgPipeline, StableDiffusionPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = out / "sd-tiny"
+    name = folder.name
+    seed = seed_for(name)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=(2, 4), norm_num_groups=32)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(16, 16, 32), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4, norm_num_groups=8, sample_size=32)
+    fast_tokenizer = make_clip_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(fast_tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
+        bos_token_id=fast_tokenizer.bos_token_id, eos_token_id=fast_tokenizer.eos_token_id,
+        pad_token_id=fast_tokenizer.pad_token_id))
+    for i, model in enumerate((unet, vae, text_encoder)):
+        redraw_diffusion_params(model, seed + i)
+        model.eval()
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, set_alpha_to_one=False,
+                              skip_prk_steps=True, steps_offset=1, trained_betas=None)
+    with tempfile.TemporaryDirectory() as tmp:
+        fast_tokenizer.model_max_length = 77
+        fast_tokenizer.save_pretrained(tmp)
+        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   unet=unet, scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    # Weights as the *.fp16.safetensors variants only (as the pull prefers them; half the size),
+    # read back as float32 for the references, as hgpt reads them.
+    pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True, variant="fp16")
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, variant="fp16",
+                                                   torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    assert not (folder / "tokenizer" / "tokenizer.json").exists()
+
+    sf = pipe.vae_scale_factor
+    schedulers = {
+        "pndm": PNDMScheduler.from_config(pipe.scheduler.config),
+        "ddim": DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False),
+        "ddim_v": DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False,
+                                            prediction_type="v_prediction",
+                                            timestep_spacing="trailing", rescale_betas_zero_snr=False),
+        "euler": EulerDiscreteScheduler.from_config(pipe.scheduler.config,
+                                                    timestep_spacing="trailing"),
+    }
+    gen = torch.Generator().manual_seed(seed ^ 0xD1FF)
+
+    def decoded(latents):
+        with torch.no_grad():
+            return pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample[0]
+
+    import contextlib
+
+    import diffusers.models.activations as activations
+
+    @contextlib.contextmanager
+    def tanh_geglu():
+        """GEGLU with GELU's tanh approximation, as candle's UNet computes it (diffusers: erf)."""
+        exact = activations.GEGLU.gelu
+        activations.GEGLU.gelu = lambda self, gate: torch.nn.functional.gelu(
+            gate, approximate="tanh")
+        try:
+            yield
+        finally:
+            activations.GEGLU.gelu = exact
+
+    def tokens(text):
+        return [int(i) for i in pipe.tokenizer(text, padding="max_length", max_length=77,
+                                               truncation=True).input_ids]
+
+    txt_cases = []
+    for scheduler_name, steps, guidance, negative, (w, h) in [
+        ("pndm", 4, 7.5, None, (16, 16)),
+        ("pndm", 3, 1.0, None, (16, 24)),
+        ("ddim", 3, 5.0, "blurry, dark", (24, 16)),
+        ("ddim_v", 2, 7.5, None, (16, 16)),
+        ("euler", 1, 0.0, None, (16, 16)),
+    ]:
+        pipe.scheduler = schedulers[scheduler_name]
+        latents = torch.randn((1, 4, h // sf, w // sf), generator=gen)
+        with torch.no_grad():
+            result = pipe(SD_PROMPT, negative_prompt=negative, num_inference_steps=steps,
+                          guidance_scale=guidance, width=w, height=h, latents=latents.clone(),
+                          output_type="latent")
+            image = pipe.image_processor.postprocess(decoded(result.images)[None],
+                                                     output_type="pil")[0]
+            with tanh_geglu():
+                tanh = pipe(SD_PROMPT, negative_prompt=negative, num_inference_steps=steps,
+                            guidance_scale=guidance, width=w, height=h, latents=latents.clone(),
+                            output_type="latent")
+        txt_cases.append({
+            "scheduler": type(pipe.scheduler).__name__,
+            "scheduler_config": {k: plain(v) for k, v in pipe.scheduler.config.items()
+                                 if not k.startswith("_")},
+            "prompt": SD_PROMPT, "negative_prompt": negative, "num_inference_steps": steps,
+            "guidance_scale": guidance, "width": w, "height": h,
+            "timesteps": [float(t) for t in pipe.scheduler.timesteps],
+            "latents": F32(latents[0].flatten()),
+            "image": F32(decoded(result.images).flatten()),
+            "image_tanh_geglu": F32(decoded(tanh.images).flatten()),
+            "pixels": list(np.asarray(image).flatten().tolist()),
+        })
+
+    img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    import diffusers.models.autoencoders.vae as vae_module
+    import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img as img2img_module
+    drawn = {}
+
+    def recorder(module, key):
+        original = module.randn_tensor
+
+        def draw(*args, **kwargs):
+            value = original(*args, **kwargs)
+            drawn[key] = value.clone()
+            return value
+        return original, draw
+
+    img_cases = []
+    for scheduler_name, steps, guidance, strength, image_name in [
+        ("pndm", 4, 7.5, 0.75, "gradient_40x30.png"),
+        ("euler", 2, 0.0, 0.5, "gray_20x20.png"),
+    ]:
+        img2img.scheduler = schedulers[scheduler_name]
+        init = load_rgb(out / "images" / image_name)
+        originals = []
+        for module, key in ((vae_module, "posterior"), (img2img_module, "noise")):
+            original, draw = recorder(module, key)
+            originals.append((module, original))
+            module.randn_tensor = draw
+        try:
+            with torch.no_grad():
+                result = img2img(SD_PROMPT, image=init, strength=strength,
+                                 num_inference_steps=steps, guidance_scale=guidance,
+                                 generator=gen, output_type="latent")
+                image = img2img.image_processor.postprocess(
+                    decoded(result.images)[None], output_type="pil")[0]
+            for module, original in originals:
+                module.randn_tensor = original
+            noises = (drawn["posterior"].clone(), drawn["noise"].clone())
+            replay = iter(noises)
+            for module, _ in originals:
+                module.randn_tensor = lambda *args, **kwargs: next(replay).clone()
+            with torch.no_grad(), tanh_geglu():
+                tanh = img2img(SD_PROMPT, image=init, strength=strength,
+                               num_inference_steps=steps, guidance_scale=guidance,
+                               output_type="latent")
+        finally:
+            for module, original in originals:
+                module.randn_tensor = original
+        img_cases.append({
+            "scheduler": type(img2img.scheduler).__name__,
+            "scheduler_config": {k: plain(v) for k, v in img2img.scheduler.config.items()
+                                 if not k.startswith("_")},
+            "image_in": f"images/{image_name}", "prompt": SD_PROMPT,
+            "num_inference_steps": steps, "guidance_scale": guidance, "strength": strength,
+            "width": image.width, "height": image.height,
+            "posterior_noise": F32(noises[0][0].flatten()),
+            "noise": F32(noises[1][0].flatten()),
+            "image": F32(decoded(result.images).flatten()),
+            "image_tanh_geglu": F32(decoded(tanh.images).flatten()),
+            "pixels": list(np.asarray(image).flatten().tolist()),
+        })
+    write_json(folder / "expected.json", {
+        "name": name, "task": "text-to-image", "architecture": "StableDiffusionPipeline",
+        "seed": seed, "versions": {**versions(), "diffusers": diffusers.__version__},
+        "input_ids": tokens(SD_PROMPT), "negative_input_ids": tokens("blurry, dark"),
+        "empty_input_ids": tokens(""),
+        "notes": "text_to_image: StableDiffusionPipeline with the scheduler named (config as "
+                 "recorded), the initial latents passed as `latents` ([4, h/4, w/4], flattened; "
+                 "the VAE scales by 4); image: vae.decode(latents / scaling_factor) of the final "
+                 "latents, [3, h, w] flattened, before clamping; image_tanh_geglu: the same "
+                 "with the UNet's GEGLU on GELU's tanh approximation (as candle's UNet has it); "
+                 "pixels: the pipeline's PIL "
+                 "output (h x w x 3 uint8). image_to_image: StableDiffusionImg2ImgPipeline on "
+                 "the image (resized to multiples of 4 with Lanczos), posterior_noise: the noise "
+                 "of the VAE posterior sample, noise: the noise added at the first timestep, "
+                 "both as diffusers drew them from its generator.",
+        "text_to_image": txt_cases, "image_to_image": img_cases,
+    })
+
+
 def make_vit_bin(vit_folder: Path, folder: Path) -> None:
     """vit-imgcls as a repository without safetensors: the same weights as PyTorch's
     pytorch_model.bin (torch.save's zip format), with its config, processor config and
@@ -2573,6 +2802,8 @@ def main() -> None:
     make_vits(out)
     print("writing whisper-tiny-random", file=sys.stderr)
     make_whisper(out)
+    print("writing sd-tiny", file=sys.stderr)
+    make_diffusion(out)
     if not args.skip_minilm:
         print("writing minilm", file=sys.stderr)
         make_minilm(out / "minilm", args.hub_dir)

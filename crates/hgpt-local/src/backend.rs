@@ -133,8 +133,7 @@ impl LocalBackend {
             ));
         }
         let files = self.config.cache.model(model);
-        files
-            .json::<ModelKind>("config.json")
+        ModelKind::read(&files)
             .and_then(|kind| pipeline::family_for(task, model, &kind))
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -163,12 +162,10 @@ impl LocalBackend {
     }
 
     fn is_cached(&self, model: &str) -> bool {
+        let files = self.config.cache.model(model);
         self.is_loaded(model)
-            || self
-                .config
-                .cache
-                .model(model)
-                .has_all(&["config.json", crate::files::WEIGHTS])
+            || files.has_all(&["config.json", crate::files::WEIGHTS])
+            || files.has_all(crate::diffusion::REQUIRED_FILES)
     }
 
     /// Download the model into the cache unless it is there (once, however

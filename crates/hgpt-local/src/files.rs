@@ -150,7 +150,14 @@ impl ModelFiles {
     /// tensor (see [`crate::safetensors`]), else PyTorch's
     /// `pytorch_model.bin` (its pickle is read, never run).
     pub fn weights(&self, device: &Device) -> Result<Weights, LocalError> {
-        let path = self.require(&[WEIGHTS])?.remove(0);
+        self.weights_from(WEIGHTS, device)
+    }
+
+    /// The weights of the first present of `names` (`a|b|...`, paths inside
+    /// the repository such as `unet/diffusion_pytorch_model.safetensors`), as
+    /// f32 tensors; safetensors of any float type or a PyTorch state dict.
+    pub fn weights_from(&self, names: &str, device: &Device) -> Result<Weights, LocalError> {
+        let path = self.require(&[names])?.remove(0);
         let file = file_name(&path);
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let vb = if file.ends_with(".safetensors") {

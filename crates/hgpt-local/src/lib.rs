@@ -7,6 +7,7 @@ pub mod audio;
 pub mod backend;
 mod bert;
 pub mod device;
+pub mod diffusion;
 pub mod embed;
 pub mod error;
 #[cfg(target_arch = "x86_64")]

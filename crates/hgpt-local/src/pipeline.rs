@@ -30,7 +30,9 @@ pub trait Pipeline: Send + Sync {
     fn weight_bytes(&self) -> u64;
 }
 
-/// The part of `config.json` that tells which family a model is.
+/// The part of `config.json` that tells which family a model is (for a
+/// diffusers repository, which has `model_index.json` instead, the
+/// pipeline class as its architecture and [`DIFFUSERS`] as its type).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ModelKind {
     /// `bert`, `distilbert`, `roberta`, `xlm-roberta`, `vit`, `yolos`, ...
@@ -49,6 +51,37 @@ pub struct ModelKind {
     /// BiT, Depth Anything's DINOv2).
     #[serde(default)]
     pub backbone_config: Option<PartKind>,
+}
+
+/// The `model_type` given to diffusers repositories (`model_index.json`).
+pub const DIFFUSERS: &str = "diffusers";
+
+/// `model_index.json`: the pipeline class.
+#[derive(Debug, Deserialize)]
+struct ModelIndex {
+    #[serde(rename = "_class_name")]
+    class_name: String,
+}
+
+impl ModelKind {
+    /// What a model is, from its `config.json`, or for a diffusers
+    /// repository (no `config.json`) its `model_index.json`.
+    pub fn read(files: &ModelFiles) -> Result<Self, LocalError> {
+        if files.get("config.json").is_none() && files.get("model_index.json").is_some() {
+            let index: ModelIndex = files.json("model_index.json")?;
+            return Ok(Self::diffusers(index.class_name));
+        }
+        files.json("config.json")
+    }
+
+    /// A diffusers pipeline of this `_class_name`.
+    pub fn diffusers(class_name: String) -> Self {
+        Self {
+            model_type: Some(DIFFUSERS.to_string()),
+            architectures: vec![class_name],
+            ..Self::default()
+        }
+    }
 }
 
 /// The `model_type` of one part of a composite model.
@@ -421,6 +454,35 @@ pub static FAMILIES: &[Family] = &[
         },
     },
     Family {
+        name: "Stable Diffusion",
+        model_types: &[DIFFUSERS],
+        heads: &[
+            (
+                Head::Class("StableDiffusionPipeline"),
+                TaskKind::TextToImage,
+            ),
+            (
+                Head::Class("StableDiffusionPipeline"),
+                TaskKind::ImageToImage,
+            ),
+            (
+                Head::Class("StableDiffusionImg2ImgPipeline"),
+                TaskKind::ImageToImage,
+            ),
+            (
+                Head::Class("StableDiffusionImg2ImgPipeline"),
+                TaskKind::TextToImage,
+            ),
+        ],
+        parts: None,
+        backbones: &[],
+        load: |_, files, device| {
+            Ok(Box::new(crate::diffusion::StableDiffusion::load(
+                files, device,
+            )?))
+        },
+    },
+    Family {
         name: "Audio Spectrogram Transformer",
         model_types: &["audio-spectrogram-transformer"],
         heads: &[(
@@ -462,7 +524,7 @@ pub fn load(
     files: &ModelFiles,
     device: &Device,
 ) -> Result<Box<dyn Pipeline>, LocalError> {
-    let kind: ModelKind = files.json("config.json")?;
+    let kind = ModelKind::read(files)?;
     (family_for(task, files.id(), &kind)?.load)(task, files, device)
 }
 
@@ -498,6 +560,18 @@ fn unsupported(task: TaskKind, id: &str, kind: &ModelKind) -> LocalError {
         .collect();
     if serving.is_empty() {
         return LocalError::Unsupported(format!("hgpt has no local pipeline for {task}"));
+    }
+    if kind.model_type.as_deref() == Some(DIFFUSERS) {
+        let class = kind.architectures.join(", ");
+        let hint = if class.contains("XL") {
+            " (SDXL needs a second text encoder and size conditioning, which hgpt does not run yet)"
+        } else {
+            ""
+        };
+        return LocalError::Unsupported(format!(
+            "hgpt runs {task} locally with {}; {id} is a diffusers {class}{hint}",
+            serving.join(" or ")
+        ));
     }
     let mut what = match (&kind.model_type, kind.architectures.is_empty()) {
         (None, true) => "config.json names neither model_type nor architectures".to_string(),
@@ -545,12 +619,13 @@ pub fn supports(task: TaskKind) -> bool {
 /// sentence-transformers layout (`modules.json`) is feature-extraction;
 /// otherwise the task of the first family head its `config.json` names
 /// (exact classes first, then suffixes like `*ForSequenceClassification`,
-/// then bare encoders). `None` when no family takes it.
+/// then bare encoders; a diffusers repository by its `model_index.json`
+/// pipeline class). `None` when no family takes it.
 pub fn task_of(files: &ModelFiles) -> Option<TaskKind> {
     if files.get("modules.json").is_some() {
         return Some(TaskKind::FeatureExtraction);
     }
-    let kind: ModelKind = files.json("config.json").ok()?;
+    let kind = ModelKind::read(files).ok()?;
     let of_type = |f: &&Family| f.runs(&kind);
     let rank = |head: Head| match head {
         Head::Class(_) => 0,
@@ -722,6 +797,60 @@ mod tests {
         assert!(
             matches!(&err, LocalError::Unsupported(m) if m.contains("VITS checkpoints (VitsModel)") && m.contains("\"bert\"")),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn diffusers_repositories_are_known_by_their_model_index() {
+        let index = |class: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(
+                dir.path().join("model_index.json"),
+                format!(
+                    r#"{{"_class_name": "{class}", "unet": ["diffusers", "UNet2DConditionModel"]}}"#
+                ),
+            )
+            .unwrap();
+            let files = ModelFiles::from_dir("org/sd", dir.path());
+            (dir, files)
+        };
+        let cases = [
+            ("StableDiffusionPipeline", Some(TaskKind::TextToImage)),
+            (
+                "StableDiffusionImg2ImgPipeline",
+                Some(TaskKind::ImageToImage),
+            ),
+            ("StableDiffusionXLPipeline", None),
+            ("StableDiffusionImageVariationPipeline", None),
+        ];
+        for (class, expected) in cases {
+            let (_dir, files) = index(class);
+            assert_eq!(task_of(&files), expected, "{class}");
+        }
+        assert!(supports(TaskKind::TextToImage) && supports(TaskKind::ImageToImage));
+        let (_dir, files) = index("StableDiffusionXLPipeline");
+        let err = load(TaskKind::TextToImage, &files, &Device::Cpu)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, LocalError::Unsupported(m) if m.contains("SDXL") && m.contains("Stable Diffusion checkpoints")),
+            "{err}"
+        );
+        // A config.json decides when both are present.
+        let (dir, files) = index("StableDiffusionPipeline");
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"architectures": ["ViTForImageClassification"]}"#,
+        )
+        .unwrap();
+        assert_eq!(task_of(&files), Some(TaskKind::ImageClassification));
+        assert_eq!(
+            family_name(
+                TaskKind::TextToImage,
+                &["StableDiffusionPipeline".into()],
+                Some(DIFFUSERS)
+            ),
+            Some("Stable Diffusion")
         );
     }
 

@@ -1,7 +1,9 @@
 //! Fetching a model into the cache: only the files hgpt needs (configs,
 //! tokenizer files, safetensors weights, or `pytorch_model.bin` when a model
 //! has no safetensors), never the other weight formats a repository carries
-//! (TensorFlow, Flax, ONNX, ...).
+//! (TensorFlow, Flax, ONNX, ...). For a diffusers repository
+//! (`model_index.json`): the folders its Stable Diffusion pipeline reads,
+//! float16 weight variants preferred.
 
 use crate::error::LocalError;
 use crate::files::{ModelCache, ModelFiles};
@@ -31,8 +33,67 @@ const SKIPPED_FOLDERS: &[&str] = &[
     "checkpoint",
 ];
 
+/// The folders of a diffusers repository that the Stable Diffusion pipeline
+/// reads (not `safety_checker/`, `feature_extractor/`, the single-file
+/// checkpoints at the root, ...).
+const DIFFUSERS_FOLDERS: &[&str] = &["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
+
+/// Weight files of a diffusers folder, in order of preference: the float16
+/// variant (half the download; read as f32), full precision, a PyTorch
+/// state dict.
+const DIFFUSERS_WEIGHTS: &[&str] = &[
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "model.fp16.safetensors",
+    "model.safetensors",
+    "pytorch_model.bin",
+];
+
+/// The files of a diffusers repository hgpt needs: `model_index.json` and,
+/// in each folder the pipeline reads, its JSON and tokenizer files and one
+/// weight file (see [`DIFFUSERS_WEIGHTS`]).
+fn diffusers_files_to_pull(id: &str, listing: &[String]) -> Result<Vec<String>, LocalError> {
+    let mut files = vec!["model_index.json".to_string()];
+    for folder in DIFFUSERS_FOLDERS {
+        let inside: Vec<&str> = listing
+            .iter()
+            .filter_map(|name| name.strip_prefix(folder)?.strip_prefix('/'))
+            .filter(|rest| !rest.contains('/'))
+            .collect();
+        if inside.is_empty() {
+            return Err(LocalError::Unsupported(format!(
+                "{id} has no {folder}/ folder, which its Stable Diffusion pipeline needs"
+            )));
+        }
+        files.extend(
+            inside
+                .iter()
+                .filter(|name| name.ends_with(".json") || TOKENIZER_FILES.contains(name))
+                .map(|name| format!("{folder}/{name}")),
+        );
+        let has_weights = matches!(*folder, "unet" | "vae" | "text_encoder");
+        if has_weights {
+            let weights = DIFFUSERS_WEIGHTS
+                .iter()
+                .find(|w| inside.contains(w))
+                .ok_or_else(|| {
+                    LocalError::Unsupported(format!(
+                        "{id} has no safetensors or PyTorch weights in {folder}/"
+                    ))
+                })?;
+            files.push(format!("{folder}/{weights}"));
+        }
+    }
+    Ok(files)
+}
+
 /// The files of a repository that hgpt needs, from the repository's listing.
 pub fn files_to_pull(id: &str, listing: &[String]) -> Result<Vec<String>, LocalError> {
+    let has = |name: &str| listing.iter().any(|n| n == name);
+    if has("model_index.json") && !has("config.json") {
+        return diffusers_files_to_pull(id, listing);
+    }
     let wanted = |name: &str| {
         if SKIPPED_FOLDERS.iter().any(|f| name.starts_with(f)) {
             return false;
@@ -88,19 +149,23 @@ fn api(
     builder.build().map_err(|e| hub_error(id, e))
 }
 
-/// What a model on the Hub is, from its `config.json` (fetched into the
-/// cache, a few kilobytes), before anything else is downloaded.
+/// What a model on the Hub is, from its `config.json`, or a diffusers
+/// repository's `model_index.json` (fetched into the cache, a few
+/// kilobytes), before anything else is downloaded.
 pub fn hub_model_kind(
     cache: &ModelCache,
     id: &str,
     endpoint: Option<String>,
     token: Option<String>,
 ) -> Result<ModelKind, LocalError> {
-    let path = api(cache, id, endpoint, token)?
-        .model(id.to_string())
-        .get("config.json")
-        .map_err(|e| hub_error(id, e))?;
-    ModelFiles::from_dir(id, path.parent().unwrap_or(&path)).json("config.json")
+    let repo = api(cache, id, endpoint, token)?.model(id.to_string());
+    let path = match repo.get("config.json") {
+        Ok(path) => path,
+        Err(no_config) => repo
+            .get("model_index.json")
+            .map_err(|_| hub_error(id, no_config))?,
+    };
+    ModelKind::read(&ModelFiles::from_dir(id, path.parent().unwrap_or(&path)))
 }
 
 /// The repository of `id` on the Hub and the files of it hgpt needs.
@@ -263,6 +328,121 @@ mod tests {
                 "sentence_bert_config.json",
             ])
         );
+    }
+
+    /// stable-diffusion-v1-5/stable-diffusion-v1-5's files.
+    const SD15: &[&str] = &[
+        ".gitattributes",
+        "README.md",
+        "feature_extractor/preprocessor_config.json",
+        "model_index.json",
+        "safety_checker/config.json",
+        "safety_checker/flax_model.msgpack",
+        "safety_checker/model.fp16.safetensors",
+        "safety_checker/model.safetensors",
+        "safety_checker/pytorch_model.bin",
+        "safety_checker/pytorch_model.fp16.bin",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/flax_model.msgpack",
+        "text_encoder/model.fp16.safetensors",
+        "text_encoder/model.safetensors",
+        "text_encoder/pytorch_model.bin",
+        "text_encoder/pytorch_model.fp16.bin",
+        "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_flax_model.msgpack",
+        "unet/diffusion_pytorch_model.bin",
+        "unet/diffusion_pytorch_model.fp16.bin",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.non_ema.bin",
+        "unet/diffusion_pytorch_model.non_ema.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "v1-5-pruned-emaonly.ckpt",
+        "v1-5-pruned-emaonly.safetensors",
+        "v1-5-pruned.ckpt",
+        "v1-5-pruned.safetensors",
+        "v1-inference.yaml",
+        "vae/config.json",
+        "vae/diffusion_flax_model.msgpack",
+        "vae/diffusion_pytorch_model.bin",
+        "vae/diffusion_pytorch_model.fp16.bin",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    ];
+
+    #[test]
+    fn diffusers_repositories_pull_the_pipeline_folders_in_float16() {
+        assert_eq!(
+            files_to_pull("sd", &names(SD15)).unwrap(),
+            names(&[
+                "model_index.json",
+                "unet/config.json",
+                "unet/diffusion_pytorch_model.fp16.safetensors",
+                "vae/config.json",
+                "vae/diffusion_pytorch_model.fp16.safetensors",
+                "text_encoder/config.json",
+                "text_encoder/model.fp16.safetensors",
+                "tokenizer/merges.txt",
+                "tokenizer/special_tokens_map.json",
+                "tokenizer/tokenizer_config.json",
+                "tokenizer/vocab.json",
+                "scheduler/scheduler_config.json",
+            ])
+        );
+        // stabilityai/sd-turbo: a single-file checkpoint at the root too.
+        let turbo = names(&[
+            "README.md",
+            "model_index.json",
+            "sd_turbo.safetensors",
+            "scheduler/scheduler_config.json",
+            "text_encoder/config.json",
+            "text_encoder/model.fp16.safetensors",
+            "text_encoder/model.safetensors",
+            "tokenizer/merges.txt",
+            "tokenizer/special_tokens_map.json",
+            "tokenizer/tokenizer_config.json",
+            "tokenizer/vocab.json",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.fp16.safetensors",
+            "unet/diffusion_pytorch_model.safetensors",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.fp16.safetensors",
+            "vae/diffusion_pytorch_model.safetensors",
+        ]);
+        let files = files_to_pull("stabilityai/sd-turbo", &turbo).unwrap();
+        assert_eq!(files.len(), 12);
+        assert!(!files.iter().any(|f| f == "sd_turbo.safetensors"));
+        assert!(files.contains(&"unet/diffusion_pytorch_model.fp16.safetensors".to_string()));
+        // Full precision only; an ONNX export beside it is left alone.
+        let full: Vec<String> = turbo
+            .iter()
+            .filter(|n| !n.contains(".fp16."))
+            .cloned()
+            .chain(names(&["unet/model.onnx", "onnx/unet/model.onnx"]))
+            .collect();
+        let files = files_to_pull("org/full", &full).unwrap();
+        assert!(files.contains(&"unet/diffusion_pytorch_model.safetensors".to_string()));
+        assert!(files.contains(&"text_encoder/model.safetensors".to_string()));
+        assert!(!files.iter().any(|f| f.contains("onnx")));
+        // A missing folder or weights are named.
+        let no_vae: Vec<String> = turbo
+            .iter()
+            .filter(|n| !n.starts_with("vae/"))
+            .cloned()
+            .collect();
+        let err = files_to_pull("org/novae", &no_vae).unwrap_err();
+        assert!(err.to_string().contains("no vae/ folder"), "{err}");
+        let no_weights: Vec<String> = turbo
+            .iter()
+            .filter(|n| !(n.starts_with("unet/") && n.contains("safetensors")))
+            .cloned()
+            .collect();
+        let err = files_to_pull("org/nounet", &no_weights).unwrap_err();
+        assert!(err.to_string().contains("weights in unet/"), "{err}");
     }
 
     #[test]

@@ -123,22 +123,26 @@ impl Default for ClipConfig {
     }
 }
 
+impl TowerConfig {
+    /// Whether the sizes fit together (`what` names the tower in messages).
+    pub fn check(&self, what: &str) -> std::result::Result<(), String> {
+        let (d, heads) = (self.hidden_size, self.num_attention_heads);
+        if d == 0 || heads == 0 || !d.is_multiple_of(heads) {
+            return Err(format!(
+                "{what}: hidden_size {d} must be a positive multiple of num_attention_heads {heads}"
+            ));
+        }
+        if self.num_hidden_layers == 0 {
+            return Err(format!("{what}: num_hidden_layers must be positive"));
+        }
+        Ok(())
+    }
+}
+
 impl ClipConfig {
     fn check(&self) -> std::result::Result<(), String> {
-        for (what, tower) in [
-            ("text_config", &self.text_config),
-            ("vision_config", &self.vision_config),
-        ] {
-            let (d, heads) = (tower.hidden_size, tower.num_attention_heads);
-            if d == 0 || heads == 0 || !d.is_multiple_of(heads) {
-                return Err(format!(
-                    "{what}: hidden_size {d} must be a positive multiple of num_attention_heads {heads}"
-                ));
-            }
-            if tower.num_hidden_layers == 0 {
-                return Err(format!("{what}: num_hidden_layers must be positive"));
-            }
-        }
+        self.text_config.check("text_config")?;
+        self.vision_config.check("vision_config")?;
         let v = &self.vision_config;
         if v.patch_size == 0 || v.image_size < v.patch_size {
             return Err(format!(
@@ -213,13 +217,63 @@ fn layers(cfg: &TowerConfig, vb: VarBuilder) -> Result<Vec<Layer>> {
         .collect()
 }
 
+/// The text tower (`CLIPTextModel`'s transformer): token and position
+/// embeddings, causal pre-norm layers and the final LayerNorm.
+#[derive(Debug, Clone)]
+pub struct ClipTextEncoder {
+    token_embedding: Embedding,
+    positions: Tensor,
+    layers: Vec<Layer>,
+    final_layer_norm: LayerNorm,
+}
+
+impl ClipTextEncoder {
+    /// Build from a text config and the weights under `text_model`.
+    pub fn load(t: &TowerConfig, text: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            token_embedding: Embedding::new(
+                text.get(
+                    (t.vocab_size, t.hidden_size),
+                    "embeddings.token_embedding.weight",
+                )?,
+                t.hidden_size,
+            ),
+            positions: text.get(
+                (t.max_position_embeddings, t.hidden_size),
+                "embeddings.position_embedding.weight",
+            )?,
+            layers: layers(t, text.clone())?,
+            final_layer_norm: layer_norm(
+                t.hidden_size,
+                t.layer_norm_eps,
+                text.pp("final_layer_norm"),
+            )?,
+        })
+    }
+
+    /// The last hidden states `[batch, tokens, hidden]` (after the final
+    /// LayerNorm, `last_hidden_state`) of token ids `[batch, tokens]`.
+    pub fn hidden_states(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (_, count) = tokens.dims2()?;
+        let longest = self.positions.dim(0)?;
+        if count == 0 || count > longest {
+            candle_core::bail!("a text of {count} tokens; the text tower reads 1 to {longest}");
+        }
+        let mut xs = self
+            .token_embedding
+            .forward(tokens)?
+            .broadcast_add(&self.positions.narrow(0, 0, count)?)?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, true)?;
+        }
+        xs.apply(&self.final_layer_norm)
+    }
+}
+
 /// `CLIPModel`: both towers and their projections.
 #[derive(Debug, Clone)]
 pub struct ClipModel {
-    token_embedding: Embedding,
-    text_positions: Tensor,
-    text_layers: Vec<Layer>,
-    final_layer_norm: LayerNorm,
+    text: ClipTextEncoder,
     text_projection: Dense,
     legacy_pooling: bool,
     eos_token_id: u32,
@@ -248,23 +302,7 @@ impl ClipModel {
         )?;
         let logit_scale = vb.get((), "logit_scale")?.to_scalar::<f32>()?.exp();
         Ok(Self {
-            token_embedding: Embedding::new(
-                text.get(
-                    (t.vocab_size, t.hidden_size),
-                    "embeddings.token_embedding.weight",
-                )?,
-                t.hidden_size,
-            ),
-            text_positions: text.get(
-                (t.max_position_embeddings, t.hidden_size),
-                "embeddings.position_embedding.weight",
-            )?,
-            text_layers: layers(t, text.clone())?,
-            final_layer_norm: layer_norm(
-                t.hidden_size,
-                t.layer_norm_eps,
-                text.pp("final_layer_norm"),
-            )?,
+            text: ClipTextEncoder::load(t, text)?,
             text_projection: Dense::new(
                 vb.get(
                     (cfg.projection_dim, t.hidden_size),
@@ -341,7 +379,7 @@ impl ClipModel {
                 self.max_text_tokens
             );
         }
-        let device = self.text_positions.device();
+        let device = self.text.positions.device();
         let padded: Vec<u32> = texts
             .iter()
             .flat_map(|ids| {
@@ -352,14 +390,7 @@ impl ClipModel {
             })
             .collect();
         let tokens = Tensor::from_vec(padded, (texts.len(), longest), device)?;
-        let mut xs = self
-            .token_embedding
-            .forward(&tokens)?
-            .broadcast_add(&self.text_positions.narrow(0, 0, longest)?)?;
-        for layer in &self.text_layers {
-            xs = layer.forward(&xs, true)?;
-        }
-        let xs = xs.apply(&self.final_layer_norm)?;
+        let xs = self.text.hidden_states(&tokens)?;
         // transformers' pooling: the highest id (legacy configs, eos 2) or
         // the first end token.
         let pooled = texts

@@ -45,7 +45,7 @@ pub mod yolos;
 pub use crate::text::postprocess::ScoreFunction;
 pub use blip::{BlipCaptioner, BlipQuestionAnswerer, BlipVqa};
 pub use caption::{CaptionModel, ImageCaptioner, VitGpt2};
-pub use clip::{ClipModel, ZeroShotImageClassifier};
+pub use clip::{ClipModel, ClipTextEncoder, ZeroShotImageClassifier};
 pub use depth::{DepthEstimator, DepthMap};
 pub use detection::{DetectionModel, ObjectDetector, Predictions, RawDetection};
 pub use detr::DetrForObjectDetection;
