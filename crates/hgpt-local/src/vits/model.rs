@@ -940,8 +940,8 @@ impl ResidualBlock {
     fn forward(&self, x: &Seq, slope: f32) -> Result<Seq> {
         let mut x = x.clone();
         for (conv1, conv2) in &self.pairs {
-            let h = conv1.forward(&x.leaky_relu(slope))?.leaky_relu(slope);
-            x = conv2.forward_with(&h, Some(&x), Epilogue::Bias)?;
+            let h = conv1.forward_leaky(&x, slope, None)?;
+            x = conv2.forward_leaky(&h, slope, Some(&x))?;
         }
         Ok(x)
     }
@@ -1056,8 +1056,7 @@ impl HifiGan {
             }
         }
         // PyTorch's default slope here, not the config's.
-        let x = x.leaky_relu(0.01);
-        let mut waveform = self.conv_post.forward(&x)?.data;
+        let mut waveform = self.conv_post.forward_leaky(&x, 0.01, None)?.data;
         waveform.iter_mut().for_each(|v| *v = v.tanh());
         Ok(waveform)
     }
