@@ -228,6 +228,24 @@ impl Conv1d {
         residual: Option<&Seq>,
         epilogue: Epilogue,
     ) -> Result<Seq> {
+        self.forward_full(x, None, residual, epilogue)
+    }
+
+    /// The convolution of `leaky_relu(x, slope)` (applied as the input is
+    /// gathered), plus `residual` when given.
+    pub(crate) fn forward_leaky(&self, x: &Seq, slope: f32, residual: Option<&Seq>) -> Result<Seq> {
+        self.forward_full(x, Some(slope), residual, Epilogue::Bias)
+    }
+
+    /// The convolution of `x` (through a leaky ReLU of `slope` when given),
+    /// plus `residual`, then `epilogue`'s activation.
+    fn forward_full(
+        &self,
+        x: &Seq,
+        slope: Option<f32>,
+        residual: Option<&Seq>,
+        epilogue: Epilogue,
+    ) -> Result<Seq> {
         if x.channels != self.inputs {
             candle_core::bail!(
                 "convolution: {} channels in, {} expected",
@@ -241,8 +259,9 @@ impl Conv1d {
             candle_core::bail!("convolution: the residual does not fit the output");
         }
         if self.kernel == 1 && self.padding == (0, 0) {
+            let activated = slope.map(|slope| x.leaky_relu(slope));
             let data = self.dense.forward_slice(
-                &x.data,
+                &activated.as_ref().unwrap_or(x).data,
                 length,
                 epilogue,
                 residual.map(|r| &r.data[..]),
@@ -262,8 +281,7 @@ impl Conv1d {
             .try_for_each(|(index, out)| {
                 let first = index * band;
                 let rows = out.len() / outputs.max(1);
-                let mut columns = vec![0f32; rows * width];
-                self.im2col(x, first, rows, &mut columns);
+                let columns = self.im2col(x, first, rows, slope);
                 let residual = residual.map(|r| &r.data[first * outputs..(first + rows) * outputs]);
                 self.dense
                     .rows_into(&columns, rows, epilogue, residual, out)
@@ -279,20 +297,26 @@ impl Conv1d {
         self.forward_with(x, None, Epilogue::Bias)
     }
 
-    /// im2col rows `first..first + rows` of `x` into `columns`.
-    fn im2col(&self, x: &Seq, first: usize, rows: usize, columns: &mut [f32]) {
+    /// im2col rows `first..first + rows` of `x` (through a leaky ReLU of
+    /// `slope` when given).
+    fn im2col(&self, x: &Seq, first: usize, rows: usize, slope: Option<f32>) -> Vec<f32> {
         let (length, channels) = (x.len(), x.channels);
-        let width = self.kernel * channels;
-        for (r, row) in columns.chunks_exact_mut(width).take(rows).enumerate() {
-            let t = first + r;
-            for (k, slot) in row.chunks_exact_mut(channels).enumerate() {
+        let mut columns = Vec::with_capacity(rows * self.kernel * channels);
+        for t in first..first + rows {
+            for k in 0..self.kernel {
                 let position = (t + k * self.dilation).checked_sub(self.padding.0);
-                match position {
-                    Some(p) if p < length => slot.copy_from_slice(x.row(p)),
-                    _ => slot.fill(0.0),
+                match (position, slope) {
+                    (Some(p), None) if p < length => columns.extend_from_slice(x.row(p)),
+                    (Some(p), Some(slope)) if p < length => columns.extend(
+                        x.row(p)
+                            .iter()
+                            .map(|&v| if v >= 0.0 { v } else { v * slope }),
+                    ),
+                    _ => columns.resize(columns.len() + channels, 0.0),
                 }
             }
         }
+        columns
     }
 }
 

@@ -9,10 +9,11 @@
 //! default), so the same request gives the same speech; it cannot give
 //! PyTorch's draws, so only with both noise scales at 0 is the waveform
 //! PyTorch's. `speaking_rate`, `noise_scale` and `noise_scale_duration`
-//! default to the config's values and can be set per request, as can
-//! `speaker_id` for multi-speaker checkpoints (the pipeline's
-//! `forward_params`; given at the top level of the arguments or under
-//! `forward_params`). The model runs on the CPU.
+//! (VitsModel attributes, set from the config) default to the config's
+//! values and can be set per request, as can `speaker_id` for multi-speaker
+//! checkpoints (the Python pipeline's one forward parameter); each is read
+//! from the request's arguments or from their `forward_params` object. The
+//! model runs on the CPU whatever device the backend uses.
 
 mod layers;
 mod model;

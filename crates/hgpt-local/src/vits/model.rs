@@ -13,6 +13,7 @@ use super::layers::{Conv1d, ConvTranspose1d, DepthwiseConv1d, LayerNorm, Seq, va
 use crate::kernels::{Dense, Epilogue, activation_epilogue, gelu_in_place, softmax_in_place};
 use candle_core::{Result, bail};
 use candle_nn::{Activation, VarBuilder};
+use rayon::prelude::*;
 use serde::Deserialize;
 
 /// Smallest bin width, height and derivative of the rational-quadratic
@@ -316,42 +317,48 @@ impl Attention {
             &qkv.data[start..start + head_dim]
         };
         let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        // Rows of queries in parallel, each over every head.
         let mut context = vec![0f32; length * hidden];
-        let mut scores = vec![0f32; length];
-        for head in 0..self.heads {
-            for i in 0..length {
-                let q = at(i, 0, head);
-                for (j, score) in scores.iter_mut().enumerate() {
-                    *score = dot(q, at(j, 1, head));
-                }
-                if let Some((keys, _, window)) = &self.relative {
+        context
+            .par_chunks_mut(hidden)
+            .enumerate()
+            .for_each(|(i, row)| {
+                let mut scores = vec![0f32; length];
+                for head in 0..self.heads {
+                    let q = at(i, 0, head);
                     for (j, score) in scores.iter_mut().enumerate() {
-                        let offset = j as isize - i as isize;
-                        if offset.unsigned_abs() <= *window {
-                            let r = (offset + *window as isize) as usize;
-                            *score += dot(q, &keys[r * head_dim..(r + 1) * head_dim]);
+                        *score = dot(q, at(j, 1, head));
+                    }
+                    // Keys within the window also meet their relative
+                    // embedding.
+                    let window = self.relative.as_ref().map(|(keys, values, window)| {
+                        let span = i.saturating_sub(*window)..=(i + window).min(length - 1);
+                        (keys, values, span, *window)
+                    });
+                    if let Some((keys, _, span, window)) = &window {
+                        for j in span.clone() {
+                            let r = (j + window - i) * head_dim;
+                            scores[j] += dot(q, &keys[r..r + head_dim]);
+                        }
+                    }
+                    softmax_in_place(&mut scores);
+                    let out = &mut row[head * head_dim..(head + 1) * head_dim];
+                    for (j, &p) in scores.iter().enumerate() {
+                        out.iter_mut()
+                            .zip(at(j, 2, head))
+                            .for_each(|(o, v)| *o += p * v);
+                    }
+                    if let Some((_, values, span, window)) = &window {
+                        for j in span.clone() {
+                            let r = (j + window - i) * head_dim;
+                            let p = scores[j];
+                            out.iter_mut()
+                                .zip(&values[r..r + head_dim])
+                                .for_each(|(o, v)| *o += p * v);
                         }
                     }
                 }
-                softmax_in_place(&mut scores);
-                let out = &mut context[i * hidden + head * head_dim..][..head_dim];
-                for (j, &p) in scores.iter().enumerate() {
-                    out.iter_mut()
-                        .zip(at(j, 2, head))
-                        .for_each(|(o, v)| *o += p * v);
-                }
-                if let Some((_, vals, window)) = &self.relative {
-                    let first = i.saturating_sub(*window);
-                    let last = (i + window).min(length - 1);
-                    for (j, &p) in scores.iter().enumerate().take(last + 1).skip(first) {
-                        let r = (j + window - i) * head_dim;
-                        out.iter_mut()
-                            .zip(&vals[r..r + head_dim])
-                            .for_each(|(o, v)| *o += p * v);
-                    }
-                }
-            }
-        }
+            });
         Ok(Seq {
             data: self
                 .out
@@ -933,8 +940,8 @@ impl ResidualBlock {
     fn forward(&self, x: &Seq, slope: f32) -> Result<Seq> {
         let mut x = x.clone();
         for (conv1, conv2) in &self.pairs {
-            let h = conv1.forward(&x.leaky_relu(slope))?.leaky_relu(slope);
-            x = conv2.forward_with(&h, Some(&x), Epilogue::Bias)?;
+            let h = conv1.forward_leaky(&x, slope, None)?;
+            x = conv2.forward_leaky(&h, slope, Some(&x))?;
         }
         Ok(x)
     }
@@ -1049,8 +1056,7 @@ impl HifiGan {
             }
         }
         // PyTorch's default slope here, not the config's.
-        let x = x.leaky_relu(0.01);
-        let mut waveform = self.conv_post.forward(&x)?.data;
+        let mut waveform = self.conv_post.forward_leaky(&x, 0.01, None)?.data;
         waveform.iter_mut().for_each(|v| *v = v.tanh());
         Ok(waveform)
     }
