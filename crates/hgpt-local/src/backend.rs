@@ -162,10 +162,7 @@ impl LocalBackend {
     }
 
     fn is_cached(&self, model: &str) -> bool {
-        let files = self.config.cache.model(model);
-        self.is_loaded(model)
-            || files.has_all(&["config.json", crate::files::WEIGHTS])
-            || files.has_all(crate::diffusion::REQUIRED_FILES)
+        self.is_loaded(model) || pipeline::is_complete(&self.config.cache.model(model))
     }
 
     /// Download the model into the cache unless it is there (once, however

@@ -610,6 +610,19 @@ pub fn family_name(
         .map(|f| f.name)
 }
 
+/// Whether the cache holds the model at all: a `config.json`, or a
+/// diffusers repository's `model_index.json`.
+pub fn is_present(files: &ModelFiles) -> bool {
+    files.get("config.json").is_some() || files.get("model_index.json").is_some()
+}
+
+/// Whether a cached model has every file a local pipeline reads: a config
+/// and weights, or a whole diffusers pipeline.
+pub fn is_complete(files: &ModelFiles) -> bool {
+    files.has_all(&["config.json", crate::files::WEIGHTS])
+        || files.has_all(crate::diffusion::REQUIRED_FILES)
+}
+
 /// Whether hgpt has a local pipeline for this task type.
 pub fn supports(task: TaskKind) -> bool {
     FAMILIES.iter().any(|f| f.serves(task))

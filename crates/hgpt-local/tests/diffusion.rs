@@ -257,6 +257,17 @@ fn the_pipeline_is_found_from_model_index_and_makes_pngs() {
             .unwrap(),
     );
     assert_ne!(first, other, "another seed gives another image");
+    // Each denoising step is reported (PNDM takes 3 for 2 inference steps,
+    // as diffusers' loop does), and the image is the same.
+    let steps = std::sync::Mutex::new(Vec::new());
+    let reported = png_of(
+        pipe.run_with_progress(TaskKind::TextToImage, &args(3, "a red car"), &|step| {
+            steps.lock().unwrap().push((step.done, step.total))
+        })
+        .unwrap(),
+    );
+    assert_eq!(reported, first);
+    assert_eq!(steps.into_inner().unwrap(), [(1, 3), (2, 3), (3, 3)]);
     // An empty prompt is allowed, as in diffusers; the default size is the
     // UNet's sample size times the VAE's scale (8 x 4).
     let empty = text_args("", json!({"num_inference_steps": 1}));

@@ -90,7 +90,7 @@ impl Catalog<'_> {
             )));
         }
         let files = self.backend.cache().model(model);
-        if files.get("config.json").is_none() {
+        if !pipeline::is_present(&files) {
             return Err(ApiError::not_found(format!(
                 "{model} is not in this server's model cache ({}); fetch it with `hgpt models pull {model}`",
                 self.backend.cache().path().display()
@@ -103,9 +103,9 @@ impl Catalog<'_> {
     /// cached with weights, a known task with a local pipeline).
     pub(crate) fn served(&self, model: &str) -> Result<ServedModel, ApiError> {
         let files = self.files(model)?;
-        if !files.has_all(&[hgpt_local::files::WEIGHTS]) {
+        if !pipeline::is_complete(&files) {
             return Err(ApiError::not_found(format!(
-                "{model} has no weights (model.safetensors or pytorch_model.bin) in this server's cache; fetch it with `hgpt models pull {model}`"
+                "{model} has no weights (model.safetensors or pytorch_model.bin, or a diffusers pipeline's folders) in this server's cache; fetch it with `hgpt models pull {model}`"
             )));
         }
         let task = pipeline::task_of(&files).ok_or_else(|| {

@@ -74,6 +74,11 @@ pub(crate) fn decode(
         )));
     }
     let declared = content_type(headers);
+    let task = if task == TaskKind::TextToImage && carries_image(declared.as_deref(), &body) {
+        TaskKind::ImageToImage
+    } else {
+        task
+    };
     let json = match declared.as_deref() {
         Some(essence) if is_json_type(essence) => Some(parse_json(&body)?),
         Some(essence) if is_binary_type(essence) => None,
@@ -106,6 +111,25 @@ pub(crate) fn decode(
             })
         }
     }
+}
+
+/// Whether a body holds an image: its bytes, or base64 in a JSON
+/// `"inputs"`. A text-to-image model sent one is asked to redraw it
+/// (image-to-image), as the Python client's `image_to_image` sends it.
+fn carries_image(declared: Option<&str>, body: &[u8]) -> bool {
+    if declared.is_some_and(|e| e.starts_with("image/")) {
+        return true;
+    }
+    if sniff_mime(body).is_some_and(|m| m.starts_with("image/")) {
+        return true;
+    }
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    map.get("inputs")
+        .and_then(Value::as_str)
+        .and_then(|text| decode_base64(ResourceKind::Image, text).ok())
+        .is_some_and(|bytes| sniff_mime(&bytes).is_some_and(|m| m.starts_with("image/")))
 }
 
 fn malformed(err: &serde_json::Error) -> ApiError {
@@ -389,6 +413,32 @@ mod tests {
 
     fn decode_json_body(task: TaskKind, body: Value) -> Result<Call, ApiError> {
         decode(task, &json_headers(), Bytes::from(body.to_string()))
+    }
+
+    #[test]
+    fn a_text_to_image_model_sent_an_image_redraws_it() {
+        // The Python client's image_to_image: base64 in "inputs", the prompt
+        // as a parameter.
+        let call = decode_json_body(
+            TaskKind::TextToImage,
+            json!({"inputs": STANDARD.encode(PNG), "parameters": {"prompt": "a red car", "strength": 0.5}}),
+        )
+        .unwrap();
+        assert_eq!(call.task, TaskKind::ImageToImage);
+        let args = &call.inputs[0];
+        assert_eq!(args.image.as_ref().unwrap().bytes.as_ref(), PNG);
+        assert_eq!(args.other["prompt"], json!("a red car"));
+        // Raw image bytes too; a prompt stays text-to-image.
+        let raw = decode(
+            TaskKind::TextToImage,
+            &HeaderMap::new(),
+            Bytes::from_static(PNG),
+        )
+        .unwrap();
+        assert_eq!(raw.task, TaskKind::ImageToImage);
+        let text = decode_json_body(TaskKind::TextToImage, json!({"inputs": "a red car"})).unwrap();
+        assert_eq!(text.task, TaskKind::TextToImage);
+        assert_eq!(text.inputs[0].text.as_deref(), Some("a red car"));
     }
 
     #[test]

@@ -17,12 +17,15 @@ pub fn fixture_id(folder: &str) -> String {
     format!("hgpt-fixtures/{folder}")
 }
 
-/// Every fixture folder that holds a checkpoint.
+/// Every fixture folder that holds a checkpoint (a `config.json`, or a
+/// diffusers pipeline's `model_index.json`).
 pub fn fixture_folders() -> Vec<String> {
     let mut folders: Vec<String> = std::fs::read_dir(fixtures_dir())
         .unwrap()
         .filter_map(Result::ok)
-        .filter(|e| e.path().join("config.json").is_file())
+        .filter(|e| {
+            e.path().join("config.json").is_file() || e.path().join("model_index.json").is_file()
+        })
         .map(|e| e.file_name().into_string().unwrap())
         .collect();
     folders.sort();

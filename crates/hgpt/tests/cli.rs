@@ -723,14 +723,12 @@ fn fixture_output(
     text: Option<&str>,
 ) -> hgpt_core::output::InferenceOutput {
     use hgpt_core::output::Blob;
-    let files = hgpt_local::ModelFiles::from_dir(&fixture_id(folder), fixtures_dir().join(folder));
-    let pipeline = hgpt_local::pipeline::load(task, &files, &candle_core::Device::Cpu).unwrap();
     let args = hgpt_core::backend::ResolvedArgs {
         image: Some(Blob::sniffed(sample_png())),
         text: text.map(str::to_string),
         ..Default::default()
     };
-    pipeline.run(task, &args).unwrap()
+    run_fixture(folder, task, args)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1134,4 +1132,162 @@ async fn local_mode_transcribes_and_classifies_audio_in_process() {
         "{:#}",
         tasks[1]
     );
+}
+
+/// Run a fixture checkpoint in process on `args`, as the local backend would.
+fn run_fixture(
+    folder: &str,
+    task: TaskKind,
+    args: hgpt_core::backend::ResolvedArgs,
+) -> hgpt_core::output::InferenceOutput {
+    let files = hgpt_local::ModelFiles::from_dir(&fixture_id(folder), fixtures_dir().join(folder));
+    let pipeline = hgpt_local::pipeline::load(task, &files, &candle_core::Device::Cpu).unwrap();
+    pipeline.run(task, &args).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_mode_transcribes_a_recording_and_reads_it_aloud_in_a_new_voice() {
+    // Whisper transcribes, VITS speaks the transcript: a WAV in the output
+    // folder, the same one the VITS pipeline makes from that transcript.
+    const PLAN: &str = r#"[{"task": "automatic-speech-recognition", "id": 0, "dep": [-1], "args": {"audio": "/a.wav"}},
+        {"task": "text-to-speech", "id": 1, "dep": [0], "args": {"text": "<GENERATED>-0"}}]"#;
+    let ws = Workspace::new();
+    let clip = fixtures_dir().join("wav2vec2-ctc").join("chirp.wav");
+    std::fs::copy(&clip, ws.dir.path().join("media/a.wav")).unwrap();
+    let (llm, hf) = (controller(PLAN).await, inference_server().await);
+    let out = run_on_fixtures(
+        &ws,
+        &llm,
+        &hf,
+        &[
+            ("whisper-tiny-random", "automatic-speech-recognition"),
+            ("vits-tts", "text-to-speech"),
+        ],
+        "transcribe /a.wav and read the transcript aloud in a new voice",
+    )
+    .await;
+    let record = json(&out);
+    assert_eq!(hf.call_count(), 0, "nothing went to the remote endpoint");
+    let tasks = record["tasks"].as_array().unwrap();
+    for task in tasks {
+        assert_eq!(task["status"], "ok", "{task:#}");
+        assert_eq!(task["endpoint"], "local", "{task:#}");
+    }
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures_dir().join("whisper-tiny-random/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let chirp = expected["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["clip"] == "chirp.wav")
+        .unwrap();
+    let transcript = tasks[0]["output"]["generated_text"].as_str().unwrap();
+    assert_eq!(
+        transcript.trim(),
+        chirp["pipeline"]["text"].as_str().unwrap().trim(),
+        "{:#}",
+        tasks[0]
+    );
+    assert_eq!(tasks[1]["args"]["text"], transcript);
+    let audio = PathBuf::from(tasks[1]["output"]["generated_audio"].as_str().unwrap());
+    assert!(
+        audio.starts_with(ws.out_dir().canonicalize().unwrap()),
+        "{audio:?}"
+    );
+    let spoken = std::fs::read(&audio).unwrap();
+    let direct = run_fixture(
+        "vits-tts",
+        TaskKind::TextToSpeech,
+        hgpt_core::backend::ResolvedArgs {
+            text: Some(transcript.to_string()),
+            ..Default::default()
+        },
+    );
+    let hgpt_core::output::InferenceOutput::Media(direct) = direct else {
+        panic!("VITS answers audio");
+    };
+    assert_eq!(
+        spoken,
+        direct.bytes.to_vec(),
+        "the speech of the transcript"
+    );
+    let decoded = hgpt_local::audio::decode(&spoken, 60).unwrap();
+    assert_eq!(decoded.rate, 16_000);
+    assert!(
+        decoded.samples.iter().any(|s| s.abs() > 1e-3),
+        "not silence"
+    );
+    let answer = record["answer"].as_str().unwrap();
+    assert!(answer.contains(audio.to_str().unwrap()), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_mode_draws_a_red_circle_then_describes_the_picture() {
+    // Stable Diffusion draws, the captioner describes what it drew: a PNG in
+    // the output folder, and the caption the captioner gives that PNG.
+    const PLAN: &str = r#"[{"task": "text-to-image", "id": 0, "dep": [-1], "args": {"text": "a red circle"}},
+        {"task": "image-to-text", "id": 1, "dep": [0], "args": {"image": "<GENERATED>-0"}}]"#;
+    let ws = Workspace::new();
+    let (llm, hf) = (controller(PLAN).await, inference_server().await);
+    let out = run_on_fixtures(
+        &ws,
+        &llm,
+        &hf,
+        &[
+            ("sd-tiny", "text-to-image"),
+            ("vit-gpt2-caption", "image-to-text"),
+        ],
+        "draw a red circle, then describe the picture",
+    )
+    .await;
+    let record = json(&out);
+    assert_eq!(hf.call_count(), 0, "nothing went to the remote endpoint");
+    let tasks = record["tasks"].as_array().unwrap();
+    for task in tasks {
+        assert_eq!(task["status"], "ok", "{task:#}");
+        assert_eq!(task["endpoint"], "local", "{task:#}");
+    }
+    let drawn = PathBuf::from(tasks[0]["output"]["generated_image"].as_str().unwrap());
+    assert!(
+        drawn.starts_with(ws.out_dir().canonicalize().unwrap()),
+        "{drawn:?}"
+    );
+    let png = std::fs::read(&drawn).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG was drawn");
+    let direct = run_fixture(
+        "sd-tiny",
+        TaskKind::TextToImage,
+        hgpt_core::backend::ResolvedArgs {
+            text: Some("a red circle".into()),
+            ..Default::default()
+        },
+    );
+    let hgpt_core::output::InferenceOutput::Media(direct) = direct else {
+        panic!("Stable Diffusion answers an image");
+    };
+    assert_eq!(
+        png,
+        direct.bytes.to_vec(),
+        "the model's image for the prompt"
+    );
+    let caption = run_fixture(
+        "vit-gpt2-caption",
+        TaskKind::ImageToText,
+        hgpt_core::backend::ResolvedArgs {
+            image: Some(hgpt_core::output::Blob::sniffed(png)),
+            ..Default::default()
+        },
+    );
+    let hgpt_core::output::InferenceOutput::Text(caption) = caption else {
+        panic!("the captioner answers text");
+    };
+    assert_eq!(
+        tasks[1]["output"]["generated_text"], caption,
+        "{:#}",
+        tasks[1]
+    );
+    let answer = record["answer"].as_str().unwrap();
+    assert!(answer.contains(drawn.to_str().unwrap()), "{answer}");
 }

@@ -28,7 +28,7 @@ use crate::vision::preprocess::{Resample, decode_image, resize_like_pil};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use config::{UnetConfig, VaeConfig};
-use hgpt_core::backend::ResolvedArgs;
+use hgpt_core::backend::{ResolvedArgs, StepProgress};
 use hgpt_core::output::{Blob, InferenceOutput};
 use hgpt_core::task::TaskKind;
 use image::RgbImage;
@@ -762,8 +762,23 @@ impl Pipeline for StableDiffusion {
     }
 
     fn run(&self, task: TaskKind, args: &ResolvedArgs) -> Result<InferenceOutput, LocalError> {
+        self.run_with_progress(task, args, &|_| {})
+    }
+
+    /// Reports each denoising step.
+    fn run_with_progress(
+        &self,
+        task: TaskKind,
+        args: &ResolvedArgs,
+        progress: &dyn Fn(StepProgress),
+    ) -> Result<InferenceOutput, LocalError> {
         let request = self.request(task, args)?;
-        let image = self.generate(&request, &|_, _| {})?;
+        let image = self.generate(&request, &|done, total| {
+            progress(StepProgress {
+                done: done as u64,
+                total: total as u64,
+            })
+        })?;
         Ok(InferenceOutput::Media(Blob {
             bytes: png(&image)?.into(),
             mime: Some("image/png".into()),

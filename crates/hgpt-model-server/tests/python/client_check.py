@@ -25,9 +25,11 @@ import io
 import json
 import math
 import os
+import struct
 import sys
 import traceback
 import urllib.request
+import wave
 
 import huggingface_hub
 import numpy as np
@@ -298,6 +300,25 @@ def check_speech_recognition(client, model_id, expected, fixtures):
         # Raw WAV bytes without a Content-Type, as the client sends them.
         got = client.automatic_speech_recognition(read_clip(fixtures, expected, case))
         check(got.text == case["pipeline"]["text"], f"{what}: {got.text!r} != {case['pipeline']['text']!r}")
+        # Whisper's segments, asked for in a JSON request's parameters: with
+        # the pipeline's default beams, and greedy.
+        for key, extra in (("timestamps_beam_pipeline", {"return_timestamps": True}),
+                           ("timestamps_pipeline", {"return_timestamps": True,
+                                                    "generate_kwargs": {"num_beams": 1}})):
+            want = case.get(key)
+            if want is None:
+                continue
+            got = client.automatic_speech_recognition(read_clip(fixtures, expected, case), extra_body=extra)
+            check(got.text == want["text"], f"{what} {key}: {got.text!r} != {want['text']!r}")
+            chunks = [(c.text, list(c.timestamp)) for c in got.chunks or []]
+            wanted = [(c["text"], list(c["timestamp"])) for c in want["chunks"]]
+
+            def same_time(a, b):
+                return a is None and b is None or (a is not None and b is not None and abs(a - b) < 1e-6)
+
+            check(len(chunks) == len(wanted) and all(
+                t == u and len(s) == len(v) == 2 and all(same_time(x, y) for x, y in zip(s, v))
+                for (t, s), (u, v) in zip(chunks, wanted)), f"{what} {key}: chunks {chunks} != {wanted}")
     return ["automatic-speech-recognition"]
 
 
@@ -310,6 +331,49 @@ def check_audio_classification(client, model_id, expected, fixtures):
         # With parameters: JSON with the audio as base64.
         same_labels(client.audio_classification(audio, top_k=2), case["pipeline"][:2], what + " top_k=2")
     return ["audio-classification"]
+
+
+def check_text_to_speech(client, model_id, expected):
+    for case in expected["cases"]:
+        what = f"{model_id} {case['text']!r} at rate {case['speaking_rate']}"
+        # The reference was made without noise: ask for the same.
+        options = {
+            "noise_scale": expected["noise_scale"],
+            "noise_scale_duration": expected["noise_scale_duration"],
+            "speaking_rate": float(case["speaking_rate"]),
+        }
+        if "speaker_id" in case:
+            options["speaker_id"] = int(case["speaker_id"])
+            what += f" speaker {case['speaker_id']}"
+        audio = client.text_to_speech(case["text"], extra_body=options)
+        with wave.open(io.BytesIO(audio)) as wav:
+            check(wav.getframerate() == int(case["sampling_rate"]), f"{what}: rate {wav.getframerate()}")
+            check(wav.getnchannels() == 1 and wav.getsampwidth() == 2, f"{what}: not 16-bit mono")
+            frames = wav.readframes(wav.getnframes())
+        samples = [s / 32767.0 for s in struct.unpack(f"<{len(frames) // 2}h", frames)]
+        want = case["waveform"]
+        check(len(samples) == int(case["samples"]) == len(want), f"{what}: {len(samples)} samples")
+        # 16-bit rounding on top of the waveform's 1e-4.
+        worst = max(abs(a - b) for a, b in zip(samples, want))
+        check(worst < 1e-4 + 1 / 32767, f"{what}: waveform off by {worst}")
+    return ["text-to-speech"]
+
+
+def check_text_to_image(client, model_id, fixtures):
+    options = {"num_inference_steps": 2, "width": 16, "height": 24}
+    first = client.text_to_image("a red car", seed=3, **options)
+    check(first.size == (16, 24), f"{model_id}: size {first.size}")
+    again = client.text_to_image("a red car", seed=3, **options)
+    check(first.tobytes() == again.tobytes(), f"{model_id}: a seed gives the same image")
+    other = client.text_to_image("a red car", seed=4, **options)
+    check(first.tobytes() != other.tobytes(), f"{model_id}: another seed gives another image")
+    with open(os.path.join(fixtures, "images", "gradient_40x30.png"), "rb") as f:
+        image = f.read()
+    # The prompt and strength travel as parameters; the size is cut to multiples of 4.
+    edited = client.image_to_image(image, prompt="a red car", strength=0.5, num_inference_steps=2)
+    check(edited.size == (40, 28), f"{model_id}: image-to-image size {edited.size}")
+    check(edited.tobytes() != first.tobytes(), f"{model_id}: image-to-image drew something else")
+    return ["text-to-image", "image-to-image"]
 
 
 def run_checks(client, model, fixtures, url):
@@ -345,6 +409,10 @@ def run_checks(client, model, fixtures, url):
         return check_speech_recognition(client, model_id, expected, fixtures)
     if task == "audio-classification":
         return check_audio_classification(client, model_id, expected, fixtures)
+    if task == "text-to-speech":
+        return check_text_to_speech(client, model_id, expected)
+    if task == "text-to-image":
+        return check_text_to_image(client, model_id, fixtures)
     raise CheckFailed(f"{model_id}: the server serves {task} and this script has no check for it; add one")
 
 
