@@ -136,6 +136,7 @@ pub struct LlmReply {
     headers: Vec<(String, String)>,
     never_stream: bool,
     break_after: Option<usize>,
+    piece_chars: Option<usize>,
 }
 
 impl LlmReply {
@@ -147,6 +148,7 @@ impl LlmReply {
             headers: Vec::new(),
             never_stream: false,
             break_after: None,
+            piece_chars: None,
         }
     }
 
@@ -184,6 +186,13 @@ impl LlmReply {
     /// Wait this long before each SSE chunk of a streamed answer.
     pub fn with_chunk_delay(mut self, delay: Duration) -> Self {
         self.chunk_delay = delay;
+        self
+    }
+
+    /// Stream the text in pieces of this many characters (about a token
+    /// each at 4) instead of one per word.
+    pub fn with_pieces_of(mut self, chars: usize) -> Self {
+        self.piece_chars = Some(chars.max(1));
         self
     }
 
@@ -516,6 +525,15 @@ fn deltas(text: &str) -> Vec<&str> {
     text.split_inclusive(char::is_whitespace).collect()
 }
 
+/// `text` in pieces of `size` characters (the last may be shorter).
+pub fn pieces_of(text: &str, size: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars
+        .chunks(size.max(1))
+        .map(|piece| piece.iter().collect())
+        .collect()
+}
+
 fn chunk(model: &str, delta: Value, finish_reason: Option<&str>) -> Bytes {
     let value = json!({
         "id": "chatcmpl-fake",
@@ -533,8 +551,12 @@ fn sse_response(shared: &Arc<Shared>, model: &str, text: &str, reply: &LlmReply)
         json!({"role": "assistant", "content": ""}),
         None,
     )];
+    let pieces: Vec<String> = match reply.piece_chars {
+        Some(size) => pieces_of(text, size),
+        None => deltas(text).into_iter().map(str::to_string).collect(),
+    };
     chunks.extend(
-        deltas(text)
+        pieces
             .into_iter()
             .map(|d| chunk(model, json!({"content": d}), None)),
     );

@@ -24,7 +24,7 @@ use hgpt_llm::{OpenAiClient, OpenAiConfig};
 use hgpt_media::{LocalMedia, MediaConfig};
 use hgpt_testkit::hf::{FakeHf, HfReply, canned_reply, sample_png};
 use hgpt_testkit::inproc::{FakeBackend, MemoryMedia, ScriptedLlm};
-use hgpt_testkit::openai::{FakeLlm, LlmReply};
+use hgpt_testkit::openai::{FakeLlm, LlmReply, pieces_of};
 use hgpt_testkit::router::{FakeRouter, model_info};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -258,9 +258,12 @@ fn chain_first_plan() -> String {
     plan
 }
 
+/// Characters per streamed token (about what a BPE tokenizer makes of JSON).
+const TOKEN_CHARS: usize = 4;
+
 /// When each task of `plan` becomes certain, as the controller streams it
-/// one whitespace-delimited piece every `gap` after the role chunk (the
-/// fake server's pieces), and when the plan ends.
+/// one token every `gap` after the role chunk (the fake server's pieces),
+/// and when the plan ends.
 fn certain_times(
     plan: &str,
     gap: Duration,
@@ -268,7 +271,7 @@ fn certain_times(
     let mut reader = PlanReader::new();
     let mut streaming = StreamingPlan::new();
     let mut times = Vec::new();
-    let pieces: Vec<&str> = plan.split_inclusive(char::is_whitespace).collect();
+    let pieces = pieces_of(plan, TOKEN_CHARS);
     for (index, piece) in pieces.iter().enumerate() {
         let at = gap * (index as u32 + 2);
         for item in reader.push(piece) {
@@ -285,10 +288,17 @@ fn certain_times(
 async fn streamed_plan(llm_latency: Duration, task_latency: Duration, gap: Duration, runs: usize) {
     let plan = chain_first_plan();
     let plan_text = plan.clone();
+    let (_, plan_time) = certain_times(&plan, gap);
     let controller = FakeLlm::from_fn(move |call| {
         let system = call.system();
         if system.starts_with("#1") {
-            LlmReply::text(plan_text.clone()).with_chunk_delay(gap)
+            let reply = LlmReply::text(plan_text.clone());
+            // Written at the same rate whether it streams or not.
+            if call.stream {
+                reply.with_pieces_of(TOKEN_CHARS).with_chunk_delay(gap)
+            } else {
+                reply.with_delay(plan_time)
+            }
         } else if system.starts_with("#2") {
             LlmReply::text(format!(
                 "{{\"id\": \"{}\", \"reason\": \"first\"}}",
