@@ -6,7 +6,7 @@ transformers 4.57, e.g. the venv of scripts/requirements-fixtures.txt). Never us
 Usage:
     python bench_whisper.py make MODEL DIR      # writes the checkpoint unless DIR has it
     python bench_whisper.py time MODEL DIR WAV TOKENS BEAMS
-        # prints one JSON line: {"load_s", "per_clip_s", "rss_mb", "versions"}
+        # prints one JSON line: {"load_s", "per_clip_s", "rss_mb", "text", "versions"}
 
 MODEL (each the architecture of the named Hub model, random weights, with its token layout
 and generation config; the text vocabulary is 256 byte tokens and fillers, no merges):
@@ -114,7 +114,7 @@ def time_clip(folder: Path, wav: str, tokens: int, beams: int) -> None:
     load_s = time.perf_counter() - start
     kwargs = {"language": "en", "num_beams": beams, "max_new_tokens": tokens}
     with torch.inference_mode():
-        asr(samples.copy(), generate_kwargs=kwargs)
+        text = asr(samples.copy(), generate_kwargs=kwargs)["text"]
         done, start = 0, time.perf_counter()
         while done < 3:
             asr(samples.copy(), generate_kwargs=kwargs)
@@ -123,6 +123,7 @@ def time_clip(folder: Path, wav: str, tokens: int, beams: int) -> None:
         "load_s": load_s,
         "per_clip_s": (time.perf_counter() - start) / done,
         "rss_mb": peak_resident_mb(),
+        "text": text,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "threads": torch.get_num_threads()},
     }))

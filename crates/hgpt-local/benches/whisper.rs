@@ -10,7 +10,7 @@
 
 use candle_core::Device;
 use hgpt_core::backend::ResolvedArgs;
-use hgpt_core::output::Blob;
+use hgpt_core::output::{Blob, InferenceOutput};
 use hgpt_core::task::TaskKind;
 use hgpt_local::ModelFiles;
 use hgpt_local::pipeline::{self, Pipeline};
@@ -151,11 +151,18 @@ fn bench_model(py: &str, model: &str) {
             .collect(),
             ..Default::default()
         };
-        let run = |p: &dyn Pipeline| p.run(task, &args).map(|_| ());
-        if let Err(e) = run(loaded.as_ref()) {
-            eprintln!("{model}: {e}");
-            return;
-        }
+        let run = |p: &dyn Pipeline| p.run(task, &args);
+        let text = match run(loaded.as_ref()) {
+            Ok(InferenceOutput::Transcription { text, .. }) => text,
+            Ok(other) => {
+                eprintln!("{model}: not a transcription: {other:?}");
+                return;
+            }
+            Err(e) => {
+                eprintln!("{model}: {e}");
+                return;
+            }
+        };
         let start = Instant::now();
         for _ in 0..3 {
             if let Err(e) = run(loaded.as_ref()) {
@@ -187,12 +194,13 @@ fn bench_model(py: &str, model: &str) {
         let theirs: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
         let per_clip = theirs["per_clip_s"].as_f64().unwrap_or(0.0);
         println!(
-            "{model}, {beams} beam(s): transformers {per_clip:.2} s/clip (real-time factor {:.3}), load {:.0} ms, peak resident {:.0} MiB ({}); hgpt is {:.2}x as fast",
+            "{model}, {beams} beam(s): transformers {per_clip:.2} s/clip (real-time factor {:.3}), load {:.0} ms, peak resident {:.0} MiB ({}); hgpt is {:.2}x as fast; same transcript: {}",
             per_clip / CLIP_SECONDS,
             theirs["load_s"].as_f64().unwrap_or(0.0) * 1e3,
             theirs["rss_mb"].as_f64().unwrap_or(0.0),
             theirs["versions"],
-            per_clip / ours.max(f64::MIN_POSITIVE)
+            per_clip / ours.max(f64::MIN_POSITIVE),
+            theirs["text"].as_str() == Some(text.as_str())
         );
     }
 }
