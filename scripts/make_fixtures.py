@@ -2298,6 +2298,24 @@ def make_whisper(out: Path) -> None:
                                          return_timestamps=True,
                                          generate_kwargs={"num_beams": 1})),
     }
+    # As an English-only model (*.en, distil-whisper): no language tokens in the generation
+    # config, <|notimestamps|> forced after the start token.
+    english = GenerationConfig.from_dict(model.generation_config.to_dict())
+    for key in ("lang_to_id", "task_to_id"):
+        delattr(english, key)
+    english.is_multilingual = False
+    english.forced_decoder_ids = [[1, no_timestamps]]
+    multilingual = model.generation_config
+    model.generation_config = english
+    asr_en = pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer,
+                      feature_extractor=extractor, device="cpu")
+    english_only = {
+        "generation_config": json.loads(english.to_json_string(use_diff=False)),
+        "clip": "tones.wav",
+        "pipeline": plain(asr_en(clips["tones.wav"].copy())),
+        "timestamps_pipeline": plain(asr_en(clips["tones.wav"].copy(), return_timestamps=True)),
+    }
+    model.generation_config = multilingual
     # The real extractors: 30 s windows of 80 (whisper-tiny ... large-v2) and 128 mel bins
     # (large-v3); the first 70 frames (the 0.6 s clip, then padding).
     real = []
@@ -2316,11 +2334,13 @@ def make_whisper(out: Path) -> None:
                      "generation config (5 beams, max_length 40), the prompt excluded; "
                      "language_id: detect_language(); *_pipeline: the pipeline with those "
                      "generate_kwargs; chunked: the clips concatenated, in 3 s chunks "
-                     "(stride 0.5 s); real_extractors: the first 70 frames of the 30 s "
-                     "extractors' features.",
+                     "(stride 0.5 s); english_only: the pipeline with an English-only "
+                     "generation config (written out in full); real_extractors: the first 70 "
+                     "frames of the 30 s extractors' features.",
         }),
         "cases": cases,
         "chunked": chunked,
+        "english_only": english_only,
         "real_extractors": real,
     })
 

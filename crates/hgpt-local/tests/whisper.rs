@@ -306,3 +306,30 @@ fn bad_checkpoints_are_refused_at_load() {
     load_error(&|c| c["decoder_layers"] = json!(0), "positive");
     load_error(&|c| c["vocab_size"] = json!(100), "vocabulary");
 }
+
+#[test]
+fn english_only_models_take_no_language() {
+    let english = &expected()["english_only"];
+    let (_dir, files) = edited_copy(NAME, |dir| {
+        std::fs::write(
+            dir.join("generation_config.json"),
+            english["generation_config"].to_string(),
+        )
+        .unwrap();
+    });
+    let model = WhisperPipeline::load(&files, &Device::Cpu).unwrap();
+    let audio = clip_bytes(english["clip"].as_str().unwrap());
+    assert_eq!(run(&model, audio.clone(), json!({})), english["pipeline"]);
+    assert_eq!(
+        run(&model, audio.clone(), json!({"return_timestamps": true})),
+        english["timestamps_pipeline"]
+    );
+    let err = model
+        .run(ASR, &args(audio, json!({"language": "en"})))
+        .unwrap_err();
+    assert!(
+        matches!(&err, LocalError::BadInput { message, .. } if message.contains("English-only")),
+        "{err}"
+    );
+    assert!(model.detect_language(&samples("tones.wav")).is_err());
+}
