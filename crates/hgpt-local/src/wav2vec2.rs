@@ -820,7 +820,8 @@ impl Wav2Vec2Pipeline {
             aligned(stride_s.0),
             aligned(stride_s.1),
         );
-        let valid = |x: f64| x.is_finite() && x >= 0.0;
+        let longest = f64::from(MAX_SECONDS) * rate;
+        let valid = |x: f64| x.is_finite() && (0.0..=longest).contains(&x);
         if !(valid(chunk_len) && valid(left) && valid(right)) || chunk_len <= left + right {
             return Err(bad_input(
                 task,
@@ -963,6 +964,15 @@ fn chunking(
             (stride, stride)
         }
     };
+    // Bounded before they become sample counts.
+    if length > f64::from(MAX_SECONDS) || strides.0 >= length || strides.1 >= length {
+        return Err(bad_input(
+            task,
+            format!(
+                "chunk_length_s must be at most {MAX_SECONDS} and longer than each stride_length_s"
+            ),
+        ));
+    }
     Ok(Some((length, strides)))
 }
 

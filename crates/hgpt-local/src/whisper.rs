@@ -34,6 +34,9 @@ use std::sync::Arc;
 const MAX_SECONDS: u32 = 1800;
 /// The most windows one request may decode.
 const MAX_WINDOWS: usize = 1000;
+/// Most decoding passes over one window (a pass after a segment left
+/// unfinished decodes the rest of the window again).
+const MAX_PASSES_PER_WINDOW: usize = 16;
 /// The pipeline's default number of beams (its `_default_generation_config`,
 /// which a model's own `num_beams` does not override).
 const PIPELINE_NUM_BEAMS: usize = 5;
@@ -766,7 +769,7 @@ impl TimestampRules {
         if sampled.is_empty() {
             ban(scores, 0..begin);
             if let Some(index) = self.max_initial_timestamp_index {
-                ban(scores, begin + index + 1..vocab);
+                ban(scores, begin.saturating_add(index).saturating_add(1)..vocab);
             }
         }
         let log_probs = log_softmax(scores);
@@ -1426,7 +1429,9 @@ impl WhisperPipeline {
         }
         let mut tokens = Vec::new();
         let mut seek = 0;
-        loop {
+        // Each pass after an unfinished segment re-encodes the rest of the
+        // window; a model that keeps ending that way stops here.
+        for _ in 0..MAX_PASSES_PER_WINDOW {
             let session = Session::new(&self.decoder, cross, Some(processors.clone()));
             let generated = generate(session, &prompt, &generation)?;
             let mut sequence = generated.ids.get(prompt.len()..).unwrap_or(&[]).to_vec();
@@ -1488,7 +1493,8 @@ impl WhisperPipeline {
                 let samples_of = |seconds: f64| (seconds * rate).round_ties_even();
                 let (chunk_len, left, right) =
                     (samples_of(length), samples_of(left), samples_of(right));
-                if !(chunk_len.is_finite() && chunk_len > left + right) {
+                let longest = f64::from(MAX_SECONDS) * rate;
+                if !(chunk_len.is_finite() && chunk_len <= longest && chunk_len > left + right) {
                     return Err(bad_input(
                         task,
                         "chunk_length_s must be longer than the two strides together",
@@ -1764,10 +1770,10 @@ pub fn longest_common_sequence(sequences: &[Vec<u32>]) -> Vec<u32> {
 /// A chunk length and its (left, right) strides, in seconds.
 pub type Chunking = (f64, (f64, f64));
 
-/// A request's options: `language`, `task` and `return_timestamps` (top
-/// level or in `generate_kwargs` / `generation_parameters`), and the
-/// generation settings the captioners take (`max_new_tokens`, `num_beams`,
-/// `early_stopping`).
+/// A request's options: `return_timestamps` (top level, as the pipeline
+/// takes it), `language` and `task` (top level or in `generate_kwargs` /
+/// `generation_parameters`), and the generation settings the captioners
+/// take (`max_new_tokens`, `num_beams`, `early_stopping`).
 fn request_options(
     pipeline: &WhisperPipeline,
     args: &ResolvedArgs,
@@ -1873,6 +1879,15 @@ fn chunking(
             (stride, stride)
         }
     };
+    // Bounded before they become sample counts.
+    if length > f64::from(MAX_SECONDS) || strides.0 >= length || strides.1 >= length {
+        return Err(bad_input(
+            task,
+            format!(
+                "chunk_length_s must be at most {MAX_SECONDS} and longer than each stride_length_s"
+            ),
+        ));
+    }
     Ok(Some((length, strides)))
 }
 

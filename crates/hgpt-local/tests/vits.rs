@@ -286,7 +286,12 @@ type ConfigEdit = fn(&mut Value);
 
 #[test]
 fn inconsistent_configs_are_load_errors() {
-    let edits: [(&str, ConfigEdit); 5] = [
+    let edits: [(&str, ConfigEdit); 7] = [
+        ("samples per frame", |v| {
+            v["upsample_rates"] = json!([4294967296u64, 4294967296u64]);
+            v["upsample_kernel_sizes"] = json!([4294967296u64, 4294967296u64]);
+        }),
+        ("window_size", |v| v["window_size"] = json!(u64::MAX)),
         ("not a multiple of 3 heads", |v| {
             v["num_attention_heads"] = json!(3)
         }),

@@ -165,6 +165,14 @@ fn bad_audio_is_refused_with_a_reason() {
     let tiny = hgpt_local::audio::encode_wav(&[0.1; 8], 16_000).unwrap();
     let err = model.run(task, &audio_args(tiny)).unwrap_err();
     assert!(err.to_string().contains("too short"), "{err}");
+    // Absurd chunk lengths are refused before they become sample counts.
+    let mut args = audio_args(clip("chirp.wav"));
+    args.other
+        .insert("chunk_length_s".into(), serde_json::json!(1e300));
+    args.other
+        .insert("stride_length_s".into(), serde_json::json!([1e299, 1e299]));
+    let err = model.run(task, &args).unwrap_err();
+    assert!(err.to_string().contains("chunk_length_s"), "{err}");
 }
 
 #[test]

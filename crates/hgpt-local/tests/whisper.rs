@@ -282,6 +282,13 @@ fn bad_requests_are_refused_with_their_reason() {
         ),
         "stride",
     );
+    bad_input(
+        &run_error(
+            json!({"chunk_length_s": 1e300, "stride_length_s": [1e299, 1e299]}),
+            clip.clone(),
+        ),
+        "chunk_length_s",
+    );
     assert!(matches!(
         run_error(json!({"return_timestamps": "word"}), clip.clone()),
         LocalError::Unsupported(_)

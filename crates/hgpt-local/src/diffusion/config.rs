@@ -258,6 +258,8 @@ impl UnetConfig {
             norm_num_groups: groups,
             norm_eps: self.norm_eps,
             cross_attention_dim: self.cross_attention_dim,
+            // Whole (candle 0.11's sliced attention fails on its own shapes);
+            // `MAX_PIXELS` bounds the score matrices instead.
             sliced_attention_size: None,
             use_linear_projection: self.use_linear_projection,
         })

@@ -41,8 +41,11 @@ use vae::Autoencoder;
 pub const DEFAULT_SEED: u64 = 0;
 /// The longest side of an image hgpt makes or reads.
 pub const MAX_SIDE: usize = 2048;
-/// The most pixels of an image hgpt makes or reads (1536 x 1536).
-pub const MAX_PIXELS: usize = 1536 * 1536;
+/// The most pixels of an image hgpt makes (768 x 768, SD 2.1's size):
+/// attention over its latent pixels holds a 9216 x 9216 score matrix per
+/// head and guided batch row (5.4 GB over SD 1.5's 8 heads and 2 rows);
+/// larger images given to image-to-image are scaled down to it.
+pub const MAX_PIXELS: usize = 768 * 768;
 /// The most denoising steps a request may ask for.
 pub const MAX_STEPS: usize = 1000;
 
@@ -306,7 +309,13 @@ impl StableDiffusion {
             latent_channels: latent,
             scheduler_kind,
             scheduler_config,
-            default_side: unet_config.sample_size.unwrap_or(64) * vae_scale,
+            // The UNet's own size, cut to what a request may ask for.
+            default_side: unet_config
+                .sample_size
+                .unwrap_or(64)
+                .checked_mul(vae_scale)
+                .map_or(MAX_SIDE, |side| side.min(MAX_SIDE))
+                .min(MAX_PIXELS.isqrt() / 8 * 8),
             turbo,
             weight_bytes: text_bytes + unet_bytes + vae_bytes,
             device: device.clone(),
@@ -475,7 +484,7 @@ impl StableDiffusion {
             return Ok(None);
         };
         let task = TaskKind::ImageToImage;
-        let (w, h) = (init.image.width() as usize, init.image.height() as usize);
+        let (w, h) = fitted_size(init.image.width() as usize, init.image.height() as usize);
         let (width, height) = (w - w % self.vae_scale, h - h % self.vae_scale);
         if width == 0 || height == 0 {
             return Err(bad_input(
@@ -601,6 +610,21 @@ impl StableDiffusion {
 }
 
 /// The pipelines' post-processing: `[3, h, w]` around [-1, 1] to 8-bit RGB
+/// The size an image-to-image input is drawn at: its own, or scaled down
+/// (shape kept) to fit [`MAX_PIXELS`] and [`MAX_SIDE`]; diffusers would draw
+/// it at its full size.
+fn fitted_size(width: usize, height: usize) -> (usize, usize) {
+    let (w, h) = (width.max(1) as f64, height.max(1) as f64);
+    let fit = (MAX_PIXELS as f64 / (w * h))
+        .sqrt()
+        .min(MAX_SIDE as f64 / w.max(h))
+        .min(1.0);
+    (
+        ((w * fit).floor() as usize).max(1),
+        ((h * fit).floor() as usize).max(1),
+    )
+}
+
 /// (`(x / 2 + 0.5).clamp(0, 1) * 255`, rounded).
 pub fn to_rgb(decoded: &Tensor) -> Result<RgbImage, LocalError> {
     let (channels, height, width) = decoded.dims3()?;
@@ -793,6 +817,19 @@ impl Pipeline for StableDiffusion {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_inputs_are_scaled_down_to_fit() {
+        assert_eq!(fitted_size(640, 480), (640, 480));
+        let (w, h) = fitted_size(4000, 3000);
+        assert!(
+            w * h <= MAX_PIXELS && w * h > MAX_PIXELS * 9 / 10,
+            "{w}x{h}"
+        );
+        assert!((w as f64 / h as f64 - 4.0 / 3.0).abs() < 0.01);
+        let (w, h) = fitted_size(20_000, 10);
+        assert!(w <= MAX_SIDE && h >= 1, "{w}x{h}");
+    }
 
     #[test]
     fn seeded_noise_is_standard_normal_and_repeatable() {

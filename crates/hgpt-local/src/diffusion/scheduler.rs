@@ -160,6 +160,12 @@ impl SchedulerConfig {
 
     /// Refuse options this implementation does not follow.
     fn check(&self, kind: SchedulerKind) -> std::result::Result<(), String> {
+        if self.steps_offset >= self.num_train_timesteps {
+            return Err(format!(
+                "steps_offset {} is not below num_train_timesteps {}",
+                self.steps_offset, self.num_train_timesteps
+            ));
+        }
         if self.num_train_timesteps < 2 || self.num_train_timesteps > 100_000 {
             return Err(format!(
                 "num_train_timesteps {} is out of range",
@@ -618,11 +624,11 @@ fn spaced_timesteps(
             (0..steps).map(|i| (i * ratio + offset) as f64).collect()
         }
         TimestepSpacing::Trailing => {
+            // numpy's arange(n, 0, -ratio) has `steps` values; counting them
+            // by `t > 0` would add one when rounding leaves a sliver.
             let ratio = n as f64 / steps as f64;
-            let mut out: Vec<f64> = (0..)
-                .map(|i| n as f64 - i as f64 * ratio)
-                .take_while(|&t| t > 0.0)
-                .map(|t| round_half_even(t) - 1.0)
+            let mut out: Vec<f64> = (0..steps)
+                .map(|i| round_half_even(n as f64 - i as f64 * ratio) - 1.0)
                 .collect();
             out.reverse();
             out
@@ -776,6 +782,17 @@ mod tests {
         );
         assert_eq!(euler.sigmas[1], 0.0);
         assert!((euler.init_noise_sigma(TimestepSpacing::Trailing) - 14.614_647).abs() < 1e-4);
+        // Step counts whose ratio does not divide 1000 exactly still give as
+        // many timesteps as asked (numpy's arange does).
+        for steps in [19, 38, 76, 87, 93, 99, 103] {
+            assert!(
+                Scheduler::new(SchedulerKind::Euler, &trailing, steps).is_ok(),
+                "{steps} trailing steps"
+            );
+        }
+        let offset = config(r#"{"steps_offset": 1000}"#);
+        let err = Scheduler::new(SchedulerKind::Ddim, &offset, 2).unwrap_err();
+        assert!(err.contains("steps_offset"), "{err}");
         assert!(Scheduler::new(SchedulerKind::Ddim, &config(SD15), 0).is_err());
         assert!(Scheduler::new(SchedulerKind::Ddim, &config(SD15), 1001).is_err());
         let karras = config(r#"{"use_karras_sigmas": true}"#);

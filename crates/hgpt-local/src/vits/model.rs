@@ -16,6 +16,13 @@ use candle_nn::{Activation, VarBuilder};
 use rayon::prelude::*;
 use serde::Deserialize;
 
+/// Widest relative-attention window read from a config.
+const MAX_WINDOW: usize = 1024;
+/// Most upsampling stages of the decoder read from a config.
+const MAX_UPSAMPLINGS: usize = 16;
+/// Most output samples per spectrogram frame (mms-tts has 256).
+const MAX_HOP: usize = 4096;
+
 /// Smallest bin width, height and derivative of the rational-quadratic
 /// splines.
 const MIN_BIN: f32 = 1e-3;
@@ -136,8 +143,26 @@ impl VitsConfig {
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.window_size == Some(0) {
-            return Err("window_size must be positive (or null)".into());
+        if self.window_size.is_some_and(|w| w == 0 || w > MAX_WINDOW) {
+            return Err(format!(
+                "window_size must be between 1 and {MAX_WINDOW} (or null)"
+            ));
+        }
+        if self.upsample_rates.len() > MAX_UPSAMPLINGS {
+            return Err(format!(
+                "{} upsamplings; VITS decoders have at most {MAX_UPSAMPLINGS}",
+                self.upsample_rates.len()
+            ));
+        }
+        let hop = self
+            .upsample_rates
+            .iter()
+            .try_fold(1usize, |hop, &rate| hop.checked_mul(rate));
+        if hop.is_none_or(|hop| hop > MAX_HOP) {
+            return Err(format!(
+                "upsample_rates {:?} make more than {MAX_HOP} samples per frame",
+                self.upsample_rates
+            ));
         }
         if self.flow_size == 0 || !self.flow_size.is_multiple_of(2) {
             return Err(format!(
@@ -224,7 +249,7 @@ impl VitsConfig {
         Ok(())
     }
 
-    /// Output samples per spectrogram frame.
+    /// Output samples per spectrogram frame (at most [`MAX_HOP`], checked).
     pub(crate) fn hop(&self) -> usize {
         self.upsample_rates.iter().product()
     }
