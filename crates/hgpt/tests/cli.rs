@@ -854,8 +854,10 @@ async fn hosted_inference_offers_only_models_a_provider_serves() {
     let unused = inference_server().await;
     let run = || {
         let mut command = ws.command(Some(&llm), &unused, &["run", "--json", "say hello"]);
+        // Hosted only: hgpt speaks locally too now (VITS).
         command
             .env_remove("HGPT_HF_BASE_URL")
+            .env("HGPT_INFERENCE_MODE", "remote")
             .env("HGPT_CATALOG", &catalog)
             .env("HF_ENDPOINT", router.url())
             .env("HGPT_HF_ROUTER_URL", router.url())
