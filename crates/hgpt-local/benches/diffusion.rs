@@ -10,6 +10,10 @@
 //! a step, from which a 20-step image is extrapolated (the text encoder and
 //! decoder run once per image either way).
 
+mod common;
+
+use common::{rss_mb, run_python};
+
 use candle_core::Device;
 use hgpt_local::ModelFiles;
 use hgpt_local::diffusion::{GenerationRequest, StableDiffusion};
@@ -24,36 +28,8 @@ const PROMPT: &str = "a photograph of an astronaut riding a horse";
 /// The step count the SD 1.5 figure is extrapolated to.
 const FULL_STEPS: usize = 20;
 
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn python(python: &str, args: &[&str]) -> Option<String> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_diffusion.py");
-    match Command::new(python)
-        .arg(script)
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-    {
-        Ok(out) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Ok(out) => {
-            eprintln!(
-                "bench_diffusion.py {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("cannot run {python}: {e}");
-            None
-        }
-    }
+    run_python(python, "bench_diffusion.py", args)
 }
 
 fn main() {

@@ -5,6 +5,10 @@
 //! writes the checkpoints, under `target/bench-models`
 //! (`scripts/bench_vision.py`). Each family runs in its own process.
 
+mod common;
+
+use common::{rss_mb, run_python};
+
 use candle_core::Device;
 use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::output::Blob;
@@ -37,15 +41,6 @@ const QUESTION: &str = "how many zebras are there?";
 /// The labels the zero-shot benchmark scores.
 const LABELS: [&str; 5] = ["a zebra", "a horse", "a cat", "a car", "a tree"];
 
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// A 640x480 test picture: gradients and blocks, so that every class map
 /// has several regions.
 fn picture(path: &Path) -> Vec<u8> {
@@ -64,26 +59,7 @@ fn picture(path: &Path) -> Vec<u8> {
 }
 
 fn python(python: &str, args: &[&str]) -> Option<String> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_vision.py");
-    match Command::new(python)
-        .arg(script)
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-    {
-        Ok(out) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Ok(out) => {
-            eprintln!(
-                "bench_vision.py {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("cannot run {python}: {e}");
-            None
-        }
-    }
+    run_python(python, "bench_vision.py", args)
 }
 
 fn main() {

@@ -7,6 +7,10 @@
 //! largest difference between the two waveforms is printed); the figure is
 //! seconds of speech per second of compute.
 
+mod common;
+
+use common::{rss_mb, run_python};
+
 use candle_core::Device;
 use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::task::TaskKind;
@@ -14,43 +18,14 @@ use hgpt_local::ModelFiles;
 use hgpt_local::pipeline::Pipeline;
 use hgpt_local::vits::VitsPipeline;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 /// About eight seconds of speech.
 const TEXT: &str = "Hugging face models run on the local machine: this sentence is read \
                     aloud by a text to speech model, one character at a time.";
 
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn python(python: &str, args: &[&str]) -> Option<String> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_vits.py");
-    match Command::new(python)
-        .arg(script)
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-    {
-        Ok(out) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Ok(out) => {
-            eprintln!(
-                "bench_vits.py {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("cannot run {python}: {e}");
-            None
-        }
-    }
+    run_python(python, "bench_vits.py", args)
 }
 
 fn main() {

@@ -8,6 +8,10 @@
 //! tokens (the end and timestamp tokens are suppressed, so one pass decodes
 //! each window), greedily and with 5 beams.
 
+mod common;
+
+use common::{rss_mb, run_python};
+
 use candle_core::Device;
 use hgpt_core::backend::ResolvedArgs;
 use hgpt_core::output::{Blob, InferenceOutput};
@@ -26,15 +30,6 @@ const TOKENS: usize = 64;
 /// Seconds of audio per clip.
 const CLIP_SECONDS: f64 = 30.0;
 
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// A 30 s 16 kHz clip (tones gliding in pitch, in bursts) as 16-bit WAV.
 fn clip() -> Vec<u8> {
     let rate = 16_000.0;
@@ -49,26 +44,7 @@ fn clip() -> Vec<u8> {
 }
 
 fn python(python: &str, args: &[&str]) -> Option<String> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_whisper.py");
-    match Command::new(python)
-        .arg(script)
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-    {
-        Ok(out) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Ok(out) => {
-            eprintln!(
-                "bench_whisper.py {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("cannot run {python}: {e}");
-            None
-        }
-    }
+    run_python(python, "bench_whisper.py", args)
 }
 
 fn main() {

@@ -20,6 +20,7 @@ mod packed_attention;
 pub mod pipeline;
 pub mod pull;
 pub mod safetensors;
+pub mod speech;
 pub mod text;
 pub mod vision;
 pub mod vits;

@@ -12,6 +12,7 @@ use crate::error::{LocalError, bad_input};
 use crate::files::{ModelFiles, WEIGHTS};
 use crate::kernels::{Dense, Epilogue, dense_activation};
 use crate::pipeline::Pipeline;
+use crate::speech::{Chunking, chunking};
 use crate::text::postprocess::{ScoreFunction, classification_args, ranked_labels};
 use crate::vision::attention::self_attention;
 use candle_core::{D, Device, Result, Tensor};
@@ -927,55 +928,6 @@ impl Wav2Vec2Pipeline {
     }
 }
 
-/// A chunk length and its (left, right) strides, in seconds.
-type Chunking = (f64, (f64, f64));
-
-/// `chunk_length_s` and `stride_length_s` (a number or `[left, right]`;
-/// default a sixth of the chunk on each side) as the pipeline reads them;
-/// audio longer than [`AUTO_CHUNK_SECONDS`] is chunked by that length when
-/// the request names none.
-fn chunking(
-    task: TaskKind,
-    args: &ResolvedArgs,
-    seconds: f64,
-) -> std::result::Result<Option<Chunking>, LocalError> {
-    let number = |value: &Value, name: &str| {
-        value
-            .as_f64()
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| bad_input(task, format!("{name} must be a non-negative number")))
-    };
-    let length = match args.other.get("chunk_length_s") {
-        None | Some(Value::Null) if seconds > AUTO_CHUNK_SECONDS => AUTO_CHUNK_SECONDS,
-        None | Some(Value::Null) => return Ok(None),
-        Some(value) => number(value, "chunk_length_s")?,
-    };
-    if length == 0.0 {
-        return Ok(None);
-    }
-    let strides = match args.other.get("stride_length_s") {
-        None | Some(Value::Null) => (length / 6.0, length / 6.0),
-        Some(Value::Array(pair)) if pair.len() == 2 => (
-            number(&pair[0], "stride_length_s")?,
-            number(&pair[1], "stride_length_s")?,
-        ),
-        Some(value) => {
-            let stride = number(value, "stride_length_s")?;
-            (stride, stride)
-        }
-    };
-    // Bounded before they become sample counts.
-    if length > f64::from(MAX_SECONDS) || strides.0 >= length || strides.1 >= length {
-        return Err(bad_input(
-            task,
-            format!(
-                "chunk_length_s must be at most {MAX_SECONDS} and longer than each stride_length_s"
-            ),
-        ));
-    }
-    Ok(Some((length, strides)))
-}
-
 impl Pipeline for Wav2Vec2Pipeline {
     fn tasks(&self) -> &[TaskKind] {
         std::slice::from_ref(&self.task)
@@ -1007,7 +959,7 @@ impl Pipeline for Wav2Vec2Pipeline {
         match task {
             TaskKind::AutomaticSpeechRecognition => self.transcribe_request(
                 &audio.samples,
-                chunking(task, args, audio.seconds())?,
+                chunking(args, audio.seconds(), AUTO_CHUNK_SECONDS, MAX_SECONDS)?,
                 timestamps(task, args)?,
             ),
             _ => {

@@ -16,6 +16,7 @@ use crate::files::{ModelFiles, WEIGHTS};
 use crate::generate::{GenerationConfig, StepDecoder, clean_up_tokenization, generate};
 use crate::kernels::{Dense, Epilogue, dense_activation};
 use crate::pipeline::Pipeline;
+use crate::speech::chunking;
 use crate::vision::attention::{attend, causal_mask, merge_heads, self_attention, split_heads};
 use candle_core::{D, Device, Module, Result, Tensor};
 use candle_nn::{Activation, Embedding, LayerNorm, VarBuilder, layer_norm};
@@ -1767,8 +1768,7 @@ pub fn longest_common_sequence(sequences: &[Vec<u32>]) -> Vec<u32> {
     total
 }
 
-/// A chunk length and its (left, right) strides, in seconds.
-pub type Chunking = (f64, (f64, f64));
+pub use crate::speech::Chunking;
 
 /// A request's options: `return_timestamps` (top level, as the pipeline
 /// takes it), `language` and `task` (top level or in `generate_kwargs` /
@@ -1840,57 +1840,6 @@ fn request_options(
     Ok(options)
 }
 
-/// `chunk_length_s` and `stride_length_s` (a number or `[left, right]`;
-/// default a sixth of the chunk on each side) as the pipeline reads them;
-/// audio longer than one window is chunked by the window's length when the
-/// request names no chunking (where transformers would run its sequential
-/// long-form decoding).
-fn chunking(
-    args: &ResolvedArgs,
-    seconds: f64,
-    window_seconds: f64,
-) -> std::result::Result<Option<Chunking>, LocalError> {
-    let task = TaskKind::AutomaticSpeechRecognition;
-    let number = |value: &Value, name: &str| {
-        value
-            .as_f64()
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| bad_input(task, format!("{name} must be a non-negative number")))
-    };
-    let length = match args.other.get("chunk_length_s") {
-        None | Some(Value::Null) => 0.0,
-        Some(value) => number(value, "chunk_length_s")?,
-    };
-    let length = if length > 0.0 {
-        length
-    } else if seconds > window_seconds {
-        window_seconds
-    } else {
-        return Ok(None);
-    };
-    let strides = match args.other.get("stride_length_s") {
-        None | Some(Value::Null) => (length / 6.0, length / 6.0),
-        Some(Value::Array(pair)) if pair.len() == 2 => (
-            number(&pair[0], "stride_length_s")?,
-            number(&pair[1], "stride_length_s")?,
-        ),
-        Some(value) => {
-            let stride = number(value, "stride_length_s")?;
-            (stride, stride)
-        }
-    };
-    // Bounded before they become sample counts.
-    if length > f64::from(MAX_SECONDS) || strides.0 >= length || strides.1 >= length {
-        return Err(bad_input(
-            task,
-            format!(
-                "chunk_length_s must be at most {MAX_SECONDS} and longer than each stride_length_s"
-            ),
-        ));
-    }
-    Ok(Some((length, strides)))
-}
-
 impl Pipeline for WhisperPipeline {
     fn tasks(&self) -> &[TaskKind] {
         &[TaskKind::AutomaticSpeechRecognition]
@@ -1915,7 +1864,9 @@ impl Pipeline for WhisperPipeline {
         let audio = audio::load(&blob.bytes, self.sampling_rate(), MAX_SECONDS)
             .map_err(|e| bad_input(task, e.to_string()))?;
         let window_seconds = self.extractor.chunk_length as f64;
-        let chunking = chunking(args, audio.seconds(), window_seconds)?;
+        // Audio over one window is chunked by the window's length (where
+        // transformers would run its sequential long-form decoding).
+        let chunking = chunking(args, audio.seconds(), window_seconds, MAX_SECONDS)?;
         let transcript = self.transcribe(&audio.samples, &options, chunking)?;
         Ok(InferenceOutput::Transcription {
             text: transcript.text,
