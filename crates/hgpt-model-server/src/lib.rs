@@ -35,6 +35,7 @@ use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use bytes::Bytes;
 use futures::FutureExt as _;
@@ -113,6 +114,9 @@ pub async fn serve(
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "model server listening");
     }
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(backend, config))
         .with_graceful_shutdown(shutdown)
         .await

@@ -33,6 +33,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use error::ApiError;
 use hgpt_core::pipeline::Pipeline;
 use hgpt_media::{LocalMedia, MediaConfig};
@@ -180,6 +181,10 @@ pub async fn serve(
         signal_runs.begin_shutdown();
         let _ = stopping.send(());
     };
+    // Events are small writes: send each at once (no Nagle delay).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
     // Runs end within the grace period, and with them their event streams
     // and waiting requests; a client that still holds a connection open

@@ -28,6 +28,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -278,6 +279,10 @@ impl FakeLlm {
             .expect("local address of the fake LLM");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
+            // SSE chunks are small writes: no Nagle delay, as real servers.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = stopped.await;
