@@ -15,6 +15,7 @@ mod few_rows;
 pub mod files;
 pub mod generate;
 mod kernels;
+mod noise;
 #[cfg(target_arch = "x86_64")]
 mod packed_attention;
 pub mod pipeline;

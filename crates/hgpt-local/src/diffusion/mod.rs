@@ -21,6 +21,7 @@ mod vae;
 
 use crate::error::{LocalError, bad_input};
 use crate::files::ModelFiles;
+use crate::noise::SeededNormal;
 use crate::pipeline::{DIFFUSERS, ModelKind, Pipeline};
 use crate::vision::ClipTextEncoder;
 use crate::vision::clip::TowerConfig;
@@ -156,7 +157,7 @@ impl Noise {
         posterior: bool,
         device: &Device,
     ) -> candle_core::Result<Self> {
-        let mut rng = Normal::new(seed);
+        let mut rng = SeededNormal::new(seed);
         let count = shape.0 * shape.1 * shape.2 * shape.3;
         let mut draw = || -> candle_core::Result<Tensor> {
             let values: Vec<f32> = (0..count).map(|_| rng.sample()).collect();
@@ -167,44 +168,6 @@ impl Noise {
             latents: draw()?,
             posterior,
         })
-    }
-}
-
-/// Standard normal numbers from SplitMix64 and the Box-Muller transform.
-struct Normal {
-    state: u64,
-    spare: Option<f32>,
-}
-
-impl Normal {
-    fn new(seed: u64) -> Self {
-        Self {
-            state: seed,
-            spare: None,
-        }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    fn sample(&mut self) -> f32 {
-        if let Some(spare) = self.spare.take() {
-            return spare;
-        }
-        let radius = (-2.0 * self.uniform().ln()).sqrt();
-        let angle = 2.0 * std::f64::consts::PI * self.uniform();
-        self.spare = Some((radius * angle.sin()) as f32);
-        (radius * angle.cos()) as f32
     }
 }
 
