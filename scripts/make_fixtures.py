@@ -2570,6 +2570,229 @@ def make_diffusion(out: Path) -> None:
     })
 
 
+def make_sdxl(out: Path) -> None:
+    """sdxl-tiny/: a tiny random StableDiffusionXLPipeline in sdxl-turbo's layout (model_index.json;
+    unet/ with the text_time added conditioning and its first attention at half resolution, vae/,
+    text_encoder/ (CLIPTextModel), text_encoder_2/ (CLIPTextModelWithProjection, GELU, legacy
+    pooling), tokenizer/ and tokenizer_2/ (pad "!"), scheduler/ with sdxl-turbo's Euler ancestral
+    config), and the images diffusers 0.36 makes from injected latents: Euler ancestral (1 and 2
+    steps, as the turbo model runs), Euler (leading, SDXL base's) with guidance and the zeroed
+    unconditional embeddings, DDIM with a negative prompt; img2img with Euler ancestral and
+    Euler. Every noise diffusers draws from its generator is recorded."""
+    import contextlib
+
+    import diffusers
+    import diffusers.models.activations as activations
+    import diffusers.models.autoencoders.vae as vae_module
+    import diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img as img2img_module
+    import diffusers.schedulers.scheduling_euler_ancestral_discrete as ancestral_module
+    from diffusers import (AutoencoderKL, DDIMScheduler, EulerAncestralDiscreteScheduler,
+                           EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline,
+                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection,
+                              CLIPTokenizer)
+
+    folder = out / "sdxl-tiny"
+    name = folder.name
+    # The UNet's second level has 64 channels over its 32 GroupNorm groups: with one channel a
+    # group (the first level), the norms cancel what the timestep and size embeddings add.
+    seed = seed_for(name)
+    torch.manual_seed(seed)
+    fast_tokenizer = make_clip_tokenizer()
+    projection_dim, time_dim = 16, 8
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32 + 24,
+        attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2), norm_num_groups=32,
+        use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=time_dim * 6 + projection_dim)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(16, 16, 32), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4, norm_num_groups=8, sample_size=32, scaling_factor=0.13025,
+        force_upcast=True)
+    ids = dict(bos_token_id=fast_tokenizer.bos_token_id, pad_token_id=fast_tokenizer.pad_token_id)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(fast_tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
+        eos_token_id=fast_tokenizer.eos_token_id, **ids))
+    # OpenCLIP bigG's conversion: GELU, eos_token_id 2 (pooling at the highest id).
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=len(fast_tokenizer), hidden_size=24, intermediate_size=40, num_hidden_layers=3,
+        num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu",
+        projection_dim=projection_dim, eos_token_id=2, **ids))
+    for i, model in enumerate((unet, vae, text_encoder, text_encoder_2)):
+        redraw_diffusion_params(model, seed + i)
+        model.eval()
+    scheduler = EulerAncestralDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        num_train_timesteps=1000, steps_offset=1, timestep_spacing="trailing",
+        prediction_type="epsilon", trained_betas=None)
+    with tempfile.TemporaryDirectory() as tmp:
+        fast_tokenizer.model_max_length = 77
+        fast_tokenizer.save_pretrained(tmp)
+        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+        tokenizer_2 = CLIPTokenizer.from_pretrained(tmp, model_max_length=77, pad_token="!")
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+        force_zeros_for_empty_prompt=True, add_watermarker=False)
+    pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True, variant="fp16")
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder, variant="fp16",
+                                                     torch_dtype=torch.float32,
+                                                     add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.tokenizer_2.pad_token == "!"
+
+    sf = pipe.vae_scale_factor
+    schedulers = {
+        "euler_a": EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config),
+        "euler": EulerDiscreteScheduler.from_config(pipe.scheduler.config,
+                                                    timestep_spacing="leading"),
+        "ddim": DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False,
+                                          timestep_spacing="leading", set_alpha_to_one=False),
+    }
+    gen = torch.Generator().manual_seed(seed ^ 0x5D1)
+
+    def decoded(latents):
+        with torch.no_grad():
+            return pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample[0]
+
+    @contextlib.contextmanager
+    def tanh_geglu():
+        """GEGLU with GELU's tanh approximation, as candle's UNet computes it (diffusers: erf)."""
+        exact = activations.GEGLU.gelu
+        activations.GEGLU.gelu = lambda self, gate: torch.nn.functional.gelu(
+            gate, approximate="tanh")
+        try:
+            yield
+        finally:
+            activations.GEGLU.gelu = exact
+
+    @contextlib.contextmanager
+    def drawing(modules):
+        """Record what each module's randn_tensor draws (`drawn[key]`, a list), or replay
+        `replay[key]` instead."""
+        originals = [(module, module.randn_tensor) for module, _ in modules]
+        drawn = {key: [] for _, key in modules}
+
+        def recorder(original, key):
+            def draw(*args, **kwargs):
+                value = original(*args, **kwargs)
+                drawn[key].append(value.clone())
+                return value
+            return draw
+        for module, key in modules:
+            module.randn_tensor = recorder(module.randn_tensor, key)
+        try:
+            yield drawn
+        finally:
+            for module, original in originals:
+                module.randn_tensor = original
+
+    @contextlib.contextmanager
+    def replaying(modules, drawn):
+        originals = [(module, module.randn_tensor) for module, _ in modules]
+        queues = {key: iter([v.clone() for v in drawn[key]]) for _, key in modules}
+        for module, key in modules:
+            module.randn_tensor = (lambda q: lambda *args, **kwargs: next(q))(queues[key])
+        try:
+            yield
+        finally:
+            for module, original in originals:
+                module.randn_tensor = original
+
+    def tokens(tokenizer, text):
+        return [int(i) for i in tokenizer(text, padding="max_length", max_length=77,
+                                          truncation=True).input_ids]
+
+    step_modules = [(ancestral_module, "steps")]
+    txt_cases = []
+    for scheduler_name, steps, guidance, negative, (w, h) in [
+        ("euler_a", 1, 0.0, None, (16, 16)),
+        ("euler_a", 2, 0.0, None, (24, 16)),
+        ("euler", 3, 5.0, None, (16, 16)),
+        ("ddim", 2, 5.0, "blurry, dark", (16, 24)),
+    ]:
+        pipe.scheduler = schedulers[scheduler_name]
+        latents = torch.randn((1, 4, h // sf, w // sf), generator=gen)
+        args = dict(negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
+                    width=w, height=h, output_type="latent")
+        with torch.no_grad():
+            with drawing(step_modules) as drawn:
+                result = pipe(SD_PROMPT, latents=latents.clone(), generator=gen, **args)
+            image = pipe.image_processor.postprocess(decoded(result.images)[None],
+                                                     output_type="pil")[0]
+            with tanh_geglu(), replaying(step_modules, drawn):
+                tanh = pipe(SD_PROMPT, latents=latents.clone(), **args)
+        txt_cases.append({
+            "scheduler": type(pipe.scheduler).__name__,
+            "scheduler_config": {k: plain(v) for k, v in pipe.scheduler.config.items()
+                                 if not k.startswith("_")},
+            "prompt": SD_PROMPT, "negative_prompt": negative, "num_inference_steps": steps,
+            "guidance_scale": guidance, "width": w, "height": h,
+            "timesteps": [float(t) for t in pipe.scheduler.timesteps],
+            "latents": F32(latents[0].flatten()),
+            "step_noises": [F32(n[0].flatten()) for n in drawn["steps"]],
+            "image": F32(decoded(result.images).flatten()),
+            "image_tanh_geglu": F32(decoded(tanh.images).flatten()),
+            "pixels": list(np.asarray(image).flatten().tolist()),
+        })
+
+    img2img = StableDiffusionXLImg2ImgPipeline(**pipe.components,
+                                               requires_aesthetics_score=False,
+                                               force_zeros_for_empty_prompt=True,
+                                               add_watermarker=False)
+    img2img.set_progress_bar_config(disable=True)
+    i2i_modules = [(vae_module, "posterior"), (img2img_module, "noise"),
+                   (ancestral_module, "steps")]
+    img_cases = []
+    for scheduler_name, steps, guidance, strength, image_name in [
+        ("euler_a", 2, 0.0, 0.5, "gray_20x20.png"),
+        ("euler", 4, 5.0, 0.75, "gradient_40x30.png"),
+    ]:
+        img2img.scheduler = schedulers[scheduler_name]
+        init = load_rgb(out / "images" / image_name)
+        args = dict(image=init, strength=strength, num_inference_steps=steps,
+                    guidance_scale=guidance, output_type="latent")
+        with torch.no_grad():
+            with drawing(i2i_modules) as drawn:
+                result = img2img(SD_PROMPT, generator=gen, **args)
+            image = img2img.image_processor.postprocess(
+                decoded(result.images)[None], output_type="pil")[0]
+            with tanh_geglu(), replaying(i2i_modules, drawn):
+                tanh = img2img(SD_PROMPT, **args)
+        assert len(drawn["posterior"]) == 1 and len(drawn["noise"]) == 1
+        img_cases.append({
+            "scheduler": type(img2img.scheduler).__name__,
+            "scheduler_config": {k: plain(v) for k, v in img2img.scheduler.config.items()
+                                 if not k.startswith("_")},
+            "image_in": f"images/{image_name}", "prompt": SD_PROMPT,
+            "num_inference_steps": steps, "guidance_scale": guidance, "strength": strength,
+            "width": image.width, "height": image.height,
+            "posterior_noise": F32(drawn["posterior"][0][0].flatten()),
+            "noise": F32(drawn["noise"][0][0].flatten()),
+            "step_noises": [F32(n[0].flatten()) for n in drawn["steps"]],
+            "image": F32(decoded(result.images).flatten()),
+            "image_tanh_geglu": F32(decoded(tanh.images).flatten()),
+            "pixels": list(np.asarray(image).flatten().tolist()),
+        })
+    write_json(folder / "expected.json", {
+        "name": name, "task": "text-to-image", "architecture": "StableDiffusionXLPipeline",
+        "seed": seed, "versions": {**versions(), "diffusers": diffusers.__version__},
+        "input_ids": tokens(pipe.tokenizer, SD_PROMPT),
+        "input_ids_2": tokens(pipe.tokenizer_2, SD_PROMPT),
+        "notes": "As sd-tiny's expected.json, for StableDiffusionXLPipeline and "
+                 "StableDiffusionXLImg2ImgPipeline (no watermark; force_zeros_for_empty_prompt, "
+                 "so guidance without a negative prompt conditions on zeros). step_noises: the "
+                 "noise the Euler ancestral scheduler drew at each step run ([4, h/4, w/4] "
+                 "each, flattened); input_ids_2: tokenizer_2's ids (pad \"!\").",
+        "text_to_image": txt_cases, "image_to_image": img_cases,
+    })
+
+
 def make_vit_bin(vit_folder: Path, folder: Path) -> None:
     """vit-imgcls as a repository without safetensors: the same weights as PyTorch's
     pytorch_model.bin (torch.save's zip format), with its config, processor config and
@@ -2824,6 +3047,7 @@ def main() -> None:
     make_whisper(out)
     print("writing sd-tiny", file=sys.stderr)
     make_diffusion(out)
+    make_sdxl(out)
     if not args.skip_minilm:
         print("writing minilm", file=sys.stderr)
         make_minilm(out / "minilm", args.hub_dir)

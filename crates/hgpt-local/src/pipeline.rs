@@ -473,6 +473,22 @@ pub static FAMILIES: &[Family] = &[
                 Head::Class("StableDiffusionImg2ImgPipeline"),
                 TaskKind::TextToImage,
             ),
+            (
+                Head::Class("StableDiffusionXLPipeline"),
+                TaskKind::TextToImage,
+            ),
+            (
+                Head::Class("StableDiffusionXLPipeline"),
+                TaskKind::ImageToImage,
+            ),
+            (
+                Head::Class("StableDiffusionXLImg2ImgPipeline"),
+                TaskKind::ImageToImage,
+            ),
+            (
+                Head::Class("StableDiffusionXLImg2ImgPipeline"),
+                TaskKind::TextToImage,
+            ),
         ],
         parts: None,
         backbones: &[],
@@ -563,13 +579,8 @@ fn unsupported(task: TaskKind, id: &str, kind: &ModelKind) -> LocalError {
     }
     if kind.model_type.as_deref() == Some(DIFFUSERS) {
         let class = kind.architectures.join(", ");
-        let hint = if class.contains("XL") {
-            " (SDXL needs a second text encoder and size conditioning, which hgpt does not run yet)"
-        } else {
-            ""
-        };
         return LocalError::Unsupported(format!(
-            "hgpt runs {task} locally with {}; {id} is a diffusers {class}{hint}",
+            "hgpt runs {task} locally with {}; {id} is a diffusers {class}",
             serving.join(" or ")
         ));
     }
@@ -620,7 +631,7 @@ pub fn is_present(files: &ModelFiles) -> bool {
 /// and weights, or a whole diffusers pipeline.
 pub fn is_complete(files: &ModelFiles) -> bool {
     files.has_all(&["config.json", crate::files::WEIGHTS])
-        || files.has_all(crate::diffusion::REQUIRED_FILES)
+        || crate::diffusion::has_every_part(files)
 }
 
 /// Whether hgpt has a local pipeline for this task type.
@@ -833,7 +844,11 @@ mod tests {
                 "StableDiffusionImg2ImgPipeline",
                 Some(TaskKind::ImageToImage),
             ),
-            ("StableDiffusionXLPipeline", None),
+            ("StableDiffusionXLPipeline", Some(TaskKind::TextToImage)),
+            (
+                "StableDiffusionXLImg2ImgPipeline",
+                Some(TaskKind::ImageToImage),
+            ),
             ("StableDiffusionImageVariationPipeline", None),
         ];
         for (class, expected) in cases {
@@ -841,12 +856,12 @@ mod tests {
             assert_eq!(task_of(&files), expected, "{class}");
         }
         assert!(supports(TaskKind::TextToImage) && supports(TaskKind::ImageToImage));
-        let (_dir, files) = index("StableDiffusionXLPipeline");
+        let (_dir, files) = index("StableDiffusion3Pipeline");
         let err = load(TaskKind::TextToImage, &files, &Device::Cpu)
             .err()
             .unwrap();
         assert!(
-            matches!(&err, LocalError::Unsupported(m) if m.contains("SDXL") && m.contains("Stable Diffusion checkpoints")),
+            matches!(&err, LocalError::Unsupported(m) if m.contains("StableDiffusion3Pipeline") && m.contains("Stable Diffusion checkpoints")),
             "{err}"
         );
         // A config.json decides when both are present.

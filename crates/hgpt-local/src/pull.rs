@@ -2,8 +2,8 @@
 //! tokenizer files, safetensors weights, or `pytorch_model.bin` when a model
 //! has no safetensors), never the other weight formats a repository carries
 //! (TensorFlow, Flax, ONNX, ...). For a diffusers repository
-//! (`model_index.json`): the folders its Stable Diffusion pipeline reads,
-//! float16 weight variants preferred.
+//! (`model_index.json`): the folders its Stable Diffusion (or SDXL) pipeline
+//! reads, float16 weight variants preferred.
 
 use crate::error::LocalError;
 use crate::files::{ModelCache, ModelFiles};
@@ -38,6 +38,10 @@ const SKIPPED_FOLDERS: &[&str] = &[
 /// checkpoints at the root, ...).
 const DIFFUSERS_FOLDERS: &[&str] = &["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
 
+/// SDXL's second text encoder and tokenizer, fetched when the repository
+/// has them.
+const DIFFUSERS_XL_FOLDERS: &[&str] = &["text_encoder_2", "tokenizer_2"];
+
 /// Weight files of a diffusers folder, in order of preference: the float16
 /// variant (half the download; read as f32), full precision, a PyTorch
 /// state dict.
@@ -55,12 +59,16 @@ const DIFFUSERS_WEIGHTS: &[&str] = &[
 /// weight file (see [`DIFFUSERS_WEIGHTS`]).
 fn diffusers_files_to_pull(id: &str, listing: &[String]) -> Result<Vec<String>, LocalError> {
     let mut files = vec!["model_index.json".to_string()];
-    for folder in DIFFUSERS_FOLDERS {
+    let optional = DIFFUSERS_XL_FOLDERS.iter().map(|f| (f, true));
+    for (folder, is_optional) in DIFFUSERS_FOLDERS.iter().map(|f| (f, false)).chain(optional) {
         let inside: Vec<&str> = listing
             .iter()
             .filter_map(|name| name.strip_prefix(folder)?.strip_prefix('/'))
             .filter(|rest| !rest.contains('/'))
             .collect();
+        if inside.is_empty() && is_optional {
+            continue;
+        }
         if inside.is_empty() {
             return Err(LocalError::Unsupported(format!(
                 "{id} has no {folder}/ folder, which its Stable Diffusion pipeline needs"
@@ -72,7 +80,7 @@ fn diffusers_files_to_pull(id: &str, listing: &[String]) -> Result<Vec<String>, 
                 .filter(|name| name.ends_with(".json") || TOKENIZER_FILES.contains(name))
                 .map(|name| format!("{folder}/{name}")),
         );
-        let has_weights = matches!(*folder, "unet" | "vae" | "text_encoder");
+        let has_weights = matches!(*folder, "unet" | "vae" | "text_encoder" | "text_encoder_2");
         if has_weights {
             let weights = DIFFUSERS_WEIGHTS
                 .iter()
@@ -417,6 +425,25 @@ mod tests {
         assert_eq!(files.len(), 12);
         assert!(!files.iter().any(|f| f == "sd_turbo.safetensors"));
         assert!(files.contains(&"unet/diffusion_pytorch_model.fp16.safetensors".to_string()));
+        assert!(!files.iter().any(|f| f.contains("_2/")));
+        // stabilityai/sdxl-turbo: the second text encoder and tokenizer too.
+        let xl: Vec<String> = turbo
+            .iter()
+            .cloned()
+            .chain(names(&[
+                "text_encoder_2/config.json",
+                "text_encoder_2/model.fp16.safetensors",
+                "text_encoder_2/model.safetensors",
+                "tokenizer_2/merges.txt",
+                "tokenizer_2/special_tokens_map.json",
+                "tokenizer_2/tokenizer_config.json",
+                "tokenizer_2/vocab.json",
+            ]))
+            .collect();
+        let files = files_to_pull("stabilityai/sdxl-turbo", &xl).unwrap();
+        assert_eq!(files.len(), 12 + 6);
+        assert!(files.contains(&"text_encoder_2/model.fp16.safetensors".to_string()));
+        assert!(files.contains(&"tokenizer_2/vocab.json".to_string()));
         // Full precision only; an ONNX export beside it is left alone.
         let full: Vec<String> = turbo
             .iter()

@@ -1,7 +1,7 @@
 //! The parts of a diffusers repository's `unet/config.json` and
 //! `vae/config.json` that shape the networks, read and checked here (candle's
 //! own configs are hard-coded presets) and turned into candle's
-//! `UNet2DConditionModelConfig`.
+//! `UNet2DConditionModelConfig` plus SDXL's [`TextTime`] conditioning.
 
 use candle_transformers::models::stable_diffusion::unet_2d::{
     BlockConfig, UNet2DConditionModelConfig,
@@ -76,8 +76,14 @@ pub struct UnetConfig {
     center_input_sample: bool,
     #[serde(default)]
     use_linear_projection: bool,
-    /// Conditioning a plain SD UNet does not have (SDXL's `text_time`,
-    /// class embeddings, LCM's guidance embedding, ...), each `null` here.
+    #[serde(default)]
+    addition_embed_type: Option<String>,
+    #[serde(default)]
+    addition_time_embed_dim: Option<usize>,
+    #[serde(default)]
+    projection_class_embeddings_input_dim: Option<usize>,
+    /// Conditioning hgpt's UNet does not have (class embeddings, LCM's
+    /// guidance embedding, ...), each `null` here.
     #[serde(flatten)]
     rest: serde_json::Map<String, Value>,
 }
@@ -131,7 +137,6 @@ const UNET_GROUPS: usize = 32;
 
 /// Fields that must be `null` (or absent): extra conditioning.
 const UNET_NULL: &[&str] = &[
-    "addition_embed_type",
     "class_embed_type",
     "num_class_embeds",
     "time_cond_proj_dim",
@@ -139,6 +144,7 @@ const UNET_NULL: &[&str] = &[
     "encoder_hid_dim_type",
     "time_embedding_dim",
     "timestep_post_act",
+    "time_embedding_act_fn",
     "mid_block_only_cross_attention",
     "reverse_transformer_layers_per_block",
     "cross_attention_norm",
@@ -163,12 +169,7 @@ impl UnetConfig {
         }
         for &field in UNET_NULL {
             if let Some(value) = self.rest.get(field).filter(|v| !v.is_null()) {
-                let hint = if field == "addition_embed_type" {
-                    " (an SDXL UNet, which needs two text encoders and time ids)"
-                } else {
-                    ""
-                };
-                return Err(format!("{field} {value} is not supported{hint}"));
+                return Err(format!("{field} {value} is not supported"));
             }
         }
         let blocks = self.block_out_channels.len();
@@ -264,6 +265,57 @@ impl UnetConfig {
             use_linear_projection: self.use_linear_projection,
         })
     }
+
+    /// SDXL's added conditioning (`addition_embed_type` `text_time`), or
+    /// `None` for a plain SD UNet.
+    pub fn text_time(&self) -> Result<Option<TextTime>, String> {
+        match self.addition_embed_type.as_deref() {
+            None => Ok(None),
+            Some("text_time") => {
+                let (Some(time_embed_dim), Some(input_dim)) = (
+                    self.addition_time_embed_dim,
+                    self.projection_class_embeddings_input_dim,
+                ) else {
+                    return Err(
+                        "addition_embed_type text_time needs addition_time_embed_dim \
+                                and projection_class_embeddings_input_dim"
+                            .into(),
+                    );
+                };
+                if time_embed_dim == 0 || input_dim == 0 {
+                    return Err("addition_time_embed_dim and \
+                                projection_class_embeddings_input_dim must be positive"
+                        .into());
+                }
+                Ok(Some(TextTime {
+                    time_embed_dim,
+                    input_dim,
+                }))
+            }
+            Some(other) => Err(format!(
+                "addition_embed_type {other:?} is not supported (only text_time, SDXL's)"
+            )),
+        }
+    }
+
+    /// The index of the first block with attention (whose latent pixels
+    /// the largest attention runs over), if any.
+    pub fn first_attention_level(&self) -> Option<usize> {
+        self.down_block_types
+            .iter()
+            .position(|t| t.starts_with("CrossAttn"))
+    }
+}
+
+/// SDXL's `text_time` conditioning: each time id embedded sinusoidally
+/// (`time_embed_dim` wide), the pooled text embedding beside them, the whole
+/// (`input_dim` wide) embedded like a timestep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextTime {
+    /// `addition_time_embed_dim`.
+    pub time_embed_dim: usize,
+    /// `projection_class_embeddings_input_dim`.
+    pub input_dim: usize,
 }
 
 /// `vae/config.json` (`AutoencoderKL`).
@@ -303,6 +355,12 @@ pub struct VaeConfig {
     mid_block_add_attention: bool,
     #[serde(default = "silu")]
     act_fn: String,
+    #[serde(default)]
+    latents_mean: Option<Value>,
+    #[serde(default)]
+    latents_std: Option<Value>,
+    #[serde(default)]
+    shift_factor: Option<Value>,
 }
 
 fn three() -> usize {
@@ -348,6 +406,17 @@ impl VaeConfig {
             || self.out_channels == 0
         {
             return Err("layers_per_block and the channel counts must be positive".into());
+        }
+        for (field, value) in [
+            ("latents_mean", &self.latents_mean),
+            ("latents_std", &self.latents_std),
+            ("shift_factor", &self.shift_factor),
+        ] {
+            if value.as_ref().is_some_and(|v| !v.is_null()) {
+                return Err(format!(
+                    "{field} is set; hgpt's autoencoder scales latents by scaling_factor only"
+                ));
+            }
         }
         if !self.scaling_factor.is_finite() || self.scaling_factor <= 0.0 {
             return Err(format!(
@@ -408,15 +477,72 @@ mod tests {
         assert!(candle.use_linear_projection);
     }
 
+    /// sdxl-turbo's `unet/config.json`.
+    const SDXL_UNET: &str = r#"{
+      "_class_name": "UNet2DConditionModel", "act_fn": "silu", "addition_embed_type": "text_time",
+      "addition_embed_type_num_heads": 64, "addition_time_embed_dim": 256,
+      "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280],
+      "center_input_sample": false, "class_embed_type": null, "class_embeddings_concat": false,
+      "conv_in_kernel": 3, "conv_out_kernel": 3, "cross_attention_dim": 2048,
+      "cross_attention_norm": null, "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+      "downsample_padding": 1, "dual_cross_attention": false, "encoder_hid_dim": null,
+      "encoder_hid_dim_type": null, "flip_sin_to_cos": true, "freq_shift": 0, "in_channels": 4,
+      "layers_per_block": 2, "mid_block_only_cross_attention": null, "mid_block_scale_factor": 1,
+      "mid_block_type": "UNetMidBlock2DCrossAttn", "norm_eps": 1e-05, "norm_num_groups": 32,
+      "num_attention_heads": null, "num_class_embeds": null, "only_cross_attention": false,
+      "out_channels": 4, "projection_class_embeddings_input_dim": 2816,
+      "resnet_out_scale_factor": 1.0, "resnet_skip_time_act": false,
+      "resnet_time_scale_shift": "default", "sample_size": 64, "time_cond_proj_dim": null,
+      "time_embedding_act_fn": null, "time_embedding_dim": null, "time_embedding_type": "positional",
+      "timestep_post_act": null, "transformer_layers_per_block": [1, 2, 10],
+      "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+      "upcast_attention": null, "use_linear_projection": true}"#;
+
+    #[test]
+    fn sdxl_unet_configs_give_blocks_and_text_time() {
+        let config: UnetConfig = serde_json::from_str(SDXL_UNET).unwrap();
+        let candle = config.to_candle().unwrap();
+        let depths: Vec<_> = candle.blocks.iter().map(|b| b.use_cross_attn).collect();
+        assert_eq!(depths, [None, Some(2), Some(10)]);
+        assert_eq!(candle.blocks[2].attention_head_dim, 20);
+        assert_eq!(
+            config.text_time().unwrap(),
+            Some(TextTime {
+                time_embed_dim: 256,
+                input_dim: 2816
+            })
+        );
+        assert_eq!(config.first_attention_level(), Some(1));
+        let sd: UnetConfig = serde_json::from_str(SD15_UNET).unwrap();
+        assert_eq!(sd.text_time().unwrap(), None);
+        assert_eq!(sd.first_attention_level(), Some(0));
+        for (from, to, wanted) in [
+            (
+                r#""addition_time_embed_dim": 256"#,
+                r#""addition_time_embed_dim": null"#,
+                "needs",
+            ),
+            (
+                r#""addition_embed_type": "text_time""#,
+                r#""addition_embed_type": "image""#,
+                "image",
+            ),
+        ] {
+            let broken: UnetConfig = serde_json::from_str(&SDXL_UNET.replace(from, to)).unwrap();
+            let err = broken.text_time().unwrap_err();
+            assert!(err.contains(wanted), "{err}");
+        }
+    }
+
     #[test]
     fn unsupported_unets_are_named() {
         let cases = [
             (
                 SD15_UNET.replace(
                     r#""act_fn": "silu""#,
-                    r#""act_fn": "silu", "addition_embed_type": "text_time""#,
+                    r#""act_fn": "silu", "class_embed_type": "timestep""#,
                 ),
-                "SDXL",
+                "class_embed_type",
             ),
             (
                 SD15_UNET.replace(

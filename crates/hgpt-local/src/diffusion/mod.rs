@@ -1,13 +1,19 @@
 //! Stable Diffusion text-to-image and image-to-image, as diffusers'
-//! `StableDiffusionPipeline` and `StableDiffusionImg2ImgPipeline` run them:
-//! the CLIP text encoder of [`crate::vision::ClipTextEncoder`], candle's UNet
-//! and autoencoder blocks, the schedulers of [`scheduler`], classifier-free
+//! `StableDiffusionPipeline` and `StableDiffusionImg2ImgPipeline` run them,
+//! and SDXL as `StableDiffusionXLPipeline` and
+//! `StableDiffusionXLImg2ImgPipeline` do: the CLIP text encoders of
+//! [`crate::vision::ClipTextEncoder`], a UNet of candle's blocks, candle's
+//! autoencoder blocks, the schedulers of [`scheduler`], classifier-free
 //! guidance, and the pipelines' pre- and post-processing. Reads diffusers
 //! repositories (`model_index.json`, `unet/`, `vae/`, `text_encoder/`,
-//! `tokenizer/`, `scheduler/`), float16 weight variants as f32.
+//! `tokenizer/`, `scheduler/`, and SDXL's `text_encoder_2/` and
+//! `tokenizer_2/`), float16 weight variants as f32.
 //!
 //! - [`config`]: the UNet and autoencoder configs, checked.
-//! - [`scheduler`]: PNDM, DDIM and Euler as diffusers computes them.
+//! - [`scheduler`]: PNDM, DDIM, Euler and Euler ancestral as diffusers
+//!   computes them.
+//! - `text`: the prompt conditioning (one encoder, or SDXL's two).
+//! - `unet`: the denoiser, with SDXL's size and pooled-text conditioning.
 //!
 //! Noise comes from a seeded generator of hgpt's own ([`Noise::seeded`]): a
 //! seed gives the same image on every run, not the image diffusers gives for
@@ -17,36 +23,43 @@
 pub mod config;
 mod prompt;
 pub mod scheduler;
+mod text;
+mod unet;
 mod vae;
 
 use crate::error::{LocalError, bad_input};
 use crate::files::ModelFiles;
 use crate::noise::SeededNormal;
 use crate::pipeline::{DIFFUSERS, ModelKind, Pipeline};
-use crate::vision::ClipTextEncoder;
-use crate::vision::clip::TowerConfig;
 use crate::vision::preprocess::{Resample, decode_image, resize_like_pil};
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
+use candle_nn::VarBuilder;
 use config::{UnetConfig, VaeConfig};
 use hgpt_core::backend::{ResolvedArgs, StepProgress};
 use hgpt_core::output::{Blob, InferenceOutput};
 use hgpt_core::task::TaskKind;
 use image::RgbImage;
-use prompt::PromptTokenizer;
 use scheduler::{Scheduler, SchedulerConfig, SchedulerKind, TimestepSpacing};
 use serde_json::Value;
+use text::Conditioning;
+use unet::{AddedConditioning, Unet};
 use vae::Autoencoder;
 
 /// The seed of requests that name none.
 pub const DEFAULT_SEED: u64 = 0;
 /// The longest side of an image hgpt makes or reads.
 pub const MAX_SIDE: usize = 2048;
-/// The most pixels of an image hgpt makes (768 x 768, SD 2.1's size):
-/// attention over its latent pixels holds a 9216 x 9216 score matrix per
-/// head and guided batch row (5.4 GB over SD 1.5's 8 heads and 2 rows);
-/// larger images given to image-to-image are scaled down to it.
+/// The most pixels of an image hgpt makes with a UNet that attends over
+/// every latent pixel (SD 1.x and 2.x; 768 x 768, SD 2.1's size): that
+/// attention holds a 9216 x 9216 score matrix per head and guided batch row
+/// (5.4 GB over SD 1.5's 8 heads and 2 rows); larger images given to
+/// image-to-image are scaled down to it.
 pub const MAX_PIXELS: usize = 768 * 768;
+/// The most pixels with a UNet whose first attention is at half the latent
+/// resolution or less (SDXL; 1024 x 1024, its size): 4096 tokens, 1.3 GB of
+/// scores over SDXL's 10 heads and 2 rows, and the autoencoder's own
+/// attention over 16384 latent pixels, 1 GB.
+pub const MAX_PIXELS_LATE_ATTENTION: usize = 1024 * 1024;
 /// The most denoising steps a request may ask for.
 pub const MAX_STEPS: usize = 1000;
 
@@ -55,6 +68,7 @@ pub const MAX_STEPS: usize = 1000;
 const UNET_WEIGHTS: &str = "unet/diffusion_pytorch_model.safetensors|unet/diffusion_pytorch_model.fp16.safetensors|unet/diffusion_pytorch_model.bin";
 const VAE_WEIGHTS: &str = "vae/diffusion_pytorch_model.safetensors|vae/diffusion_pytorch_model.fp16.safetensors|vae/diffusion_pytorch_model.bin";
 const TEXT_WEIGHTS: &str = "text_encoder/model.safetensors|text_encoder/model.fp16.safetensors|text_encoder/pytorch_model.bin";
+const TEXT_2_WEIGHTS: &str = "text_encoder_2/model.safetensors|text_encoder_2/model.fp16.safetensors|text_encoder_2/pytorch_model.bin";
 /// The tokenizer files: `tokenizer.json`, else the BPE files.
 const TOKENIZER_FILES: &str = "tokenizer/tokenizer.json|tokenizer/vocab.json";
 
@@ -71,19 +85,102 @@ pub const REQUIRED_FILES: &[&str] = &[
     "scheduler/scheduler_config.json",
 ];
 
+/// What an SDXL repository needs besides [`REQUIRED_FILES`].
+pub const XL_FILES: &[&str] = &[
+    "text_encoder_2/config.json",
+    TEXT_2_WEIGHTS,
+    "tokenizer_2/tokenizer.json|tokenizer_2/vocab.json",
+];
+
 /// The `model_index.json` classes of the pipelines hgpt runs.
-pub const PIPELINE_CLASSES: &[&str] =
-    &["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"];
+pub const PIPELINE_CLASSES: &[&str] = &[
+    "StableDiffusionPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
+];
+
+/// SDXL's size conditioning: original size, crop corner, target size.
+const TIME_IDS: usize = 6;
+
+/// Whether a cached diffusers repository has every file its pipeline
+/// reads ([`REQUIRED_FILES`], and [`XL_FILES`] when `model_index.json`
+/// names a second text encoder).
+pub fn has_every_part(files: &ModelFiles) -> bool {
+    files.has_all(REQUIRED_FILES) && (!names_second_encoder(files) || files.has_all(XL_FILES))
+}
+
+/// Refuse SDXL pipelines hgpt does not condition as they need: the
+/// refiner (one text encoder, aesthetic-score conditioning).
+fn check_xl_index(files: &ModelFiles, index: &Value) -> Result<(), LocalError> {
+    let names = |key| names_component(index, key);
+    let aesthetic = index
+        .get("requires_aesthetics_score")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if aesthetic || !names("text_encoder") || !names("text_encoder_2") {
+        return Err(LocalError::Unsupported(format!(
+            "{} is an SDXL refiner (aesthetic-score conditioning or a single text encoder); \
+             hgpt runs SDXL base and turbo pipelines",
+            files.id()
+        )));
+    }
+    Ok(())
+}
+
+fn names_second_encoder(files: &ModelFiles) -> bool {
+    files
+        .json::<Value>("model_index.json")
+        .is_ok_and(|index| names_component(&index, "text_encoder_2"))
+}
+
+/// Whether `model_index.json` names a component (`[library, class]`, not
+/// `null` or `[null, null]`).
+fn names_component(index: &Value, key: &str) -> bool {
+    index
+        .get(key)
+        .is_some_and(|entry| !entry.is_null() && entry.get(0).is_none_or(|v| !v.is_null()))
+}
+
+/// One loaded part's weights.
+struct Part {
+    vb: VarBuilder<'static>,
+    /// Bytes in memory.
+    bytes: u64,
+}
+
+/// The weights of a part (`names`: its files, `a|b` in order of
+/// preference), errors naming the part.
+fn load_part(
+    files: &ModelFiles,
+    names: &str,
+    what: &str,
+    device: &Device,
+) -> Result<Part, LocalError> {
+    files
+        .weights_from(names, device)
+        .map(|w| Part {
+            vb: w.vb,
+            bytes: in_memory_bytes(w.bytes, &w.file),
+        })
+        .map_err(|e| match e {
+            LocalError::Load { model, message } => LocalError::Load {
+                model,
+                message: format!("{what}: {message}"),
+            },
+            other => other,
+        })
+}
 
 /// The scheduler run when the repository names one hgpt does not have.
 const FALLBACK_SCHEDULER: SchedulerKind = SchedulerKind::Ddim;
 
-/// A Stable Diffusion pipeline (SD 1.x, 2.x, sd-turbo), loaded.
+/// A Stable Diffusion pipeline (SD 1.x, 2.x, sd-turbo, SDXL,
+/// sdxl-turbo), loaded.
 pub struct StableDiffusion {
     id: String,
-    tokenizer: PromptTokenizer,
-    text_encoder: ClipTextEncoder,
-    unet: UNet2DConditionModel,
+    text: Conditioning,
+    unet: Unet,
     vae: Autoencoder,
     scaling_factor: f64,
     vae_scale: usize,
@@ -91,7 +188,8 @@ pub struct StableDiffusion {
     scheduler_kind: SchedulerKind,
     scheduler_config: SchedulerConfig,
     default_side: usize,
-    turbo: bool,
+    max_pixels: usize,
+    defaults: [Defaults; 2],
     weight_bytes: u64,
     device: Device,
 }
@@ -101,7 +199,8 @@ impl std::fmt::Debug for StableDiffusion {
         f.debug_struct("StableDiffusion")
             .field("id", &self.id)
             .field("scheduler", &self.scheduler_kind)
-            .field("turbo", &self.turbo)
+            .field("xl", &self.is_xl())
+            .field("defaults", &self.defaults)
             .finish_non_exhaustive()
     }
 }
@@ -138,23 +237,27 @@ pub struct GenerationRequest {
 
 /// The random draws of one generation: the initial latents `[1, c, h, w]`
 /// (text-to-image: diffusers' `latents`, before `init_noise_sigma`;
-/// image-to-image: the noise added at the first step) and for image-to-image
-/// the standard normal noise of the posterior sample.
+/// image-to-image: the noise added at the first step), for image-to-image
+/// the standard normal noise of the posterior sample, and for schedulers
+/// that add noise at each step (Euler ancestral), that noise.
 #[derive(Debug, Clone)]
 pub struct Noise {
     /// Initial latents or added noise.
     pub latents: Tensor,
     /// The posterior sample's noise (image-to-image).
     pub posterior: Option<Tensor>,
+    /// The noise of each step run, in order (ancestral schedulers).
+    pub steps: Vec<Tensor>,
 }
 
 impl Noise {
-    /// Standard normal draws of `shape` from `seed` (two streams: latents
-    /// and, when `posterior`, the posterior's).
+    /// Standard normal draws of `shape` from `seed`, in turn: the
+    /// posterior's (when `posterior`), the latents, then `steps` steps'.
     pub fn seeded(
         seed: u64,
         shape: (usize, usize, usize, usize),
         posterior: bool,
+        steps: usize,
         device: &Device,
     ) -> candle_core::Result<Self> {
         let mut rng = SeededNormal::new(seed);
@@ -164,15 +267,20 @@ impl Noise {
             Tensor::from_vec(values, shape, device)
         };
         let posterior = if posterior { Some(draw()?) } else { None };
+        let latents = draw()?;
+        let steps = (0..steps)
+            .map(|_| draw())
+            .collect::<candle_core::Result<_>>()?;
         Ok(Self {
-            latents: draw()?,
+            latents,
             posterior,
+            steps,
         })
     }
 }
 
 impl StableDiffusion {
-    /// Load a diffusers Stable Diffusion repository.
+    /// Load a diffusers Stable Diffusion or SDXL repository.
     pub fn load(files: &ModelFiles, device: &Device) -> Result<Self, LocalError> {
         files.require(REQUIRED_FILES)?;
         let kind = ModelKind::read(files)?;
@@ -183,22 +291,27 @@ impl StableDiffusion {
             return Err(LocalError::Unsupported(format!(
                 "{} is a {class}; hgpt runs diffusers {} repositories",
                 files.id(),
-                PIPELINE_CLASSES.join(" and ")
+                PIPELINE_CLASSES.join(", ")
             )));
+        }
+        let index: Value = files.json("model_index.json")?;
+        let xl = class.starts_with("StableDiffusionXL");
+        if xl {
+            check_xl_index(files, &index)?;
+            files.require(XL_FILES)?;
         }
         let config_error = |file: &str, e: String| files.load_error(format!("{file}: {e}"));
         let unet_config: UnetConfig = files.json("unet/config.json")?;
         let candle_unet = unet_config
             .to_candle()
             .map_err(|e| config_error("unet/config.json", e))?;
+        let text_time = unet_config
+            .text_time()
+            .map_err(|e| config_error("unet/config.json", e))?;
         let vae_config: VaeConfig = files.json("vae/config.json")?;
         vae_config
             .check()
             .map_err(|e| config_error("vae/config.json", e))?;
-        let text_config: TowerConfig = files.json("text_encoder/config.json")?;
-        text_config
-            .check("text_encoder/config.json")
-            .map_err(|e| files.load_error(e))?;
         let latent = vae_config.latent_channels;
         if unet_config.in_channels != latent || unet_config.out_channels != latent {
             return Err(LocalError::Unsupported(format!(
@@ -208,17 +321,11 @@ impl StableDiffusion {
                 unet_config.in_channels
             )));
         }
-        if unet_config.cross_attention_dim != text_config.hidden_size {
-            return Err(files.load_error(format!(
-                "the UNet attends to {}-wide text embeddings; the text encoder gives {}",
-                unet_config.cross_attention_dim, text_config.hidden_size
-            )));
-        }
         let scheduler_config: SchedulerConfig = files.json("scheduler/scheduler_config.json")?;
-        let class = scheduler_config.class_name.clone().unwrap_or_default();
-        let scheduler_kind = SchedulerKind::from_class(&class).unwrap_or_else(|| {
+        let scheduler_class = scheduler_config.class_name.clone().unwrap_or_default();
+        let scheduler_kind = SchedulerKind::from_class(&scheduler_class).unwrap_or_else(|| {
             tracing::warn!(
-                "{}: scheduler {class:?} is not one hgpt runs; using {FALLBACK_SCHEDULER:?} with its config",
+                "{}: scheduler {scheduler_class:?} is not one hgpt runs; using {FALLBACK_SCHEDULER:?} with its config",
                 files.id()
             );
             FALLBACK_SCHEDULER
@@ -227,44 +334,75 @@ impl StableDiffusion {
         Scheduler::new(scheduler_kind, &scheduler_config, 1)
             .map_err(|e| config_error("scheduler/scheduler_config.json", e))?;
 
-        let load_part = |names: &str, what: &str| {
-            files
-                .weights_from(names, device)
-                .map(|w| (w.vb, in_memory_bytes(w.bytes, &w.file)))
-                .map_err(|e| match e {
-                    LocalError::Load { model, message } => LocalError::Load {
-                        model,
-                        message: format!("{what}: {message}"),
-                    },
-                    other => other,
-                })
+        let (text, text_bytes) = if xl {
+            let zero_unconditional = index
+                .get("force_zeros_for_empty_prompt")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            Conditioning::load_dual(
+                files,
+                (TEXT_WEIGHTS, TEXT_2_WEIGHTS),
+                zero_unconditional,
+                device,
+            )?
+        } else {
+            Conditioning::load_single(files, TEXT_WEIGHTS, device)?
         };
+        if unet_config.cross_attention_dim != text.width() {
+            return Err(files.load_error(format!(
+                "the UNet attends to {}-wide text embeddings; the text encoders give {}",
+                unet_config.cross_attention_dim,
+                text.width()
+            )));
+        }
+        match (text_time, text.pooled_width()) {
+            (None, None) => {}
+            (Some(t), Some(pooled)) if t.input_dim == t.time_embed_dim * TIME_IDS + pooled => {}
+            (Some(t), Some(pooled)) => {
+                return Err(files.load_error(format!(
+                    "the UNet's added embedding reads {} values; {TIME_IDS} time ids of {} and \
+                     the {pooled}-wide pooled text make {}",
+                    t.input_dim,
+                    t.time_embed_dim,
+                    t.time_embed_dim * TIME_IDS + pooled
+                )));
+            }
+            (Some(_), None) => {
+                return Err(files.load_error(
+                    "the UNet takes SDXL's text_time conditioning but model_index.json names \
+                     a Stable Diffusion (not XL) pipeline",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(files
+                    .load_error("an SDXL pipeline whose UNet lacks the text_time conditioning"));
+            }
+        }
         let loaded = |what: &str| {
             let what = what.to_string();
             move |e: candle_core::Error| files.load_error(format!("{what}: {e}"))
         };
-        let (text_vb, text_bytes) = load_part(TEXT_WEIGHTS, "text_encoder")?;
-        let text_encoder = ClipTextEncoder::load(&text_config, text_vb.pp("text_model"))
-            .map_err(loaded("text_encoder"))?;
-        let tokenizer = PromptTokenizer::load(files, text_config.max_position_embeddings)?;
-        let (unet_vb, unet_bytes) = load_part(UNET_WEIGHTS, "unet")?;
-        let unet = UNet2DConditionModel::new(
-            unet_vb,
+        let unet_part = load_part(files, UNET_WEIGHTS, "unet", device)?;
+        let unet = Unet::new(
+            unet_part.vb,
             unet_config.in_channels,
             unet_config.out_channels,
-            false,
-            candle_unet,
+            &candle_unet,
+            text_time,
         )
         .map_err(loaded("unet"))?;
-        let (vae_vb, vae_bytes) = load_part(VAE_WEIGHTS, "vae")?;
-        let vae = Autoencoder::load(&vae_config, vae_vb).map_err(loaded("vae"))?;
+        let vae_part = load_part(files, VAE_WEIGHTS, "vae", device)?;
+        let vae = Autoencoder::load(&vae_config, vae_part.vb).map_err(loaded("vae"))?;
 
         let vae_scale = vae_config.scale_factor();
+        let max_pixels = match unet_config.first_attention_level() {
+            Some(0) => MAX_PIXELS,
+            _ => MAX_PIXELS_LATE_ATTENTION,
+        };
         let turbo = is_turbo(files.id(), scheduler_kind, &scheduler_config);
         Ok(Self {
             id: files.id().to_string(),
-            tokenizer,
-            text_encoder,
+            text,
             unet,
             vae,
             scaling_factor: vae_config.scaling_factor,
@@ -278,22 +416,34 @@ impl StableDiffusion {
                 .unwrap_or(64)
                 .checked_mul(vae_scale)
                 .map_or(MAX_SIDE, |side| side.min(MAX_SIDE))
-                .min(MAX_PIXELS.isqrt() / 8 * 8),
-            turbo,
-            weight_bytes: text_bytes + unet_bytes + vae_bytes,
+                .min(max_pixels.isqrt() / 8 * 8),
+            max_pixels,
+            defaults: [TaskKind::TextToImage, TaskKind::ImageToImage]
+                .map(|task| Defaults::for_model(xl, turbo, task)),
+            weight_bytes: text_bytes + unet_part.bytes + vae_part.bytes,
             device: device.clone(),
         })
     }
 
-    /// The ids the text encoder reads for a prompt (padded to its length).
+    /// The ids the (first) text encoder reads for a prompt (padded to its
+    /// length).
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>, LocalError> {
-        self.tokenizer.ids(prompt)
+        self.text.prompt_ids(prompt)
     }
 
-    /// Whether the model runs as a distilled turbo model (one step, no
-    /// guidance by default).
-    pub fn is_turbo(&self) -> bool {
-        self.turbo
+    /// Whether the model is an SDXL one.
+    pub fn is_xl(&self) -> bool {
+        self.text.pooled_width().is_some()
+    }
+
+    /// The defaults of a task's requests (see [`Defaults`]).
+    pub fn defaults(&self, task: TaskKind) -> Defaults {
+        self.defaults[usize::from(task == TaskKind::ImageToImage)]
+    }
+
+    /// The most pixels an image of this model may have.
+    pub fn max_pixels(&self) -> usize {
+        self.max_pixels
     }
 
     /// The request an invocation asks for, the model's defaults filling in
@@ -303,7 +453,7 @@ impl StableDiffusion {
         task: TaskKind,
         args: &ResolvedArgs,
     ) -> Result<GenerationRequest, LocalError> {
-        let defaults = Defaults::for_model(self.turbo, task);
+        let defaults = self.defaults(task);
         let prompt = args
             .text
             .clone()
@@ -355,10 +505,13 @@ impl StableDiffusion {
             None => Ok(self.default_side.min(MAX_SIDE)),
         };
         let (width, height) = (side("width")?, side("height")?);
-        if width * height > MAX_PIXELS {
+        if width * height > self.max_pixels {
             return Err(bad_input(
                 task,
-                format!("{width}x{height} is more than the {MAX_PIXELS} pixels hgpt makes"),
+                format!(
+                    "{width}x{height} is more than the {} pixels hgpt makes with this model",
+                    self.max_pixels
+                ),
             ));
         }
         let init = if task == TaskKind::ImageToImage {
@@ -422,7 +575,19 @@ impl StableDiffusion {
             return Err(bad_input(task, "the image is smaller than one latent"));
         }
         let shape = (1, self.latent_channels, height, width);
-        let noise = Noise::seeded(request.seed, shape, prepared.is_some(), &self.device)?;
+        let scheduler = self.scheduler(request)?;
+        let step_noises = if scheduler.adds_noise_each_step() {
+            scheduler.timesteps().len()
+        } else {
+            0
+        };
+        let noise = Noise::seeded(
+            request.seed,
+            shape,
+            prepared.is_some(),
+            step_noises,
+            &self.device,
+        )?;
         let decoded = self.denoise(request, prepared.as_ref(), &noise, on_step)?;
         to_rgb(&decoded)
     }
@@ -447,7 +612,11 @@ impl StableDiffusion {
             return Ok(None);
         };
         let task = TaskKind::ImageToImage;
-        let (w, h) = fitted_size(init.image.width() as usize, init.image.height() as usize);
+        let (w, h) = fitted_size(
+            init.image.width() as usize,
+            init.image.height() as usize,
+            self.max_pixels,
+        );
         let (width, height) = (w - w % self.vae_scale, h - h % self.vae_scale);
         if width == 0 || height == 0 {
             return Err(bad_input(
@@ -458,11 +627,12 @@ impl StableDiffusion {
                 ),
             ));
         }
-        if width.max(height) > MAX_SIDE || width * height > MAX_PIXELS {
+        if width.max(height) > MAX_SIDE || width * height > self.max_pixels {
             return Err(bad_input(
                 task,
                 format!(
-                    "a {w}x{h} image is larger than hgpt reads (sides up to {MAX_SIDE}, {MAX_PIXELS} pixels)"
+                    "a {w}x{h} image is larger than hgpt reads (sides up to {MAX_SIDE}, {} pixels)",
+                    self.max_pixels
                 ),
             ));
         }
@@ -479,25 +649,14 @@ impl StableDiffusion {
         Ok(Some(image))
     }
 
-    /// The prompt embeddings `[1 or 2, tokens, width]`: the negative (or
-    /// empty) prompt's first when guiding.
-    fn text_embeddings(
-        &self,
-        request: &GenerationRequest,
-        guide: bool,
-    ) -> Result<Tensor, LocalError> {
-        let mut ids = Vec::new();
-        let mut rows = 1;
-        if guide {
-            ids.extend(
-                self.tokenizer
-                    .ids(request.negative_prompt.as_deref().unwrap_or(""))?,
-            );
-            rows = 2;
-        }
-        ids.extend(self.tokenizer.ids(&request.prompt)?);
-        let tokens = Tensor::from_vec(ids, (rows, self.tokenizer.length()), &self.device)?;
-        Ok(self.text_encoder.hidden_states(&tokens)?)
+    /// The scheduler set for a request's steps.
+    fn scheduler(&self, request: &GenerationRequest) -> Result<Scheduler, LocalError> {
+        Scheduler::new(
+            self.scheduler_kind,
+            &self.scheduler_config,
+            request.num_inference_steps,
+        )
+        .map_err(|e| bad_input(request_task(request), e))
     }
 
     fn denoise(
@@ -508,12 +667,7 @@ impl StableDiffusion {
         on_step: &dyn Fn(usize, usize),
     ) -> Result<Tensor, LocalError> {
         let task = request_task(request);
-        let mut scheduler = Scheduler::new(
-            self.scheduler_kind,
-            &self.scheduler_config,
-            request.num_inference_steps,
-        )
-        .map_err(|e| bad_input(task, e))?;
+        let mut scheduler = self.scheduler(request)?;
         let count = scheduler.timesteps().len();
         let (start, mut latents) = match (init, &request.init) {
             (Some(image), Some(settings)) => {
@@ -547,7 +701,29 @@ impl StableDiffusion {
             }
         };
         let guide = request.guidance_scale > 1.0;
-        let embeddings = self.text_embeddings(request, guide)?;
+        let rows = if guide { 2 } else { 1 };
+        let embeddings = self.text.embed(
+            &request.prompt,
+            request.negative_prompt.as_deref(),
+            guide,
+            &self.device,
+        )?;
+        // SDXL: the image's size as original and target, no crop, each row.
+        let (_, _, latent_h, latent_w) = latents.dims4()?;
+        let (h, w) = (
+            (latent_h * self.vae_scale) as f32,
+            (latent_w * self.vae_scale) as f32,
+        );
+        let time_ids = Tensor::new(&[h, w, 0.0, 0.0, h, w], &self.device)?
+            .unsqueeze(0)?
+            .repeat((rows, 1))?;
+        let added = embeddings
+            .pooled
+            .as_ref()
+            .map(|text_embeds| AddedConditioning {
+                text_embeds,
+                time_ids: &time_ids,
+            });
         let total = count - start;
         for (done, index) in (start..count).enumerate() {
             let timestep = scheduler.timesteps()[index];
@@ -557,14 +733,23 @@ impl StableDiffusion {
                 latents.clone()
             };
             let input = scheduler.scale_model_input(&input, index)?;
-            let mut prediction = self.unet.forward(&input, timestep, &embeddings)?;
+            let mut prediction = self
+                .unet
+                .forward(&input, timestep, &embeddings.context, added)?;
             if guide {
                 let unconditional = prediction.narrow(0, 0, 1)?;
                 let conditional = prediction.narrow(0, 1, 1)?;
                 let steer = ((conditional - &unconditional)? * request.guidance_scale)?;
                 prediction = (unconditional + steer)?;
             }
-            latents = scheduler.step(index, &prediction, &latents)?;
+            let step_noise = if scheduler.adds_noise_each_step() {
+                Some(noise.steps.get(done).ok_or_else(|| {
+                    LocalError::Compute(format!("no noise for denoising step {}", done + 1))
+                })?)
+            } else {
+                None
+            };
+            latents = scheduler.step(index, &prediction, &latents, step_noise)?;
             on_step(done + 1, total);
         }
         let decoded = self.vae.decode(&(latents / self.scaling_factor)?)?;
@@ -574,11 +759,11 @@ impl StableDiffusion {
 
 /// The pipelines' post-processing: `[3, h, w]` around [-1, 1] to 8-bit RGB
 /// The size an image-to-image input is drawn at: its own, or scaled down
-/// (shape kept) to fit [`MAX_PIXELS`] and [`MAX_SIDE`]; diffusers would draw
+/// (shape kept) to fit `max_pixels` and [`MAX_SIDE`]; diffusers would draw
 /// it at its full size.
-fn fitted_size(width: usize, height: usize) -> (usize, usize) {
+fn fitted_size(width: usize, height: usize, max_pixels: usize) -> (usize, usize) {
     let (w, h) = (width.max(1) as f64, height.max(1) as f64);
-    let fit = (MAX_PIXELS as f64 / (w * h))
+    let fit = (max_pixels as f64 / (w * h))
         .sqrt()
         .min(MAX_SIDE as f64 / w.max(h))
         .min(1.0);
@@ -625,9 +810,10 @@ pub fn png(image: &RgbImage) -> Result<Vec<u8>, LocalError> {
     Ok(bytes)
 }
 
-/// A request's defaults: diffusers' pipeline defaults (50 steps, guidance
-/// 7.5, img2img strength 0.8), or the turbo models' cards (text-to-image: 1
-/// step, no guidance; image-to-image: 2 steps, strength 0.5).
+/// A request's defaults: diffusers' pipeline defaults (50 steps; SD:
+/// guidance 7.5, img2img strength 0.8; SDXL: guidance 5, img2img strength
+/// 0.3), or the turbo models' cards (text-to-image: 1 step, no guidance;
+/// image-to-image: 2 steps, strength 0.5).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Defaults {
     /// Scheduler steps.
@@ -639,9 +825,14 @@ pub struct Defaults {
 }
 
 impl Defaults {
-    /// The defaults of a model (`turbo` or not) for a task.
-    pub fn for_model(turbo: bool, task: TaskKind) -> Self {
+    /// The defaults of a model (SDXL or not, `turbo` or not) for a task.
+    pub fn for_model(xl: bool, turbo: bool, task: TaskKind) -> Self {
         match (turbo, task) {
+            (false, _) if xl => Self {
+                steps: 50,
+                guidance_scale: 5.0,
+                strength: 0.3,
+            },
             (false, _) => Self {
                 steps: 50,
                 guidance_scale: 7.5,
@@ -662,13 +853,13 @@ impl Defaults {
 }
 
 /// Whether a model is a distilled turbo model: its repository name says
-/// `turbo` (stabilityai/sd-turbo), or it ships the turbo models' scheduler
-/// (Euler with trailing timesteps, which spends a single step on the whole
-/// schedule; SD 1.5 and 2.1 ship PNDM or DDIM with leading ones).
+/// `turbo` (stabilityai/sd-turbo, sdxl-turbo), or it ships the turbo
+/// models' scheduler (Euler or Euler ancestral with trailing timesteps,
+/// which spends a single step on the whole schedule; SD 1.5, 2.1 and SDXL
+/// ship PNDM, DDIM or Euler with leading ones).
 pub fn is_turbo(id: &str, kind: SchedulerKind, config: &SchedulerConfig) -> bool {
     let name = id.rsplit('/').next().unwrap_or(id).to_ascii_lowercase();
-    name.contains("turbo")
-        || (kind == SchedulerKind::Euler && config.spacing(kind) == TimestepSpacing::Trailing)
+    name.contains("turbo") || (kind.is_euler() && config.spacing(kind) == TimestepSpacing::Trailing)
 }
 
 fn request_task(request: &GenerationRequest) -> TaskKind {
@@ -783,21 +974,27 @@ mod tests {
 
     #[test]
     fn large_inputs_are_scaled_down_to_fit() {
-        assert_eq!(fitted_size(640, 480), (640, 480));
-        let (w, h) = fitted_size(4000, 3000);
+        assert_eq!(fitted_size(640, 480, MAX_PIXELS), (640, 480));
+        let (w, h) = fitted_size(4000, 3000, MAX_PIXELS);
         assert!(
             w * h <= MAX_PIXELS && w * h > MAX_PIXELS * 9 / 10,
             "{w}x{h}"
         );
         assert!((w as f64 / h as f64 - 4.0 / 3.0).abs() < 0.01);
-        let (w, h) = fitted_size(20_000, 10);
+        let (w, h) = fitted_size(20_000, 10, MAX_PIXELS);
+        assert!(w <= MAX_SIDE && h >= 1, "{w}x{h}");
+        let (w, h) = fitted_size(4000, 3000, MAX_PIXELS_LATE_ATTENTION);
+        assert!(w * h > MAX_PIXELS * 3 / 2, "{w}x{h}");
+        let (w, h) = fitted_size(20_000, 10, MAX_PIXELS_LATE_ATTENTION);
         assert!(w <= MAX_SIDE && h >= 1, "{w}x{h}");
     }
 
     #[test]
     fn seeded_noise_is_standard_normal_and_repeatable() {
-        let a = Noise::seeded(7, (1, 4, 16, 16), true, &Device::Cpu).unwrap();
-        let b = Noise::seeded(7, (1, 4, 16, 16), true, &Device::Cpu).unwrap();
+        let a = Noise::seeded(7, (1, 4, 16, 16), true, 2, &Device::Cpu).unwrap();
+        let b = Noise::seeded(7, (1, 4, 16, 16), true, 0, &Device::Cpu).unwrap();
+        assert_eq!(a.steps.len(), 2);
+        assert!(b.steps.is_empty());
         let values = a.latents.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(
             values,
@@ -807,7 +1004,7 @@ mod tests {
         let mean = values.iter().sum::<f32>() / n;
         let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n;
         assert!(mean.abs() < 0.1 && (var - 1.0).abs() < 0.15, "{mean} {var}");
-        let other = Noise::seeded(8, (1, 4, 16, 16), false, &Device::Cpu).unwrap();
+        let other = Noise::seeded(8, (1, 4, 16, 16), false, 0, &Device::Cpu).unwrap();
         assert!(other.posterior.is_none());
         assert_ne!(
             values,
@@ -834,13 +1031,23 @@ mod tests {
         ));
         assert!(!is_turbo("turbo-org/sd", SchedulerKind::Pndm, &pndm));
         assert_eq!(
-            Defaults::for_model(true, TaskKind::ImageToImage),
+            Defaults::for_model(true, true, TaskKind::ImageToImage),
             Defaults {
                 steps: 2,
                 guidance_scale: 0.0,
                 strength: 0.5
             }
         );
-        assert_eq!(Defaults::for_model(false, TaskKind::TextToImage).steps, 50);
+        assert_eq!(
+            Defaults::for_model(false, false, TaskKind::TextToImage).steps,
+            50
+        );
+        let xl = Defaults::for_model(true, false, TaskKind::ImageToImage);
+        assert_eq!((xl.guidance_scale, xl.strength), (5.0, 0.3));
+        assert!(is_turbo(
+            "org/distilled-xl",
+            SchedulerKind::EulerAncestral,
+            &euler
+        ));
     }
 }

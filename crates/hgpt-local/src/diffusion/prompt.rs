@@ -1,4 +1,5 @@
-//! The CLIP tokenizer of a diffusers repository's `tokenizer/` folder:
+//! The CLIP tokenizer of a diffusers repository's `tokenizer/` (or SDXL's
+//! `tokenizer_2/`) folder:
 //! `tokenizer.json` when present, else `vocab.json` and `merges.txt` built
 //! into the byte-level BPE that transformers' `CLIPTokenizerFast` converts
 //! them to (NFC, whitespace runs to one space, lowercase; CLIP's word split;
@@ -31,22 +32,22 @@ pub struct PromptTokenizer {
 }
 
 impl PromptTokenizer {
-    /// Load `tokenizer/`; `length` is the text encoder's context
-    /// (`max_position_embeddings`) when the config names no shorter
+    /// Load the tokenizer in `folder`; `length` is the text encoder's
+    /// context (`max_position_embeddings`) when the config names no shorter
     /// `model_max_length`.
-    pub fn load(files: &ModelFiles, length: usize) -> Result<Self, LocalError> {
+    pub fn load(files: &ModelFiles, folder: &str, length: usize) -> Result<Self, LocalError> {
         let config: Value = files
-            .json_if_present("tokenizer/tokenizer_config.json")?
+            .json_if_present(&format!("{folder}/tokenizer_config.json"))?
             .unwrap_or(Value::Null);
-        let tokenizer = match files.get("tokenizer/tokenizer.json") {
+        let tokenizer = match files.get(&format!("{folder}/tokenizer.json")) {
             Some(path) => Tokenizer::from_file(&path)
-                .map_err(|e| files.load_error(format!("tokenizer/tokenizer.json: {e}")))?,
-            None => clip_bpe(files)?,
+                .map_err(|e| files.load_error(format!("{folder}/tokenizer.json: {e}")))?,
+            None => clip_bpe(files, folder)?,
         };
         let id = |token: &str| {
-            tokenizer
-                .token_to_id(token)
-                .ok_or_else(|| files.load_error(format!("the tokenizer has no {token:?} token")))
+            tokenizer.token_to_id(token).ok_or_else(|| {
+                files.load_error(format!("{folder}: the tokenizer has no {token:?} token"))
+            })
         };
         let (start, end) = (id(START)?, id(END)?);
         let pad = match token_setting(&config, "pad_token") {
@@ -59,7 +60,9 @@ impl PromptTokenizer {
             .and_then(|n| usize::try_from(n).ok())
             .map_or(length, |n| n.min(length));
         if length < 2 {
-            return Err(files.load_error("the text encoder reads fewer than 2 tokens"));
+            return Err(files.load_error(format!(
+                "{folder}: the text encoder reads fewer than 2 tokens"
+            )));
         }
         Ok(Self {
             tokenizer,
@@ -111,9 +114,12 @@ fn token_setting(config: &Value, key: &str) -> Option<String> {
 }
 
 /// `CLIPTokenizerFast`'s pipeline over `vocab.json` and `merges.txt`.
-fn clip_bpe(files: &ModelFiles) -> Result<Tokenizer, LocalError> {
-    let paths = files.require(&["tokenizer/vocab.json", "tokenizer/merges.txt"])?;
-    let failed = |e: tokenizers::Error| files.load_error(format!("tokenizer: {e}"));
+fn clip_bpe(files: &ModelFiles, folder: &str) -> Result<Tokenizer, LocalError> {
+    let paths = files.require(&[
+        &format!("{folder}/vocab.json"),
+        &format!("{folder}/merges.txt"),
+    ])?;
+    let failed = |e: tokenizers::Error| files.load_error(format!("{folder}: {e}"));
     let path = |i: usize| paths[i].to_string_lossy().into_owned();
     let bpe = BPE::from_file(&path(0), &path(1))
         .end_of_word_suffix("</w>".into())

@@ -1,7 +1,8 @@
 //! The noise schedulers of diffusers that Stable Diffusion repositories name
 //! in `scheduler/scheduler_config.json`: `PNDMScheduler` (PLMS steps, SD
 //! 1.5's default), `DDIMScheduler` (deterministic, `eta` 0) and
-//! `EulerDiscreteScheduler` (the turbo models'), with diffusers' beta
+//! `EulerDiscreteScheduler` (sd-turbo's) and `EulerAncestralDiscreteScheduler`
+//! (sdxl-turbo's, which adds fresh noise at each step), with diffusers' beta
 //! schedules, timestep spacings and prediction types. Scalars are computed in
 //! f32 as diffusers' float32 tensors hold them.
 
@@ -17,6 +18,9 @@ pub enum SchedulerKind {
     Ddim,
     /// `EulerDiscreteScheduler` without churn.
     Euler,
+    /// `EulerAncestralDiscreteScheduler`: Euler to a lower sigma, then
+    /// fresh noise back up to the next step's.
+    EulerAncestral,
 }
 
 impl SchedulerKind {
@@ -26,8 +30,15 @@ impl SchedulerKind {
             "PNDMScheduler" => Some(Self::Pndm),
             "DDIMScheduler" => Some(Self::Ddim),
             "EulerDiscreteScheduler" => Some(Self::Euler),
+            "EulerAncestralDiscreteScheduler" => Some(Self::EulerAncestral),
             _ => None,
         }
+    }
+
+    /// Whether the scheduler works in sigmas (the Euler family) rather than
+    /// in alphas.
+    pub fn is_euler(self) -> bool {
+        matches!(self, Self::Euler | Self::EulerAncestral)
     }
 }
 
@@ -130,7 +141,7 @@ impl SchedulerConfig {
     pub fn spacing(&self, kind: SchedulerKind) -> TimestepSpacing {
         self.timestep_spacing.unwrap_or(match kind {
             SchedulerKind::Pndm | SchedulerKind::Ddim => TimestepSpacing::Leading,
-            SchedulerKind::Euler => TimestepSpacing::Linspace,
+            SchedulerKind::Euler | SchedulerKind::EulerAncestral => TimestepSpacing::Linspace,
         })
     }
 
@@ -305,13 +316,7 @@ impl Scheduler {
             alphas_cumprod[0]
         };
         let spacing = config.spacing(kind);
-        let ascending = spaced_timesteps(
-            spacing,
-            n,
-            steps,
-            config.steps_offset,
-            kind != SchedulerKind::Euler,
-        );
+        let ascending = spaced_timesteps(spacing, n, steps, config.steps_offset, !kind.is_euler());
         let mut scheduler = Self {
             kind,
             prediction: config.prediction_type,
@@ -333,7 +338,7 @@ impl Scheduler {
             SchedulerKind::Ddim => {
                 scheduler.timesteps = ascending.iter().rev().copied().collect();
             }
-            SchedulerKind::Euler => {
+            SchedulerKind::Euler | SchedulerKind::EulerAncestral => {
                 let timesteps: Vec<f64> = ascending.iter().rev().copied().collect();
                 let train_sigmas: Vec<f32> = scheduler
                     .alphas_cumprod
@@ -345,7 +350,7 @@ impl Scheduler {
                     .map(|&t| interpolate(&train_sigmas, t) as f32)
                     .collect();
                 sigmas.push(match config.final_sigmas_type.as_deref() {
-                    Some("sigma_min") => train_sigmas[0],
+                    Some("sigma_min") if kind == SchedulerKind::Euler => train_sigmas[0],
                     _ => 0.0,
                 });
                 scheduler.timesteps = timesteps;
@@ -375,7 +380,7 @@ impl Scheduler {
     pub fn init_noise_sigma(&self, spacing: TimestepSpacing) -> f64 {
         match self.kind {
             SchedulerKind::Pndm | SchedulerKind::Ddim => 1.0,
-            SchedulerKind::Euler => {
+            SchedulerKind::Euler | SchedulerKind::EulerAncestral => {
                 let max = self.sigmas.iter().copied().fold(0.0f32, f32::max);
                 match spacing {
                     TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
@@ -387,34 +392,54 @@ impl Scheduler {
 
     /// The model input at step `index` (`scale_model_input`).
     pub fn scale_model_input(&self, sample: &Tensor, index: usize) -> Result<Tensor> {
-        match self.kind {
-            SchedulerKind::Euler => {
-                let sigma = self.sigma(index)?;
-                sample / ((sigma * sigma + 1.0).sqrt() as f64)
-            }
-            _ => Ok(sample.clone()),
+        if self.kind.is_euler() {
+            let sigma = self.sigma(index)?;
+            sample / ((sigma * sigma + 1.0).sqrt() as f64)
+        } else {
+            Ok(sample.clone())
         }
     }
 
     /// `add_noise`: the original samples noised to the level of step
     /// `index` (image-to-image's start).
     pub fn add_noise(&self, original: &Tensor, noise: &Tensor, index: usize) -> Result<Tensor> {
-        match self.kind {
-            SchedulerKind::Euler => original + (noise * self.sigma(index)? as f64)?,
-            _ => {
-                let alpha = self.alpha_at(self.timestep_at(index)? as i64)?;
-                (original * alpha.sqrt() as f64)? + (noise * (1.0 - alpha).sqrt() as f64)?
-            }
+        if self.kind.is_euler() {
+            original + (noise * self.sigma(index)? as f64)?
+        } else {
+            let alpha = self.alpha_at(self.timestep_at(index)? as i64)?;
+            (original * alpha.sqrt() as f64)? + (noise * (1.0 - alpha).sqrt() as f64)?
         }
     }
 
+    /// Whether [`Scheduler::step`] draws fresh noise (a standard normal
+    /// tensor shaped like the sample) at each step.
+    pub fn adds_noise_each_step(&self) -> bool {
+        self.kind == SchedulerKind::EulerAncestral
+    }
+
     /// One denoising step at step `index`: the sample of the next step.
-    pub fn step(&mut self, index: usize, model_output: &Tensor, sample: &Tensor) -> Result<Tensor> {
+    /// `noise` is the step's fresh noise, needed when
+    /// [`Scheduler::adds_noise_each_step`].
+    pub fn step(
+        &mut self,
+        index: usize,
+        model_output: &Tensor,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let timestep = self.timestep_at(index)?;
         match self.kind {
             SchedulerKind::Pndm => self.pndm_step(timestep as i64, model_output, sample),
             SchedulerKind::Ddim => self.ddim_step(timestep as i64, model_output, sample),
             SchedulerKind::Euler => self.euler_step(index, model_output, sample),
+            SchedulerKind::EulerAncestral => {
+                let noise = noise.ok_or_else(|| {
+                    candle_core::Error::Msg(
+                        "the Euler ancestral scheduler needs noise at each step".into(),
+                    )
+                })?;
+                self.euler_ancestral_step(index, model_output, sample, noise)
+            }
         }
     }
 
@@ -582,6 +607,17 @@ impl Scheduler {
     fn euler_step(&self, index: usize, model_output: &Tensor, sample: &Tensor) -> Result<Tensor> {
         let sigma = self.sigma(index)?;
         let next = self.sigma(index + 1)?;
+        let derivative = self.euler_derivative(sigma, model_output, sample)?;
+        sample + (derivative * (next - sigma) as f64)?
+    }
+
+    /// `(sample - predicted original) / sigma`, the ODE's derivative.
+    fn euler_derivative(
+        &self,
+        sigma: f32,
+        model_output: &Tensor,
+        sample: &Tensor,
+    ) -> Result<Tensor> {
         let original = match self.prediction {
             PredictionType::Epsilon => (sample - (model_output * sigma as f64)?)?,
             PredictionType::VPrediction => {
@@ -589,8 +625,25 @@ impl Scheduler {
                 ((model_output * (-sigma / scale.sqrt()) as f64)? + (sample / scale as f64)?)?
             }
         };
-        let derivative = ((sample - original)? / sigma as f64)?;
-        sample + (derivative * (next - sigma) as f64)?
+        (sample - original)? / sigma as f64
+    }
+
+    /// An Euler step down to `sigma_down`, then `noise` scaled to
+    /// `sigma_up`: together the next step's noise level.
+    fn euler_ancestral_step(
+        &self,
+        index: usize,
+        model_output: &Tensor,
+        sample: &Tensor,
+        noise: &Tensor,
+    ) -> Result<Tensor> {
+        let sigma = self.sigma(index)?;
+        let next = self.sigma(index + 1)?;
+        let up = (next * next * (sigma * sigma - next * next) / (sigma * sigma)).sqrt();
+        let down = (next * next - up * up).sqrt();
+        let derivative = self.euler_derivative(sigma, model_output, sample)?;
+        let stepped = (sample + (derivative * (down - sigma) as f64)?)?;
+        stepped + (noise * up as f64)?
     }
 }
 
@@ -753,7 +806,7 @@ mod tests {
         for i in 0..pndm.timesteps().len() {
             let output =
                 Tensor::new(&[0.1 * (i + 1) as f32, 0.3 - 0.05 * i as f32], &device).unwrap();
-            sample = pndm.step(i, &output, &sample).unwrap();
+            sample = pndm.step(i, &output, &sample, None).unwrap();
             seen.push(sample.to_vec1::<f32>().unwrap());
         }
         for (index, want) in [
@@ -764,6 +817,56 @@ mod tests {
             for (got, want) in seen[index].iter().zip(want) {
                 assert!((got - want).abs() < 1e-5, "step {index}: {:?}", seen[index]);
             }
+        }
+    }
+
+    #[test]
+    fn euler_ancestral_steps_follow_diffusers() {
+        // diffusers 0.36: EulerAncestralDiscreteScheduler(SD betas,
+        // steps_offset=1), the sample [1, -0.5] times init_noise_sigma, model
+        // outputs [0.1 (i + 1), 0.3 - 0.05 i] + 0.01 x (x the scaled
+        // input), and the step noises given.
+        let device = candle_core::Device::Cpu;
+        let noises = [[0.3f32, -1.2], [-0.7, 0.4], [1.1, 0.2]];
+        for (json, steps, spacing, want) in [
+            (
+                r#""timestep_spacing": "trailing""#,
+                2,
+                TimestepSpacing::Trailing,
+                [13.070_482, -13.778_515],
+            ),
+            (
+                r#""timestep_spacing": "leading", "prediction_type": "v_prediction""#,
+                3,
+                TimestepSpacing::Leading,
+                [0.233_692_33, -1.016_034_8],
+            ),
+        ] {
+            let config = config(&format!(
+                r#"{{"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                    "steps_offset": 1, {json}}}"#
+            ));
+            let kind = SchedulerKind::EulerAncestral;
+            let mut scheduler = Scheduler::new(kind, &config, steps).unwrap();
+            assert!(scheduler.adds_noise_each_step());
+            let sigma = scheduler.init_noise_sigma(spacing);
+            let mut sample = (Tensor::new(&[1.0f32, -0.5], &device).unwrap() * sigma).unwrap();
+            for (i, noise) in noises.iter().enumerate().take(steps) {
+                let input = scheduler.scale_model_input(&sample, i).unwrap();
+                let output = (Tensor::new(&[0.1 * (i + 1) as f32, 0.3 - 0.05 * i as f32], &device)
+                    .unwrap()
+                    + (input * 0.01).unwrap())
+                .unwrap();
+                let noise = Tensor::new(noise, &device).unwrap();
+                sample = scheduler.step(i, &output, &sample, Some(&noise)).unwrap();
+            }
+            let got = sample.to_vec1::<f32>().unwrap();
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{json}: {got:?}");
+            }
+            let mut again = Scheduler::new(kind, &config, steps).unwrap();
+            let err = again.step(0, &sample, &sample, None).unwrap_err();
+            assert!(err.to_string().contains("noise"), "{err}");
         }
     }
 

@@ -254,19 +254,61 @@ impl ClipTextEncoder {
     /// The last hidden states `[batch, tokens, hidden]` (after the final
     /// LayerNorm, `last_hidden_state`) of token ids `[batch, tokens]`.
     pub fn hidden_states(&self, tokens: &Tensor) -> Result<Tensor> {
+        let mut xs = self.embed(tokens)?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, true)?;
+        }
+        xs.apply(&self.final_layer_norm)
+    }
+
+    /// `hidden_states[-2]`, the second-to-last layer's output (not
+    /// normalised; what SDXL's pipelines condition on), and when `with_last`
+    /// the `last_hidden_state` of the same run.
+    pub fn penultimate_states(
+        &self,
+        tokens: &Tensor,
+        with_last: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let Some((last, before)) = self.layers.split_last() else {
+            candle_core::bail!("the text tower has no layers");
+        };
+        let mut xs = self.embed(tokens)?;
+        for layer in before {
+            xs = layer.forward(&xs, true)?;
+        }
+        let final_states = if with_last {
+            Some(last.forward(&xs, true)?.apply(&self.final_layer_norm)?)
+        } else {
+            None
+        };
+        Ok((xs, final_states))
+    }
+
+    /// Token plus position embeddings of token ids `[batch, tokens]`.
+    fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
         let (_, count) = tokens.dims2()?;
         let longest = self.positions.dim(0)?;
         if count == 0 || count > longest {
             candle_core::bail!("a text of {count} tokens; the text tower reads 1 to {longest}");
         }
-        let mut xs = self
-            .token_embedding
+        self.token_embedding
             .forward(tokens)?
-            .broadcast_add(&self.positions.narrow(0, 0, count)?)?;
-        for layer in &self.layers {
-            xs = layer.forward(&xs, true)?;
-        }
-        xs.apply(&self.final_layer_norm)
+            .broadcast_add(&self.positions.narrow(0, 0, count)?)
+    }
+}
+
+/// Where transformers' CLIP text tower pools a text: at its highest id
+/// (`legacy`: configs whose `eos_token_id` is 2, the OpenAI checkpoints'),
+/// else at its first end token (the last position when it has none).
+pub fn pooled_position(ids: &[u32], legacy: bool, eos_token_id: u32) -> usize {
+    if legacy {
+        ids.iter()
+            .enumerate()
+            .fold(0, |best, (j, &id)| if id > ids[best] { j } else { best })
+    } else {
+        ids.iter()
+            .position(|&id| id == eos_token_id)
+            .unwrap_or(ids.len().saturating_sub(1))
     }
 }
 
@@ -391,21 +433,11 @@ impl ClipModel {
             .collect();
         let tokens = Tensor::from_vec(padded, (texts.len(), longest), device)?;
         let xs = self.text.hidden_states(&tokens)?;
-        // transformers' pooling: the highest id (legacy configs, eos 2) or
-        // the first end token.
         let pooled = texts
             .iter()
             .enumerate()
             .map(|(i, ids)| {
-                let at = if self.legacy_pooling {
-                    ids.iter()
-                        .enumerate()
-                        .fold(0, |best, (j, &id)| if id > ids[best] { j } else { best })
-                } else {
-                    ids.iter()
-                        .position(|&id| id == self.eos_token_id)
-                        .unwrap_or(ids.len() - 1)
-                };
+                let at = pooled_position(ids, self.legacy_pooling, self.eos_token_id);
                 xs.get(i)?.narrow(0, at, 1)
             })
             .collect::<Result<Vec<_>>>()?;
