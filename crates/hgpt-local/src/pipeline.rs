@@ -646,23 +646,42 @@ pub fn supports(task: TaskKind) -> bool {
 /// then bare encoders; a diffusers repository by its `model_index.json`
 /// pipeline class). `None` when no family takes it.
 pub fn task_of(files: &ModelFiles) -> Option<TaskKind> {
+    tasks_of(files).first().copied()
+}
+
+/// Every task a cached model does, its default ([`task_of`]) first: the
+/// tasks of the best family heads its config names (a Stable Diffusion
+/// repository does text-to-image and image-to-image). Empty when no family
+/// takes it.
+pub fn tasks_of(files: &ModelFiles) -> Vec<TaskKind> {
     if files.get("modules.json").is_some() {
-        return Some(TaskKind::FeatureExtraction);
+        return vec![TaskKind::FeatureExtraction];
     }
-    let kind = ModelKind::read(files).ok()?;
+    let Ok(kind) = ModelKind::read(files) else {
+        return Vec::new();
+    };
     let of_type = |f: &&Family| f.runs(&kind);
     let rank = |head: Head| match head {
         Head::Class(_) => 0,
         Head::Suffix(_) => 1,
         Head::Bare => 2,
     };
-    FAMILIES
+    let heads: Vec<(Head, TaskKind)> = FAMILIES
         .iter()
         .filter(of_type)
-        .flat_map(|f| f.heads.iter())
+        .flat_map(|f| f.heads.iter().copied())
         .filter(|(head, _)| kind.architectures.iter().any(|a| head.matches(a)))
-        .min_by_key(|(head, _)| rank(*head))
-        .map(|(_, task)| *task)
+        .collect();
+    let Some(best) = heads.iter().map(|(head, _)| rank(*head)).min() else {
+        return Vec::new();
+    };
+    let mut tasks: Vec<TaskKind> = Vec::new();
+    for (_, task) in heads.iter().filter(|(head, _)| rank(*head) == best) {
+        if !tasks.contains(task) {
+            tasks.push(*task);
+        }
+    }
+    tasks
 }
 
 #[cfg(test)]
@@ -854,6 +873,14 @@ mod tests {
         for (class, expected) in cases {
             let (_dir, files) = index(class);
             assert_eq!(task_of(&files), expected, "{class}");
+            if let Some(task) = expected {
+                let other = if task == TaskKind::TextToImage {
+                    TaskKind::ImageToImage
+                } else {
+                    TaskKind::TextToImage
+                };
+                assert_eq!(tasks_of(&files), [task, other], "{class}");
+            }
         }
         assert!(supports(TaskKind::TextToImage) && supports(TaskKind::ImageToImage));
         let (_dir, files) = index("StableDiffusion3Pipeline");

@@ -279,7 +279,7 @@ async fn infer(
     // The body is checked first, so that a malformed request is reported as
     // such whatever the server runs.
     let call = request::decode(task, headers, body)?;
-    if call.task != task && !tasks_for(task).contains(&call.task) {
+    if call.task != task && !tasks_for(&files).contains(&call.task) {
         return Err(ApiError::unsupported(format!(
             "{model} does {task}, not {}",
             call.task

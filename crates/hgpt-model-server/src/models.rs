@@ -57,14 +57,15 @@ pub(crate) struct ServedModel {
     pub(crate) loaded: bool,
 }
 
-/// The tasks a model whose default task is `task` answers.
-pub(crate) fn tasks_for(task: TaskKind) -> Vec<TaskKind> {
-    match task {
-        TaskKind::FeatureExtraction | TaskKind::SentenceSimilarity => {
-            vec![TaskKind::FeatureExtraction, TaskKind::SentenceSimilarity]
-        }
-        other => vec![other],
+/// The tasks a cached model answers, its default first: its pipeline's
+/// ([`pipeline::tasks_of`]; Stable Diffusion does image-to-image too), and
+/// sentence-similarity for feature-extraction models.
+pub(crate) fn tasks_for(files: &ModelFiles) -> Vec<TaskKind> {
+    let mut tasks = pipeline::tasks_of(files);
+    if tasks.contains(&TaskKind::FeatureExtraction) {
+        tasks.push(TaskKind::SentenceSimilarity);
     }
+    tasks
 }
 
 /// The allow list and the cache, together.
@@ -121,7 +122,7 @@ impl Catalog<'_> {
         Ok(ServedModel {
             id: model.to_string(),
             task,
-            tasks: tasks_for(task),
+            tasks: tasks_for(&files),
             loaded: self.backend.is_loaded(model),
         })
     }

@@ -70,8 +70,8 @@ async fn the_python_inference_client_reads_every_served_pipeline() {
         json!(["feature-extraction", "sentence-similarity"]),
         "{summary}"
     );
-    // Each fixture was checked when its pipeline exists, and only then skipped
-    // with a reason.
+    // Each fixture was checked, every task it does, when its pipeline exists;
+    // only then is it skipped, with a reason.
     for folder in fixture_folders() {
         let id = fixture_id(&folder);
         let files = ModelFiles::from_dir(&id, fixtures_dir().join(&folder));
@@ -82,10 +82,16 @@ async fn the_python_inference_client_reads_every_served_pipeline() {
             // A pipeline's default task first (text-to-image models do
             // image-to-image too).
             let first = checked.as_array().and_then(|tasks| tasks.first());
-            assert!(
-                first == Some(&json!(task.as_str())) || skipped.is_string(),
-                "{id}: {summary}"
-            );
+            assert_eq!(first, Some(&json!(task.as_str())), "{id}: {summary}");
+            assert!(skipped.is_null(), "{id}: {summary}");
+            for task in pipeline::tasks_of(&files) {
+                assert!(
+                    checked
+                        .as_array()
+                        .is_some_and(|tasks| tasks.contains(&json!(task.as_str()))),
+                    "{id}: {task} was not checked: {summary}"
+                );
+            }
         } else {
             assert!(
                 checked.is_null() && skipped.as_str().unwrap_or("").contains("not served"),
