@@ -21,6 +21,7 @@
 //! takes given noise instead, which is how the parity tests feed diffusers'.
 
 pub mod config;
+mod decoder;
 mod prompt;
 pub mod scheduler;
 mod text;

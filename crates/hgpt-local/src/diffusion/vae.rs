@@ -1,9 +1,11 @@
 //! The Stable Diffusion autoencoder (`AutoencoderKL`), assembled from
 //! candle's encoder and decoder blocks so that the posterior's mean and
 //! variance are at hand: image-to-image samples the posterior with its own
-//! seeded noise, as diffusers does with its generator.
+//! seeded noise, as diffusers does with its generator. On the CPU the
+//! decoder runs on hgpt's own kernels ([`super::decoder`]).
 
 use super::config::VaeConfig;
+use super::decoder::Decoder;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder, conv2d, group_norm};
 use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
@@ -43,11 +45,43 @@ pub struct Autoencoder {
     encoder_out: Conv2d,
     quant_conv: Option<Conv2d>,
     post_quant_conv: Option<Conv2d>,
-    decoder_in: Conv2d,
-    decoder_mid: UNetMidBlock2D,
-    decoder_blocks: Vec<UpDecoderBlock2D>,
-    decoder_norm: GroupNorm,
-    decoder_out: Conv2d,
+    decoder: DecoderOn,
+}
+
+/// The decoder: hgpt's on the CPU, candle's blocks elsewhere.
+enum DecoderOn {
+    Cpu(Box<Decoder>),
+    Candle(Box<CandleDecoder>),
+}
+
+impl std::fmt::Debug for DecoderOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cpu(_) => "Cpu",
+            Self::Candle(_) => "Candle",
+        })
+    }
+}
+
+/// The decoder of candle's blocks.
+struct CandleDecoder {
+    conv_in: Conv2d,
+    mid: UNetMidBlock2D,
+    blocks: Vec<UpDecoderBlock2D>,
+    norm: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl CandleDecoder {
+    fn forward(&self, latents: &Tensor) -> Result<Tensor> {
+        let mut xs = self.conv_in.forward(latents)?;
+        xs = self.mid.forward(&xs, None)?;
+        for block in &self.blocks {
+            xs = block.forward(&xs)?;
+        }
+        self.conv_out
+            .forward(&candle_nn::ops::silu(&self.norm.forward(&xs)?)?)
+    }
 }
 
 impl Autoencoder {
@@ -79,25 +113,42 @@ impl Autoencoder {
                 block_cfg,
             )?);
         }
-        let decoder = vb.pp("decoder");
-        let reversed: Vec<usize> = channels.iter().rev().copied().collect();
-        let mut decoder_blocks = Vec::with_capacity(channels.len());
-        for (i, &out) in reversed.iter().enumerate() {
-            let block_cfg = UpDecoderBlock2DConfig {
-                num_layers: cfg.layers_per_block + 1,
-                resnet_eps: EPS,
-                resnet_groups: groups,
-                add_upsample: i + 1 < channels.len(),
-                ..Default::default()
-            };
-            let inputs = if i == 0 { last } else { reversed[i - 1] };
-            decoder_blocks.push(UpDecoderBlock2D::new(
-                decoder.pp("up_blocks").pp(i),
-                inputs,
-                out,
-                block_cfg,
-            )?);
-        }
+        let decoder_vb = vb.pp("decoder");
+        let decoder = if vb.device().is_cpu() {
+            DecoderOn::Cpu(Box::new(Decoder::load(
+                decoder_vb,
+                channels,
+                cfg.layers_per_block,
+                groups,
+                (latent, cfg.out_channels),
+            )?))
+        } else {
+            let reversed: Vec<usize> = channels.iter().rev().copied().collect();
+            let mut blocks = Vec::with_capacity(channels.len());
+            for (i, &out) in reversed.iter().enumerate() {
+                let block_cfg = UpDecoderBlock2DConfig {
+                    num_layers: cfg.layers_per_block + 1,
+                    resnet_eps: EPS,
+                    resnet_groups: groups,
+                    add_upsample: i + 1 < channels.len(),
+                    ..Default::default()
+                };
+                let inputs = if i == 0 { last } else { reversed[i - 1] };
+                blocks.push(UpDecoderBlock2D::new(
+                    decoder_vb.pp("up_blocks").pp(i),
+                    inputs,
+                    out,
+                    block_cfg,
+                )?);
+            }
+            DecoderOn::Candle(Box::new(CandleDecoder {
+                conv_in: same_conv(latent, last, decoder_vb.pp("conv_in"))?,
+                mid: mid_block(last, groups, decoder_vb.pp("mid_block"))?,
+                blocks,
+                norm: group_norm(groups, first, EPS, decoder_vb.pp("conv_norm_out"))?,
+                conv_out: same_conv(first, cfg.out_channels, decoder_vb.pp("conv_out"))?,
+            }))
+        };
         let pointwise = |channels: usize, name: &str| {
             conv2d(channels, channels, 1, Conv2dConfig::default(), vb.pp(name))
         };
@@ -115,11 +166,7 @@ impl Autoencoder {
                 .use_post_quant_conv
                 .then(|| pointwise(latent, "post_quant_conv"))
                 .transpose()?,
-            decoder_in: same_conv(latent, last, decoder.pp("conv_in"))?,
-            decoder_mid: mid_block(last, groups, decoder.pp("mid_block"))?,
-            decoder_blocks,
-            decoder_norm: group_norm(groups, first, EPS, decoder.pp("conv_norm_out"))?,
-            decoder_out: same_conv(first, cfg.out_channels, decoder.pp("conv_out"))?,
+            decoder,
         })
     }
 
@@ -147,16 +194,13 @@ impl Autoencoder {
     /// Images `[batch, 3, h, w]` (about [-1, 1], unclamped) from latents
     /// already divided by the scaling factor.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        let mut xs = match &self.post_quant_conv {
+        let xs = match &self.post_quant_conv {
             Some(conv) => conv.forward(latents)?,
             None => latents.clone(),
         };
-        xs = self.decoder_in.forward(&xs)?;
-        xs = self.decoder_mid.forward(&xs, None)?;
-        for block in &self.decoder_blocks {
-            xs = block.forward(&xs)?;
+        match &self.decoder {
+            DecoderOn::Cpu(decoder) => decoder.forward(&xs),
+            DecoderOn::Candle(decoder) => decoder.forward(&xs),
         }
-        let xs = candle_nn::ops::silu(&self.decoder_norm.forward(&xs)?)?;
-        self.decoder_out.forward(&xs)
     }
 }

@@ -78,13 +78,22 @@ pub(crate) fn fold_batch_norm(
 /// PyTorch's `GroupNorm` epsilon.
 const GROUP_NORM_EPS: f64 = 1e-5;
 
-/// `nn.GroupNorm` (epsilon 1e-5) over a channels-last map, optionally
-/// followed by a residual and ReLU.
+/// `nn.GroupNorm` (epsilon 1e-5 unless set) over a channels-last map,
+/// optionally followed by a residual and ReLU, or by SiLU.
 #[derive(Debug, Clone)]
 pub(crate) struct GroupNorm {
     gamma: Vec<f32>,
     beta: Vec<f32>,
     groups: usize,
+    eps: f64,
+}
+
+/// What follows a [`GroupNorm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterNorm {
+    Nothing,
+    Relu,
+    Silu,
 }
 
 impl GroupNorm {
@@ -100,12 +109,32 @@ impl GroupNorm {
             gamma: get("weight")?,
             beta: get("bias")?,
             groups,
+            eps: GROUP_NORM_EPS,
         })
+    }
+
+    /// The same norm with another epsilon.
+    pub(crate) fn with_eps(self, eps: f64) -> Self {
+        Self { eps, ..self }
     }
 
     /// The normalised map, plus `residual` (same shape), then ReLU when
     /// `relu`.
     pub(crate) fn forward(&self, x: &Rows, relu: bool, residual: Option<&Rows>) -> Result<Rows> {
+        let after = if relu {
+            AfterNorm::Relu
+        } else {
+            AfterNorm::Nothing
+        };
+        self.normalise(x, after, residual)
+    }
+
+    /// `silu` of the normalised map.
+    pub(crate) fn forward_silu(&self, x: &Rows) -> Result<Rows> {
+        self.normalise(x, AfterNorm::Silu, None)
+    }
+
+    fn normalise(&self, x: &Rows, after: AfterNorm, residual: Option<&Rows>) -> Result<Rows> {
         let channels = x.channels()?;
         if channels != self.gamma.len() {
             candle_core::bail!(
@@ -153,7 +182,7 @@ impl GroupNorm {
                 .iter()
                 .sum::<f64>();
             let var = (squares / n - mean * mean).max(0.0);
-            let rstd = (1.0 / (var + GROUP_NORM_EPS).sqrt()) as f32;
+            let rstd = (1.0 / (var + self.eps).sqrt()) as f32;
             for c in group {
                 scale[c] = rstd * self.gamma[c];
                 shift[c] = self.beta[c] - mean as f32 * scale[c];
@@ -170,8 +199,10 @@ impl GroupNorm {
                     let r = &r[p * channels..(p + 1) * channels];
                     pixel.iter_mut().zip(r).for_each(|(v, r)| *v += r);
                 }
-                if relu {
-                    pixel.iter_mut().for_each(|v| *v = v.max(0.0));
+                match after {
+                    AfterNorm::Nothing => {}
+                    AfterNorm::Relu => pixel.iter_mut().for_each(|v| *v = v.max(0.0)),
+                    AfterNorm::Silu => pixel.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp()),
                 }
             });
         Ok(Rows {
@@ -737,6 +768,7 @@ mod tests {
         let gamma = Tensor::randn(1f32, 0.5, c, &device)?;
         let beta = Tensor::randn(0f32, 0.5, c, &device)?;
         let norm = GroupNorm {
+            eps: GROUP_NORM_EPS,
             gamma: gamma.to_vec1()?,
             beta: beta.to_vec1()?,
             groups,

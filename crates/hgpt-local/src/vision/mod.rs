@@ -26,7 +26,7 @@ mod bit;
 pub mod blip;
 pub mod caption;
 pub mod clip;
-mod conv;
+pub(crate) mod conv;
 pub mod depth;
 pub mod detection;
 pub mod detr;

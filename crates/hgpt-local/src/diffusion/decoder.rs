@@ -1,0 +1,219 @@
+//! The autoencoder's decoder on hgpt's CPU kernels: channels-last maps
+//! ([`Rows`]), 3x3 convolutions by Winograd, group norms fused with their
+//! SiLU, linear layers with fused residuals. The same network as candle's
+//! `UpDecoderBlock2D`s, which [`super::vae`] keeps for other devices;
+//! candle's CPU convolutions made the decoder most of a one-step image's
+//! time.
+
+use crate::kernels::{Dense, Epilogue};
+use crate::vision::conv::{Conv, GroupNorm, Interpolation, Rows, resize};
+use candle_core::{D, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// The autoencoders' normalisation epsilon.
+const EPS: f64 = 1e-6;
+
+fn norm(vb: VarBuilder, channels: usize, groups: usize) -> Result<GroupNorm> {
+    Ok(GroupNorm::load(vb, channels, groups)?.with_eps(EPS))
+}
+
+/// A 3x3 convolution keeping the map's size.
+fn same_conv(vb: VarBuilder, inputs: usize, outputs: usize) -> Result<Conv> {
+    Conv::load(vb, (inputs, outputs), 3, (1, 1), true)
+}
+
+/// `ResnetBlock2D` without a time embedding: `shortcut(x) +
+/// conv2(silu(norm2(conv1(silu(norm1(x))))))`, the shortcut a 1x1
+/// convolution when the width changes.
+struct Resnet {
+    norm1: GroupNorm,
+    conv1: Conv,
+    norm2: GroupNorm,
+    conv2: Conv,
+    shortcut: Option<Conv>,
+}
+
+impl Resnet {
+    fn load(vb: VarBuilder, inputs: usize, outputs: usize, groups: usize) -> Result<Self> {
+        Ok(Self {
+            norm1: norm(vb.pp("norm1"), inputs, groups)?,
+            conv1: same_conv(vb.pp("conv1"), inputs, outputs)?,
+            norm2: norm(vb.pp("norm2"), outputs, groups)?,
+            conv2: same_conv(vb.pp("conv2"), outputs, outputs)?,
+            shortcut: (inputs != outputs)
+                .then(|| Conv::load(vb.pp("conv_shortcut"), (inputs, outputs), 1, (1, 0), true))
+                .transpose()?,
+        })
+    }
+
+    fn forward(&self, x: &Rows) -> Result<Rows> {
+        let h = self
+            .conv1
+            .forward(&self.norm1.forward_silu(x)?, Epilogue::Bias)?;
+        let h = self.norm2.forward_silu(&h)?;
+        let shortcut = match &self.shortcut {
+            Some(conv) => conv.forward(x, Epilogue::Bias)?,
+            None => x.clone(),
+        };
+        self.conv2.forward(&h, Epilogue::Residual(&shortcut.pixels))
+    }
+}
+
+/// The mid block's single-head self-attention over every latent pixel
+/// (`Attention` with a residual connection).
+struct Attention {
+    norm: GroupNorm,
+    qkv: Dense,
+    out: Dense,
+    channels: usize,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
+        // diffusers' names, or the older ones it converts on load.
+        let names = if vb.contains_tensor("to_q.weight") {
+            ["to_q", "to_k", "to_v", "to_out.0"]
+        } else {
+            ["query", "key", "value", "proj_attn"]
+        };
+        // Weights `[c, c]`, or `[c, c, 1, 1]` as 1x1 convolutions.
+        let linear = |name: &str| -> Result<(Tensor, Tensor)> {
+            let vb = vb.pp(name);
+            let weight = match vb.get((channels, channels), "weight") {
+                Ok(weight) => weight,
+                Err(_) => vb
+                    .get((channels, channels, 1, 1), "weight")?
+                    .reshape((channels, channels))?,
+            };
+            Ok((weight, vb.get(channels, "bias")?))
+        };
+        let parts = names[..3]
+            .iter()
+            .map(|name| linear(name))
+            .collect::<Result<Vec<_>>>()?;
+        let (weights, biases): (Vec<Tensor>, Vec<Tensor>) = parts.into_iter().unzip();
+        let (out_weight, out_bias) = linear(names[3])?;
+        Ok(Self {
+            norm: norm(vb.pp("group_norm"), channels, groups)?,
+            qkv: Dense::from_parts(&weights, &biases)?,
+            out: Dense::new(out_weight, Some(out_bias))?,
+            channels,
+        })
+    }
+
+    fn forward(&self, x: &Rows) -> Result<Rows> {
+        let h = self.norm.forward(x, false, None)?;
+        let qkv = self.qkv.forward(&h.pixels, Epilogue::Bias)?;
+        let c = self.channels;
+        let scale = 1.0 / (c as f64).sqrt();
+        let q = (qkv.narrow(1, 0, c)? * scale)?;
+        let k = qkv.narrow(1, c, c)?;
+        let v = qkv.narrow(1, 2 * c, c)?.contiguous()?;
+        let scores = q.matmul(&k.t()?)?;
+        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let attended = weights.matmul(&v)?;
+        let pixels = self.out.forward(&attended, Epilogue::Residual(&x.pixels))?;
+        Ok(Rows {
+            pixels,
+            size: x.size,
+        })
+    }
+}
+
+/// An `UpDecoderBlock2D`: ResNet blocks, then (all but the last) a nearest
+/// 2x upsampling and a 3x3 convolution.
+struct UpBlock {
+    resnets: Vec<Resnet>,
+    upsample: Option<Conv>,
+}
+
+/// `AutoencoderKL`'s decoder after `post_quant_conv`.
+pub(super) struct Decoder {
+    conv_in: Conv,
+    mid: (Resnet, Attention, Resnet),
+    blocks: Vec<UpBlock>,
+    norm_out: GroupNorm,
+    conv_out: Conv,
+}
+
+impl Decoder {
+    /// The weights under `decoder`; `channels` from the highest resolution
+    /// level to the lowest, `layers` ResNet blocks per level (the decoder
+    /// runs one more).
+    pub(super) fn load(
+        vb: VarBuilder,
+        channels: &[usize],
+        layers: usize,
+        groups: usize,
+        (latent, out): (usize, usize),
+    ) -> Result<Self> {
+        let (Some(&first), Some(&last)) = (channels.first(), channels.last()) else {
+            candle_core::bail!("the autoencoder has no blocks");
+        };
+        let mid = vb.pp("mid_block");
+        let mut blocks = Vec::with_capacity(channels.len());
+        let mut inputs = last;
+        for (i, &outputs) in channels.iter().rev().enumerate() {
+            let vb = vb.pp("up_blocks").pp(i);
+            let resnets = (0..=layers)
+                .map(|j| {
+                    let from = if j == 0 { inputs } else { outputs };
+                    Resnet::load(vb.pp("resnets").pp(j), from, outputs, groups)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let upsample = (i + 1 < channels.len())
+                .then(|| same_conv(vb.pp("upsamplers.0.conv"), outputs, outputs))
+                .transpose()?;
+            blocks.push(UpBlock { resnets, upsample });
+            inputs = outputs;
+        }
+        Ok(Self {
+            conv_in: same_conv(vb.pp("conv_in"), latent, last)?,
+            mid: (
+                Resnet::load(mid.pp("resnets.0"), last, last, groups)?,
+                Attention::load(mid.pp("attentions.0"), last, groups)?,
+                Resnet::load(mid.pp("resnets.1"), last, last, groups)?,
+            ),
+            blocks,
+            norm_out: norm(vb.pp("conv_norm_out"), first, groups)?,
+            conv_out: same_conv(vb.pp("conv_out"), first, out)?,
+        })
+    }
+
+    /// The image `[1, out, 8h, 8w]` (for three levels of upsampling) of
+    /// latents `[1, latent, h, w]`.
+    pub(super) fn forward(&self, latents: &Tensor) -> Result<Tensor> {
+        let (batch, channels, h, w) = latents.dims4()?;
+        if batch != 1 {
+            candle_core::bail!("the decoder takes one image at a time, not {batch}");
+        }
+        let pixels = latents
+            .squeeze(0)?
+            .reshape((channels, h * w))?
+            .t()?
+            .contiguous()?;
+        let x = Rows {
+            pixels,
+            size: (h, w),
+        };
+        let mut x = self.conv_in.forward(&x, Epilogue::Bias)?;
+        x = self.mid.0.forward(&x)?;
+        x = self.mid.1.forward(&x)?;
+        x = self.mid.2.forward(&x)?;
+        for block in &self.blocks {
+            for resnet in &block.resnets {
+                x = resnet.forward(&x)?;
+            }
+            if let Some(conv) = &block.upsample {
+                let (h, w) = x.size;
+                let up = resize(&x, (2 * h, 2 * w), Interpolation::Nearest)?;
+                x = conv.forward(&up, Epilogue::Bias)?;
+            }
+        }
+        let x = self
+            .conv_out
+            .forward(&self.norm_out.forward_silu(&x)?, Epilogue::Bias)?;
+        let (h, w) = x.size;
+        x.pixels.t()?.reshape((x.channels()?, h, w))?.unsqueeze(0)
+    }
+}
