@@ -26,6 +26,7 @@ mod prompt;
 pub mod scheduler;
 mod text;
 mod unet;
+mod unet_cpu;
 mod vae;
 
 use crate::error::{LocalError, bad_input};

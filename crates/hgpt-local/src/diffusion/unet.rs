@@ -1,10 +1,12 @@
-//! The denoising network (diffusers' `UNet2DConditionModel`): candle's down,
-//! mid and up blocks assembled as the repository's config lays them out,
-//! with SDXL's `text_time` conditioning, which candle's own UNet leaves out:
-//! the pooled text embedding and the size ids, embedded and added to the
-//! timestep's embedding before the blocks read it.
+//! The denoising network (diffusers' `UNet2DConditionModel`), with SDXL's
+//! `text_time` conditioning, which candle's own UNet leaves out: the pooled
+//! text embedding and the size ids, embedded and added to the timestep's
+//! embedding before the blocks read it. On the CPU the blocks run on hgpt's
+//! kernels ([`super::unet_cpu`]); elsewhere candle's down, mid and up
+//! blocks are assembled as the repository's config lays them out.
 
 use super::config::TextTime;
+use super::unet_cpu::CpuUnet;
 use candle_core::{Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Module, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
@@ -55,18 +57,41 @@ impl UpBlock {
 }
 
 /// A UNet, loaded.
-#[derive(Debug)]
 pub struct Unet {
-    conv_in: Conv2d,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
     text_time: Option<TextTimeEmbedding>,
+    body: Body,
+    center_input_sample: bool,
+}
+
+impl std::fmt::Debug for Unet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body = match &self.body {
+            Body::Cpu(_) => "cpu",
+            Body::Candle(_) => "candle",
+        };
+        f.debug_struct("Unet")
+            .field("body", &body)
+            .field("text_time", &self.text_time.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The blocks from `conv_in` to `conv_out`.
+enum Body {
+    Cpu(Box<CpuUnet>),
+    Candle(Box<CandleUnet>),
+}
+
+/// The body of candle's blocks.
+struct CandleUnet {
+    conv_in: Conv2d,
     down_blocks: Vec<DownBlock>,
     mid_block: UNetMidBlock2DCrossAttn,
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
-    center_input_sample: bool,
 }
 
 impl Unet {
@@ -79,18 +104,11 @@ impl Unet {
         config: &UNet2DConditionModelConfig,
         text_time: Option<TextTime>,
     ) -> Result<Self> {
-        let blocks = &config.blocks;
-        let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
+        let Some(first) = config.blocks.first() else {
             candle_core::bail!("the UNet has no blocks");
         };
-        let n = blocks.len();
         let base = first.out_channels;
         let time_dim = base * 4;
-        let padded = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
-        let conv_in = candle_nn::conv2d(in_channels, base, 3, padded, vb.pp("conv_in"))?;
         let time_proj = Timesteps::new(base, config.flip_sin_to_cos, config.freq_shift);
         let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), base, time_dim)?;
         let text_time = match text_time {
@@ -104,7 +122,83 @@ impl Unet {
             }),
             None => None,
         };
+        let channels = (in_channels, out_channels);
+        let body = if vb.device().is_cpu() {
+            Body::Cpu(Box::new(CpuUnet::load(vb, channels, config)?))
+        } else {
+            Body::Candle(Box::new(CandleUnet::load(vb, channels, config)?))
+        };
+        Ok(Self {
+            time_proj,
+            time_embedding,
+            text_time,
+            body,
+            center_input_sample: config.center_input_sample,
+        })
+    }
 
+    /// The predicted noise (or velocity) for latents `[batch, c, h, w]` at
+    /// `timestep`, attending to `context` `[batch, tokens, width]`;
+    /// `added` is required exactly when the UNet was built with
+    /// [`TextTime`] conditioning.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<AddedConditioning>,
+    ) -> Result<Tensor> {
+        let batch = xs.dim(0)?;
+        let device = xs.device();
+        let xs = if self.center_input_sample {
+            ((xs * 2.0)? - 1.0)?
+        } else {
+            xs.clone()
+        };
+        let timesteps = (Tensor::ones(batch, xs.dtype(), device)? * timestep)?;
+        let mut emb = self
+            .time_embedding
+            .forward(&self.time_proj.forward(&timesteps)?)?;
+        match (&self.text_time, added) {
+            (Some(text_time), Some(added)) => {
+                let ids = added.time_ids.flatten_all()?;
+                let time_embeds = text_time
+                    .time_proj
+                    .forward(&ids)?
+                    .reshape((added.text_embeds.dim(0)?, ()))?;
+                let input = Tensor::cat(&[added.text_embeds, &time_embeds], 1)?;
+                emb = (emb + text_time.embedding.forward(&input)?)?;
+            }
+            (None, None) => {}
+            (Some(_), None) => candle_core::bail!("this UNet needs text embeds and time ids"),
+            (None, Some(_)) => candle_core::bail!("this UNet takes no text embeds or time ids"),
+        }
+
+        match &self.body {
+            Body::Cpu(body) => body.forward(&xs, &emb, context),
+            Body::Candle(body) => body.forward(&xs, &emb, context),
+        }
+    }
+}
+
+impl CandleUnet {
+    fn load(
+        vb: VarBuilder,
+        (in_channels, out_channels): (usize, usize),
+        config: &UNet2DConditionModelConfig,
+    ) -> Result<Self> {
+        let blocks = &config.blocks;
+        let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
+            candle_core::bail!("the UNet has no blocks");
+        };
+        let n = blocks.len();
+        let base = first.out_channels;
+        let time_dim = base * 4;
+        let padded = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv_in = candle_nn::conv2d(in_channels, base, 3, padded, vb.pp("conv_in"))?;
         let down_vb = vb.pp("down_blocks");
         let mut down_blocks = Vec::with_capacity(n);
         for (i, block) in blocks.iter().enumerate() {
@@ -221,67 +315,28 @@ impl Unet {
         let conv_out = candle_nn::conv2d(base, out_channels, 3, padded, vb.pp("conv_out"))?;
         Ok(Self {
             conv_in,
-            time_proj,
-            time_embedding,
-            text_time,
             down_blocks,
             mid_block,
             up_blocks,
             conv_norm_out,
             conv_out,
-            center_input_sample: config.center_input_sample,
         })
     }
 
-    /// The predicted noise (or velocity) for latents `[batch, c, h, w]` at
-    /// `timestep`, attending to `context` `[batch, tokens, width]`;
-    /// `added` is required exactly when the UNet was built with
-    /// [`TextTime`] conditioning.
-    pub fn forward(
-        &self,
-        xs: &Tensor,
-        timestep: f64,
-        context: &Tensor,
-        added: Option<AddedConditioning>,
-    ) -> Result<Tensor> {
-        let (batch, _, height, width) = xs.dims4()?;
-        let device = xs.device();
-        let xs = if self.center_input_sample {
-            ((xs * 2.0)? - 1.0)?
-        } else {
-            xs.clone()
-        };
-        let timesteps = (Tensor::ones(batch, xs.dtype(), device)? * timestep)?;
-        let mut emb = self
-            .time_embedding
-            .forward(&self.time_proj.forward(&timesteps)?)?;
-        match (&self.text_time, added) {
-            (Some(text_time), Some(added)) => {
-                let ids = added.time_ids.flatten_all()?;
-                let time_embeds = text_time
-                    .time_proj
-                    .forward(&ids)?
-                    .reshape((added.text_embeds.dim(0)?, ()))?;
-                let input = Tensor::cat(&[added.text_embeds, &time_embeds], 1)?;
-                emb = (emb + text_time.embedding.forward(&input)?)?;
-            }
-            (None, None) => {}
-            (Some(_), None) => candle_core::bail!("this UNet needs text embeds and time ids"),
-            (None, Some(_)) => candle_core::bail!("this UNet takes no text embeds or time ids"),
-        }
-
-        let xs = self.conv_in.forward(&xs)?;
+    fn forward(&self, xs: &Tensor, emb: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (_, _, height, width) = xs.dims4()?;
+        let xs = self.conv_in.forward(xs)?;
         let mut residuals = vec![xs.clone()];
         let mut xs = xs;
         for block in &self.down_blocks {
             let (out, states) = match block {
-                DownBlock::Plain(b) => b.forward(&xs, Some(&emb))?,
-                DownBlock::CrossAttn(b) => b.forward(&xs, Some(&emb), Some(context))?,
+                DownBlock::Plain(b) => b.forward(&xs, Some(emb))?,
+                DownBlock::CrossAttn(b) => b.forward(&xs, Some(emb), Some(context))?,
             };
             residuals.extend(states);
             xs = out;
         }
-        let mut xs = self.mid_block.forward(&xs, Some(&emb), Some(context))?;
+        let mut xs = self.mid_block.forward(&xs, Some(emb), Some(context))?;
 
         // Sides that do not halve evenly down the blocks are upsampled to
         // the residuals' own sizes.
@@ -302,9 +357,9 @@ impl Unet {
                 _ => None,
             };
             xs = match block {
-                UpBlock::Plain(b) => b.forward(&xs, &skip, Some(&emb), upsample_size)?,
+                UpBlock::Plain(b) => b.forward(&xs, &skip, Some(emb), upsample_size)?,
                 UpBlock::CrossAttn(b) => {
-                    b.forward(&xs, &skip, Some(&emb), upsample_size, Some(context))?
+                    b.forward(&xs, &skip, Some(emb), upsample_size, Some(context))?
                 }
             };
         }
