@@ -15,6 +15,9 @@ variants that `hgpt models pull` fetches):
             tower, PNDM), guidance 7.5 (the UNet runs on a batch of 2)
   sd-turbo  stabilityai/sd-turbo (the SD 2.1 UNet with linear projections and heads of
             64, OpenCLIP ViT-H text tower of 23 layers, Euler trailing), guidance 0
+  sdxl-turbo  stabilityai/sdxl-turbo (the SDXL UNet, 2.6B, with its pooled-text and size
+            conditioning; CLIP ViT-L and OpenCLIP bigG text towers; Euler ancestral
+            trailing), guidance 0
 
 The time of STEPS denoising steps at SIDE x SIDE is measured (no warm-up run: a run takes
 minutes on CPU);
@@ -30,9 +33,11 @@ from pathlib import Path
 import diffusers
 import torch
 import transformers
-from diffusers import (AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler,
-                       StableDiffusionPipeline, UNet2DConditionModel)
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import (AutoencoderKL, DiffusionPipeline, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
+                       StableDiffusionXLPipeline, UNet2DConditionModel)
+from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection,
+                          CLIPTokenizer)
 
 PROMPT = "a photograph of an astronaut riding a horse"
 
@@ -52,10 +57,43 @@ def clip_tokenizer(folder: Path) -> CLIPTokenizer:
                          merges_file=str(folder / "merges.txt"), model_max_length=77)
 
 
+def make_sdxl(folder: Path) -> None:
+    """sdxl-turbo's architecture: its UNet, both text towers, the SDXL autoencoder."""
+    unet = UNet2DConditionModel(
+        sample_size=64, block_out_channels=(320, 640, 1280), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
+        transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816)
+    text = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                          num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu")
+    text_2 = CLIPTextConfig(vocab_size=49408, hidden_size=1280, intermediate_size=5120,
+                            num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu",
+                            projection_dim=1280)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                        down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4,
+                        sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+    scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
+                                                beta_schedule="scaled_linear", steps_offset=1,
+                                                timestep_spacing="trailing")
+    tokenizer = clip_tokenizer(folder / "tokenizer-src")
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(text), text_encoder_2=CLIPTextModelWithProjection(text_2),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+        add_watermarker=False)
+    pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True, variant="fp16")
+
+
 def make(family: str, folder: Path) -> None:
     if (folder / "model_index.json").is_file():
         return
     torch.manual_seed(0)
+    if family == "sdxl-turbo":
+        make_sdxl(folder)
+        return
     blocks = dict(
         block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -94,13 +132,17 @@ def make(family: str, folder: Path) -> None:
 
 
 def peak_resident_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: on Linux that
+    keeps the parent's peak across fork and exec, so it would report the benchmark's own."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def time_per_image(family: str, folder: Path, steps: int, side: int) -> None:
     start = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(folder, variant="fp16",
-                                                   torch_dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(folder, variant="fp16", torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - start
     guidance = 7.5 if family == "sd15" else 0.0

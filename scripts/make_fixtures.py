@@ -2439,21 +2439,6 @@ def make_diffusion(out: Path) -> None:
         with torch.no_grad():
             return pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample[0]
 
-    import contextlib
-
-    import diffusers.models.activations as activations
-
-    @contextlib.contextmanager
-    def tanh_geglu():
-        """GEGLU with GELU's tanh approximation, as candle's UNet computes it (diffusers: erf)."""
-        exact = activations.GEGLU.gelu
-        activations.GEGLU.gelu = lambda self, gate: torch.nn.functional.gelu(
-            gate, approximate="tanh")
-        try:
-            yield
-        finally:
-            activations.GEGLU.gelu = exact
-
     def tokens(text):
         return [int(i) for i in pipe.tokenizer(text, padding="max_length", max_length=77,
                                                truncation=True).input_ids]
@@ -2474,10 +2459,6 @@ def make_diffusion(out: Path) -> None:
                           output_type="latent")
             image = pipe.image_processor.postprocess(decoded(result.images)[None],
                                                      output_type="pil")[0]
-            with tanh_geglu():
-                tanh = pipe(SD_PROMPT, negative_prompt=negative, num_inference_steps=steps,
-                            guidance_scale=guidance, width=w, height=h, latents=latents.clone(),
-                            output_type="latent")
         txt_cases.append({
             "scheduler": type(pipe.scheduler).__name__,
             "scheduler_config": {k: plain(v) for k, v in pipe.scheduler.config.items()
@@ -2487,7 +2468,6 @@ def make_diffusion(out: Path) -> None:
             "timesteps": [float(t) for t in pipe.scheduler.timesteps],
             "latents": F32(latents[0].flatten()),
             "image": F32(decoded(result.images).flatten()),
-            "image_tanh_geglu": F32(decoded(tanh.images).flatten()),
             "pixels": list(np.asarray(image).flatten().tolist()),
         })
 
@@ -2525,16 +2505,7 @@ def make_diffusion(out: Path) -> None:
                                  generator=gen, output_type="latent")
                 image = img2img.image_processor.postprocess(
                     decoded(result.images)[None], output_type="pil")[0]
-            for module, original in originals:
-                module.randn_tensor = original
             noises = (drawn["posterior"].clone(), drawn["noise"].clone())
-            replay = iter(noises)
-            for module, _ in originals:
-                module.randn_tensor = lambda *args, **kwargs: next(replay).clone()
-            with torch.no_grad(), tanh_geglu():
-                tanh = img2img(SD_PROMPT, image=init, strength=strength,
-                               num_inference_steps=steps, guidance_scale=guidance,
-                               output_type="latent")
         finally:
             for module, original in originals:
                 module.randn_tensor = original
@@ -2548,7 +2519,6 @@ def make_diffusion(out: Path) -> None:
             "posterior_noise": F32(noises[0][0].flatten()),
             "noise": F32(noises[1][0].flatten()),
             "image": F32(decoded(result.images).flatten()),
-            "image_tanh_geglu": F32(decoded(tanh.images).flatten()),
             "pixels": list(np.asarray(image).flatten().tolist()),
         })
     write_json(folder / "expected.json", {
@@ -2559,9 +2529,7 @@ def make_diffusion(out: Path) -> None:
         "notes": "text_to_image: StableDiffusionPipeline with the scheduler named (config as "
                  "recorded), the initial latents passed as `latents` ([4, h/4, w/4], flattened; "
                  "the VAE scales by 4); image: vae.decode(latents / scaling_factor) of the final "
-                 "latents, [3, h, w] flattened, before clamping; image_tanh_geglu: the same "
-                 "with the UNet's GEGLU on GELU's tanh approximation (as candle's UNet has it); "
-                 "pixels: the pipeline's PIL "
+                 "latents, [3, h, w] flattened, before clamping; pixels: the pipeline's PIL "
                  "output (h x w x 3 uint8). image_to_image: StableDiffusionImg2ImgPipeline on "
                  "the image (resized to multiples of 4 with Lanczos), posterior_noise: the noise "
                  "of the VAE posterior sample, noise: the noise added at the first timestep, "
@@ -2582,7 +2550,6 @@ def make_sdxl(out: Path) -> None:
     import contextlib
 
     import diffusers
-    import diffusers.models.activations as activations
     import diffusers.models.autoencoders.vae as vae_module
     import diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img as img2img_module
     import diffusers.schedulers.scheduling_euler_ancestral_discrete as ancestral_module
@@ -2661,20 +2628,8 @@ def make_sdxl(out: Path) -> None:
             return pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample[0]
 
     @contextlib.contextmanager
-    def tanh_geglu():
-        """GEGLU with GELU's tanh approximation, as candle's UNet computes it (diffusers: erf)."""
-        exact = activations.GEGLU.gelu
-        activations.GEGLU.gelu = lambda self, gate: torch.nn.functional.gelu(
-            gate, approximate="tanh")
-        try:
-            yield
-        finally:
-            activations.GEGLU.gelu = exact
-
-    @contextlib.contextmanager
     def drawing(modules):
-        """Record what each module's randn_tensor draws (`drawn[key]`, a list), or replay
-        `replay[key]` instead."""
+        """Record what each module's randn_tensor draws (`drawn[key]`, a list)."""
         originals = [(module, module.randn_tensor) for module, _ in modules]
         drawn = {key: [] for _, key in modules}
 
@@ -2688,18 +2643,6 @@ def make_sdxl(out: Path) -> None:
             module.randn_tensor = recorder(module.randn_tensor, key)
         try:
             yield drawn
-        finally:
-            for module, original in originals:
-                module.randn_tensor = original
-
-    @contextlib.contextmanager
-    def replaying(modules, drawn):
-        originals = [(module, module.randn_tensor) for module, _ in modules]
-        queues = {key: iter([v.clone() for v in drawn[key]]) for _, key in modules}
-        for module, key in modules:
-            module.randn_tensor = (lambda q: lambda *args, **kwargs: next(q))(queues[key])
-        try:
-            yield
         finally:
             for module, original in originals:
                 module.randn_tensor = original
@@ -2725,8 +2668,6 @@ def make_sdxl(out: Path) -> None:
                 result = pipe(SD_PROMPT, latents=latents.clone(), generator=gen, **args)
             image = pipe.image_processor.postprocess(decoded(result.images)[None],
                                                      output_type="pil")[0]
-            with tanh_geglu(), replaying(step_modules, drawn):
-                tanh = pipe(SD_PROMPT, latents=latents.clone(), **args)
         txt_cases.append({
             "scheduler": type(pipe.scheduler).__name__,
             "scheduler_config": {k: plain(v) for k, v in pipe.scheduler.config.items()
@@ -2737,7 +2678,6 @@ def make_sdxl(out: Path) -> None:
             "latents": F32(latents[0].flatten()),
             "step_noises": [F32(n[0].flatten()) for n in drawn["steps"]],
             "image": F32(decoded(result.images).flatten()),
-            "image_tanh_geglu": F32(decoded(tanh.images).flatten()),
             "pixels": list(np.asarray(image).flatten().tolist()),
         })
 
@@ -2762,8 +2702,6 @@ def make_sdxl(out: Path) -> None:
                 result = img2img(SD_PROMPT, generator=gen, **args)
             image = img2img.image_processor.postprocess(
                 decoded(result.images)[None], output_type="pil")[0]
-            with tanh_geglu(), replaying(i2i_modules, drawn):
-                tanh = img2img(SD_PROMPT, **args)
         assert len(drawn["posterior"]) == 1 and len(drawn["noise"]) == 1
         img_cases.append({
             "scheduler": type(img2img.scheduler).__name__,
@@ -2776,7 +2714,6 @@ def make_sdxl(out: Path) -> None:
             "noise": F32(drawn["noise"][0][0].flatten()),
             "step_noises": [F32(n[0].flatten()) for n in drawn["steps"]],
             "image": F32(decoded(result.images).flatten()),
-            "image_tanh_geglu": F32(decoded(tanh.images).flatten()),
             "pixels": list(np.asarray(image).flatten().tolist()),
         })
     write_json(folder / "expected.json", {

@@ -5,10 +5,10 @@
 //! 0.36) also writes the repositories, under `target/bench-models`
 //! (`scripts/bench_diffusion.py`). Each family runs in its own process.
 //!
-//! `sd-turbo` is timed for its one step; `sd15` for `HGPT_BENCH_STEPS`
-//! steps (default 2) and a one-step run, the difference giving the cost of
-//! a step, from which a 20-step image is extrapolated (the text encoder and
-//! decoder run once per image either way).
+//! `sd-turbo` and `sdxl-turbo` are timed for their one step; `sd15` for
+//! `HGPT_BENCH_STEPS` steps (default 2) and a one-step run, the difference
+//! giving the cost of a step, from which a 20-step image is extrapolated
+//! (the text encoder and decoder run once per image either way).
 
 mod common;
 
@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::Instant;
 
 /// (family, guidance scale) pairs the script knows.
-const FAMILIES: &[(&str, f64)] = &[("sd-turbo", 0.0), ("sd15", 7.5)];
+const FAMILIES: &[(&str, f64)] = &[("sd-turbo", 0.0), ("sd15", 7.5), ("sdxl-turbo", 0.0)];
 const SIDE: usize = 512;
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 /// The step count the SD 1.5 figure is extrapolated to.
@@ -83,7 +83,7 @@ fn bench_family(py: &str, family: &str, guidance: f64, steps: usize) {
     if python(py, &["make", family, &dir_arg]).is_none() {
         return;
     }
-    let turbo = family == "sd-turbo";
+    let turbo = family.ends_with("turbo");
     let steps = if turbo { 1 } else { steps };
     let started = Instant::now();
     let model = match StableDiffusion::load(&ModelFiles::from_dir(family, &dir), &Device::Cpu) {
@@ -125,6 +125,9 @@ fn bench_family(py: &str, family: &str, guidance: f64, steps: usize) {
     } else {
         one
     };
+    // The model goes before diffusers runs: both at once would not fit in
+    // memory for SDXL.
+    drop(model);
     let full = |one: f64, per_step: f64| one + per_step * (FULL_STEPS - 1) as f64;
     if turbo {
         println!(
