@@ -7,7 +7,7 @@ tests.
 Usage:
     python bench_diffusion.py make FAMILY DIR   # writes the repository unless DIR has it
     python bench_diffusion.py time FAMILY DIR STEPS SIDE
-        # prints one JSON line: {"load_s", "per_image_s", "per_step_s", "rss_mb", "versions"}
+        # prints one JSON line: {"load_s", "per_image_s", "one_step_s", "rss_mb", "versions"}
 
 FAMILY (each the architecture of the named Hub model, random weights saved as the fp16
 variants that `hgpt models pull` fetches):
@@ -19,10 +19,9 @@ variants that `hgpt models pull` fetches):
             conditioning; CLIP ViT-L and OpenCLIP bigG text towers; Euler ancestral
             trailing), guidance 0
 
-The time of STEPS denoising steps at SIDE x SIDE is measured (no warm-up run: a run takes
-minutes on CPU);
-`per_step_s` is the difference between the STEPS run and a 1-step run, divided by STEPS - 1
-(the text encoder and VAE decoder run once per image).
+The time of a 1-step image and of a STEPS-step image at SIDE x SIDE is measured (no warm-up
+run: a run takes a while on CPU); the benchmark divides the difference by the UNet evaluations
+it adds (the text encoder and VAE decoder run once per image).
 """
 import json
 import resource
@@ -156,12 +155,10 @@ def time_per_image(family: str, folder: Path, steps: int, side: int) -> None:
 
     one = run(1)
     many = run(steps) if steps > 1 else one
-    per_step = (many - one) / (steps - 1) if steps > 1 else one
     print(json.dumps({
         "load_s": load_s,
         "per_image_s": many,
         "one_step_s": one,
-        "per_step_s": per_step,
         "rss_mb": peak_resident_mb(),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__,

@@ -7,8 +7,9 @@
 //!
 //! `sd-turbo` and `sdxl-turbo` are timed for their one step; `sd15` for
 //! `HGPT_BENCH_STEPS` steps (default 2) and a one-step run, the difference
-//! giving the cost of a step, from which a 20-step image is extrapolated
-//! (the text encoder and decoder run once per image either way).
+//! giving the cost of a UNet evaluation, from which a 20-step image is
+//! extrapolated (the text encoder and decoder run once per image either
+//! way; PNDM evaluates the UNet once for one step, `n + 1` times for `n`).
 
 mod common;
 
@@ -17,6 +18,7 @@ use common::{rss_mb, run_python};
 use candle_core::Device;
 use hgpt_local::ModelFiles;
 use hgpt_local::diffusion::{GenerationRequest, StableDiffusion};
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -94,7 +96,8 @@ fn bench_family(py: &str, family: &str, guidance: f64, steps: usize) {
         }
     };
     let load = started.elapsed().as_secs_f64();
-    let run = |n: usize| -> Option<f64> {
+    // Seconds and UNet evaluations of an `n`-step image.
+    let run = |n: usize| -> Option<(f64, usize)> {
         let request = GenerationRequest {
             prompt: PROMPT.to_string(),
             negative_prompt: None,
@@ -105,9 +108,10 @@ fn bench_family(py: &str, family: &str, guidance: f64, steps: usize) {
             seed: 0,
             init: None,
         };
+        let evaluations = Cell::new(0);
         let started = Instant::now();
-        match model.generate(&request, &|_, _| {}) {
-            Ok(_) => Some(started.elapsed().as_secs_f64()),
+        match model.generate(&request, &|_, total| evaluations.set(total)) {
+            Ok(_) => Some((started.elapsed().as_secs_f64(), evaluations.get())),
             Err(e) => {
                 eprintln!("{family}: {e}");
                 None
@@ -120,15 +124,15 @@ fn bench_family(py: &str, family: &str, guidance: f64, steps: usize) {
     };
     let many = if steps > 1 { run(steps) } else { Some(one) };
     let Some(many) = many else { return };
-    let per_step = if steps > 1 {
-        (many - one) / (steps - 1) as f64
-    } else {
-        one
-    };
     // The model goes before diffusers runs: both at once would not fit in
     // memory for SDXL.
     drop(model);
-    let full = |one: f64, per_step: f64| one + per_step * (FULL_STEPS - 1) as f64;
+    let shape = Evaluations {
+        one: one.1,
+        many: many.1,
+        full: FULL_STEPS + many.1.saturating_sub(steps),
+    };
+    let (one, many) = (one.0, many.0);
     if turbo {
         println!(
             "{family}, {SIDE}x{SIDE}, 1 step: hgpt {one:.1} s/image, load {load:.1} s, peak resident {:.0} MiB",
@@ -136,8 +140,10 @@ fn bench_family(py: &str, family: &str, guidance: f64, steps: usize) {
         );
     } else {
         println!(
-            "{family}, {SIDE}x{SIDE}, guidance {guidance}: hgpt {per_step:.2} s/step, {one:.1} s for 1 step, {many:.1} s for {steps}; {FULL_STEPS} steps ~{:.0} s; load {load:.1} s, peak resident {:.0} MiB",
-            full(one, per_step),
+            "{family}, {SIDE}x{SIDE}, guidance {guidance}: hgpt {:.2} s per UNet evaluation, {one:.1} s for 1 step, {many:.1} s for {steps}; {FULL_STEPS} steps ({} evaluations) ~{:.0} s; load {load:.1} s, peak resident {:.0} MiB",
+            shape.per_evaluation(one, many),
+            shape.full,
+            shape.extrapolate(one, many),
             rss_mb()
         );
     }
@@ -155,18 +161,46 @@ fn bench_family(py: &str, family: &str, guidance: f64, steps: usize) {
     };
     let theirs: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
     let number = |key: &str| theirs[key].as_f64().unwrap_or(0.0);
-    let (their_one, their_step) = (number("one_step_s"), number("per_step_s"));
+    let (their_one, their_many) = (number("one_step_s"), number("per_image_s"));
     let (ours, theirs_image) = if turbo {
         (one, their_one)
     } else {
-        (full(one, per_step), full(their_one, their_step))
+        (
+            shape.extrapolate(one, many),
+            shape.extrapolate(their_one, their_many),
+        )
     };
     println!(
-        "{family}: diffusers {their_step:.2} s/step, {their_one:.1} s for 1 step, {:.1} s for {steps}; load {:.1} s, peak resident {:.0} MiB ({}); per image hgpt {ours:.1} s vs diffusers {theirs_image:.1} s: hgpt is {:.2}x as fast",
-        number("per_image_s"),
+        "{family}: diffusers {:.2} s per UNet evaluation, {their_one:.1} s for 1 step, {their_many:.1} s for {steps}; load {:.1} s, peak resident {:.0} MiB ({}); per image hgpt {ours:.1} s vs diffusers {theirs_image:.1} s: hgpt is {:.2}x as fast",
+        shape.per_evaluation(their_one, their_many),
         number("load_s"),
         number("rss_mb"),
         theirs["versions"],
         theirs_image / ours.max(f64::MIN_POSITIVE)
     );
+}
+
+/// UNet evaluations of the one-step run, the many-step run and a
+/// `FULL_STEPS` image (the scheduler's, the same for diffusers).
+struct Evaluations {
+    one: usize,
+    many: usize,
+    full: usize,
+}
+
+impl Evaluations {
+    /// Seconds per UNet evaluation from the one- and many-step times.
+    fn per_evaluation(&self, one: f64, many: f64) -> f64 {
+        let extra = self.many.saturating_sub(self.one);
+        if extra == 0 {
+            one
+        } else {
+            (many - one) / extra as f64
+        }
+    }
+
+    /// Seconds for a `FULL_STEPS` image.
+    fn extrapolate(&self, one: f64, many: f64) -> f64 {
+        one + self.per_evaluation(one, many) * self.full.saturating_sub(self.one) as f64
+    }
 }

@@ -5,9 +5,9 @@
 //! candle's CPU convolutions made the decoder most of a one-step image's
 //! time.
 
-use crate::kernels::{Dense, Epilogue};
+use crate::kernels::{Dense, Epilogue, attention_cpu};
 use crate::vision::conv::{Conv, GroupNorm, Interpolation, Rows, resize};
-use candle_core::{D, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// The autoencoders' normalisation epsilon.
@@ -60,12 +60,13 @@ impl Resnet {
 }
 
 /// The mid block's single-head self-attention over every latent pixel
-/// (`Attention` with a residual connection).
+/// (`Attention` with a residual connection), in blocks of queries so that
+/// no whole score matrix is held.
 struct Attention {
     norm: GroupNorm,
+    /// Queries (scaled by `1 / sqrt(channels)`), keys and values.
     qkv: Dense,
     out: Dense,
-    channels: usize,
 }
 
 impl Attention {
@@ -87,31 +88,25 @@ impl Attention {
             };
             Ok((weight, vb.get(channels, "bias")?))
         };
-        let parts = names[..3]
-            .iter()
-            .map(|name| linear(name))
-            .collect::<Result<Vec<_>>>()?;
-        let (weights, biases): (Vec<Tensor>, Vec<Tensor>) = parts.into_iter().unzip();
+        let scale = 1.0 / (channels as f64).sqrt();
+        let (q_weight, q_bias) = linear(names[0])?;
+        let (k_weight, k_bias) = linear(names[1])?;
+        let (v_weight, v_bias) = linear(names[2])?;
         let (out_weight, out_bias) = linear(names[3])?;
         Ok(Self {
             norm: norm(vb.pp("group_norm"), channels, groups)?,
-            qkv: Dense::from_parts(&weights, &biases)?,
+            qkv: Dense::from_parts(
+                &[(q_weight * scale)?, k_weight, v_weight],
+                &[(q_bias * scale)?, k_bias, v_bias],
+            )?,
             out: Dense::new(out_weight, Some(out_bias))?,
-            channels,
         })
     }
 
     fn forward(&self, x: &Rows) -> Result<Rows> {
         let h = self.norm.forward(x, false, None)?;
         let qkv = self.qkv.forward(&h.pixels, Epilogue::Bias)?;
-        let c = self.channels;
-        let scale = 1.0 / (c as f64).sqrt();
-        let q = (qkv.narrow(1, 0, c)? * scale)?;
-        let k = qkv.narrow(1, c, c)?;
-        let v = qkv.narrow(1, 2 * c, c)?.contiguous()?;
-        let scores = q.matmul(&k.t()?)?;
-        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let attended = weights.matmul(&v)?;
+        let attended = attention_cpu(&qkv, &[h.pixels.dim(0)?], 1, false)?;
         let pixels = self.out.forward(&attended, Epilogue::Residual(&x.pixels))?;
         Ok(Rows {
             pixels,

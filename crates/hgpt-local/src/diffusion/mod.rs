@@ -52,15 +52,16 @@ pub const DEFAULT_SEED: u64 = 0;
 /// The longest side of an image hgpt makes or reads.
 pub const MAX_SIDE: usize = 2048;
 /// The most pixels of an image hgpt makes with a UNet that attends over
-/// every latent pixel (SD 1.x and 2.x; 768 x 768, SD 2.1's size): that
-/// attention holds a 9216 x 9216 score matrix per head and guided batch row
-/// (5.4 GB over SD 1.5's 8 heads and 2 rows); larger images given to
+/// every latent pixel (SD 1.x and 2.x; 768 x 768, SD 2.1's size): candle's
+/// blocks (off the CPU) hold that attention's 9216 x 9216 score matrix per
+/// head and guided batch row (5.4 GB over SD 1.5's 8 heads and 2 rows; the
+/// CPU blocks attend in query blocks); larger images given to
 /// image-to-image are scaled down to it.
 pub const MAX_PIXELS: usize = 768 * 768;
 /// The most pixels with a UNet whose first attention is at half the latent
 /// resolution or less (SDXL; 1024 x 1024, its size): 4096 tokens, 1.3 GB of
-/// scores over SDXL's 10 heads and 2 rows, and the autoencoder's own
-/// attention over 16384 latent pixels, 1 GB.
+/// scores over SDXL's 10 heads and 2 rows in candle's blocks, and their
+/// autoencoder's own attention over 16384 latent pixels, 1 GB.
 pub const MAX_PIXELS_LATE_ATTENTION: usize = 1024 * 1024;
 /// The most denoising steps a request may ask for.
 pub const MAX_STEPS: usize = 1000;
