@@ -124,9 +124,10 @@ fn bench_family(py: &str, family: &str, guidance: f64, steps: usize) {
     };
     let many = if steps > 1 { run(steps) } else { Some(one) };
     let Some(many) = many else { return };
-    // The model goes before diffusers runs: both at once would not fit in
-    // memory for SDXL.
+    // The model goes before diffusers runs, its memory back to the system:
+    // both at once would not fit in memory for SDXL.
     drop(model);
+    hgpt_local::device::release_freed_memory();
     let shape = Evaluations {
         one: one.1,
         many: many.1,

@@ -303,6 +303,7 @@ impl LocalBackend {
             )));
         }
         let mut slots = lock(&self.slots);
+        let mut unloaded = false;
         loop {
             let used: u64 = slots
                 .values()
@@ -310,7 +311,7 @@ impl LocalBackend {
                 .map(|e| e.bytes)
                 .sum();
             if used + bytes <= budget {
-                return Ok(());
+                break;
             }
             let victim = slots
                 .iter()
@@ -322,10 +323,17 @@ impl LocalBackend {
                 Some(victim) => {
                     tracing::info!("unloading {} to stay within the memory budget", victim.0);
                     slots.remove(&victim);
+                    unloaded = true;
                 }
-                None => return Ok(()),
+                None => break,
             }
         }
+        if unloaded {
+            // The weights of the models unloaded (unless a request still
+            // holds them) go back to the system.
+            crate::device::release_freed_memory();
+        }
+        Ok(())
     }
 
     /// Run a request, downloading and loading the model first if needed.

@@ -63,3 +63,16 @@ pub fn keep_freed_memory() {
         }
     }
 }
+
+/// Hand memory freed so far back to the kernel (glibc: `malloc_trim`), for
+/// when a large part of it will not be needed again soon, such as an
+/// unloaded model's weights: [`keep_freed_memory`] otherwise keeps what is
+/// freed inside the heap mapped.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only returns free pages of the allocator's
+        // arenas to the kernel; it takes the allocator's own locks.
+        unsafe { libc::malloc_trim(0) };
+    }
+}
