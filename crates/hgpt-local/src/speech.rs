@@ -60,9 +60,65 @@ pub fn chunking(
     Ok(Some((length, strides)))
 }
 
+/// A chunk of audio as the pipeline's `chunk_iter` cuts it: samples
+/// `start..end` and the strides (in samples) its neighbours overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkSpan {
+    /// First sample.
+    pub start: usize,
+    /// One past the last sample (at most the audio's length).
+    pub end: usize,
+    /// Samples at the start that the previous chunk covers (0 for the first).
+    pub stride_left: usize,
+    /// Samples at the end that the next chunk covers (0 for the last).
+    pub stride_right: usize,
+}
+
+/// The chunks of `len` samples `chunk_len` long, each `chunk_len - left -
+/// right` after the previous (`chunk_len > left + right`), the last one
+/// reaching the end; a chunk no longer than its left stride is left out.
+pub fn chunk_spans(len: usize, chunk_len: usize, (left, right): (usize, usize)) -> Vec<ChunkSpan> {
+    let step = chunk_len.saturating_sub(left + right).max(1);
+    let mut spans = Vec::new();
+    let mut start = 0;
+    while start < len {
+        let end = start + chunk_len;
+        let stride_left = if start == 0 { 0 } else { left };
+        let is_last = end >= len;
+        let span = ChunkSpan {
+            start,
+            end: end.min(len),
+            stride_left,
+            stride_right: if is_last { 0 } else { right },
+        };
+        if span.end - span.start > stride_left {
+            spans.push(span);
+        }
+        if is_last {
+            break;
+        }
+        start += step;
+    }
+    spans
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_overlap_by_their_strides_as_chunk_iter_cuts_them() {
+        let spans = chunk_spans(100, 40, (8, 8));
+        let starts: Vec<_> = spans.iter().map(|s| (s.start, s.end)).collect();
+        assert_eq!(starts, [(0, 40), (24, 64), (48, 88), (72, 100)]);
+        assert_eq!((spans[0].stride_left, spans[0].stride_right), (0, 8));
+        assert_eq!((spans[3].stride_left, spans[3].stride_right), (8, 0));
+        // The last chunk is cut at the end of the audio.
+        let spans = chunk_spans(70, 40, (8, 8));
+        assert_eq!(spans.last().map(|s| (s.start, s.end)), Some((48, 70)));
+        assert_eq!(chunk_spans(10, 40, (8, 8)).len(), 1);
+        assert!(chunk_spans(0, 40, (8, 8)).is_empty());
+    }
     use serde_json::json;
 
     fn args(other: Value) -> ResolvedArgs {

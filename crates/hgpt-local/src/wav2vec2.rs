@@ -12,7 +12,7 @@ use crate::error::{LocalError, bad_input};
 use crate::files::{ModelFiles, WEIGHTS};
 use crate::kernels::{Dense, Epilogue, dense_activation};
 use crate::pipeline::Pipeline;
-use crate::speech::{Chunking, chunking};
+use crate::speech::{Chunking, chunk_spans, chunking};
 use crate::text::postprocess::{ScoreFunction, classification_args, ranked_labels};
 use crate::vision::attention::self_attention;
 use candle_core::{D, Device, Result, Tensor};
@@ -829,34 +829,25 @@ impl Wav2Vec2Pipeline {
                 "chunk_length_s must be longer than the two strides together",
             ));
         }
-        let (chunk_len, left, right) = (chunk_len as usize, left as usize, right as usize);
-        let step = chunk_len - left - right;
+        let strides = (left as usize, right as usize);
         let mut ids = Vec::new();
-        let mut start = 0;
-        while start < samples.len() {
-            let end = start + chunk_len;
-            let chunk = &samples[start..end.min(samples.len())];
-            let stride_left = if start == 0 { 0 } else { left };
-            let is_last = end >= samples.len();
-            let stride_right = if is_last { 0 } else { right };
+        for span in chunk_spans(samples.len(), chunk_len as usize, strides) {
+            let chunk = &samples[span.start..span.end];
             // A tail shorter than the encoder's first window adds nothing.
-            if chunk.len() > stride_left && self.model.frames(chunk.len()) > 0 {
-                let frames = argmax_rows(&self.ctc_logits(chunk)?);
-                // The pipeline's `rescale_stride`, from samples to frames.
-                let input_n = chunk.len() as f64;
-                let token_n = (input_n * (1.0 / align)).round_ties_even();
-                let drop_left = (stride_left as f64 / input_n * token_n).round_ties_even() as usize;
-                let drop_right =
-                    (stride_right as f64 / input_n * token_n).round_ties_even() as usize;
-                let keep_to = (token_n as usize)
-                    .saturating_sub(drop_right)
-                    .min(frames.len());
-                ids.extend_from_slice(&frames[drop_left.min(keep_to)..keep_to]);
+            if self.model.frames(chunk.len()) == 0 {
+                continue;
             }
-            if is_last {
-                break;
-            }
-            start += step;
+            let frames = argmax_rows(&self.ctc_logits(chunk)?);
+            // The pipeline's `rescale_stride`, from samples to frames.
+            let input_n = chunk.len() as f64;
+            let token_n = (input_n * (1.0 / align)).round_ties_even();
+            let frames_of = |stride: usize| (stride as f64 / input_n * token_n).round_ties_even();
+            let drop_left = frames_of(span.stride_left) as usize;
+            let drop_right = frames_of(span.stride_right) as usize;
+            let keep_to = (token_n as usize)
+                .saturating_sub(drop_right)
+                .min(frames.len());
+            ids.extend_from_slice(&frames[drop_left.min(keep_to)..keep_to]);
         }
         Ok(ids)
     }

@@ -16,7 +16,7 @@ use crate::files::{ModelFiles, WEIGHTS};
 use crate::generate::{GenerationConfig, StepDecoder, clean_up_tokenization, generate};
 use crate::kernels::{Dense, Epilogue, dense_activation};
 use crate::pipeline::Pipeline;
-use crate::speech::chunking;
+use crate::speech::{chunk_spans, chunking};
 use crate::vision::attention::{attend, causal_mask, merge_heads, self_attention, split_heads};
 use candle_core::{D, Device, Module, Result, Tensor};
 use candle_nn::{Activation, Embedding, LayerNorm, VarBuilder, layer_norm};
@@ -1511,30 +1511,20 @@ impl WhisperPipeline {
                         ),
                     ));
                 }
-                let mut windows = Vec::new();
-                let mut start = 0;
-                while start < samples.len() {
-                    let end = start + chunk_len;
-                    let chunk = &samples[start..end.min(samples.len())];
-                    let stride_left = if start == 0 { 0 } else { left };
-                    let is_last = end >= samples.len();
-                    let stride_right = if is_last { 0 } else { right };
-                    if chunk.len() > stride_left {
-                        windows.push(WindowTokens {
+                chunk_spans(samples.len(), chunk_len, (left, right))
+                    .into_iter()
+                    .map(|span| {
+                        let chunk = &samples[span.start..span.end];
+                        Ok(WindowTokens {
                             tokens: self.generate_window(chunk, options)?,
                             stride: Some((
                                 chunk.len() as f64 / rate,
-                                stride_left as f64 / rate,
-                                stride_right as f64 / rate,
+                                span.stride_left as f64 / rate,
+                                span.stride_right as f64 / rate,
                             )),
-                        });
-                    }
-                    if is_last {
-                        break;
-                    }
-                    start += step;
-                }
-                windows
+                        })
+                    })
+                    .collect::<std::result::Result<_, LocalError>>()?
             }
         };
         self.decode_asr(&windows, options.timestamps)
