@@ -328,9 +328,11 @@ impl LocalBackend {
                 None => break,
             }
         }
+        drop(slots);
         if unloaded {
-            // The weights of the models unloaded (unless a request still
-            // holds them) go back to the system.
+            // The weights of the models unloaded go back to the system (a
+            // request still running on one frees it when it ends; the next
+            // eviction's trim returns that too).
             crate::device::release_freed_memory();
         }
         Ok(())

@@ -496,6 +496,17 @@ fn sdxl_pipelines_run_with_turbo_defaults_and_refuse_refiners() {
     let first = png_of(pipe.run(t2i, &args(5)).unwrap());
     assert_eq!(first, png_of(pipe.run(t2i, &args(5)).unwrap()));
     assert_ne!(first, png_of(pipe.run(t2i, &args(6)).unwrap()));
+    // The step noise drawn as the steps run is what `Noise::seeded` draws
+    // up front.
+    let request = model.request(t2i, &args(5)).unwrap();
+    let noise = Noise::seeded(5, (1, 4, 8, 8), false, 3, &Device::Cpu).unwrap();
+    let given = model
+        .generate_with_noise(&request, &noise, &|_, _| {})
+        .unwrap();
+    assert_eq!(
+        to_rgb(&given).unwrap(),
+        model.generate(&request, &|_, _| {}).unwrap()
+    );
     let image = decode_image(t2i, &first).unwrap();
     assert_eq!(image.dimensions(), (32, 32));
     let bytes = std::fs::read(fixtures().join("images/gradient_40x30.png")).unwrap();

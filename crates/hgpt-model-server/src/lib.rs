@@ -28,7 +28,7 @@ mod request;
 mod response;
 
 use crate::error::ApiError;
-use crate::models::{Catalog, ServedModel, parse_model_path, tasks_for};
+use crate::models::{Catalog, ServedModel, answerable, parse_model_path};
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::HeaderMap;
@@ -279,7 +279,7 @@ async fn infer(
     // The body is checked first, so that a malformed request is reported as
     // such whatever the server runs.
     let call = request::decode(task, headers, body)?;
-    if call.task != task && !tasks_for(&files).contains(&call.task) {
+    if call.task != task && !answerable(task, &files).contains(&call.task) {
         return Err(ApiError::unsupported(format!(
             "{model} does {task}, not {}",
             call.task

@@ -61,11 +61,35 @@ pub(crate) struct ServedModel {
 /// ([`pipeline::tasks_of`]; Stable Diffusion does image-to-image too), and
 /// sentence-similarity for feature-extraction models.
 pub(crate) fn tasks_for(files: &ModelFiles) -> Vec<TaskKind> {
+    with_similarity(pipeline::tasks_of(files))
+}
+
+/// The tasks a request for `task` (its default, or the one its path
+/// names) may turn into, on a model whose files are `files`: the model's
+/// own, and `task` with sentence-similarity beside feature-extraction.
+pub(crate) fn answerable(task: TaskKind, files: &ModelFiles) -> Vec<TaskKind> {
     let mut tasks = pipeline::tasks_of(files);
-    if tasks.contains(&TaskKind::FeatureExtraction) {
-        tasks.push(TaskKind::SentenceSimilarity);
+    tasks.push(task);
+    with_similarity(tasks)
+}
+
+/// `tasks`, once each, with sentence-similarity after feature-extraction.
+fn with_similarity(tasks: Vec<TaskKind>) -> Vec<TaskKind> {
+    let mut out: Vec<TaskKind> = Vec::with_capacity(tasks.len() + 1);
+    for task in tasks {
+        let pair: &[TaskKind] = match task {
+            TaskKind::FeatureExtraction => {
+                &[TaskKind::FeatureExtraction, TaskKind::SentenceSimilarity]
+            }
+            _ => std::slice::from_ref(&task),
+        };
+        for &t in pair {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
     }
-    tasks
+    out
 }
 
 /// The allow list and the cache, together.
@@ -184,5 +208,35 @@ mod tests {
         assert!(parse("a//b").is_err());
         assert!(parse("a/b?c").is_err());
         assert!(parse("").is_err());
+    }
+
+    fn config(architectures: &str) -> (tempfile::TempDir, ModelFiles) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            format!(r#"{{"model_type": "bert", "architectures": {architectures}}}"#),
+        )
+        .unwrap();
+        let files = ModelFiles::from_dir("org/m", dir.path());
+        (dir, files)
+    }
+
+    #[test]
+    fn a_model_answers_its_tasks_once_each() {
+        use TaskKind::*;
+        let (_dir, bare) = config(r#"["BertModel"]"#);
+        assert_eq!(tasks_for(&bare), [FeatureExtraction, SentenceSimilarity]);
+        // A classifier named as a feature extractor in the path may also
+        // be asked for similarity; by default it classifies only.
+        let (_dir, classifier) = config(r#"["BertForSequenceClassification"]"#);
+        assert_eq!(tasks_for(&classifier), [TextClassification]);
+        assert_eq!(
+            answerable(FeatureExtraction, &classifier),
+            [TextClassification, FeatureExtraction, SentenceSimilarity]
+        );
+        assert_eq!(
+            answerable(TextClassification, &classifier),
+            [TextClassification]
+        );
     }
 }

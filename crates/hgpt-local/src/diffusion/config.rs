@@ -116,10 +116,10 @@ fn one_f() -> f64 {
     1.0
 }
 
-/// Fields that must hold these values (or be absent) for candle's UNet to
-/// be the model the config describes.
+/// Fields that must hold these values (`a|b`: either; or be absent) for
+/// hgpt's UNet to be the model the config describes.
 const UNET_FIXED: &[(&str, &str)] = &[
-    ("act_fn", "silu"),
+    ("act_fn", "silu|swish"),
     ("resnet_time_scale_shift", "default"),
     ("time_embedding_type", "positional"),
     ("attention_type", "default"),
@@ -134,6 +134,11 @@ const UNET_FIXED: &[(&str, &str)] = &[
 
 /// The GroupNorm groups of candle's UNet blocks.
 const UNET_GROUPS: usize = 32;
+
+/// The largest channel count, layer count or embedding width a config may
+/// give (SDXL's largest is 2816), so that sizes computed from them cannot
+/// overflow.
+const MAX_SIZE: usize = 1 << 16;
 
 /// Fields that must be `null` (or absent): extra conditioning.
 const UNET_NULL: &[&str] = &[
@@ -162,7 +167,8 @@ impl UnetConfig {
                     Value::Number(n) => n.as_f64().map_or(n.to_string(), |f| f.to_string()),
                     other => other.to_string(),
                 };
-                if text != want {
+                if !want.split('|').any(|w| w == text) {
+                    let want = want.replace('|', " or ");
                     return Err(format!("{field} {value} is not supported (only {want})"));
                 }
             }
@@ -248,6 +254,37 @@ impl UnetConfig {
         if self.in_channels == 0 || self.out_channels == 0 {
             return Err("in_channels and out_channels must be positive".into());
         }
+        let sizes = [
+            self.in_channels,
+            self.out_channels,
+            self.layers_per_block,
+            self.cross_attention_dim,
+        ];
+        if sizes
+            .iter()
+            .chain(&self.block_out_channels)
+            .chain(&transformer_layers)
+            .any(|&n| n > MAX_SIZE)
+        {
+            return Err(format!("a channel or layer count is over {MAX_SIZE}"));
+        }
+        // Every SD and SDXL UNet pads its stride-2 convolutions by one pixel
+        // (diffusers pads 0 asymmetrically, which hgpt's blocks do not).
+        if self.downsample_padding != 1 {
+            return Err(format!(
+                "downsample_padding {} is not supported (only 1)",
+                self.downsample_padding
+            ));
+        }
+        // diffusers gives the mid block the last listed depth; hgpt's blocks
+        // take the last block's, which is that one when the block attends.
+        let last_depth = transformer_layers[blocks - 1];
+        if configs[blocks - 1].use_cross_attn.is_none() && last_depth != 1 {
+            return Err(format!(
+                "a mid block {last_depth} transformer layers deep after a block without \
+                 attention is not supported"
+            ));
+        }
         Ok(UNet2DConditionModelConfig {
             center_input_sample: self.center_input_sample,
             flip_sin_to_cos: self.flip_sin_to_cos,
@@ -282,10 +319,15 @@ impl UnetConfig {
                             .into(),
                     );
                 };
-                if time_embed_dim == 0 || input_dim == 0 {
-                    return Err("addition_time_embed_dim and \
-                                projection_class_embeddings_input_dim must be positive"
-                        .into());
+                if time_embed_dim == 0
+                    || input_dim == 0
+                    || time_embed_dim > MAX_SIZE
+                    || input_dim > MAX_SIZE
+                {
+                    return Err(format!(
+                        "addition_time_embed_dim and projection_class_embeddings_input_dim \
+                         must be from 1 to {MAX_SIZE}"
+                    ));
                 }
                 Ok(Some(TextTime {
                     time_embed_dim,
@@ -572,6 +614,31 @@ mod tests {
                     r#""block_out_channels": []"#,
                 ),
                 "empty",
+            ),
+            (
+                SD15_UNET.replace(r#""downsample_padding": 1"#, r#""downsample_padding": 0"#),
+                "downsample_padding 0",
+            ),
+            (
+                SD15_UNET.replace(
+                    r#""downsample_padding": 1"#,
+                    r#""downsample_padding": 1000000"#,
+                ),
+                "downsample_padding 1000000",
+            ),
+            (
+                SD15_UNET.replace(
+                    r#""block_out_channels": [320, 640, 1280, 1280]"#,
+                    r#""block_out_channels": [320, 640, 1280, 1048576]"#,
+                ),
+                "over 65536",
+            ),
+            (
+                SD15_UNET.replace(
+                    r#""layers_per_block": 2"#,
+                    r#""layers_per_block": 2, "transformer_layers_per_block": [1, 1, 1, 2]"#,
+                ),
+                "mid block 2 transformer layers",
             ),
         ];
         for (json, wanted) in cases {

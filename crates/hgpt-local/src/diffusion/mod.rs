@@ -264,21 +264,62 @@ impl Noise {
         device: &Device,
     ) -> candle_core::Result<Self> {
         let mut rng = SeededNormal::new(seed);
-        let count = shape.0 * shape.1 * shape.2 * shape.3;
-        let mut draw = || -> candle_core::Result<Tensor> {
-            let values: Vec<f32> = (0..count).map(|_| rng.sample()).collect();
-            Tensor::from_vec(values, shape, device)
-        };
-        let posterior = if posterior { Some(draw()?) } else { None };
-        let latents = draw()?;
-        let steps = (0..steps)
-            .map(|_| draw())
+        let mut noise = Self::start(&mut rng, shape, posterior, device)?;
+        noise.steps = (0..steps)
+            .map(|_| draw(&mut rng, shape, device))
             .collect::<candle_core::Result<_>>()?;
+        Ok(noise)
+    }
+
+    /// The posterior's draws (when `posterior`) and the latents from
+    /// `rng`, no step noise.
+    fn start(
+        rng: &mut SeededNormal,
+        shape: (usize, usize, usize, usize),
+        posterior: bool,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let posterior = if posterior {
+            Some(draw(rng, shape, device)?)
+        } else {
+            None
+        };
         Ok(Self {
-            latents,
+            latents: draw(rng, shape, device)?,
             posterior,
-            steps,
+            steps: Vec::new(),
         })
+    }
+}
+
+/// A standard normal tensor of `shape` from `rng`.
+fn draw(
+    rng: &mut SeededNormal,
+    shape: (usize, usize, usize, usize),
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let count = shape.0 * shape.1 * shape.2 * shape.3;
+    let values: Vec<f32> = (0..count).map(|_| rng.sample()).collect();
+    Tensor::from_vec(values, shape, device)
+}
+
+/// The noise an ancestral scheduler adds at each step: given, or drawn
+/// from the generator that drew the latents, a step at a time (as
+/// [`Noise::seeded`] would draw them all up front).
+enum StepNoise<'a> {
+    Given(&'a [Tensor]),
+    Drawn(SeededNormal),
+}
+
+impl StepNoise<'_> {
+    /// The noise of the `done`-th step run, shaped like `like`.
+    fn next(&mut self, done: usize, like: &Tensor) -> Result<Tensor, LocalError> {
+        match self {
+            Self::Given(steps) => steps.get(done).cloned().ok_or_else(|| {
+                LocalError::Compute(format!("no noise for denoising step {}", done + 1))
+            }),
+            Self::Drawn(rng) => Ok(draw(rng, like.dims4()?, like.device())?),
+        }
     }
 }
 
@@ -578,20 +619,10 @@ impl StableDiffusion {
             return Err(bad_input(task, "the image is smaller than one latent"));
         }
         let shape = (1, self.latent_channels, height, width);
-        let scheduler = self.scheduler(request)?;
-        let step_noises = if scheduler.adds_noise_each_step() {
-            scheduler.timesteps().len()
-        } else {
-            0
-        };
-        let noise = Noise::seeded(
-            request.seed,
-            shape,
-            prepared.is_some(),
-            step_noises,
-            &self.device,
-        )?;
-        let decoded = self.denoise(request, prepared.as_ref(), &noise, on_step)?;
+        let mut rng = SeededNormal::new(request.seed);
+        let noise = Noise::start(&mut rng, shape, prepared.is_some(), &self.device)?;
+        let steps = StepNoise::Drawn(rng);
+        let decoded = self.denoise(request, prepared.as_ref(), &noise, steps, on_step)?;
         to_rgb(&decoded)
     }
 
@@ -604,7 +635,13 @@ impl StableDiffusion {
         on_step: &dyn Fn(usize, usize),
     ) -> Result<Tensor, LocalError> {
         let prepared = self.prepare_init(request)?;
-        self.denoise(request, prepared.as_ref(), noise, on_step)
+        self.denoise(
+            request,
+            prepared.as_ref(),
+            noise,
+            StepNoise::Given(&noise.steps),
+            on_step,
+        )
     }
 
     /// The init image as `VaeImageProcessor.preprocess` makes it: each side
@@ -667,6 +704,7 @@ impl StableDiffusion {
         request: &GenerationRequest,
         init: Option<&Tensor>,
         noise: &Noise,
+        mut step_noise: StepNoise,
         on_step: &dyn Fn(usize, usize),
     ) -> Result<Tensor, LocalError> {
         let task = request_task(request);
@@ -745,14 +783,12 @@ impl StableDiffusion {
                 let steer = ((conditional - &unconditional)? * request.guidance_scale)?;
                 prediction = (unconditional + steer)?;
             }
-            let step_noise = if scheduler.adds_noise_each_step() {
-                Some(noise.steps.get(done).ok_or_else(|| {
-                    LocalError::Compute(format!("no noise for denoising step {}", done + 1))
-                })?)
+            let added = if scheduler.adds_noise_each_step() {
+                Some(step_noise.next(done, &latents)?)
             } else {
                 None
             };
-            latents = scheduler.step(index, &prediction, &latents, step_noise)?;
+            latents = scheduler.step(index, &prediction, &latents, added.as_ref())?;
             on_step(done + 1, total);
         }
         let decoded = self.vae.decode(&(latents / self.scaling_factor)?)?;
