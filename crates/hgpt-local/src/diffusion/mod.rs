@@ -21,13 +21,13 @@
 //! takes given noise instead, which is how the parity tests feed diffusers'.
 
 pub mod config;
-mod decoder;
 mod prompt;
 pub mod scheduler;
 mod text;
 mod unet;
 mod unet_cpu;
 mod vae;
+mod vae_cpu;
 
 use crate::error::{LocalError, bad_input};
 use crate::files::ModelFiles;

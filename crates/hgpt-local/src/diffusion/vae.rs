@@ -1,11 +1,11 @@
-//! The Stable Diffusion autoencoder (`AutoencoderKL`), assembled from
-//! candle's encoder and decoder blocks so that the posterior's mean and
-//! variance are at hand: image-to-image samples the posterior with its own
-//! seeded noise, as diffusers does with its generator. On the CPU the
-//! decoder runs on hgpt's own kernels ([`super::decoder`]).
+//! The Stable Diffusion autoencoder (`AutoencoderKL`), assembled so that
+//! the posterior's mean and variance are at hand: image-to-image samples the
+//! posterior with its own seeded noise, as diffusers does with its
+//! generator. On the CPU the encoder and decoder run on hgpt's own kernels
+//! ([`super::vae_cpu`]); elsewhere on candle's blocks.
 
 use super::config::VaeConfig;
-use super::decoder::Decoder;
+use super::vae_cpu::{Decoder, Encoder};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder, conv2d, group_norm};
 use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
@@ -38,23 +38,19 @@ fn mid_block(channels: usize, groups: usize, vb: VarBuilder) -> Result<UNetMidBl
 /// `AutoencoderKL`'s encoder, quantisation convolutions and decoder.
 #[derive(Debug)]
 pub struct Autoencoder {
-    encoder_in: Conv2d,
-    encoder_blocks: Vec<DownEncoderBlock2D>,
-    encoder_mid: UNetMidBlock2D,
-    encoder_norm: GroupNorm,
-    encoder_out: Conv2d,
+    encoder: Half<Encoder, CandleEncoder>,
     quant_conv: Option<Conv2d>,
     post_quant_conv: Option<Conv2d>,
-    decoder: DecoderOn,
+    decoder: Half<Decoder, CandleDecoder>,
 }
 
-/// The decoder: hgpt's on the CPU, candle's blocks elsewhere.
-enum DecoderOn {
-    Cpu(Box<Decoder>),
-    Candle(Box<CandleDecoder>),
+/// The encoder or decoder: hgpt's on the CPU, candle's blocks elsewhere.
+enum Half<Cpu, Candle> {
+    Cpu(Box<Cpu>),
+    Candle(Box<Candle>),
 }
 
-impl std::fmt::Debug for DecoderOn {
+impl<Cpu, Candle> std::fmt::Debug for Half<Cpu, Candle> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Cpu(_) => "Cpu",
@@ -63,7 +59,61 @@ impl std::fmt::Debug for DecoderOn {
     }
 }
 
-/// The decoder of candle's blocks.
+/// The encoder of candle's blocks (before `quant_conv`).
+struct CandleEncoder {
+    conv_in: Conv2d,
+    blocks: Vec<DownEncoderBlock2D>,
+    mid: UNetMidBlock2D,
+    norm: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl CandleEncoder {
+    fn load(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
+        let channels = &cfg.block_out_channels;
+        let (Some(&first), Some(&last)) = (channels.first(), channels.last()) else {
+            candle_core::bail!("the autoencoder has no blocks");
+        };
+        let groups = cfg.norm_num_groups;
+        let mut blocks = Vec::with_capacity(channels.len());
+        for (i, &out) in channels.iter().enumerate() {
+            let block_cfg = DownEncoderBlock2DConfig {
+                num_layers: cfg.layers_per_block,
+                resnet_eps: EPS,
+                resnet_groups: groups,
+                add_downsample: i + 1 < channels.len(),
+                downsample_padding: 0,
+                ..Default::default()
+            };
+            let inputs = if i == 0 { first } else { channels[i - 1] };
+            blocks.push(DownEncoderBlock2D::new(
+                vb.pp("down_blocks").pp(i),
+                inputs,
+                out,
+                block_cfg,
+            )?);
+        }
+        Ok(Self {
+            conv_in: same_conv(cfg.in_channels, first, vb.pp("conv_in"))?,
+            blocks,
+            mid: mid_block(last, groups, vb.pp("mid_block"))?,
+            norm: group_norm(groups, last, EPS, vb.pp("conv_norm_out"))?,
+            conv_out: same_conv(last, 2 * cfg.latent_channels, vb.pp("conv_out"))?,
+        })
+    }
+
+    fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        let mut xs = self.conv_in.forward(images)?;
+        for block in &self.blocks {
+            xs = block.forward(&xs)?;
+        }
+        let xs = self.mid.forward(&xs, None)?;
+        self.conv_out
+            .forward(&candle_nn::ops::silu(&self.norm.forward(&xs)?)?)
+    }
+}
+
+/// The decoder of candle's blocks (after `post_quant_conv`).
 struct CandleDecoder {
     conv_in: Conv2d,
     mid: UNetMidBlock2D,
@@ -73,6 +123,39 @@ struct CandleDecoder {
 }
 
 impl CandleDecoder {
+    fn load(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
+        let channels = &cfg.block_out_channels;
+        let (Some(&first), Some(&last)) = (channels.first(), channels.last()) else {
+            candle_core::bail!("the autoencoder has no blocks");
+        };
+        let groups = cfg.norm_num_groups;
+        let reversed: Vec<usize> = channels.iter().rev().copied().collect();
+        let mut blocks = Vec::with_capacity(channels.len());
+        for (i, &out) in reversed.iter().enumerate() {
+            let block_cfg = UpDecoderBlock2DConfig {
+                num_layers: cfg.layers_per_block + 1,
+                resnet_eps: EPS,
+                resnet_groups: groups,
+                add_upsample: i + 1 < channels.len(),
+                ..Default::default()
+            };
+            let inputs = if i == 0 { last } else { reversed[i - 1] };
+            blocks.push(UpDecoderBlock2D::new(
+                vb.pp("up_blocks").pp(i),
+                inputs,
+                out,
+                block_cfg,
+            )?);
+        }
+        Ok(Self {
+            conv_in: same_conv(cfg.latent_channels, last, vb.pp("conv_in"))?,
+            mid: mid_block(last, groups, vb.pp("mid_block"))?,
+            blocks,
+            norm: group_norm(groups, first, EPS, vb.pp("conv_norm_out"))?,
+            conv_out: same_conv(first, cfg.out_channels, vb.pp("conv_out"))?,
+        })
+    }
+
     fn forward(&self, latents: &Tensor) -> Result<Tensor> {
         let mut xs = self.conv_in.forward(latents)?;
         xs = self.mid.forward(&xs, None)?;
@@ -88,76 +171,37 @@ impl Autoencoder {
     /// Build from a checked config and the weights of `vae/`.
     pub fn load(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
         let channels = &cfg.block_out_channels;
-        let (first, last) = match (channels.first(), channels.last()) {
-            (Some(&first), Some(&last)) => (first, last),
-            _ => candle_core::bail!("the autoencoder has no blocks"),
-        };
         let groups = cfg.norm_num_groups;
         let latent = cfg.latent_channels;
-        let encoder = vb.pp("encoder");
-        let mut encoder_blocks = Vec::with_capacity(channels.len());
-        for (i, &out) in channels.iter().enumerate() {
-            let block_cfg = DownEncoderBlock2DConfig {
-                num_layers: cfg.layers_per_block,
-                resnet_eps: EPS,
-                resnet_groups: groups,
-                add_downsample: i + 1 < channels.len(),
-                downsample_padding: 0,
-                ..Default::default()
-            };
-            let inputs = if i == 0 { first } else { channels[i - 1] };
-            encoder_blocks.push(DownEncoderBlock2D::new(
-                encoder.pp("down_blocks").pp(i),
-                inputs,
-                out,
-                block_cfg,
-            )?);
-        }
-        let decoder_vb = vb.pp("decoder");
-        let decoder = if vb.device().is_cpu() {
-            DecoderOn::Cpu(Box::new(Decoder::load(
-                decoder_vb,
-                channels,
-                cfg.layers_per_block,
-                groups,
-                (latent, cfg.out_channels),
-            )?))
+        let (encoder, decoder) = if vb.device().is_cpu() {
+            let layers = cfg.layers_per_block;
+            (
+                Half::Cpu(Box::new(Encoder::load(
+                    vb.pp("encoder"),
+                    channels,
+                    layers,
+                    groups,
+                    (cfg.in_channels, latent),
+                )?)),
+                Half::Cpu(Box::new(Decoder::load(
+                    vb.pp("decoder"),
+                    channels,
+                    layers,
+                    groups,
+                    (latent, cfg.out_channels),
+                )?)),
+            )
         } else {
-            let reversed: Vec<usize> = channels.iter().rev().copied().collect();
-            let mut blocks = Vec::with_capacity(channels.len());
-            for (i, &out) in reversed.iter().enumerate() {
-                let block_cfg = UpDecoderBlock2DConfig {
-                    num_layers: cfg.layers_per_block + 1,
-                    resnet_eps: EPS,
-                    resnet_groups: groups,
-                    add_upsample: i + 1 < channels.len(),
-                    ..Default::default()
-                };
-                let inputs = if i == 0 { last } else { reversed[i - 1] };
-                blocks.push(UpDecoderBlock2D::new(
-                    decoder_vb.pp("up_blocks").pp(i),
-                    inputs,
-                    out,
-                    block_cfg,
-                )?);
-            }
-            DecoderOn::Candle(Box::new(CandleDecoder {
-                conv_in: same_conv(latent, last, decoder_vb.pp("conv_in"))?,
-                mid: mid_block(last, groups, decoder_vb.pp("mid_block"))?,
-                blocks,
-                norm: group_norm(groups, first, EPS, decoder_vb.pp("conv_norm_out"))?,
-                conv_out: same_conv(first, cfg.out_channels, decoder_vb.pp("conv_out"))?,
-            }))
+            (
+                Half::Candle(Box::new(CandleEncoder::load(cfg, vb.pp("encoder"))?)),
+                Half::Candle(Box::new(CandleDecoder::load(cfg, vb.pp("decoder"))?)),
+            )
         };
         let pointwise = |channels: usize, name: &str| {
             conv2d(channels, channels, 1, Conv2dConfig::default(), vb.pp(name))
         };
         Ok(Self {
-            encoder_in: same_conv(cfg.in_channels, first, encoder.pp("conv_in"))?,
-            encoder_blocks,
-            encoder_mid: mid_block(last, groups, encoder.pp("mid_block"))?,
-            encoder_norm: group_norm(groups, last, EPS, encoder.pp("conv_norm_out"))?,
-            encoder_out: same_conv(last, 2 * latent, encoder.pp("conv_out"))?,
+            encoder,
             quant_conv: cfg
                 .use_quant_conv
                 .then(|| pointwise(2 * latent, "quant_conv"))
@@ -170,17 +214,14 @@ impl Autoencoder {
         })
     }
 
-    /// The posterior's mean and standard deviation for images `[batch, 3,
-    /// h, w]` in [-1, 1] (the log-variance clamped to [-30, 20] as diffusers
+    /// The posterior's mean and standard deviation for an image `[1, 3, h,
+    /// w]` in [-1, 1] (the log-variance clamped to [-30, 20] as diffusers
     /// does).
     pub fn encode(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
-        let mut xs = self.encoder_in.forward(images)?;
-        for block in &self.encoder_blocks {
-            xs = block.forward(&xs)?;
-        }
-        let xs = self.encoder_mid.forward(&xs, None)?;
-        let xs = candle_nn::ops::silu(&self.encoder_norm.forward(&xs)?)?;
-        let mut moments = self.encoder_out.forward(&xs)?;
+        let mut moments = match &self.encoder {
+            Half::Cpu(encoder) => encoder.forward(images)?,
+            Half::Candle(encoder) => encoder.forward(images)?,
+        };
         if let Some(conv) = &self.quant_conv {
             moments = conv.forward(&moments)?;
         }
@@ -191,7 +232,7 @@ impl Autoencoder {
         Ok((mean, std))
     }
 
-    /// Images `[batch, 3, h, w]` (about [-1, 1], unclamped) from latents
+    /// An image `[1, 3, h, w]` (about [-1, 1], unclamped) from latents
     /// already divided by the scaling factor.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let xs = match &self.post_quant_conv {
@@ -199,8 +240,8 @@ impl Autoencoder {
             None => latents.clone(),
         };
         match &self.decoder {
-            DecoderOn::Cpu(decoder) => decoder.forward(&xs),
-            DecoderOn::Candle(decoder) => decoder.forward(&xs),
+            Half::Cpu(decoder) => decoder.forward(&xs),
+            Half::Candle(decoder) => decoder.forward(&xs),
         }
     }
 }

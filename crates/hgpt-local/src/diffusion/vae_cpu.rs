@@ -1,12 +1,13 @@
-//! The autoencoder's decoder on hgpt's CPU kernels: channels-last maps
-//! ([`Rows`]), 3x3 convolutions by Winograd, group norms fused with their
-//! SiLU, linear layers with fused residuals. The same network as candle's
-//! `UpDecoderBlock2D`s, which [`super::vae`] keeps for other devices;
-//! candle's CPU convolutions made the decoder most of a one-step image's
-//! time.
+//! The autoencoder's encoder and decoder on hgpt's CPU kernels:
+//! channels-last maps ([`Rows`]), 3x3 convolutions by Winograd, group norms
+//! fused with their SiLU, linear layers with fused residuals. The same
+//! networks as candle's `DownEncoderBlock2D`s and `UpDecoderBlock2D`s, which
+//! [`super::vae`] keeps for other devices; candle's CPU convolutions made
+//! the decoder most of a one-step image's time, and the encoder most of an
+//! image-to-image one's.
 
 use crate::kernels::{Dense, Epilogue, attention_cpu};
-use crate::vision::conv::{Conv, GroupNorm, Interpolation, Rows, resize};
+use crate::vision::conv::{Conv, GroupNorm, Interpolation, Padding, Rows, resize};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -115,6 +116,126 @@ impl Attention {
     }
 }
 
+/// The mid block: ResNet, attention, ResNet, at the lowest resolution.
+struct MidBlock(Resnet, Attention, Resnet);
+
+impl MidBlock {
+    fn load(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
+        Ok(Self(
+            Resnet::load(vb.pp("resnets.0"), channels, channels, groups)?,
+            Attention::load(vb.pp("attentions.0"), channels, groups)?,
+            Resnet::load(vb.pp("resnets.1"), channels, channels, groups)?,
+        ))
+    }
+
+    fn forward(&self, x: &Rows) -> Result<Rows> {
+        self.2.forward(&self.1.forward(&self.0.forward(x)?)?)
+    }
+}
+
+/// A channels-last map `[h * w, c]` of a tensor `[1, c, h, w]`.
+fn to_rows(x: &Tensor) -> Result<Rows> {
+    let (batch, channels, h, w) = x.dims4()?;
+    if batch != 1 {
+        candle_core::bail!("the autoencoder takes one image at a time, not {batch}");
+    }
+    Ok(Rows {
+        pixels: x
+            .squeeze(0)?
+            .reshape((channels, h * w))?
+            .t()?
+            .contiguous()?,
+        size: (h, w),
+    })
+}
+
+/// The tensor `[1, c, h, w]` of a channels-last map.
+fn from_rows(x: &Rows) -> Result<Tensor> {
+    let (h, w) = x.size;
+    x.pixels.t()?.reshape((x.channels()?, h, w))?.unsqueeze(0)
+}
+
+/// `AutoencoderKL`'s encoder, before `quant_conv`: the posterior's moments.
+pub(super) struct Encoder {
+    conv_in: Conv,
+    /// Each level's ResNet blocks and (all but the last) its stride-2
+    /// downsampling convolution.
+    blocks: Vec<(Vec<Resnet>, Option<Conv>)>,
+    mid: MidBlock,
+    norm_out: GroupNorm,
+    conv_out: Conv,
+}
+
+impl Encoder {
+    /// The weights under `encoder`; `channels` from the highest resolution
+    /// level to the lowest, `layers` ResNet blocks per level.
+    pub(super) fn load(
+        vb: VarBuilder,
+        channels: &[usize],
+        layers: usize,
+        groups: usize,
+        (image, latent): (usize, usize),
+    ) -> Result<Self> {
+        let (Some(&first), Some(&last)) = (channels.first(), channels.last()) else {
+            candle_core::bail!("the autoencoder has no blocks");
+        };
+        let mut blocks = Vec::with_capacity(channels.len());
+        let mut inputs = first;
+        for (i, &outputs) in channels.iter().enumerate() {
+            let vb = vb.pp("down_blocks").pp(i);
+            let resnets = (0..layers)
+                .map(|j| {
+                    let from = if j == 0 { inputs } else { outputs };
+                    Resnet::load(vb.pp("resnets").pp(j), from, outputs, groups)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // diffusers pads one zero after each side, then convolves with
+            // stride 2: on even sides, the `Same` padding.
+            let downsample = (i + 1 < channels.len())
+                .then(|| -> Result<Conv> {
+                    let vb = vb.pp("downsamplers.0.conv");
+                    let weight = vb.get((outputs, outputs, 3, 3), "weight")?;
+                    let bias = vb.get(outputs, "bias")?;
+                    Conv::padded(&weight, Some(bias), 2, Padding::Same)
+                })
+                .transpose()?;
+            blocks.push((resnets, downsample));
+            inputs = outputs;
+        }
+        Ok(Self {
+            conv_in: same_conv(vb.pp("conv_in"), image, first)?,
+            blocks,
+            mid: MidBlock::load(vb.pp("mid_block"), last, groups)?,
+            norm_out: norm(vb.pp("conv_norm_out"), last, groups)?,
+            conv_out: same_conv(vb.pp("conv_out"), last, 2 * latent)?,
+        })
+    }
+
+    /// The moments `[1, 2 * latent, h / 8, w / 8]` (for three levels of
+    /// downsampling) of an image `[1, 3, h, w]` whose sides halve evenly.
+    pub(super) fn forward(&self, image: &Tensor) -> Result<Tensor> {
+        let mut x = self.conv_in.forward(&to_rows(image)?, Epilogue::Bias)?;
+        for (resnets, downsample) in &self.blocks {
+            for resnet in resnets {
+                x = resnet.forward(&x)?;
+            }
+            if let Some(conv) = downsample {
+                let (h, w) = x.size;
+                if h % 2 == 1 || w % 2 == 1 {
+                    candle_core::bail!("the encoder halves a {h}x{w} map, which is odd");
+                }
+                x = conv.forward(&x, Epilogue::Bias)?;
+            }
+        }
+        let x = self.mid.forward(&x)?;
+        from_rows(
+            &self
+                .conv_out
+                .forward(&self.norm_out.forward_silu(&x)?, Epilogue::Bias)?,
+        )
+    }
+}
+
 /// An `UpDecoderBlock2D`: ResNet blocks, then (all but the last) a nearest
 /// 2x upsampling and a 3x3 convolution.
 struct UpBlock {
@@ -125,7 +246,7 @@ struct UpBlock {
 /// `AutoencoderKL`'s decoder after `post_quant_conv`.
 pub(super) struct Decoder {
     conv_in: Conv,
-    mid: (Resnet, Attention, Resnet),
+    mid: MidBlock,
     blocks: Vec<UpBlock>,
     norm_out: GroupNorm,
     conv_out: Conv,
@@ -145,7 +266,6 @@ impl Decoder {
         let (Some(&first), Some(&last)) = (channels.first(), channels.last()) else {
             candle_core::bail!("the autoencoder has no blocks");
         };
-        let mid = vb.pp("mid_block");
         let mut blocks = Vec::with_capacity(channels.len());
         let mut inputs = last;
         for (i, &outputs) in channels.iter().rev().enumerate() {
@@ -164,11 +284,7 @@ impl Decoder {
         }
         Ok(Self {
             conv_in: same_conv(vb.pp("conv_in"), latent, last)?,
-            mid: (
-                Resnet::load(mid.pp("resnets.0"), last, last, groups)?,
-                Attention::load(mid.pp("attentions.0"), last, groups)?,
-                Resnet::load(mid.pp("resnets.1"), last, last, groups)?,
-            ),
+            mid: MidBlock::load(vb.pp("mid_block"), last, groups)?,
             blocks,
             norm_out: norm(vb.pp("conv_norm_out"), first, groups)?,
             conv_out: same_conv(vb.pp("conv_out"), first, out)?,
@@ -178,23 +294,8 @@ impl Decoder {
     /// The image `[1, out, 8h, 8w]` (for three levels of upsampling) of
     /// latents `[1, latent, h, w]`.
     pub(super) fn forward(&self, latents: &Tensor) -> Result<Tensor> {
-        let (batch, channels, h, w) = latents.dims4()?;
-        if batch != 1 {
-            candle_core::bail!("the decoder takes one image at a time, not {batch}");
-        }
-        let pixels = latents
-            .squeeze(0)?
-            .reshape((channels, h * w))?
-            .t()?
-            .contiguous()?;
-        let x = Rows {
-            pixels,
-            size: (h, w),
-        };
-        let mut x = self.conv_in.forward(&x, Epilogue::Bias)?;
-        x = self.mid.0.forward(&x)?;
-        x = self.mid.1.forward(&x)?;
-        x = self.mid.2.forward(&x)?;
+        let mut x = self.conv_in.forward(&to_rows(latents)?, Epilogue::Bias)?;
+        x = self.mid.forward(&x)?;
         for block in &self.blocks {
             for resnet in &block.resnets {
                 x = resnet.forward(&x)?;
@@ -205,10 +306,10 @@ impl Decoder {
                 x = conv.forward(&up, Epilogue::Bias)?;
             }
         }
-        let x = self
-            .conv_out
-            .forward(&self.norm_out.forward_silu(&x)?, Epilogue::Bias)?;
-        let (h, w) = x.size;
-        x.pixels.t()?.reshape((x.channels()?, h, w))?.unsqueeze(0)
+        from_rows(
+            &self
+                .conv_out
+                .forward(&self.norm_out.forward_silu(&x)?, Epilogue::Bias)?,
+        )
     }
 }
