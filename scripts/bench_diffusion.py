@@ -24,10 +24,11 @@ run: a run takes a while on CPU); the benchmark divides the difference by the UN
 it adds (the text encoder and VAE decoder run once per image).
 """
 import json
-import resource
 import sys
 import time
 from pathlib import Path
+
+from bench_common import peak_resident_mb
 
 import diffusers
 import torch
@@ -129,14 +130,6 @@ def make(family: str, folder: Path) -> None:
         requires_safety_checker=False)
     pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True, variant="fp16")
 
-
-def peak_resident_mb() -> float:
-    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: on Linux that
-    keeps the parent's peak across fork and exec, so it would report the benchmark's own."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def time_per_image(family: str, folder: Path, steps: int, side: int) -> None:

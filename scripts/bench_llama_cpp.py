@@ -10,12 +10,13 @@ pp and tg tests. Prints one JSON line:
 {"pp_per_s", "tg_per_s", "load_s", "rss_mb", "versions"} (best of ROUNDS).
 """
 import json
-import resource
 import sys
 import time
 
 import llama_cpp
 from llama_cpp import Llama
+
+from bench_common import peak_resident_mb
 
 
 def main():
@@ -49,7 +50,7 @@ def main():
                 "pp_per_s": best_pp,
                 "tg_per_s": best_tg,
                 "load_s": load_s,
-                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "rss_mb": peak_resident_mb(),
                 "versions": {"llama_cpp_python": llama_cpp.__version__, "threads": threads},
             }
         )

@@ -6,12 +6,13 @@ Usage: python bench_sentence_transformers.py SNAPSHOT_DIR SECONDS
 Prints one JSON line: {"load_s", "batch1_per_s", "batch32_per_s", "rss_mb", "versions"}.
 """
 import json
-import resource
 import sys
 import time
 
 import torch
 from sentence_transformers import SentenceTransformer, __version__ as st_version
+
+from bench_common import peak_resident_mb
 
 SENTENCES = [
     "A man is eating food.",
@@ -40,7 +41,7 @@ def main():
         "load_s": load_s,
         "batch1_per_s": rate(model, 1, seconds),
         "batch32_per_s": rate(model, 32, seconds),
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_mb": peak_resident_mb(),
         "versions": {"torch": torch.__version__, "sentence_transformers": st_version, "threads": torch.get_num_threads()},
     }
     print(json.dumps(result))

@@ -35,10 +35,11 @@ Caption and answer lengths are fixed with min_length = max_length, so that rando
 cannot end generation early.
 """
 import json
-import resource
 import sys
 import time
 from pathlib import Path
+
+from bench_common import peak_resident_mb
 
 import torch
 import transformers
@@ -206,14 +207,6 @@ def make(family: str, folder: Path) -> None:
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 
-
-def peak_resident_mb() -> float:
-    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: on Linux that
-    keeps the parent's peak across fork and exec, so it would report the benchmark's own."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
 def time_per_image(family: str, folder: Path, image_path: str, seconds: float) -> None:

@@ -16,10 +16,11 @@ the noise scales at 0, so that they make the same number of frames.
 """
 import json
 import math
-import resource
 import sys
 import time
 from pathlib import Path
+
+from bench_common import peak_resident_mb
 
 import torch
 import transformers
@@ -61,13 +62,6 @@ def make(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
     (folder / "added_tokens.json").unlink(missing_ok=True)
 
-
-def peak_resident_mb() -> float:
-    """This process's peak resident memory (VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return float(line.split()[1]) / 1024
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
 def time_runs(folder: Path, text: str, seconds: float, waveform: Path) -> None:

@@ -18,10 +18,11 @@ token and the timestamp tokens are suppressed, so that random weights can neithe
 nor end a segment (which would make the pipeline decode the window again from there).
 """
 import json
-import resource
 import sys
 import time
 from pathlib import Path
+
+from bench_common import peak_resident_mb
 
 import numpy as np
 import soundfile
@@ -98,13 +99,6 @@ def make(model: str, folder: Path) -> None:
     for extra in ("vocab.json", "merges.txt", "added_tokens.json", "normalizer.json"):
         (folder / extra).unlink(missing_ok=True)
 
-
-def peak_resident_mb() -> float:
-    """This process's peak resident memory (VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
 def time_clip(folder: Path, wav: str, tokens: int, beams: int) -> None:

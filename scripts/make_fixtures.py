@@ -2370,6 +2370,19 @@ def redraw_diffusion_params(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * scale)
 
 
+def diffusion_case(scheduler, fields: dict, decoded_image, pil_image) -> dict:
+    """One recorded diffusion case: the scheduler and its config, `fields`, the decoded image
+    ([3, h, w] flattened, before clamping) and the pipeline's PIL output (h x w x 3 uint8)."""
+    return {
+        "scheduler": type(scheduler).__name__,
+        "scheduler_config": {k: plain(v) for k, v in scheduler.config.items()
+                             if not k.startswith("_")},
+        **fields,
+        "image": F32(decoded_image.flatten()),
+        "pixels": list(np.asarray(pil_image).flatten().tolist()),
+    }
+
+
 def make_diffusion(out: Path) -> None:
     """sd-tiny/: a tiny random StableDiffusionPipeline in the real repository layout
     (model_index.json; unet/, vae/, text_encoder/, tokenizer/ (vocab.json + merges.txt, as SD 1.5
@@ -2459,17 +2472,12 @@ def make_diffusion(out: Path) -> None:
                           output_type="latent")
             image = pipe.image_processor.postprocess(decoded(result.images)[None],
                                                      output_type="pil")[0]
-        txt_cases.append({
-            "scheduler": type(pipe.scheduler).__name__,
-            "scheduler_config": {k: plain(v) for k, v in pipe.scheduler.config.items()
-                                 if not k.startswith("_")},
+        txt_cases.append(diffusion_case(pipe.scheduler, {
             "prompt": SD_PROMPT, "negative_prompt": negative, "num_inference_steps": steps,
             "guidance_scale": guidance, "width": w, "height": h,
             "timesteps": [float(t) for t in pipe.scheduler.timesteps],
             "latents": F32(latents[0].flatten()),
-            "image": F32(decoded(result.images).flatten()),
-            "pixels": list(np.asarray(image).flatten().tolist()),
-        })
+        }, decoded(result.images), image))
 
     img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
     img2img.set_progress_bar_config(disable=True)
@@ -2509,18 +2517,13 @@ def make_diffusion(out: Path) -> None:
         finally:
             for module, original in originals:
                 module.randn_tensor = original
-        img_cases.append({
-            "scheduler": type(img2img.scheduler).__name__,
-            "scheduler_config": {k: plain(v) for k, v in img2img.scheduler.config.items()
-                                 if not k.startswith("_")},
+        img_cases.append(diffusion_case(img2img.scheduler, {
             "image_in": f"images/{image_name}", "prompt": SD_PROMPT,
             "num_inference_steps": steps, "guidance_scale": guidance, "strength": strength,
             "width": image.width, "height": image.height,
             "posterior_noise": F32(noises[0][0].flatten()),
             "noise": F32(noises[1][0].flatten()),
-            "image": F32(decoded(result.images).flatten()),
-            "pixels": list(np.asarray(image).flatten().tolist()),
-        })
+        }, decoded(result.images), image))
     write_json(folder / "expected.json", {
         "name": name, "task": "text-to-image", "architecture": "StableDiffusionPipeline",
         "seed": seed, "versions": {**versions(), "diffusers": diffusers.__version__},
@@ -2668,18 +2671,13 @@ def make_sdxl(out: Path) -> None:
                 result = pipe(SD_PROMPT, latents=latents.clone(), generator=gen, **args)
             image = pipe.image_processor.postprocess(decoded(result.images)[None],
                                                      output_type="pil")[0]
-        txt_cases.append({
-            "scheduler": type(pipe.scheduler).__name__,
-            "scheduler_config": {k: plain(v) for k, v in pipe.scheduler.config.items()
-                                 if not k.startswith("_")},
+        txt_cases.append(diffusion_case(pipe.scheduler, {
             "prompt": SD_PROMPT, "negative_prompt": negative, "num_inference_steps": steps,
             "guidance_scale": guidance, "width": w, "height": h,
             "timesteps": [float(t) for t in pipe.scheduler.timesteps],
             "latents": F32(latents[0].flatten()),
             "step_noises": [F32(n[0].flatten()) for n in drawn["steps"]],
-            "image": F32(decoded(result.images).flatten()),
-            "pixels": list(np.asarray(image).flatten().tolist()),
-        })
+        }, decoded(result.images), image))
 
     img2img = StableDiffusionXLImg2ImgPipeline(**pipe.components,
                                                requires_aesthetics_score=False,
@@ -2703,19 +2701,14 @@ def make_sdxl(out: Path) -> None:
             image = img2img.image_processor.postprocess(
                 decoded(result.images)[None], output_type="pil")[0]
         assert len(drawn["posterior"]) == 1 and len(drawn["noise"]) == 1
-        img_cases.append({
-            "scheduler": type(img2img.scheduler).__name__,
-            "scheduler_config": {k: plain(v) for k, v in img2img.scheduler.config.items()
-                                 if not k.startswith("_")},
+        img_cases.append(diffusion_case(img2img.scheduler, {
             "image_in": f"images/{image_name}", "prompt": SD_PROMPT,
             "num_inference_steps": steps, "guidance_scale": guidance, "strength": strength,
             "width": image.width, "height": image.height,
             "posterior_noise": F32(drawn["posterior"][0][0].flatten()),
             "noise": F32(drawn["noise"][0][0].flatten()),
             "step_noises": [F32(n[0].flatten()) for n in drawn["steps"]],
-            "image": F32(decoded(result.images).flatten()),
-            "pixels": list(np.asarray(image).flatten().tolist()),
-        })
+        }, decoded(result.images), image))
     write_json(folder / "expected.json", {
         "name": name, "task": "text-to-image", "architecture": "StableDiffusionXLPipeline",
         "seed": seed, "versions": {**versions(), "diffusers": diffusers.__version__},

@@ -13,14 +13,13 @@
 
 mod common;
 
-use common::{rss_mb, run_python};
+use common::{each_in_own_process, rss_mb, run_python, start};
 
 use candle_core::Device;
 use hgpt_local::ModelFiles;
 use hgpt_local::diffusion::{GenerationRequest, StableDiffusion};
 use std::cell::Cell;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 /// (family, guidance scale) pairs the script knows.
@@ -35,14 +34,10 @@ fn python(python: &str, args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    // SAFETY: first thing in main; no other thread exists yet.
-    unsafe { hgpt_local::device::pin_cpu_threads() };
-    hgpt_local::device::keep_freed_memory();
-    let Some(py) = std::env::var("HGPT_BENCH_PYTHON").ok() else {
-        println!(
-            "set HGPT_BENCH_PYTHON to a Python with torch, transformers 4.57 and diffusers 0.36: \
-             it writes the full-size repositories and times diffusers on them"
-        );
+    let Some(py) = start(
+        "torch, transformers 4.57 and diffusers 0.36: it writes the full-size repositories \
+         and times diffusers on them",
+    ) else {
         return;
     };
     let steps: usize = std::env::var("HGPT_BENCH_STEPS")
@@ -50,32 +45,12 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .filter(|&s| s >= 2)
         .unwrap_or(2);
-    if let Ok(family) = std::env::var("HGPT_BENCH_FAMILY") {
+    let families: Vec<&str> = FAMILIES.iter().map(|(f, _)| *f).collect();
+    each_in_own_process(&families, |family| {
         if let Some(&(family, guidance)) = FAMILIES.iter().find(|(f, _)| *f == family) {
             bench_family(&py, family, guidance, steps);
         }
-        return;
-    }
-    let chosen: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let Ok(exe) = std::env::current_exe() else {
-        eprintln!("cannot find the benchmark's own executable");
-        return;
-    };
-    for &(family, _) in FAMILIES {
-        if !chosen.is_empty() && !chosen.iter().any(|c| family == c.as_str()) {
-            continue;
-        }
-        let status = Command::new(&exe)
-            .args(std::env::args().skip(1).filter(|a| a.starts_with("--")))
-            .env("HGPT_BENCH_FAMILY", family)
-            .status();
-        if let Err(e) = status {
-            eprintln!("{family}: cannot run the benchmark: {e}");
-        }
-    }
+    });
 }
 
 fn bench_family(py: &str, family: &str, guidance: f64, steps: usize) {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{rss_mb, run_python};
+use common::{each_in_own_process, rss_mb, run_python, start};
 
 use candle_core::Device;
 use hgpt_core::backend::ResolvedArgs;
@@ -17,7 +17,6 @@ use hgpt_local::ModelFiles;
 use hgpt_local::pipeline::{self, Pipeline};
 use image::{ImageFormat, Rgb, RgbImage};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 /// (bench family, task) pairs the script knows.
@@ -63,45 +62,19 @@ fn python(python: &str, args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    // SAFETY: first thing in main; no other thread exists yet.
-    unsafe { hgpt_local::device::pin_cpu_threads() };
-    hgpt_local::device::keep_freed_memory();
     let quick = !std::env::args().any(|a| a == "--bench");
-    let Some(py) = std::env::var("HGPT_BENCH_PYTHON").ok() else {
-        println!(
-            "set HGPT_BENCH_PYTHON to a Python with torch and transformers 4.57: it writes the \
-             full-size checkpoints and times transformers on them"
-        );
+    let Some(py) = start(
+        "torch and transformers 4.57: it writes the full-size checkpoints and times \
+         transformers on them",
+    ) else {
         return;
     };
-    // Each family runs in a process of its own, so that peak resident memory
-    // is that family's. Arguments that name families select them.
-    if let Ok(family) = std::env::var("HGPT_BENCH_FAMILY") {
+    let families: Vec<&str> = FAMILIES.iter().map(|(f, _)| *f).collect();
+    each_in_own_process(&families, |family| {
         if let Some(&(family, task)) = FAMILIES.iter().find(|(f, _)| *f == family) {
             bench_family(&py, family, task, if quick { 0.5 } else { 10.0 });
         }
-        return;
-    }
-    let chosen: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let Ok(exe) = std::env::current_exe() else {
-        eprintln!("cannot find the benchmark's own executable");
-        return;
-    };
-    for &(family, _) in FAMILIES {
-        if !chosen.is_empty() && !chosen.iter().any(|c| family.contains(c.as_str())) {
-            continue;
-        }
-        let status = Command::new(&exe)
-            .args(std::env::args().skip(1).filter(|a| a.starts_with("--")))
-            .env("HGPT_BENCH_FAMILY", family)
-            .status();
-        if let Err(e) = status {
-            eprintln!("{family}: cannot run the benchmark: {e}");
-        }
-    }
+    });
 }
 
 fn bench_family(py: &str, family: &str, task: TaskKind, seconds: f64) {

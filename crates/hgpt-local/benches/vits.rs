@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{rss_mb, run_python};
+use common::{rss_mb, run_python, start};
 
 use candle_core::Device;
 use hgpt_core::backend::ResolvedArgs;
@@ -29,18 +29,14 @@ fn python(python: &str, args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    // SAFETY: first thing in main; no other thread exists yet.
-    unsafe { hgpt_local::device::pin_cpu_threads() };
-    hgpt_local::device::keep_freed_memory();
-    let quick = !std::env::args().any(|a| a == "--bench");
-    let seconds = if quick { 0.5 } else { 10.0 };
-    let Some(py) = std::env::var("HGPT_BENCH_PYTHON").ok() else {
-        println!(
-            "set HGPT_BENCH_PYTHON to a Python with torch and transformers 4.57: it writes the \
-             full-size checkpoint and times transformers on it"
-        );
+    let Some(py) = start(
+        "torch and transformers 4.57: it writes the full-size checkpoint and times \
+         transformers on it",
+    ) else {
         return;
     };
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let seconds = if quick { 0.5 } else { 10.0 };
     let dir =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-models/mms-tts-eng");
     let dir_arg = dir.display().to_string();

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{rss_mb, run_python};
+use common::{each_in_own_process, rss_mb, run_python, start};
 
 use candle_core::Device;
 use hgpt_core::backend::ResolvedArgs;
@@ -20,7 +20,6 @@ use hgpt_local::ModelFiles;
 use hgpt_local::pipeline::{self, Pipeline};
 use serde_json::json;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 /// The architectures the script knows.
@@ -48,44 +47,13 @@ fn python(python: &str, args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    // SAFETY: first thing in main; no other thread exists yet.
-    unsafe { hgpt_local::device::pin_cpu_threads() };
-    hgpt_local::device::keep_freed_memory();
-    let Some(py) = std::env::var("HGPT_BENCH_PYTHON").ok() else {
-        println!(
-            "set HGPT_BENCH_PYTHON to a Python with torch, transformers 4.57 and soundfile: it \
-             writes the full-size checkpoints and times transformers on them"
-        );
+    let Some(py) = start(
+        "torch, transformers 4.57 and soundfile: it writes the full-size checkpoints and \
+         times transformers on them",
+    ) else {
         return;
     };
-    // Each model runs in a process of its own, so that peak resident memory
-    // is that model's. Arguments that name models select them.
-    if let Ok(model) = std::env::var("HGPT_BENCH_FAMILY") {
-        if let Some(&model) = MODELS.iter().find(|m| **m == model) {
-            bench_model(&py, model);
-        }
-        return;
-    }
-    let chosen: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let Ok(exe) = std::env::current_exe() else {
-        eprintln!("cannot find the benchmark's own executable");
-        return;
-    };
-    for &model in MODELS {
-        if !chosen.is_empty() && !chosen.iter().any(|c| model.contains(c.as_str())) {
-            continue;
-        }
-        let status = Command::new(&exe)
-            .args(std::env::args().skip(1).filter(|a| a.starts_with("--")))
-            .env("HGPT_BENCH_FAMILY", model)
-            .status();
-        if let Err(e) = status {
-            eprintln!("{model}: cannot run the benchmark: {e}");
-        }
-    }
+    each_in_own_process(MODELS, |model| bench_model(&py, model));
 }
 
 fn bench_model(py: &str, model: &str) {

@@ -678,17 +678,17 @@ async fn a_download_beyond_the_limit_fails_saying_what_to_pull() {
     );
 }
 
-/// The output of a fixture checkpoint's local pipeline for the workspace's
-/// image, computed in-process.
 /// `hgpt run --json request` in local mode, offline, with a catalog of the
-/// fixture checkpoints `(folder, task)` in a hub cache; asserts success.
+/// fixture checkpoints `(folder, task)` in a hub cache: the run's record,
+/// after asserting that it succeeded, that nothing went to the remote
+/// endpoint and that every task ran locally.
 async fn run_on_fixtures(
     ws: &Workspace,
     llm: &FakeLlm,
     hf: &FakeHf,
     models: &[(&str, &str)],
     request: &str,
-) -> Output {
+) -> Value {
     let catalog = ws.dir.path().join("fixtures-catalog.jsonl");
     let lines: String = models
         .iter()
@@ -714,9 +714,17 @@ async fn run_on_fixtures(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    out
+    let record = json(&out);
+    assert_eq!(hf.call_count(), 0, "nothing went to the remote endpoint");
+    for task in record["tasks"].as_array().unwrap() {
+        assert_eq!(task["status"], "ok", "{task:#}");
+        assert_eq!(task["endpoint"], "local", "{task:#}");
+    }
+    record
 }
 
+/// The output of a fixture checkpoint's local pipeline for the workspace's
+/// image, computed in-process.
 fn fixture_output(
     folder: &str,
     task: TaskKind,
@@ -741,7 +749,7 @@ async fn local_mode_runs_the_signature_request_in_process() {
          "args": {"image": "/a.jpg", "text": "how many zebras are there?"}}]"#;
     let ws = Workspace::new();
     let (llm, hf) = (controller(PLAN).await, inference_server().await);
-    let out = run_on_fixtures(
+    let record = run_on_fixtures(
         &ws,
         &llm,
         &hf,
@@ -753,13 +761,7 @@ async fn local_mode_runs_the_signature_request_in_process() {
         "what is in /a.jpg, how many zebras are there?",
     )
     .await;
-    let record = json(&out);
-    assert_eq!(hf.call_count(), 0, "nothing went to the remote endpoint");
     let tasks = record["tasks"].as_array().unwrap();
-    for task in tasks {
-        assert_eq!(task["status"], "ok", "{task:#}");
-        assert_eq!(task["endpoint"], "local", "{task:#}");
-    }
     // Each output is what the pipeline gives for the image.
     use hgpt_core::output::InferenceOutput;
     let InferenceOutput::Text(caption) =
@@ -1091,7 +1093,7 @@ async fn local_mode_transcribes_and_classifies_audio_in_process() {
     let clip = fixtures_dir().join("wav2vec2-ctc").join("chirp.wav");
     std::fs::copy(&clip, ws.dir.path().join("media/a.wav")).unwrap();
     let (llm, hf) = (controller(PLAN).await, inference_server().await);
-    let out = run_on_fixtures(
+    let record = run_on_fixtures(
         &ws,
         &llm,
         &hf,
@@ -1102,13 +1104,7 @@ async fn local_mode_transcribes_and_classifies_audio_in_process() {
         "what does /a.wav say, and what kind of sound is it?",
     )
     .await;
-    let record = json(&out);
-    assert_eq!(hf.call_count(), 0, "nothing went to the remote endpoint");
     let tasks = record["tasks"].as_array().unwrap();
-    for task in tasks {
-        assert_eq!(task["status"], "ok", "{task:#}");
-        assert_eq!(task["endpoint"], "local", "{task:#}");
-    }
     let read = |folder: &str| -> Value {
         let text =
             std::fs::read_to_string(fixtures_dir().join(folder).join("expected.json")).unwrap();
@@ -1157,7 +1153,7 @@ async fn local_mode_transcribes_a_recording_and_reads_it_aloud_in_a_new_voice() 
     let clip = fixtures_dir().join("wav2vec2-ctc").join("chirp.wav");
     std::fs::copy(&clip, ws.dir.path().join("media/a.wav")).unwrap();
     let (llm, hf) = (controller(PLAN).await, inference_server().await);
-    let out = run_on_fixtures(
+    let record = run_on_fixtures(
         &ws,
         &llm,
         &hf,
@@ -1168,13 +1164,7 @@ async fn local_mode_transcribes_a_recording_and_reads_it_aloud_in_a_new_voice() 
         "transcribe /a.wav and read the transcript aloud in a new voice",
     )
     .await;
-    let record = json(&out);
-    assert_eq!(hf.call_count(), 0, "nothing went to the remote endpoint");
     let tasks = record["tasks"].as_array().unwrap();
-    for task in tasks {
-        assert_eq!(task["status"], "ok", "{task:#}");
-        assert_eq!(task["endpoint"], "local", "{task:#}");
-    }
     let expected: Value = serde_json::from_str(
         &std::fs::read_to_string(fixtures_dir().join("whisper-tiny-random/expected.json")).unwrap(),
     )
@@ -1233,7 +1223,7 @@ async fn local_mode_draws_a_red_circle_then_describes_the_picture() {
         {"task": "image-to-text", "id": 1, "dep": [0], "args": {"image": "<GENERATED>-0"}}]"#;
     let ws = Workspace::new();
     let (llm, hf) = (controller(PLAN).await, inference_server().await);
-    let out = run_on_fixtures(
+    let record = run_on_fixtures(
         &ws,
         &llm,
         &hf,
@@ -1244,13 +1234,7 @@ async fn local_mode_draws_a_red_circle_then_describes_the_picture() {
         "draw a red circle, then describe the picture",
     )
     .await;
-    let record = json(&out);
-    assert_eq!(hf.call_count(), 0, "nothing went to the remote endpoint");
     let tasks = record["tasks"].as_array().unwrap();
-    for task in tasks {
-        assert_eq!(task["status"], "ok", "{task:#}");
-        assert_eq!(task["endpoint"], "local", "{task:#}");
-    }
     let drawn = PathBuf::from(tasks[0]["output"]["generated_image"].as_str().unwrap());
     assert!(
         drawn.starts_with(ws.out_dir().canonicalize().unwrap()),

@@ -20,6 +20,7 @@
 //! that seed (its generator is PyTorch's); [`StableDiffusion::generate_with_noise`]
 //! takes given noise instead, which is how the parity tests feed diffusers'.
 
+mod blocks;
 pub mod config;
 mod prompt;
 pub mod scheduler;

@@ -6,6 +6,7 @@
 //! is held) and GEGLU with the exact GELU, as diffusers computes it.
 //! [`super::unet`] keeps candle's blocks for other devices.
 
+use super::blocks::{Resnet, dense, linear, same_conv};
 use crate::kernels::{Dense, Epilogue, attention_cpu, gelu_in_place};
 use crate::vision::attention::{attend, merge_heads, split_heads};
 use crate::vision::conv::{Conv, GroupNorm, Interpolation, Rows, resize};
@@ -18,91 +19,6 @@ use rayon::prelude::*;
 const TRANSFORMER_NORM_EPS: f64 = 1e-6;
 /// The transformer blocks' layer norm epsilon.
 const LAYER_NORM_EPS: f64 = 1e-5;
-
-/// A 3x3 convolution keeping the map's size.
-fn same_conv(vb: VarBuilder, inputs: usize, outputs: usize) -> Result<Conv> {
-    Conv::load(vb, (inputs, outputs), 3, (1, 1), true)
-}
-
-/// A linear layer stored as `nn.Linear` or as a 1x1 convolution.
-fn linear(
-    vb: VarBuilder,
-    inputs: usize,
-    outputs: usize,
-    bias: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
-    let weight = match vb.get((outputs, inputs), "weight") {
-        Ok(weight) => weight,
-        Err(_) => vb
-            .get((outputs, inputs, 1, 1), "weight")?
-            .reshape((outputs, inputs))?,
-    };
-    let bias = bias.then(|| vb.get(outputs, "bias")).transpose()?;
-    Ok((weight, bias))
-}
-
-fn dense(vb: VarBuilder, inputs: usize, outputs: usize, bias: bool) -> Result<Dense> {
-    let (weight, bias) = linear(vb, inputs, outputs, bias)?;
-    Dense::new(weight, bias)
-}
-
-/// `ResnetBlock2D`: `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x)))
-/// + time_emb_proj(silu(emb)))))`, over `output_scale_factor`.
-struct Resnet {
-    norm1: GroupNorm,
-    conv1: Conv,
-    time_emb_proj: Dense,
-    norm2: GroupNorm,
-    conv2: Conv,
-    shortcut: Option<Conv>,
-    output_scale: f64,
-}
-
-impl Resnet {
-    fn load(
-        vb: VarBuilder,
-        (inputs, outputs): (usize, usize),
-        time_dim: usize,
-        config: &UNet2DConditionModelConfig,
-        output_scale: f64,
-    ) -> Result<Self> {
-        let norm = |vb: VarBuilder, channels: usize| -> Result<GroupNorm> {
-            Ok(GroupNorm::load(vb, channels, config.norm_num_groups)?.with_eps(config.norm_eps))
-        };
-        Ok(Self {
-            norm1: norm(vb.pp("norm1"), inputs)?,
-            conv1: same_conv(vb.pp("conv1"), inputs, outputs)?,
-            time_emb_proj: dense(vb.pp("time_emb_proj"), time_dim, outputs, true)?,
-            norm2: norm(vb.pp("norm2"), outputs)?,
-            conv2: same_conv(vb.pp("conv2"), outputs, outputs)?,
-            shortcut: (inputs != outputs)
-                .then(|| Conv::load(vb.pp("conv_shortcut"), (inputs, outputs), 1, (1, 0), true))
-                .transpose()?,
-            output_scale,
-        })
-    }
-
-    /// `emb` is `silu` of the row's embedding, `[1, time_dim]`.
-    fn forward(&self, x: &Rows, emb: &Tensor) -> Result<Rows> {
-        let mut h = self
-            .conv1
-            .forward(&self.norm1.forward_silu(x)?, Epilogue::Bias)?;
-        let time = self.time_emb_proj.forward(emb, Epilogue::Bias)?;
-        h.pixels = h.pixels.broadcast_add(&time)?;
-        let h = self.norm2.forward_silu(&h)?;
-        let shortcut = match &self.shortcut {
-            Some(conv) => conv.forward(x, Epilogue::Bias)?,
-            None => x.clone(),
-        };
-        let mut out = self
-            .conv2
-            .forward(&h, Epilogue::Residual(&shortcut.pixels))?;
-        if self.output_scale != 1.0 {
-            out.pixels = (out.pixels / self.output_scale)?;
-        }
-        Ok(out)
-    }
-}
 
 /// `BasicTransformerBlock`: self-attention, cross-attention to the text,
 /// GEGLU feed-forward, each after a layer norm and added back.
@@ -272,7 +188,7 @@ struct Block {
 impl Block {
     /// ResNet `i` and its transformer, if any.
     fn layer(&self, i: usize, x: &Rows, emb: &Tensor, context: &Tensor) -> Result<Rows> {
-        let x = self.resnets[i].forward(x, emb)?;
+        let x = self.resnets[i].forward(x, Some(emb))?;
         match self.attentions.get(i) {
             Some(attention) => attention.forward(&x, context),
             None => Ok(x),
@@ -335,7 +251,13 @@ impl CpuUnet {
             let resnets = (0..layers)
                 .map(|j| {
                     let from = if j == 0 { inputs } else { out };
-                    Resnet::load(vb.pp("resnets").pp(j), (from, out), time_dim, config, 1.0)
+                    Resnet::load(
+                        vb.pp("resnets").pp(j),
+                        (from, out),
+                        (config.norm_num_groups, config.norm_eps),
+                        Some(time_dim),
+                        1.0,
+                    )
                 })
                 .collect::<Result<Vec<_>>>()?;
             let sampler = (i + 1 < n)
@@ -363,8 +285,8 @@ impl CpuUnet {
             Resnet::load(
                 mid_vb.pp("resnets.0"),
                 (width, width),
-                time_dim,
-                config,
+                (config.norm_num_groups, config.norm_eps),
+                Some(time_dim),
                 scale,
             )?,
             Transformer::load(
@@ -377,8 +299,8 @@ impl CpuUnet {
             Resnet::load(
                 mid_vb.pp("resnets.1"),
                 (width, width),
-                time_dim,
-                config,
+                (config.norm_num_groups, config.norm_eps),
+                Some(time_dim),
                 scale,
             )?,
         );
@@ -401,8 +323,8 @@ impl CpuUnet {
                     Resnet::load(
                         vb.pp("resnets").pp(j),
                         (from + skip, out),
-                        time_dim,
-                        config,
+                        (config.norm_num_groups, config.norm_eps),
+                        Some(time_dim),
                         1.0,
                     )
                 })
@@ -461,9 +383,9 @@ impl CpuUnet {
                 skips.push(x.clone());
             }
         }
-        x = self.mid.0.forward(&x, emb)?;
+        x = self.mid.0.forward(&x, Some(emb))?;
         x = self.mid.1.forward(&x, context)?;
-        x = self.mid.2.forward(&x, emb)?;
+        x = self.mid.2.forward(&x, Some(emb))?;
         for block in &self.up {
             for i in 0..block.resnets.len() {
                 let skip = skips

@@ -6,6 +6,7 @@
 //! the decoder most of a one-step image's time, and the encoder most of an
 //! image-to-image one's.
 
+use super::blocks::{Resnet, linear, same_conv};
 use crate::kernels::{Dense, Epilogue, attention_cpu};
 use crate::vision::conv::{Conv, GroupNorm, Interpolation, Padding, Rows, resize};
 use candle_core::{Result, Tensor};
@@ -16,48 +17,6 @@ const EPS: f64 = 1e-6;
 
 fn norm(vb: VarBuilder, channels: usize, groups: usize) -> Result<GroupNorm> {
     Ok(GroupNorm::load(vb, channels, groups)?.with_eps(EPS))
-}
-
-/// A 3x3 convolution keeping the map's size.
-fn same_conv(vb: VarBuilder, inputs: usize, outputs: usize) -> Result<Conv> {
-    Conv::load(vb, (inputs, outputs), 3, (1, 1), true)
-}
-
-/// `ResnetBlock2D` without a time embedding: `shortcut(x) +
-/// conv2(silu(norm2(conv1(silu(norm1(x))))))`, the shortcut a 1x1
-/// convolution when the width changes.
-struct Resnet {
-    norm1: GroupNorm,
-    conv1: Conv,
-    norm2: GroupNorm,
-    conv2: Conv,
-    shortcut: Option<Conv>,
-}
-
-impl Resnet {
-    fn load(vb: VarBuilder, inputs: usize, outputs: usize, groups: usize) -> Result<Self> {
-        Ok(Self {
-            norm1: norm(vb.pp("norm1"), inputs, groups)?,
-            conv1: same_conv(vb.pp("conv1"), inputs, outputs)?,
-            norm2: norm(vb.pp("norm2"), outputs, groups)?,
-            conv2: same_conv(vb.pp("conv2"), outputs, outputs)?,
-            shortcut: (inputs != outputs)
-                .then(|| Conv::load(vb.pp("conv_shortcut"), (inputs, outputs), 1, (1, 0), true))
-                .transpose()?,
-        })
-    }
-
-    fn forward(&self, x: &Rows) -> Result<Rows> {
-        let h = self
-            .conv1
-            .forward(&self.norm1.forward_silu(x)?, Epilogue::Bias)?;
-        let h = self.norm2.forward_silu(&h)?;
-        let shortcut = match &self.shortcut {
-            Some(conv) => conv.forward(x, Epilogue::Bias)?,
-            None => x.clone(),
-        };
-        self.conv2.forward(&h, Epilogue::Residual(&shortcut.pixels))
-    }
 }
 
 /// The mid block's single-head self-attention over every latent pixel
@@ -78,29 +37,20 @@ impl Attention {
         } else {
             ["query", "key", "value", "proj_attn"]
         };
-        // Weights `[c, c]`, or `[c, c, 1, 1]` as 1x1 convolutions.
-        let linear = |name: &str| -> Result<(Tensor, Tensor)> {
-            let vb = vb.pp(name);
-            let weight = match vb.get((channels, channels), "weight") {
-                Ok(weight) => weight,
-                Err(_) => vb
-                    .get((channels, channels, 1, 1), "weight")?
-                    .reshape((channels, channels))?,
-            };
-            Ok((weight, vb.get(channels, "bias")?))
-        };
         let scale = 1.0 / (channels as f64).sqrt();
-        let (q_weight, q_bias) = linear(names[0])?;
-        let (k_weight, k_bias) = linear(names[1])?;
-        let (v_weight, v_bias) = linear(names[2])?;
-        let (out_weight, out_bias) = linear(names[3])?;
+        let [q, k, v, out] = names.map(|name| linear(vb.pp(name), channels, channels, true));
+        let ((q_weight, q_bias), (k_weight, k_bias), (v_weight, v_bias)) = (q?, k?, v?);
+        let (out_weight, out_bias) = out?;
+        let (Some(q_bias), Some(k_bias), Some(v_bias)) = (q_bias, k_bias, v_bias) else {
+            candle_core::bail!("the autoencoder's attention has no biases");
+        };
         Ok(Self {
             norm: norm(vb.pp("group_norm"), channels, groups)?,
             qkv: Dense::from_parts(
                 &[(q_weight * scale)?, k_weight, v_weight],
                 &[(q_bias * scale)?, k_bias, v_bias],
             )?,
-            out: Dense::new(out_weight, Some(out_bias))?,
+            out: Dense::new(out_weight, out_bias)?,
         })
     }
 
@@ -116,20 +66,49 @@ impl Attention {
     }
 }
 
+/// `count` ResNet blocks, the first from `inputs` channels to `outputs`,
+/// the rest keeping `outputs`.
+fn resnets(
+    vb: VarBuilder,
+    count: usize,
+    (inputs, outputs): (usize, usize),
+    groups: usize,
+) -> Result<Vec<Resnet>> {
+    (0..count)
+        .map(|j| {
+            let from = if j == 0 { inputs } else { outputs };
+            Resnet::load(vb.pp(j), (from, outputs), (groups, EPS), None, 1.0)
+        })
+        .collect()
+}
+
 /// The mid block: ResNet, attention, ResNet, at the lowest resolution.
 struct MidBlock(Resnet, Attention, Resnet);
 
 impl MidBlock {
     fn load(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
         Ok(Self(
-            Resnet::load(vb.pp("resnets.0"), channels, channels, groups)?,
+            Resnet::load(
+                vb.pp("resnets.0"),
+                (channels, channels),
+                (groups, EPS),
+                None,
+                1.0,
+            )?,
             Attention::load(vb.pp("attentions.0"), channels, groups)?,
-            Resnet::load(vb.pp("resnets.1"), channels, channels, groups)?,
+            Resnet::load(
+                vb.pp("resnets.1"),
+                (channels, channels),
+                (groups, EPS),
+                None,
+                1.0,
+            )?,
         ))
     }
 
     fn forward(&self, x: &Rows) -> Result<Rows> {
-        self.2.forward(&self.1.forward(&self.0.forward(x)?)?)
+        self.2
+            .forward(&self.1.forward(&self.0.forward(x, None)?)?, None)
     }
 }
 
@@ -183,12 +162,7 @@ impl Encoder {
         let mut inputs = first;
         for (i, &outputs) in channels.iter().enumerate() {
             let vb = vb.pp("down_blocks").pp(i);
-            let resnets = (0..layers)
-                .map(|j| {
-                    let from = if j == 0 { inputs } else { outputs };
-                    Resnet::load(vb.pp("resnets").pp(j), from, outputs, groups)
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let resnets = resnets(vb.pp("resnets"), layers, (inputs, outputs), groups)?;
             // diffusers pads one zero after each side, then convolves with
             // stride 2: on even sides, the `Same` padding.
             let downsample = (i + 1 < channels.len())
@@ -217,7 +191,7 @@ impl Encoder {
         let mut x = self.conv_in.forward(&to_rows(image)?, Epilogue::Bias)?;
         for (resnets, downsample) in &self.blocks {
             for resnet in resnets {
-                x = resnet.forward(&x)?;
+                x = resnet.forward(&x, None)?;
             }
             if let Some(conv) = downsample {
                 let (h, w) = x.size;
@@ -270,12 +244,7 @@ impl Decoder {
         let mut inputs = last;
         for (i, &outputs) in channels.iter().rev().enumerate() {
             let vb = vb.pp("up_blocks").pp(i);
-            let resnets = (0..=layers)
-                .map(|j| {
-                    let from = if j == 0 { inputs } else { outputs };
-                    Resnet::load(vb.pp("resnets").pp(j), from, outputs, groups)
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let resnets = resnets(vb.pp("resnets"), layers + 1, (inputs, outputs), groups)?;
             let upsample = (i + 1 < channels.len())
                 .then(|| same_conv(vb.pp("upsamplers.0.conv"), outputs, outputs))
                 .transpose()?;
@@ -298,7 +267,7 @@ impl Decoder {
         x = self.mid.forward(&x)?;
         for block in &self.blocks {
             for resnet in &block.resnets {
-                x = resnet.forward(&x)?;
+                x = resnet.forward(&x, None)?;
             }
             if let Some(conv) = &block.upsample {
                 let (h, w) = x.size;
